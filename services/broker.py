@@ -1,0 +1,126 @@
+"""NATS wiring: a FastStream broker with msgspec, the JetStream streams, correlation ids.
+
+The correlation id travels in the ``correlation_id`` header (FastStream's own name for it),
+so a producer using plain nats-py sets that header and every log line the message causes in
+any service carries the same id.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+from fast_depends.msgspec import MsgSpecSerializer
+from faststream import BaseMiddleware
+from faststream.nats import NatsBroker
+from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
+from nats.js.errors import NotFoundError
+
+from contracts.subjects import STREAMS
+from services.http import current_correlation_id
+
+log = structlog.get_logger(__name__)
+
+DAY_S = 86_400
+GIB = 1024**3
+
+
+@dataclass(frozen=True, slots=True)
+class StreamLimits:
+    """Why each limit is what it is lives beside it in STREAM_LIMITS."""
+
+    max_age_s: int
+    max_bytes: int
+    duplicate_window_s: int
+    discard: DiscardPolicy = DiscardPolicy.NEW
+
+
+# Retention is "limits" everywhere: several consumers read each stream at their own pace, and
+# the ledger's event store, not NATS, is the record of money. DiscardPolicy.NEW makes a full
+# stream refuse new messages (the producer sees an error and retries) instead of silently
+# dropping the oldest unconsumed usage, which would be lost revenue.
+STREAM_LIMITS: dict[str, StreamLimits] = {
+    # Usage is replayable for a week after an outage; JetStream's duplicate window is the
+    # first line of defence, the ledger's own event-id table (kept for ever) the second.
+    "USAGE": StreamLimits(max_age_s=7 * DAY_S, max_bytes=20 * GIB, duplicate_window_s=600),
+    # Ledger events feed projections in other services; a month covers a long outage.
+    "LEDGER": StreamLimits(max_age_s=30 * DAY_S, max_bytes=20 * GIB, duplicate_window_s=600),
+    # Payments and invoices are few and precious: a quarter, and a day-long duplicate window
+    # because providers retry webhooks for hours.
+    "PAYMENTS": StreamLimits(max_age_s=90 * DAY_S, max_bytes=5 * GIB, duplicate_window_s=DAY_S),
+    "INVOICING": StreamLimits(max_age_s=90 * DAY_S, max_bytes=5 * GIB, duplicate_window_s=DAY_S),
+    "CATALOG": StreamLimits(max_age_s=365 * DAY_S, max_bytes=1 * GIB, duplicate_window_s=DAY_S),
+    # Dead letters wait for an operator; old ones drop first so new failures are never refused.
+    "DEADLETTER": StreamLimits(
+        max_age_s=90 * DAY_S, max_bytes=5 * GIB, duplicate_window_s=600,
+        discard=DiscardPolicy.OLD,
+    ),
+}
+
+
+def stream_config(name: str) -> StreamConfig:
+    limits = STREAM_LIMITS[name]
+    return StreamConfig(
+        name=name,
+        subjects=list(STREAMS[name]),
+        retention=RetentionPolicy.LIMITS,
+        storage=StorageType.FILE,
+        max_age=limits.max_age_s,
+        max_bytes=limits.max_bytes,
+        duplicate_window=limits.duplicate_window_s,
+        discard=limits.discard,
+        num_replicas=1,
+    )
+
+
+async def ensure_streams(broker: NatsBroker) -> None:
+    """Create each stream, or bring an existing one to the configured limits."""
+    js = broker.connection.jetstream()
+    for name in STREAMS:
+        config = stream_config(name)
+        try:
+            await js.stream_info(name)
+        except NotFoundError:
+            await js.add_stream(config)
+            log.info("stream created", stream=name)
+        else:
+            await js.update_stream(config)
+
+
+class CorrelationMiddleware(BaseMiddleware):
+    """Binds the message's correlation id to the log context; forwards it on publish."""
+
+    async def consume_scope(self, call_next: Any, msg: Any) -> Any:
+        with structlog.contextvars.bound_contextvars(
+            correlation_id=msg.correlation_id, subject=getattr(msg.raw_message, "subject", None)
+        ):
+            return await call_next(msg)
+
+    async def publish_scope(self, call_next: Any, cmd: Any) -> Any:
+        if getattr(cmd, "correlation_id", None) is None:
+            cmd.correlation_id = current_correlation_id()
+        return await call_next(cmd)
+
+
+def create_broker(nats_url: str, *, graceful_timeout_s: float = 10.0) -> NatsBroker:
+    return NatsBroker(
+        nats_url,
+        serializer=MsgSpecSerializer(),
+        middlewares=[CorrelationMiddleware],
+        # Reconnect for ever: a NATS restart must not need a service restart; readiness
+        # reports the outage meanwhile.
+        max_reconnect_attempts=-1,
+        reconnect_time_wait=1,
+        connect_timeout=5,
+        graceful_timeout=graceful_timeout_s,
+        logger=None,
+    )
+
+
+async def check_nats(broker: NatsBroker) -> None:
+    """Readiness: connected, and a PING/PONG round trip to the server succeeds."""
+    connection = broker.connection
+    if connection is None or not connection.is_connected:
+        raise ConnectionError("not connected to NATS")
+    await connection.flush(timeout=1)

@@ -1,0 +1,184 @@
+"""PostgreSQL wiring: one database, one schema per service, versioned SQL migrations.
+
+Migrations are plain ordered ``.sql`` files in each service's ``migrations/`` folder. They are
+applied at start-up under an advisory lock (so four services or two replicas starting at
+once apply each file exactly once) and are immutable: a file whose checksum changed after it
+was applied stops the start, because the schema it describes no longer matches the database.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import psycopg
+import structlog
+from psycopg import sql
+from psycopg_pool import AsyncConnectionPool
+
+log = structlog.get_logger(__name__)
+
+CONNECT_TIMEOUT_S = 5
+
+
+class MigrationError(RuntimeError):
+    """A migration failed, or an applied migration file was changed afterwards."""
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionParts:
+    host: str
+    port: int
+    user: str
+    password: str
+    dbname: str
+
+
+def parse_database_url(url: str) -> ConnectionParts:
+    """Split a ``postgresql://user:pass@host:port/db?host=/socket/dir`` URL.
+
+    The query-string ``host`` form is how a unix-socket server (the embedded one) is named.
+    """
+    parts = urlsplit(url)
+    if parts.scheme not in ("postgresql", "postgres"):
+        raise ValueError("DATABASE_URL must start with postgresql://")
+    query = parse_qs(parts.query)
+    host = query.get("host", [parts.hostname or "127.0.0.1"])[0]
+    return ConnectionParts(
+        host=unquote(host),
+        port=parts.port or int(query.get("port", ["5432"])[0]),
+        user=unquote(parts.username or query.get("user", ["postgres"])[0]),
+        password=unquote(parts.password or ""),
+        dbname=unquote(parts.path.lstrip("/") or "postgres"),
+    )
+
+
+def conninfo(url: str, **overrides: Any) -> str:
+    parts = parse_database_url(url)
+    values: dict[str, Any] = {
+        "host": parts.host,
+        "port": parts.port,
+        "user": parts.user,
+        "dbname": parts.dbname,
+        "connect_timeout": CONNECT_TIMEOUT_S,
+    }
+    if parts.password:
+        values["password"] = parts.password
+    values.update(overrides)
+    return psycopg.conninfo.make_conninfo(**values)
+
+
+def redact_url(url: str) -> str:
+    """The URL without its password, for logs and error messages."""
+    parts = urlsplit(url)
+    if not parts.password:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+    return parts._replace(netloc=netloc).geturl()
+
+
+def eventsourcing_env(url: str, schema: str, **extra: str) -> dict[str, str]:
+    """The environment the eventsourcing library reads, derived from DATABASE_URL."""
+    parts = parse_database_url(url)
+    env = {
+        "PERSISTENCE_MODULE": "eventsourcing.postgres",
+        "POSTGRES_DBNAME": parts.dbname,
+        "POSTGRES_HOST": parts.host,
+        "POSTGRES_PORT": str(parts.port),
+        "POSTGRES_USER": parts.user,
+        "POSTGRES_PASSWORD": parts.password,
+        "POSTGRES_SCHEMA": schema,
+        "POSTGRES_CONNECT_TIMEOUT": str(CONNECT_TIMEOUT_S),
+        "CREATE_TABLE": "y",
+    }
+    env.update(extra)
+    return env
+
+
+def ensure_database(url: str) -> bool:
+    """Create the database named in ``url`` if it does not exist. True when it was created."""
+    target = parse_database_url(url).dbname
+    with psycopg.connect(conninfo(url, dbname="postgres"), autocommit=True) as conn:
+        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (target,)).fetchone()
+        if exists:
+            return False
+        try:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(target)))
+        except psycopg.errors.DuplicateDatabase:
+            return False  # another process created it between our check and our create
+        return True
+
+
+def apply_migrations(url: str, schema: str, folder: Path) -> list[str]:
+    """Apply every not-yet-applied ``*.sql`` file of ``folder`` in name order. Returns them."""
+    files = sorted(folder.glob("*.sql"))
+    applied_now: list[str] = []
+    with psycopg.connect(conninfo(url)) as conn:
+        with conn.transaction():
+            # One lock per schema: concurrent starters wait, then find nothing left to do.
+            conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"migrate:{schema}",))
+            conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
+            conn.execute(
+                sql.SQL(
+                    "CREATE TABLE IF NOT EXISTS {}.schema_migrations ("
+                    " version text PRIMARY KEY, checksum text NOT NULL,"
+                    " applied_at timestamptz NOT NULL DEFAULT now())"
+                ).format(sql.Identifier(schema))
+            )
+            rows = conn.execute(
+                sql.SQL("SELECT version, checksum FROM {}.schema_migrations").format(
+                    sql.Identifier(schema)
+                )
+            ).fetchall()
+            known: Mapping[str, str] = dict(rows)
+            for path in files:
+                text = path.read_text(encoding="utf-8")
+                checksum = hashlib.sha256(text.encode()).hexdigest()
+                if path.name in known:
+                    if known[path.name] != checksum:
+                        raise MigrationError(
+                            f"migration {schema}/{path.name} changed after it was applied; "
+                            "add a new migration instead of editing an applied one"
+                        )
+                    continue
+                conn.execute(sql.SQL("SET LOCAL search_path TO {}").format(sql.Identifier(schema)))
+                try:
+                    conn.execute(text.encode())
+                except psycopg.Error as exc:
+                    raise MigrationError(f"migration {schema}/{path.name} failed: {exc}") from exc
+                conn.execute(
+                    sql.SQL("INSERT INTO {}.schema_migrations (version, checksum) VALUES (%s, %s)")
+                    .format(sql.Identifier(schema)),
+                    (path.name, checksum),
+                )
+                applied_now.append(path.name)
+    if applied_now:
+        log.info("migrations applied", schema=schema, files=applied_now)
+    return applied_now
+
+
+def create_pool(url: str, schema: str, *, max_size: int, name: str) -> AsyncConnectionPool:
+    """An async pool whose connections use the service's schema first on the search path.
+
+    ``check`` verifies a connection before handing it out, so a restarted PostgreSQL costs
+    one failed check instead of a failed request.
+    """
+    return AsyncConnectionPool(
+        conninfo(url, options=f"-c search_path={schema},public"),
+        min_size=1,
+        max_size=max_size,
+        open=False,
+        name=name,
+        check=AsyncConnectionPool.check_connection,
+        timeout=CONNECT_TIMEOUT_S,
+    )
+
+
+async def check_database(pool: AsyncConnectionPool) -> None:
+    """Readiness: a real round trip to PostgreSQL."""
+    async with pool.connection(timeout=2) as conn:
+        await conn.execute("SELECT 1")

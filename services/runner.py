@@ -1,0 +1,198 @@
+"""``make run``: the whole stack on one machine, in order, and stopped in reverse order.
+
+1. PostgreSQL and NATS: the ones in DATABASE_URL / NATS_URL, or embedded ones under .run/.
+2. Each service's migrations, one after another (``python -m <service> migrate``).
+3. The four services as separate processes, each waited for until /readyz answers 200.
+Ctrl-C or SIGTERM stops the services in reverse order (each drains its in-flight requests and
+messages), then NATS, then PostgreSQL. Running it again reuses the data under .run/.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import structlog
+
+from services.database import redact_url
+from services.embedded import NatsProcess, start_nats, start_postgres
+from services.logging import configure_logging
+from services.settings import (
+    SettingsError,
+    StackSettings,
+    load_stack_settings,
+    passthrough_environment,
+)
+
+log = structlog.get_logger("runner")
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceEntry:
+    package: str
+    port_variable: str
+    port_default: int
+
+
+# Start order; the reverse is the stop order. The ledger first: the others publish to it.
+SERVICES = (
+    ServiceEntry("ledger_service", "LEDGER_HTTP_PORT", 8001),
+    ServiceEntry("payments_service", "PAYMENTS_HTTP_PORT", 8002),
+    ServiceEntry("invoicing_service", "INVOICING_HTTP_PORT", 8003),
+    ServiceEntry("sync_service", "SYNC_HTTP_PORT", 8004),
+)
+STOP_TIMEOUT_S = 20
+
+
+@dataclass(slots=True)
+class Running:
+    entry: ServiceEntry
+    port: int
+    process: subprocess.Popen[bytes]
+
+
+class Stack:
+    def __init__(self, settings: StackSettings) -> None:
+        self.settings = settings
+        self.run_dir = Path(settings.run_dir)
+        self.env = passthrough_environment()
+        self.nats: NatsProcess | None = None
+        self.postgres: object | None = None
+        self.running: list[Running] = []
+        self.stop_requested = threading.Event()
+
+    def start_infrastructure(self) -> None:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        database_url = self.settings.database_url
+        if database_url is None:
+            log.info("starting embedded PostgreSQL", data=str(self.run_dir / "pgdata"))
+            self.postgres, database_url = start_postgres(self.run_dir)
+        nats_url = self.settings.nats_url
+        if nats_url is None:
+            self.nats = start_nats(self.run_dir)
+            nats_url = self.nats.url
+            log.info("started embedded NATS", url=nats_url, monitor=self.nats.monitor_url)
+        self.env["DATABASE_URL"] = database_url
+        self.env["NATS_URL"] = nats_url
+        log.info("infrastructure ready", database=redact_url(database_url), nats=nats_url)
+
+    def migrate(self) -> None:
+        for entry in SERVICES:
+            subprocess.run(
+                [sys.executable, "-m", entry.package, "migrate"], env=self.env, check=True
+            )
+
+    def start_services(self) -> None:
+        for entry in SERVICES:
+            port = int(self.env.get(entry.port_variable, entry.port_default))
+            process = subprocess.Popen(
+                [sys.executable, "-m", entry.package, "serve"],
+                env=self.env,
+                start_new_session=True,  # the runner, not the terminal, decides when it stops
+            )
+            self.running.append(Running(entry, port, process))
+        for service in self.running:
+            self.wait_ready(service)
+
+    def wait_ready(self, service: Running) -> None:
+        url = f"http://{self.settings.http_host}:{service.port}/readyz"
+        deadline = time.monotonic() + self.settings.ready_timeout_s
+        while time.monotonic() < deadline and not self.stop_requested.is_set():
+            if service.process.poll() is not None:
+                raise RuntimeError(f"{service.entry.package} exited with {service.process.returncode}")
+            try:
+                with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310 (http on loopback)
+                    if response.status == 200:
+                        return
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                pass
+            time.sleep(0.2)
+        raise TimeoutError(f"{service.entry.package} not ready at {url}")
+
+    def print_urls(self) -> None:
+        host = self.settings.http_host
+        lines = ["", "Billing ledger is running:"]
+        for service in self.running:
+            base = f"http://{host}:{service.port}"
+            lines.append(
+                f"  {service.entry.package:<18} {base}   OpenAPI {base}/schema/openapi.json"
+                f"   docs {base}/schema/swagger"
+            )
+        lines.append(f"  {'PostgreSQL':<18} {redact_url(self.env['DATABASE_URL'])}")
+        lines.append(f"  {'NATS':<18} {self.env['NATS_URL']}")
+        lines.append("Mint a token: .venv/bin/billing-token --scope operator")
+        lines.append("Press Ctrl-C to stop.")
+        print("\n".join(lines), flush=True)
+
+    def supervise(self) -> int:
+        """Wait for a stop signal or for a service to die; a dead service stops the stack."""
+        while not self.stop_requested.wait(0.5):
+            for service in self.running:
+                code = service.process.poll()
+                if code is not None:
+                    log.error("service exited; stopping the stack",
+                              service=service.entry.package, code=code)
+                    return 1
+        return 0
+
+    def stop(self) -> None:
+        for service in reversed(self.running):
+            if service.process.poll() is None:
+                log.info("stopping", service=service.entry.package)
+                service.process.send_signal(signal.SIGTERM)
+        for service in reversed(self.running):
+            try:
+                service.process.wait(STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                log.warning("service did not stop in time; killing", service=service.entry.package)
+                service.process.kill()
+                service.process.wait()
+        if self.nats is not None:
+            log.info("stopping embedded NATS")
+            self.nats.stop()
+        if self.postgres is not None:
+            log.info("stopping embedded PostgreSQL")
+            self.postgres.cleanup()  # type: ignore[attr-defined]
+        log.info("stack stopped")
+
+
+def main() -> int:
+    try:
+        settings = load_stack_settings()
+    except SettingsError as exc:
+        print(f"billing-stack: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(service="runner", fmt=settings.log_format)
+    stack = Stack(settings)
+
+    def request_stop(signum: int, _: object) -> None:
+        log.info("stop requested", signal=signal.Signals(signum).name)
+        stack.stop_requested.set()
+
+    signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGTERM, request_stop)
+    code = 0
+    try:
+        stack.start_infrastructure()
+        stack.migrate()
+        stack.start_services()
+        if not stack.stop_requested.is_set():
+            stack.print_urls()
+            code = stack.supervise()
+    except (RuntimeError, TimeoutError, subprocess.CalledProcessError, OSError) as exc:
+        log.error("stack failed to start", error=str(exc))
+        code = 1
+    finally:
+        stack.stop()
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

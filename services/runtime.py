@@ -1,0 +1,186 @@
+"""What every service process does, in one place: read settings, configure logs, open the
+database pool, apply migrations, connect to NATS, serve HTTP, and stop in reverse order.
+
+A service package describes itself with a ``ServiceSpec``; its ``__main__`` calls ``main``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import structlog
+import uvicorn
+from faststream.nats import NatsBroker
+from litestar import Litestar
+from psycopg_pool import AsyncConnectionPool
+
+from services.broker import check_nats, create_broker, ensure_streams
+from services.database import (
+    apply_migrations,
+    check_database,
+    create_pool,
+    ensure_database,
+    redact_url,
+)
+from services.http import JwtVerifier, create_app
+from services.logging import configure_logging
+from services.settings import ServiceSettings, SettingsError, load_settings
+
+log = structlog.get_logger(__name__)
+
+Hook = Callable[["Runtime"], Awaitable[None]]
+
+
+@dataclass(slots=True)
+class Runtime:
+    """The live resources of one service process, handed to its routes and subscribers."""
+
+    settings: ServiceSettings
+    pool: AsyncConnectionPool
+    broker: NatsBroker
+    verifier: JwtVerifier
+    state: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceParts:
+    """What a service adds to the kernel: routes, subscribers' hooks, error mapping."""
+
+    route_handlers: Sequence[Any] = ()
+    exception_statuses: Mapping[type[Exception], tuple[int, str]] = field(default_factory=dict)
+    on_startup: Sequence[Hook] = ()
+    on_shutdown: Sequence[Hook] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceSpec:
+    name: str  # "ledger_service"
+    title: str
+    version: str
+    schema: str  # the service's own PostgreSQL schema
+    http_port_default: int
+    migrations: Path
+    # Called once per process with the not-yet-connected runtime: registers NATS
+    # subscribers on runtime.broker and returns the HTTP routes and hooks.
+    build: Callable[[Runtime], ServiceParts]
+    settings_class: type[ServiceSettings] = ServiceSettings
+
+
+def load(spec: ServiceSpec, environ: Mapping[str, str] | None = None) -> ServiceSettings:
+    return load_settings(
+        spec.settings_class,
+        service_name=spec.name,
+        http_port_default=spec.http_port_default,
+        environ=environ,
+    )
+
+
+def migrate(spec: ServiceSpec, settings: ServiceSettings) -> list[str]:
+    ensure_database(settings.database_url)
+    return apply_migrations(settings.database_url, spec.schema, spec.migrations)
+
+
+def build_app(spec: ServiceSpec, settings: ServiceSettings) -> Litestar:
+    """The Litestar app of a service, with its lifespan owning every resource."""
+    runtime = Runtime(
+        settings=settings,
+        pool=create_pool(
+            settings.database_url, spec.schema, max_size=settings.db_pool_size_max, name=spec.name
+        ),
+        broker=create_broker(settings.nats_url, graceful_timeout_s=settings.shutdown_grace_s),
+        verifier=JwtVerifier(
+            secret=None if settings.jwt_jwks_url else settings.jwt_secret,
+            jwks_url=settings.jwt_jwks_url,
+            audience=settings.jwt_audience,
+        ),
+    )
+    parts = spec.build(runtime)
+
+    @asynccontextmanager
+    async def lifespan(_: Litestar) -> AsyncIterator[None]:
+        await asyncio.to_thread(migrate, spec, settings)
+        await runtime.pool.open(wait=True, timeout=30)
+        await runtime.broker.connect()
+        await ensure_streams(runtime.broker)
+        for hook in parts.on_startup:
+            await hook(runtime)
+        await runtime.broker.start()
+        log.info("service started", port=settings.http_port, env=settings.app_env)
+        try:
+            yield
+        finally:
+            log.info("service stopping: draining in-flight messages")
+            await runtime.broker.stop()  # waits for handlers in flight (graceful_timeout)
+            for hook in reversed(parts.on_shutdown):
+                await hook(runtime)
+            await runtime.pool.close()
+            log.info("service stopped")
+
+    async def database() -> None:
+        await check_database(runtime.pool)
+
+    async def nats() -> None:
+        await check_nats(runtime.broker)
+
+    app = create_app(
+        title=spec.title,
+        version=spec.version,
+        route_handlers=list(parts.route_handlers),
+        readiness_checks={"database": database, "nats": nats},
+        auth=runtime.verifier,
+        lifespan=[lifespan],
+        exception_statuses=dict(parts.exception_statuses),
+    )
+    app.state.runtime = runtime
+    return app
+
+
+def serve(spec: ServiceSpec, settings: ServiceSettings) -> None:
+    app = build_app(spec, settings)
+    config = uvicorn.Config(
+        app,
+        host=settings.http_host,
+        port=settings.http_port,
+        loop="uvloop",
+        http="httptools",
+        lifespan="on",
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=int(settings.shutdown_grace_s),
+        server_header=False,
+    )
+    uvicorn.Server(config).run()
+
+
+def main(spec: ServiceSpec, argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog=f"python -m {spec.name}",
+        description=f"{spec.title}: serve HTTP and NATS, or apply database migrations.",
+    )
+    parser.add_argument("command", nargs="?", default="serve", choices=["serve", "migrate"])
+    args = parser.parse_args(argv)
+    try:
+        settings = load(spec)
+    except SettingsError as exc:
+        print(f"{spec.name}: cannot start: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(service=spec.name, level=settings.log_level, fmt=settings.log_format)
+    log.info(
+        "configuration loaded",
+        database=redact_url(settings.database_url),
+        nats=settings.nats_url,
+        command=args.command,
+    )
+    if args.command == "migrate":
+        applied = migrate(spec, settings)
+        log.info("migrations up to date", schema=spec.schema, applied=applied)
+        return 0
+    serve(spec, settings)
+    return 0

@@ -1,0 +1,133 @@
+"""One validated settings object per service, read once from the environment at start-up.
+
+Nothing else in the code base reads ``os.environ``: a service receives its settings object,
+and a bad or missing value stops the start with a message naming the variable.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Annotated, Any, Literal, TypeVar
+
+import msgspec
+
+from services.http.auth import DEVELOPMENT_JWT_SECRET
+
+AppEnv = Literal["development", "production"]
+Port = Annotated[int, msgspec.Meta(ge=1, le=65535)]
+
+
+class SettingsError(RuntimeError):
+    """A setting is missing or malformed; the message names the environment variable."""
+
+
+class ServiceSettings(msgspec.Struct, frozen=True, kw_only=True):
+    """Settings every service shares. Field NAME is read from the variable NAME upper-cased."""
+
+    service_name: str
+    app_env: AppEnv = "development"
+    http_host: str = "127.0.0.1"
+    http_port: Port
+    database_url: Annotated[str, msgspec.Meta(min_length=1)]
+    nats_url: Annotated[str, msgspec.Meta(min_length=1)]
+    jwt_secret: str = DEVELOPMENT_JWT_SECRET
+    jwt_jwks_url: str | None = None
+    jwt_audience: str | None = None
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["auto", "json", "console"] = "auto"
+    db_pool_size_max: Annotated[int, msgspec.Meta(ge=2, le=200)] = 10
+    shutdown_grace_s: Annotated[float, msgspec.Meta(ge=0, le=300)] = 10.0
+
+    @property
+    def is_production(self) -> bool:
+        return self.app_env == "production"
+
+    def require_production_secrets(self) -> None:
+        """Refuse to start in production with development defaults for secrets."""
+        if not self.is_production:
+            return
+        if self.jwt_jwks_url is None and self.jwt_secret == DEVELOPMENT_JWT_SECRET:
+            raise SettingsError(
+                "APP_ENV=production needs JWT_JWKS_URL or a JWT_SECRET of its own; "
+                "the development default is refused"
+            )
+        if self.jwt_jwks_url is None and len(self.jwt_secret) < 32:
+            raise SettingsError("JWT_SECRET must be at least 32 characters in production")
+
+
+SettingsT = TypeVar("SettingsT", bound=ServiceSettings)
+
+# Variables whose values must never appear in an error message or a log line.
+SECRET_FIELDS = frozenset({"jwt_secret", "database_url"})
+
+
+def load_settings(
+    cls: type[SettingsT],
+    *,
+    service_name: str,
+    http_port_default: int,
+    environ: Mapping[str, str] | None = None,
+) -> SettingsT:
+    """Build ``cls`` from environment variables (field name upper-cased).
+
+    Per-service variables such as ``LEDGER_HTTP_PORT`` win over the plain ``HTTP_PORT`` so
+    that one shell can start all four services.
+    """
+    env = os.environ if environ is None else environ
+    prefix = service_name.upper().removesuffix("_SERVICE") + "_"
+    raw: dict[str, Any] = {"service_name": service_name, "http_port": http_port_default}
+    for field in msgspec.structs.fields(cls):
+        if field.name == "service_name":
+            continue
+        for key in (prefix + field.name.upper(), field.name.upper()):
+            if key in env and env[key] != "":
+                raw[field.name] = env[key]
+                break
+    try:
+        settings = msgspec.convert(raw, cls, strict=False)
+    except msgspec.ValidationError as exc:
+        raise SettingsError(_explain(exc, prefix)) from None
+    settings.require_production_secrets()
+    return settings
+
+
+def _explain(exc: msgspec.ValidationError, prefix: str) -> str:
+    # msgspec says "Object missing required field `nats_url`" or "... - at `$.http_port`".
+    message = str(exc)
+    for token in ("`$.", "`"):
+        if token in message:
+            name = message.split(token, 1)[1].split("`", 1)[0]
+            if name.isidentifier():
+                var = name.upper()
+                return f"setting {var} (or {prefix}{var}) is invalid or missing: {message}"
+    return f"invalid settings: {message}"
+
+
+class StackSettings(msgspec.Struct, frozen=True, kw_only=True):
+    """Settings of ``make run`` (the stack runner), not of any one service."""
+
+    database_url: str | None = None
+    nats_url: str | None = None
+    run_dir: str = ".run"
+    http_host: str = "127.0.0.1"
+    ready_timeout_s: Annotated[float, msgspec.Meta(gt=0, le=600)] = 90.0
+    log_format: Literal["auto", "json", "console"] = "auto"
+
+
+def load_stack_settings(environ: Mapping[str, str] | None = None) -> StackSettings:
+    env = os.environ if environ is None else environ
+    raw = {
+        f.name: env[f.name.upper()]
+        for f in msgspec.structs.fields(StackSettings)
+        if env.get(f.name.upper())
+    }
+    try:
+        return msgspec.convert(raw, StackSettings, strict=False)
+    except msgspec.ValidationError as exc:
+        raise SettingsError(f"invalid stack settings: {exc}") from None
+
+
+def passthrough_environment(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment the runner hands to each service process it starts."""
+    return dict(os.environ if environ is None else environ)

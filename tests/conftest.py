@@ -1,0 +1,98 @@
+"""Test infrastructure: real PostgreSQL and real NATS.
+
+``DATABASE_URL`` / ``NATS_URL`` name the servers (CI points them at the machine's own); when
+unset, an embedded PostgreSQL and a nats-server from the wheels start under .run/test/.
+Each test session gets a database of its own, dropped at the end, so the suite never sees
+another run's rows. Our JetStream streams are deleted at the start of the session so that no
+durable consumer or message of an earlier run leaks in.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import nats
+import psycopg
+import pytest
+from psycopg import sql
+
+from contracts.subjects import STREAMS
+from services.database import conninfo, parse_database_url
+from services.embedded import start_nats, start_postgres
+
+ROOT = Path(__file__).resolve().parent.parent
+RUN_DIR = ROOT / ".run" / "test"
+
+
+@dataclass(frozen=True, slots=True)
+class Infra:
+    database_url: str
+    nats_url: str
+
+    def service_env(self, **extra: str) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.endswith("_HTTP_PORT")}
+        env.update(DATABASE_URL=self.database_url, NATS_URL=self.nats_url, LOG_FORMAT="json")
+        env.update(extra)
+        return env
+
+
+def _with_database(url: str, name: str) -> str:
+    parts = parse_database_url(url)
+    if parts.host.startswith("/"):
+        return f"postgresql://{parts.user}@/{name}?host={parts.host}&port={parts.port}"
+    auth = parts.user + (f":{parts.password}" if parts.password else "")
+    return f"postgresql://{auth}@{parts.host}:{parts.port}/{name}"
+
+
+@pytest.fixture(scope="session")
+def infra() -> Iterator[Infra]:
+    base_url = os.environ.get("DATABASE_URL")
+    nats_url = os.environ.get("NATS_URL")
+    nats_process = None
+    if base_url is None:
+        RUN_DIR.mkdir(parents=True, exist_ok=True)
+        _, base_url = start_postgres(RUN_DIR, "postgres")
+    if nats_url is None:
+        nats_process = start_nats(RUN_DIR)
+        nats_url = nats_process.url
+    test_db = f"billing_test_{os.getpid()}_{uuid.uuid4().hex[:6]}"
+    admin = conninfo(base_url, dbname="postgres")
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(test_db)))
+    asyncio.run(_delete_streams(nats_url))
+    try:
+        yield Infra(database_url=_with_database(base_url, test_db), nats_url=nats_url)
+    finally:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(test_db))
+            )
+        if nats_process is not None:
+            nats_process.stop()
+
+
+async def _delete_streams(nats_url: str) -> None:
+    nc = await nats.connect(nats_url)
+    try:
+        js = nc.jetstream()
+        for name in STREAMS:
+            try:
+                await js.delete_stream(name)
+            except nats.js.errors.NotFoundError:
+                pass
+    finally:
+        await nc.close()
+
+
+@pytest.fixture
+async def nats_client(infra: Infra) -> AsyncIterator[nats.NATS]:
+    nc = await nats.connect(infra.nats_url)
+    try:
+        yield nc
+    finally:
+        await nc.close()
