@@ -98,8 +98,14 @@ class CorrelationMiddleware(BaseMiddleware):
             return await call_next(msg)
 
     async def publish_scope(self, call_next: Any, cmd: Any) -> Any:
-        if getattr(cmd, "correlation_id", None) is None:
-            cmd.correlation_id = current_correlation_id()
+        # FastStream fills a fresh id into every publish, so "set it when missing" never
+        # fires. Inside an HTTP request or a consumed message, that context's id wins: a
+        # chain of messages keeps the id of the request that started it.
+        context_id = current_correlation_id() or structlog.contextvars.get_contextvars().get(
+            "correlation_id"
+        )
+        if context_id:
+            cmd.correlation_id = context_id
         return await call_next(cmd)
 
 

@@ -117,45 +117,44 @@ def apply_migrations(url: str, schema: str, folder: Path) -> list[str]:
     """Apply every not-yet-applied ``*.sql`` file of ``folder`` in name order. Returns them."""
     files = sorted(folder.glob("*.sql"))
     applied_now: list[str] = []
-    with psycopg.connect(conninfo(url)) as conn:
-        with conn.transaction():
-            # One lock per schema: concurrent starters wait, then find nothing left to do.
-            conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"migrate:{schema}",))
-            conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
-            conn.execute(
-                sql.SQL(
-                    "CREATE TABLE IF NOT EXISTS {}.schema_migrations ("
-                    " version text PRIMARY KEY, checksum text NOT NULL,"
-                    " applied_at timestamptz NOT NULL DEFAULT now())"
-                ).format(sql.Identifier(schema))
+    with psycopg.connect(conninfo(url)) as conn, conn.transaction():
+        # One lock per schema: concurrent starters wait, then find nothing left to do.
+        conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"migrate:{schema}",))
+        conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
+        conn.execute(
+            sql.SQL(
+                "CREATE TABLE IF NOT EXISTS {}.schema_migrations ("
+                " version text PRIMARY KEY, checksum text NOT NULL,"
+                " applied_at timestamptz NOT NULL DEFAULT now())"
+            ).format(sql.Identifier(schema))
+        )
+        rows = conn.execute(
+            sql.SQL("SELECT version, checksum FROM {}.schema_migrations").format(
+                sql.Identifier(schema)
             )
-            rows = conn.execute(
-                sql.SQL("SELECT version, checksum FROM {}.schema_migrations").format(
-                    sql.Identifier(schema)
-                )
-            ).fetchall()
-            known: Mapping[str, str] = dict(rows)
-            for path in files:
-                text = path.read_text(encoding="utf-8")
-                checksum = hashlib.sha256(text.encode()).hexdigest()
-                if path.name in known:
-                    if known[path.name] != checksum:
-                        raise MigrationError(
-                            f"migration {schema}/{path.name} changed after it was applied; "
-                            "add a new migration instead of editing an applied one"
-                        )
-                    continue
-                conn.execute(sql.SQL("SET LOCAL search_path TO {}").format(sql.Identifier(schema)))
-                try:
-                    conn.execute(text.encode())
-                except psycopg.Error as exc:
-                    raise MigrationError(f"migration {schema}/{path.name} failed: {exc}") from exc
-                conn.execute(
-                    sql.SQL("INSERT INTO {}.schema_migrations (version, checksum) VALUES (%s, %s)")
-                    .format(sql.Identifier(schema)),
-                    (path.name, checksum),
-                )
-                applied_now.append(path.name)
+        ).fetchall()
+        known: Mapping[str, str] = dict(rows)
+        for path in files:
+            text = path.read_text(encoding="utf-8")
+            checksum = hashlib.sha256(text.encode()).hexdigest()
+            if path.name in known:
+                if known[path.name] != checksum:
+                    raise MigrationError(
+                        f"migration {schema}/{path.name} changed after it was applied; "
+                        "add a new migration instead of editing an applied one"
+                    )
+                continue
+            conn.execute(sql.SQL("SET LOCAL search_path TO {}").format(sql.Identifier(schema)))
+            try:
+                conn.execute(text.encode())
+            except psycopg.Error as exc:
+                raise MigrationError(f"migration {schema}/{path.name} failed: {exc}") from exc
+            conn.execute(
+                sql.SQL("INSERT INTO {}.schema_migrations (version, checksum) VALUES (%s, %s)")
+                .format(sql.Identifier(schema)),
+                (path.name, checksum),
+            )
+            applied_now.append(path.name)
     if applied_now:
         log.info("migrations applied", schema=schema, files=applied_now)
     return applied_now

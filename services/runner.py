@@ -108,7 +108,7 @@ class Stack:
             if service.process.poll() is not None:
                 raise RuntimeError(f"{service.entry.package} exited with {service.process.returncode}")
             try:
-                with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310 (http on loopback)
+                with urllib.request.urlopen(url, timeout=2) as response:
                     if response.status == 200:
                         return
             except (urllib.error.URLError, ConnectionError, TimeoutError):

@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import signal
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from signal import SIGINT, SIGTERM
 from typing import Any
 
 import structlog
@@ -142,6 +145,20 @@ def build_app(spec: ServiceSpec, settings: ServiceSettings) -> Litestar:
     return app
 
 
+class _Server(uvicorn.Server):
+    """uvicorn re-raises SIGTERM after its graceful shutdown, so the process would die of the
+    signal; a service that drained and stopped cleanly exits 0 instead."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        previous = {sig: signal.signal(sig, self.handle_exit) for sig in (SIGINT, SIGTERM)}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+
 def serve(spec: ServiceSpec, settings: ServiceSettings) -> None:
     app = build_app(spec, settings)
     config = uvicorn.Config(
@@ -156,7 +173,7 @@ def serve(spec: ServiceSpec, settings: ServiceSettings) -> None:
         timeout_graceful_shutdown=int(settings.shutdown_grace_s),
         server_header=False,
     )
-    uvicorn.Server(config).run()
+    _Server(config).run()
 
 
 def main(spec: ServiceSpec, argv: Sequence[str] | None = None) -> int:

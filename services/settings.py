@@ -44,7 +44,9 @@ class ServiceSettings(msgspec.Struct, frozen=True, kw_only=True):
         return self.app_env == "production"
 
     def require_production_secrets(self) -> None:
-        """Refuse to start in production with development defaults for secrets."""
+        """Refuse short secrets anywhere, and development defaults in production."""
+        if self.jwt_jwks_url is None and len(self.jwt_secret) < 32:
+            raise SettingsError("JWT_SECRET must be at least 32 characters")
         if not self.is_production:
             return
         if self.jwt_jwks_url is None and self.jwt_secret == DEVELOPMENT_JWT_SECRET:
@@ -52,8 +54,6 @@ class ServiceSettings(msgspec.Struct, frozen=True, kw_only=True):
                 "APP_ENV=production needs JWT_JWKS_URL or a JWT_SECRET of its own; "
                 "the development default is refused"
             )
-        if self.jwt_jwks_url is None and len(self.jwt_secret) < 32:
-            raise SettingsError("JWT_SECRET must be at least 32 characters in production")
 
 
 SettingsT = TypeVar("SettingsT", bound=ServiceSettings)
