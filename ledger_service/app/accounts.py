@@ -1,0 +1,380 @@
+"""Operator and payment commands on one account, each idempotent.
+
+HTTP commands carry an ``Idempotency-Key``: the first outcome is stored with a hash of the
+request, in the same transaction as its events; a replay with the same body returns the
+stored response and writes nothing; the same key with another body is refused.
+Payments are keyed by the provider's payment or refund id.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from uuid import UUID
+
+import msgspec
+
+from contracts.http.ledger import (
+    AccountView,
+    Adjustment,
+    BalanceView,
+    CreditView,
+    GrantCredit,
+    GrantView,
+    OpenAccount,
+    PatchAccount,
+    PostedView,
+    PriceOverride,
+    PriceOverrideView,
+    RefundRequest,
+    Tax,
+)
+from contracts.money import format_micros, to_micros
+from contracts.payments import PaymentReceived, PaymentRefunded
+from ledger_service.app.ledger import (
+    AccountExists,
+    AccountNotFound,
+    ConflictingIdempotencyKey,
+    Ledger,
+    UnitOfWork,
+)
+from ledger_service.app.recorder import IdempotencyRow
+from ledger_service.domain.account import BillingAccount
+from ledger_service.domain.errors import EntryNotFound
+from ledger_service.domain.times import parse_time
+from ledger_service.domain.values import DebitRef, TaxProfile
+
+_encoder = msgspec.json.Encoder()
+
+
+@dataclass(frozen=True, slots=True)
+class Idempotency:
+    """What makes an HTTP write idempotent: its scope, the caller's key, the body's hash."""
+
+    scope: str
+    key: str | None
+    body_hash: str
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    response: bytes
+    replayed: bool
+
+
+def idempotent(
+    ledger: Ledger,
+    idem: Idempotency,
+    account_id: UUID | None,
+    command: Callable[[UnitOfWork, str], msgspec.Struct],
+) -> Outcome:
+    """Run ``command`` once per key. It receives the unit of work and a stable operation id
+    (the key, or a fresh id when the caller sent none) to name what it creates."""
+
+    def run(work: UnitOfWork) -> Outcome:
+        if idem.key is not None:
+            stored = ledger.stored_key(idem.scope, idem.key)
+            if stored is not None:
+                body_hash, response = stored
+                if body_hash != idem.body_hash:
+                    raise ConflictingIdempotencyKey(
+                        "this Idempotency-Key was used with a different request")
+                return Outcome(response or b"{}", replayed=True)
+        operation_id = idem.key or uuid.uuid4().hex
+        response = _encoder.encode(command(work, operation_id))
+        if idem.key is not None:
+            work.rows.keys.append(IdempotencyRow(idem.scope, idem.key, account_id,
+                                                 idem.body_hash, response))
+        return Outcome(response, replayed=False)
+
+    return ledger.run(run)  # type: ignore[no-any-return]
+
+
+# ------------------------------------------------------------------ views
+
+
+def tax_profile(tax: Tax) -> TaxProfile:
+    return TaxProfile(country=tax.country, vat_number=tax.vat_number,
+                      reverse_charge=bool(tax.reverse_charge))
+
+
+def account_view(account: BillingAccount) -> AccountView:
+    settings = account.settings
+    tax = settings.tax
+    return AccountView(
+        account_id=account.id,
+        name=None,
+        type=settings.account_type,  # type: ignore[arg-type]
+        status="closed" if settings.closed else "open",  # type: ignore[arg-type]
+        currency=settings.currency,  # type: ignore[arg-type]
+        credit_limit=format_micros(settings.credit_limit_micros)
+        if settings.account_type == "postpay" else None,
+        low_balance_threshold=format_micros(settings.low_balance_threshold_micros)
+        if settings.low_balance_threshold_micros else None,
+        billing_basis=settings.billing_basis,  # type: ignore[arg-type]
+        tier=settings.tier,  # type: ignore[arg-type]
+        tax=Tax(country=tax.country, vat_number=tax.vat_number,
+                reverse_charge=tax.reverse_charge),
+        opened_at=account.created_on,
+    )
+
+
+def balance_view(account: BillingAccount, as_of: datetime) -> BalanceView:
+    settings = account.settings
+    return BalanceView(
+        account_id=account.id,
+        currency=account.currency,  # type: ignore[arg-type]
+        balance=format_micros(account.balance_micros),
+        available=format_micros(account.available_micros),
+        held=format_micros(account.held_micros),
+        credits=[
+            CreditView(
+                grant_id=g.grant_id,
+                kind=g.kind if g.kind in _CONTRACT_GRANT_KINDS else "purchased",  # type: ignore[arg-type]
+                amount=format_micros(g.remaining_micros),
+                remaining=format_micros(g.remaining_micros),
+                expires_at=parse_time(g.expires_at) if g.expires_at else None,
+            )
+            for g in account.grants
+        ],
+        credit_limit=format_micros(settings.credit_limit_micros)
+        if settings.account_type == "postpay" else None,
+        as_of=as_of,
+    )
+
+
+_CONTRACT_GRANT_KINDS = frozenset(
+    {"signup_promo", "mobile_verification", "referral", "purchased", "bonus", "compensation"})
+
+
+def posted_view(account: BillingAccount, entry_id: str, kind: str, amount_micros: int,
+                balance_after_micros: int, at: datetime) -> PostedView:
+    return PostedView(
+        entry_id=UUID(entry_id), account_id=account.id, kind=kind,  # type: ignore[arg-type]
+        amount=format_micros(amount_micros), currency=account.currency,  # type: ignore[arg-type]
+        balance_after=format_micros(balance_after_micros), occurred_at=at,
+    )
+
+
+# ------------------------------------------------------------------ commands
+
+
+def open_account(ledger: Ledger, body: OpenAccount, idem: Idempotency) -> Outcome:
+    account_id = body.account_id or uuid.uuid4()
+
+    def command(work: UnitOfWork, _: str) -> AccountView:
+        try:
+            ledger.load(account_id)
+        except AccountNotFound:
+            pass
+        else:
+            raise AccountExists(f"account {account_id} already exists")
+        account = BillingAccount.open(
+            account_id, ledger.clock(),
+            account_type=body.type, currency=body.currency, tier=body.tier or "starter",
+            credit_limit_micros=to_micros(body.credit_limit) if body.credit_limit else 0,
+            low_balance_threshold_micros=to_micros(body.low_balance_threshold)
+            if body.low_balance_threshold else 0,
+            billing_basis=body.billing_basis or "submitted",
+            tax=tax_profile(body.tax),
+        )
+        work.touch(account)
+        return account_view(account)
+
+    return idempotent(ledger, idem, account_id, command)
+
+
+def patch_account(ledger: Ledger, account_id: UUID, body: PatchAccount, actor: str,
+                  idem: Idempotency) -> Outcome:
+    def command(work: UnitOfWork, _: str) -> AccountView:
+        account = work.touch(ledger.load(account_id))
+        now = ledger.clock()
+        limit = _optional_micros(body.credit_limit)
+        if body.type is not msgspec.UNSET and body.type != account.account_type:
+            account.change_type(body.type, now, credit_limit_micros=limit, actor=actor)
+            limit = None
+        threshold = _optional_micros(body.low_balance_threshold)
+        account.change_settings(
+            now,
+            credit_limit_micros=limit,
+            low_balance_threshold_micros=threshold,
+            billing_basis=None if body.billing_basis is msgspec.UNSET else body.billing_basis,
+            tier=None if body.tier is msgspec.UNSET or body.tier is None else body.tier,
+            tax=None if body.tax is msgspec.UNSET else tax_profile(body.tax),
+            actor=actor,
+        )
+        return account_view(account)
+
+    return idempotent(ledger, idem, account_id, command)
+
+
+def _optional_micros(value: object) -> int | None:
+    if value is msgspec.UNSET:
+        return None
+    if value is None:
+        return 0
+    return to_micros(value)  # type: ignore[arg-type]
+
+
+def close_account(ledger: Ledger, account_id: UUID, reason: str, actor: str,
+                  idem: Idempotency) -> Outcome:
+    def command(work: UnitOfWork, _: str) -> AccountView:
+        account = work.touch(ledger.load(account_id))
+        account.close(ledger.clock(), reason=reason, actor=actor)
+        return account_view(account)
+
+    return idempotent(ledger, idem, account_id, command)
+
+
+def grant_credit(ledger: Ledger, account_id: UUID, body: GrantCredit, actor: str,
+                 idem: Idempotency) -> Outcome:
+    def command(work: UnitOfWork, operation_id: str) -> GrantView:
+        account = work.touch(ledger.load(account_id))
+        now = ledger.clock()
+        grant_id = f"grant:{operation_id}"
+        amount = to_micros(body.amount)
+        result = account.grant(grant_id, body.kind, amount, now, expires_at=body.expires_at,
+                               reason=body.reason, actor=actor)
+        return GrantView(
+            grant_id=grant_id, entry_id=UUID(result.entry_id), account_id=account.id,
+            kind=body.kind, amount=body.amount, currency=account.currency,  # type: ignore[arg-type]
+            expires_at=body.expires_at, granted_at=now,
+        )
+
+    return idempotent(ledger, idem, account_id, command)
+
+
+def adjust(ledger: Ledger, account_id: UUID, body: Adjustment, actor: str,
+           idem: Idempotency) -> Outcome:
+    def command(work: UnitOfWork, operation_id: str) -> PostedView:
+        account = work.touch(ledger.load(account_id))
+        now = ledger.clock()
+        result = account.adjust(operation_id, body.direction, to_micros(body.amount), body.memo,
+                                actor, now)
+        return posted_view(account, result.entry_id, "adjustment", result.amount_micros,
+                           result.balance_after_micros, now)
+
+    return idempotent(ledger, idem, account_id, command)
+
+
+def refund(ledger: Ledger, account_id: UUID, body: RefundRequest, actor: str,
+           idem: Idempotency) -> Outcome:
+    def command(work: UnitOfWork, operation_id: str) -> PostedView:
+        account = work.touch(ledger.load(account_id))
+        debit = find_debit(ledger, account_id, str(body.entry_id))
+        now = ledger.clock()
+        amount = to_micros(body.amount) if body.amount is not None else None
+        result = account.refund(operation_id, debit, amount, now, reason=body.reason,
+                                actor=actor)
+        entry_id = result.entry_id or str(body.entry_id)
+        return posted_view(account, entry_id, "refund", result.refunded_micros,
+                           account.balance_micros, now)
+
+    return idempotent(ledger, idem, account_id, command)
+
+
+def find_debit(ledger: Ledger, account_id: UUID, entry_id: str) -> DebitRef:
+    """The debit line an entry id names, read from the event that recorded it."""
+    rows = ledger.query(
+        "SELECT originator_version FROM {schema}.entry_index"
+        " WHERE entry_id = %s AND account_id = %s",
+        (UUID(entry_id), account_id),
+    )
+    if not rows:
+        raise EntryNotFound(f"no entry {entry_id} on account {account_id}")
+    version = rows[0][0]
+    for event in ledger.app.events.get(account_id, gt=version - 1, lte=version):
+        for line in getattr(event, "lines", ()) or ():
+            if line["entry_id"] == entry_id:
+                return DebitRef.from_usage_line(line)
+        if getattr(event, "entry_id", None) == entry_id and getattr(event, "direction", None) == "debit":
+            return DebitRef(entry_id=entry_id, amount_micros=event.amount_micros,  # type: ignore[attr-defined]
+                            grants_consumed=tuple(event.grants_consumed),  # type: ignore[attr-defined]
+                            overdraft_micros=event.overdraft_micros,  # type: ignore[attr-defined]
+                            occurred_at=event.timestamp.isoformat(), kind="adjustment")
+    raise EntryNotFound(f"entry {entry_id} is not a debit that can be refunded")
+
+
+def set_price(ledger: Ledger, account_id: UUID, product: str, body: PriceOverride, actor: str,
+              idem: Idempotency) -> Outcome:
+    def command(work: UnitOfWork, _: str) -> PriceOverrideView:
+        account = work.touch(ledger.load(account_id))
+        now = ledger.clock()
+        account.set_price_override(product, to_micros(body.unit_price), now, actor=actor)
+        return PriceOverrideView(
+            account_id=account.id, product=product, unit_price=body.unit_price,
+            currency=account.currency, valid_until=body.valid_until, set_at=now,  # type: ignore[arg-type]
+        )
+
+    return idempotent(ledger, idem, account_id, command)
+
+
+# ------------------------------------------------------------------ payments
+
+PAYMENT_RECEIVED_SCOPE = "payment:received"
+PAYMENT_REFUNDED_SCOPE = "payment:refunded"
+
+
+def credit_payment(ledger: Ledger, payment: PaymentReceived) -> bool:
+    """Credit a payment (net of VAT) exactly once per provider payment id. False: a repeat."""
+    key = f"{payment.provider}:{payment.payment_id}"
+
+    def command(work: UnitOfWork) -> bool:
+        if ledger.seen_keys(PAYMENT_RECEIVED_SCOPE, [key]):
+            return False
+        account = work.touch(ledger.load(payment.account_id))
+        account.purchase_credit(payment.payment_id, payment.provider, to_micros(payment.amount),
+                                payment.currency, ledger.clock(),
+                                reference=payment.provider_reference)
+        work.rows.keys.append(IdempotencyRow(PAYMENT_RECEIVED_SCOPE, key, account.id))
+        return True
+
+    return bool(ledger.run(command))
+
+
+def reverse_payment(ledger: Ledger, refund_msg: PaymentRefunded) -> bool:
+    """Take a provider refund back from the account, once per refund id; may overdraw."""
+    key = f"{refund_msg.provider}:{refund_msg.refund_id}"
+
+    def command(work: UnitOfWork) -> bool:
+        if ledger.seen_keys(PAYMENT_REFUNDED_SCOPE, [key]):
+            return False
+        account = work.touch(ledger.load(refund_msg.account_id))
+        account.reverse_payment(refund_msg.payment_id, refund_msg.provider,
+                                to_micros(refund_msg.amount), ledger.clock(),
+                                reason=refund_msg.reason or "provider refund")
+        work.rows.keys.append(IdempotencyRow(PAYMENT_REFUNDED_SCOPE, key, account.id))
+        return True
+
+    return bool(ledger.run(command))
+
+
+# ------------------------------------------------------------------ expiry sweep
+
+SWEEP_ACCOUNTS_MAX = 500
+
+
+def sweep_expiries(ledger: Ledger) -> int:
+    """Expire due holds and grants of accounts on the schedule; returns accounts swept."""
+
+    def command(work: UnitOfWork) -> int:
+        now = ledger.clock()
+        rows = ledger.query(
+            "SELECT DISTINCT account_id FROM {schema}.expiry_schedule WHERE due_at <= %s"
+            " LIMIT %s", (now, SWEEP_ACCOUNTS_MAX))
+        for (account_id,) in rows:
+            try:
+                account = ledger.load(account_id)
+            except AccountNotFound:
+                work.rows.unschedule.append((account_id, now))
+                continue
+            account.expire_holds(now)
+            account.expire_grants(now)
+            if account.pending_events:
+                work.touch(account)
+            work.rows.unschedule.append((account_id, now))
+        return len(rows)
+
+    return int(ledger.run(command))

@@ -1,0 +1,247 @@
+"""The ledger's use cases over the event store: load, call the domain, save with side rows.
+
+Everything here is synchronous (eventsourcing is) and runs on the ledger's single writer
+thread (see writer.py), so one process never races itself on an account; two processes are
+kept apart by optimistic concurrency (a stale save fails as a whole and is retried).
+
+Idempotency keys, the entry index and the expiry schedule commit in the same transaction as
+the events (recorder.py), so "has this key had its effect?" and "did the effect happen?"
+can never disagree.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from uuid import NAMESPACE_URL, UUID, uuid5
+
+import structlog
+from eventsourcing.application import AggregateNotFoundError, Application
+from eventsourcing.persistence import IntegrityError
+from psycopg.sql import SQL, Identifier
+
+from ledger_service.app.catalogue import CATALOGUE_ID, Catalogue
+from ledger_service.app.recorder import EntryRow, LedgerRows
+from ledger_service.domain.account import BillingAccount
+from ledger_service.domain.errors import LedgerError
+from ledger_service.domain.pricing import PriceCatalog
+
+log = structlog.get_logger(__name__)
+
+SAVE_ATTEMPTS_MAX = 5
+SNAPSHOT_INTERVAL = 200
+AGGREGATE_CACHE_SIZE_MAX = 50_000
+HOLD_NAMESPACE = uuid5(NAMESPACE_URL, "https://billing.example/ledger/holds")
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class LedgerApplication(Application[UUID]):
+    """The event store of the ledger: tables ledger_events and ledger_snapshots."""
+
+    name = "Ledger"
+    snapshotting_intervals = {BillingAccount: SNAPSHOT_INTERVAL}
+
+
+def ledger_env(base: Mapping[str, str]) -> dict[str, str]:
+    """eventsourcing settings for the ledger on top of the PostgreSQL ones."""
+    return {
+        **base,
+        "APPLICATION_RECORDER_TOPIC": "ledger_service.app.recorder:LedgerRecorder",
+        # The writer thread is the only writer in a process: cached aggregates are current
+        # unless another process wrote, which a failed save reveals (then we evict).
+        "AGGREGATE_CACHE_MAXSIZE": str(AGGREGATE_CACHE_SIZE_MAX),
+        "AGGREGATE_CACHE_FASTFORWARD": "n",
+        "DEEPCOPY_FROM_AGGREGATE_CACHE": "n",
+        "IS_SNAPSHOTTING_ENABLED": "y",
+    }
+
+
+class ConflictingIdempotencyKey(LedgerError):
+    """The same Idempotency-Key was used with a different request."""
+
+
+class AccountNotFound(LedgerError):
+    pass
+
+
+class AccountExists(LedgerError):
+    pass
+
+
+@dataclass(slots=True)
+class UnitOfWork:
+    """Aggregates changed by one command or batch, with the rows to commit beside them."""
+
+    accounts: dict[UUID, BillingAccount] = field(default_factory=dict)
+    rows: LedgerRows = field(default_factory=LedgerRows)
+    extra: list[Any] = field(default_factory=list)
+
+    def touch(self, account: BillingAccount) -> BillingAccount:
+        self.accounts[account.id] = account
+        return account
+
+
+def request_hash(body: bytes) -> str:
+    return hashlib.sha256(body).hexdigest()
+
+
+def hold_id_for(account_id: UUID, request_id: str) -> str:
+    return str(uuid5(HOLD_NAMESPACE, f"{account_id}:{request_id}"))
+
+
+class Ledger:
+    """Use cases. Each public method is one transaction (retried on a concurrent write)."""
+
+    def __init__(self, app: LedgerApplication, clock: Callable[[], datetime] = utcnow) -> None:
+        self.app = app
+        self.clock = clock
+        self._catalogue: PriceCatalog | None = None
+
+    # ------------------------------------------------------------ plumbing
+
+    @property
+    def schema(self) -> str:
+        return str(self.app.recorder.datastore.schema)  # type: ignore[attr-defined]
+
+    def sql(self, text: str) -> SQL:
+        return SQL(text.replace("{schema}", "{0}")).format(Identifier(self.schema))  # type: ignore[return-value]
+
+    def query(self, text: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        datastore = self.app.recorder.datastore  # type: ignore[attr-defined]
+        with datastore.get_connection() as conn, conn.cursor() as cur:
+            cur.execute(self.sql(text), params)
+            return [tuple(row.values()) for row in cur.fetchall()] if cur.description else []
+
+    def load(self, account_id: UUID) -> BillingAccount:
+        try:
+            account = self.app.repository.get(account_id)
+        except AggregateNotFoundError:
+            raise AccountNotFound(f"account {account_id} not found") from None
+        if not isinstance(account, BillingAccount):
+            raise AccountNotFound(f"account {account_id} not found")
+        return account
+
+    def evict(self, ids: Iterable[UUID]) -> None:
+        cache = self.app.repository.cache
+        if cache is None:
+            return
+        for account_id in ids:
+            with contextlib.suppress(KeyError):
+                cache.get(account_id, evict=True)
+
+    def commit(self, work: UnitOfWork) -> None:
+        """Save the changed aggregates and the side rows in one transaction."""
+        for account in work.accounts.values():
+            self._index(account, work.rows)
+        try:
+            self.app.save(*work.accounts.values(), *work.extra, ledger_rows=work.rows)
+        except Exception:
+            # The cached objects carry events that were not stored: drop them.
+            self.evict(work.accounts)
+            raise
+
+    def run(self, command: Callable[[UnitOfWork], Any]) -> Any:
+        """Run ``command`` in a fresh unit of work; retry when a concurrent writer won."""
+        for attempt in range(1, SAVE_ATTEMPTS_MAX + 1):
+            work = UnitOfWork()
+            try:
+                result = command(work)
+            except Exception:
+                # A command refused half-way may leave events on a cached aggregate.
+                self.evict(work.accounts)
+                raise
+            if not work.accounts and not work.rows and not work.extra:
+                return result
+            try:
+                self.commit(work)
+            except IntegrityError:
+                if attempt == SAVE_ATTEMPTS_MAX:
+                    raise
+                log.info("concurrent write; retrying", attempt=attempt)
+                continue
+            return result
+        raise AssertionError("unreachable")
+
+    def _index(self, account: BillingAccount, rows: LedgerRows) -> None:
+        for event in account.pending_events:
+            version = event.originator_version
+            lines = getattr(event, "lines", None)
+            if lines is not None:
+                rows.entries.extend(
+                    EntryRow(UUID(line["entry_id"]), account.id, version, "usage")
+                    for line in lines
+                )
+                continue
+            entry_id = getattr(event, "entry_id", None)
+            if entry_id is not None:
+                rows.entries.append(
+                    EntryRow(UUID(entry_id), account.id, version, type(event).__name__)
+                )
+            expires_at = getattr(event, "expires_at", None)
+            if isinstance(expires_at, str):
+                rows.schedule.append((account.id, datetime.fromisoformat(expires_at)))
+
+    def stored_key(self, scope: str, key: str) -> tuple[str | None, bytes | None] | None:
+        rows = self.query(
+            "SELECT request_hash, response FROM {schema}.idempotency_keys"
+            " WHERE scope = %s AND key = %s",
+            (scope, key),
+        )
+        if not rows:
+            return None
+        hash_, response = rows[0]
+        return hash_, bytes(response) if response is not None else None
+
+    def seen_keys(self, scope: str, keys: Sequence[str]) -> set[str]:
+        if not keys:
+            return set()
+        rows = self.query(
+            "SELECT key FROM {schema}.idempotency_keys WHERE scope = %s AND key = ANY(%s)",
+            (scope, list(keys)),
+        )
+        return {row[0] for row in rows}
+
+    # ------------------------------------------------------------ catalogue
+
+    def catalogue(self) -> PriceCatalog:
+        if self._catalogue is None:
+            self._catalogue = self._load_catalogue().price_catalog()
+        return self._catalogue
+
+    def _load_catalogue(self) -> Catalogue:
+        try:
+            return self.app.repository.get(CATALOGUE_ID)  # type: ignore[no-any-return]
+        except AggregateNotFoundError:
+            catalogue = Catalogue.from_default(self.clock())
+            try:
+                self.app.save(catalogue)
+            except IntegrityError:  # another process seeded it first
+                return self.app.repository.get(CATALOGUE_ID)  # type: ignore[no-any-return]
+            return catalogue
+
+    def replace_catalogue(self, version: str, products: list[dict[str, Any]], actor: str) -> bool:
+        """Replace the price catalogue; the same version twice changes nothing."""
+        def command(work: UnitOfWork) -> bool:
+            catalogue = self._load_catalogue()
+            changed = catalogue.replace(version, products, actor, self.clock())
+            if changed:
+                work.extra.append(catalogue)
+            return changed
+
+        try:
+            changed = bool(self.run(command))
+        finally:
+            self._catalogue = None
+            self.evict([CATALOGUE_ID])
+        return changed
+
+
+def expiry(now: datetime, ttl_s: int) -> datetime:
+    return now + timedelta(seconds=ttl_s)

@@ -1,0 +1,140 @@
+"""The ledger's use cases over real PostgreSQL: exactly once, atomic, idempotent."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+
+import msgspec
+import pytest
+
+from contracts.http.ledger import GrantCredit, OpenAccount, Tax
+from contracts.ledger import AuthorizeRequest
+from contracts.money import format_micros
+from contracts.usage import UsageRecorded
+from ledger_service.app import accounts, intake
+from ledger_service.app.accounts import Idempotency
+from ledger_service.app.ledger import ConflictingIdempotencyKey, Ledger
+from tests.integration.ledger_fixtures import build_ledger, ledger  # noqa: F401
+
+pytestmark = pytest.mark.integration
+
+
+def open_prepay(ledger: Ledger, credit: str = "10.00", **kw: object) -> uuid.UUID:
+    account_id = uuid.uuid4()
+    body = OpenAccount(account_id=account_id, type="prepay", currency="GBP",
+                       tax=Tax(country="GB"), **kw)  # type: ignore[arg-type]
+    accounts.open_account(ledger, body, Idempotency("http:open", None, "h"))
+    if credit != "0":
+        accounts.grant_credit(ledger, account_id,
+                              GrantCredit(kind="purchased", amount=credit, reason="test"),
+                              "tester", Idempotency("http:grant", None, "h"))
+    return account_id
+
+
+def usage(account_id: uuid.UUID, event_id: str, quantity: int = 1, **kw: object) -> UsageRecorded:
+    return UsageRecorded(event_id=event_id, account_id=account_id, product="sms",
+                         quantity=quantity, occurred_at=datetime.now(UTC),
+                         status="submitted", **kw)  # type: ignore[arg-type]
+
+
+def balance(ledger: Ledger, account_id: uuid.UUID) -> str:
+    ledger.evict([account_id])  # read what is stored, not the writer's cache
+    return format_micros(ledger.load(account_id).balance_micros)
+
+
+def test_usage_batch_debits_each_account_once_and_duplicates_change_nothing(ledger: Ledger) -> None:
+    a, b = open_prepay(ledger), open_prepay(ledger)
+    batch = [usage(a, "a-1"), usage(a, "a-2", 2), usage(b, "b-1"), usage(a, "a-1")]
+    verdicts = intake.apply_usage(ledger, batch)
+    assert [v.outcome for v in verdicts] == ["applied", "applied", "applied", "duplicate"]
+    assert balance(ledger, a) == "9.8815"  # 10 - 3 x 0.0395
+    assert balance(ledger, b) == "9.9605"
+    again = intake.apply_usage(ledger, batch)
+    assert {v.outcome for v in again} == {"duplicate"}
+    assert balance(ledger, a) == "9.8815"
+
+
+def test_unknown_account_and_unknown_product_are_dead_letters_and_the_rest_applies(
+    ledger: Ledger,
+) -> None:
+    a = open_prepay(ledger)
+    bad_product = msgspec.structs.replace(usage(a, "p-1"), product="carrier_pigeon")
+    verdicts = intake.apply_usage(
+        ledger, [usage(uuid.uuid4(), "x-1"), bad_product, usage(a, "ok-1")])
+    assert [v.outcome for v in verdicts] == ["dead", "dead", "applied"]
+    assert "not found" in (verdicts[0].detail or "")
+    assert balance(ledger, a) == "9.9605"
+    # dead letters record no key: once the cause is fixed, a retry applies
+    assert ledger.seen_keys("usage", ["x-1", "p-1"]) == set()
+
+
+def test_authorize_places_a_hold_refuses_past_the_floor_and_replays(ledger: Ledger) -> None:
+    a = open_prepay(ledger, "0.10")
+    ok = AuthorizeRequest(request_id="r-1", account_id=a, product="sms", quantity=2)
+    too_much = AuthorizeRequest(request_id="r-2", account_id=a, product="sms", quantity=2)
+    first, refused = intake.authorize(ledger, [ok, too_much])
+    assert first.approved and first.amount == "0.079" and first.available_after == "0.021"
+    assert not refused.approved and refused.reason == "insufficient_funds"
+    assert intake.authorize(ledger, [ok, too_much]) == [first, refused]
+    unknown = AuthorizeRequest(request_id="r-3", account_id=uuid.uuid4(), product="sms",
+                               quantity=1)
+    assert intake.authorize(ledger, [unknown])[0].reason == "account_not_found"
+
+
+def test_usage_with_the_hold_captures_it(ledger: Ledger) -> None:
+    a = open_prepay(ledger, "1.00")
+    reply = intake.authorize(ledger, [AuthorizeRequest(request_id="cap-1", account_id=a,
+                                                       product="sms", quantity=1)])[0]
+    assert reply.approved
+    intake.apply_usage(ledger, [usage(a, "cap-u1", hold_id=reply.hold_id)])
+    ledger.evict([a])
+    account = ledger.load(a)
+    assert account.held_micros == 0
+    assert account.balance_micros == 1_000_000 - 39_500
+
+
+def test_http_idempotency_replays_and_refuses_another_body(ledger: Ledger) -> None:
+    a = open_prepay(ledger, "0")
+    body = GrantCredit(kind="bonus", amount="5.00", reason="welcome")
+    first = accounts.grant_credit(ledger, a, body, "op", Idempotency("http:grant", "k1", "h1"))
+    again = accounts.grant_credit(ledger, a, body, "op", Idempotency("http:grant", "k1", "h1"))
+    assert again.replayed and again.response == first.response
+    assert balance(ledger, a) == "5.00"
+    with pytest.raises(ConflictingIdempotencyKey):
+        accounts.grant_credit(ledger, a, body, "op", Idempotency("http:grant", "k1", "h2"))
+
+
+def test_refund_of_a_usage_line_restores_and_never_exceeds(ledger: Ledger) -> None:
+    from contracts.http.ledger import RefundRequest
+    from ledger_service.domain.errors import RefundExceedsDebit
+    from ledger_service.domain.postings import usage_entry_id
+
+    a = open_prepay(ledger, "1.00")
+    intake.apply_usage(ledger, [usage(a, "rf-1", 10)])
+    entry_id = usage_entry_id(a, "rf-1")
+    half = RefundRequest(entry_id=uuid.UUID(entry_id), amount="0.20", reason="carrier fault")
+    accounts.refund(ledger, a, half, "op", Idempotency("http:refund", "rf-k1", "h"))
+    assert balance(ledger, a) == "0.805"
+    with pytest.raises(RefundExceedsDebit):
+        accounts.refund(ledger, a, RefundRequest(entry_id=uuid.UUID(entry_id), amount="0.20",
+                                                 reason="again"), "op",
+                        Idempotency("http:refund", "rf-k2", "h"))
+    rest = RefundRequest(entry_id=uuid.UUID(entry_id), reason="rest")
+    accounts.refund(ledger, a, rest, "op", Idempotency("http:refund", "rf-k3", "h"))
+    accounts.refund(ledger, a, rest, "op", Idempotency("http:refund", "rf-k4", "h"))  # no-op
+    assert balance(ledger, a) == "1.00"
+
+
+def test_two_ledgers_on_one_database_never_double_apply(infra) -> None:  # type: ignore[no-untyped-def]
+    one, two = build_ledger(infra), build_ledger(infra)
+    try:
+        a = open_prepay(one)
+        two.load(a)  # warm the second writer's cache, then let the first move ahead
+        intake.apply_usage(one, [usage(a, "race-1")])
+        verdicts = intake.apply_usage(two, [usage(a, "race-1"), usage(a, "race-2")])
+        assert [v.outcome for v in verdicts] == ["duplicate", "applied"]
+        assert balance(one, a) == "9.921"
+    finally:
+        one.app.close()
+        two.app.close()
