@@ -72,16 +72,6 @@ ProductKey = Annotated[
         examples=["sms", "rcs_basic", "shortcode_keyword"],
     ),
 ]
-Tier = Annotated[
-    str,
-    msgspec.Meta(
-        min_length=1,
-        max_length=64,
-        pattern=r"^[a-z0-9][a-z0-9_-]*$(?!\n)",
-        description="Price tier: lower-case letters, digits, '_' and '-'",
-        examples=["standard", "volume-1m"],
-    ),
-]
 Sku = Annotated[
     str,
     msgspec.Meta(

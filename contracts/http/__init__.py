@@ -1,0 +1,47 @@
+"""Bodies of the HTTP APIs, one module per service, plus RFC 9457 problems.
+
+`BODIES` lists every request and response body; the schema export walks it.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from msgspec import Struct
+
+from contracts.http import invoicing, ledger, payments, problem, sync
+
+BODIES: Final[tuple[type[Struct], ...]] = (
+    # ledger_service
+    ledger.OpenAccount,
+    ledger.PatchAccount,
+    ledger.AccountView,
+    ledger.BalanceView,
+    ledger.EntriesPage,
+    ledger.UsageView,
+    ledger.GrantCredit,
+    ledger.GrantView,
+    ledger.Adjustment,
+    ledger.RefundRequest,
+    ledger.PostedView,
+    ledger.PriceOverride,
+    ledger.PriceOverrideView,
+    ledger.AuditEventsPage,
+    # payments_service
+    payments.CreateTopUp,
+    payments.CheckoutSessionView,
+    payments.PaymentView,
+    payments.PaymentsPage,
+    # invoicing_service
+    invoicing.InvoiceView,
+    invoicing.InvoicesPage,
+    invoicing.BillingRunRequest,
+    invoicing.BillingRunView,
+    invoicing.VoidRequest,
+    invoicing.CreditNoteRequest,
+    invoicing.CreditNoteView,
+    # sync_service
+    sync.SyncStatus,
+    # every service
+    problem.Problem,
+)

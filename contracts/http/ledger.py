@@ -1,0 +1,255 @@
+"""Bodies of ledger_service: accounts, balances, statements, usage, credits, prices, audit."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Final, Literal
+
+from msgspec import UNSET, Meta, Struct, UnsetType
+
+from contracts.catalog import Tier
+from contracts.http.paging import NextCursor
+from contracts.ids import AccountId, EntryId, GrantId, ProductKey, Reference
+from contracts.ledger import EntryAmount, EntryKind, GrantKind
+from contracts.money import Amount, Currency, PositiveAmount, SignedAmount
+from contracts.timestamps import Timestamp
+
+ENTRIES_PAGE_MAX: Final = 500
+AUDIT_PAGE_MAX: Final = 500
+USAGE_ITEMS_MAX: Final = 10_000
+CREDITS_MAX: Final = 1_000
+
+# trial: promotional credits only; prepay: the balance must cover authorizations; postpay:
+# usage accrues against a credit limit and is invoiced monthly; system: internal, not billed.
+AccountType = Literal["trial", "prepay", "postpay", "system"]
+AccountStatus = Literal["open", "closed"]
+BillingBasis = Literal["submitted", "delivered"]
+
+CountryCode = Annotated[
+    str, Meta(pattern=r"^[A-Z]{2}$(?!\n)", description="ISO 3166-1 alpha-2", examples=["GB"])
+]
+VatNumber = Annotated[
+    str,
+    Meta(
+        min_length=2,
+        max_length=32,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9 .-]*$(?!\n)",
+        description="VAT registration number as the customer gave it; checked by the ledger",
+        examples=["GB123456789"],
+    ),
+]
+AccountName = Annotated[str, Meta(min_length=1, max_length=200)]
+Reason = Annotated[str, Meta(min_length=1, max_length=500)]
+CreditLimit = Annotated[Amount, Meta(description="How far a postpay account may go below zero")]
+LowBalanceThreshold = Annotated[
+    Amount, Meta(description="balance_low is published when available crosses below it")
+]
+UsagePeriod = Annotated[
+    str,
+    Meta(
+        pattern=r"^[0-9]{4}-(0[1-9]|1[0-2])(-(0[1-9]|[12][0-9]|3[01]))?$(?!\n)",
+        description="YYYY-MM-DD when grouped by day, YYYY-MM when grouped by month",
+        examples=["2026-11-22", "2026-11"],
+    ),
+]
+Sha256 = Annotated[str, Meta(pattern=r"^[0-9a-f]{64}$(?!\n)", description="SHA-256, hex")]
+
+
+class Tax(Struct, frozen=True, kw_only=True):
+    country: CountryCode
+    vat_number: VatNumber | None = None
+    reverse_charge: Annotated[
+        bool | None, Meta(description="Absent: decided from country and vat_number")
+    ] = None
+
+
+class OpenAccount(Struct, frozen=True, kw_only=True):
+    """POST /v1/accounts."""
+
+    account_id: Annotated[
+        AccountId | None, Meta(description="Absent: the ledger assigns one")
+    ] = None
+    type: AccountType
+    currency: Currency
+    credit_limit: CreditLimit | None = None
+    low_balance_threshold: LowBalanceThreshold | None = None
+    billing_basis: Annotated[
+        BillingBasis | None, Meta(description="Which usage status bills; absent: the default")
+    ] = None
+    tier: Tier | None = None
+    tax: Tax
+    name: AccountName | None = None
+
+
+class PatchAccount(Struct, frozen=True, kw_only=True):
+    """PATCH /v1/accounts/{id}: an absent field is unchanged; null clears an optional one."""
+
+    type: AccountType | UnsetType = UNSET
+    credit_limit: CreditLimit | UnsetType | None = UNSET
+    low_balance_threshold: LowBalanceThreshold | UnsetType | None = UNSET
+    billing_basis: BillingBasis | UnsetType = UNSET
+    tier: Tier | UnsetType | None = UNSET
+    tax: Annotated[Tax | UnsetType, Meta(description="Replaces the whole tax block")] = UNSET
+    name: AccountName | UnsetType | None = UNSET
+
+
+class AccountView(Struct, frozen=True, kw_only=True):
+    """GET /v1/accounts/{id}: settings and state."""
+
+    account_id: AccountId
+    name: AccountName | None
+    type: AccountType
+    status: AccountStatus
+    currency: Currency
+    credit_limit: CreditLimit | None
+    low_balance_threshold: LowBalanceThreshold | None
+    billing_basis: BillingBasis
+    tier: Tier | None
+    tax: Tax
+    opened_at: Timestamp
+    closed_at: Timestamp | None = None
+
+
+class CreditView(Struct, frozen=True, kw_only=True):
+    grant_id: GrantId
+    kind: GrantKind
+    amount: Annotated[Amount, Meta(description="Granted")]
+    remaining: Amount
+    expires_at: Annotated[Timestamp | None, Meta(description="Null: never expires")]
+
+
+class BalanceView(Struct, frozen=True, kw_only=True):
+    """GET /v1/accounts/{id}/balance: available = balance - held (+ credit_limit)."""
+
+    account_id: AccountId
+    currency: Currency
+    balance: SignedAmount
+    available: SignedAmount
+    held: Annotated[Amount, Meta(description="Reserved by open holds")]
+    credits: Annotated[
+        list[CreditView],
+        Meta(max_length=CREDITS_MAX, description="Unexpired grants with a remainder"),
+    ]
+    credit_limit: CreditLimit | None
+    as_of: Timestamp
+
+
+class EntryView(Struct, frozen=True, kw_only=True):
+    entry_id: EntryId
+    kind: EntryKind
+    amount: EntryAmount
+    balance_after: SignedAmount
+    description: Annotated[str, Meta(max_length=500)]
+    reference: Reference | None
+    occurred_at: Timestamp
+
+
+class EntriesPage(Struct, frozen=True, kw_only=True):
+    """GET /v1/accounts/{id}/entries: newest first."""
+
+    items: Annotated[list[EntryView], Meta(max_length=ENTRIES_PAGE_MAX)]
+    next_cursor: NextCursor
+
+
+class UsageItem(Struct, frozen=True, kw_only=True):
+    period: UsagePeriod
+    product: ProductKey
+    quantity: Annotated[int, Meta(ge=0, le=10**15)]
+    amount: Annotated[Amount, Meta(description="Charged, excluding VAT")]
+
+
+class UsageView(Struct, frozen=True, kw_only=True):
+    """GET /v1/accounts/{id}/usage."""
+
+    currency: Currency
+    group_by: Literal["day", "month"]
+    items: Annotated[list[UsageItem], Meta(max_length=USAGE_ITEMS_MAX)]
+
+
+class GrantCredit(Struct, frozen=True, kw_only=True):
+    """POST /v1/accounts/{id}/credits."""
+
+    kind: GrantKind
+    amount: PositiveAmount
+    expires_at: Annotated[Timestamp | None, Meta(description="Absent: never expires")] = None
+    reason: Reason
+
+
+class GrantView(Struct, frozen=True, kw_only=True):
+    """The answer to GrantCredit."""
+
+    grant_id: GrantId
+    entry_id: EntryId
+    account_id: AccountId
+    kind: GrantKind
+    amount: PositiveAmount
+    currency: Currency
+    expires_at: Timestamp | None
+    granted_at: Timestamp
+
+
+class Adjustment(Struct, frozen=True, kw_only=True):
+    """POST /v1/accounts/{id}/adjustments; the actor is taken from the token."""
+
+    direction: Literal["credit", "debit"]
+    amount: PositiveAmount
+    memo: Annotated[str, Meta(min_length=10, max_length=500, description="Why, for the auditor")]
+    reference: Reference | None = None
+
+
+class RefundRequest(Struct, frozen=True, kw_only=True):
+    """POST /v1/accounts/{id}/refunds: (part of) a debit back; never more than was debited."""
+
+    entry_id: Annotated[EntryId, Meta(description="The debit being refunded")]
+    amount: Annotated[
+        PositiveAmount | None, Meta(description="Absent: all that is left of the debit")
+    ] = None
+    reason: Reason
+
+
+class PostedView(Struct, frozen=True, kw_only=True):
+    """The answer to an adjustment or a refund: the entry it posted."""
+
+    entry_id: EntryId
+    account_id: AccountId
+    kind: EntryKind
+    amount: EntryAmount
+    currency: Currency
+    balance_after: SignedAmount
+    occurred_at: Timestamp
+
+
+class PriceOverride(Struct, frozen=True, kw_only=True):
+    """PUT /v1/accounts/{id}/prices/{product}: wins over the catalogue; account currency."""
+
+    unit_price: Annotated[Amount, Meta(description="Per unit, excluding VAT")]
+    valid_until: Annotated[
+        Timestamp | None, Meta(description="Absent: until replaced or removed")
+    ] = None
+    reason: Reason | None = None
+
+
+class PriceOverrideView(Struct, frozen=True, kw_only=True):
+    account_id: AccountId
+    product: ProductKey
+    unit_price: Amount
+    currency: Currency
+    valid_until: Timestamp | None
+    set_at: Timestamp
+
+
+class AuditEvent(Struct, frozen=True, kw_only=True):
+    """One stored event of the account as recorded, with its link in the hash chain."""
+
+    position: Annotated[int, Meta(ge=1, le=2**63 - 1, description="Version in the log")]
+    topic: Annotated[str, Meta(min_length=1, max_length=256, description="Event type")]
+    recorded_at: Timestamp
+    data: Annotated[dict[str, Any], Meta(max_length=256, description="The event's state")]
+    hash: Sha256
+    previous_hash: Annotated[Sha256 | None, Meta(description="Null for the first event")]
+
+
+class AuditEventsPage(Struct, frozen=True, kw_only=True):
+    """GET /v1/audit/accounts/{id}/events: oldest first."""
+
+    items: Annotated[list[AuditEvent], Meta(max_length=AUDIT_PAGE_MAX)]
+    next_cursor: NextCursor

@@ -1,0 +1,144 @@
+"""NATS subjects, JetStream streams, and the message shape on each subject.
+
+Two rules shape the names. A request-reply subject must not fall under any stream's
+wildcard, or JetStream answers the request with a PubAck instead of the ledger's reply;
+so the authorize subject sits beside `ledger.v1.events.>`, not under it. Dead letters get
+their own root, `deadletter.v1.`, so that a dead letter never lands back in the stream
+(and in front of the consumer) it came from.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+import msgspec
+
+from contracts.catalog import PricesUpdated
+from contracts.deadletter import DeadLetter
+from contracts.invoicing import (
+    CreditNoteIssued,
+    InvoiceIssued,
+    InvoiceOverdue,
+    InvoicePaid,
+    InvoiceVoided,
+)
+from contracts.ledger import (
+    AccountOverdrawn,
+    AuthorizeReply,
+    AuthorizeRequest,
+    BalanceLow,
+    EntryPosted,
+    GrantsExpired,
+    HoldExpired,
+)
+from contracts.payments import PaymentFailed, PaymentReceived, PaymentRefunded
+from contracts.usage import UsageRecorded
+
+USAGE_RECORDED: Final = "usage.v1.recorded"
+
+LEDGER_AUTHORIZE: Final = "ledger.v1.authorize"
+LEDGER_EVENTS: Final = "ledger.v1.events."
+LEDGER_ENTRY_POSTED: Final = LEDGER_EVENTS + "entry_posted"
+LEDGER_BALANCE_LOW: Final = LEDGER_EVENTS + "balance_low"
+LEDGER_ACCOUNT_OVERDRAWN: Final = LEDGER_EVENTS + "account_overdrawn"
+LEDGER_GRANTS_EXPIRED: Final = LEDGER_EVENTS + "grants_expired"
+LEDGER_HOLD_EXPIRED: Final = LEDGER_EVENTS + "hold_expired"
+
+PAYMENTS_RECEIVED: Final = "payments.v1.received"
+PAYMENTS_REFUNDED: Final = "payments.v1.refunded"
+PAYMENTS_FAILED: Final = "payments.v1.failed"
+
+INVOICING_ISSUED: Final = "invoicing.v1.issued"
+INVOICING_PAID: Final = "invoicing.v1.paid"
+INVOICING_VOIDED: Final = "invoicing.v1.voided"
+INVOICING_CREDIT_NOTE_ISSUED: Final = "invoicing.v1.credit_note_issued"
+INVOICING_OVERDUE: Final = "invoicing.v1.overdue"
+
+CATALOG_PRICES_UPDATED: Final = "catalog.v1.prices_updated"
+
+DEADLETTER_PREFIX: Final = "deadletter.v1."
+DEADLETTERS: Final = DEADLETTER_PREFIX + ">"
+
+STREAMS: Final[dict[str, list[str]]] = {
+    "USAGE": ["usage.v1.>"],
+    "LEDGER": [LEDGER_EVENTS + ">"],
+    "PAYMENTS": ["payments.v1.>"],
+    "INVOICING": ["invoicing.v1.>"],
+    "CATALOG": ["catalog.v1.>"],
+    "DEADLETTER": [DEADLETTERS],
+}
+
+# The payload on each subject. Published events only; the authorize request and reply are in
+# REQUESTS and REPLIES, and dead letters (any subject under DEADLETTERS) are DeadLetter.
+EVENTS: Final[dict[str, type[msgspec.Struct]]] = {
+    USAGE_RECORDED: UsageRecorded,
+    LEDGER_ENTRY_POSTED: EntryPosted,
+    LEDGER_BALANCE_LOW: BalanceLow,
+    LEDGER_ACCOUNT_OVERDRAWN: AccountOverdrawn,
+    LEDGER_GRANTS_EXPIRED: GrantsExpired,
+    LEDGER_HOLD_EXPIRED: HoldExpired,
+    PAYMENTS_RECEIVED: PaymentReceived,
+    PAYMENTS_REFUNDED: PaymentRefunded,
+    PAYMENTS_FAILED: PaymentFailed,
+    INVOICING_ISSUED: InvoiceIssued,
+    INVOICING_PAID: InvoicePaid,
+    INVOICING_VOIDED: InvoiceVoided,
+    INVOICING_CREDIT_NOTE_ISSUED: CreditNoteIssued,
+    INVOICING_OVERDUE: InvoiceOverdue,
+    CATALOG_PRICES_UPDATED: PricesUpdated,
+}
+REQUESTS: Final[dict[str, type[msgspec.Struct]]] = {LEDGER_AUTHORIZE: AuthorizeRequest}
+REPLIES: Final[dict[str, type[msgspec.Struct]]] = {LEDGER_AUTHORIZE: AuthorizeReply}
+
+# Every subject a consumer may receive, with what to decode it as.
+MESSAGES: Final[dict[str, type[msgspec.Struct]]] = {
+    **EVENTS,
+    **REQUESTS,
+    DEADLETTERS: DeadLetter,
+}
+
+# The payload field whose value the publisher puts in the Nats-Msg-Id header. JetStream
+# de-duplicates per stream, so within a stream these values must never coincide across
+# subjects: a refund keyed by its payment id would be dropped as a repeat of the payment.
+NATS_MSG_ID_FIELD: Final[dict[str, str]] = {
+    USAGE_RECORDED: "event_id",
+    LEDGER_ENTRY_POSTED: "entry_id",
+    LEDGER_BALANCE_LOW: "event_id",
+    LEDGER_ACCOUNT_OVERDRAWN: "event_id",
+    LEDGER_GRANTS_EXPIRED: "event_id",
+    LEDGER_HOLD_EXPIRED: "event_id",
+    PAYMENTS_RECEIVED: "payment_id",
+    PAYMENTS_REFUNDED: "event_id",
+    PAYMENTS_FAILED: "event_id",
+    INVOICING_ISSUED: "event_id",
+    INVOICING_PAID: "event_id",
+    INVOICING_VOIDED: "event_id",
+    INVOICING_CREDIT_NOTE_ISSUED: "event_id",
+    INVOICING_OVERDUE: "event_id",
+    CATALOG_PRICES_UPDATED: "version",
+    DEADLETTERS: "dead_letter_id",
+}
+
+
+def dead_letter_subject(subject: str) -> str:
+    """Where a message that failed on `subject` is set aside."""
+    return DEADLETTER_PREFIX + subject
+
+
+def stream_of(subject: str) -> str | None:
+    """The stream that stores `subject`, or None for a core NATS subject."""
+    for name, patterns in STREAMS.items():
+        if any(subject_matches(pattern, subject) for pattern in patterns):
+            return name
+    return None
+
+
+def subject_matches(pattern: str, subject: str) -> bool:
+    """NATS matching: `*` is one token, a final `>` is one or more tokens."""
+    wanted, tokens = pattern.split("."), subject.split(".")
+    for position, part in enumerate(wanted):
+        if part == ">":
+            return len(tokens) > position
+        if position >= len(tokens) or part not in ("*", tokens[position]):
+            return False
+    return len(tokens) == len(wanted)
