@@ -120,9 +120,11 @@ def build_app(spec: ServiceSpec, settings: ServiceSettings) -> Litestar:
             yield
         finally:
             log.info("service stopping: draining in-flight messages")
-            await runtime.broker.stop()  # waits for handlers in flight (graceful_timeout)
+            # The service's own consumers first, while NATS is still there to take their
+            # acks; then FastStream's subscribers (it waits for handlers in flight).
             for hook in reversed(parts.on_shutdown):
                 await hook(runtime)
+            await runtime.broker.stop()
             await runtime.pool.close()
             log.info("service stopped")
 

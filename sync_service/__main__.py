@@ -1,6 +1,6 @@
 import sys
 
-from sync_service.main import SPEC
 from services.runtime import main
+from sync_service.main import SPEC
 
 sys.exit(main(SPEC))

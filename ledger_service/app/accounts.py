@@ -89,7 +89,7 @@ def idempotent(
                                                  idem.body_hash, response))
         return Outcome(response, replayed=False)
 
-    return ledger.run(run)  # type: ignore[no-any-return]
+    return ledger.run(run)
 
 
 # ------------------------------------------------------------------ views
@@ -107,7 +107,7 @@ def account_view(account: BillingAccount) -> AccountView:
         account_id=account.id,
         name=None,
         type=settings.account_type,  # type: ignore[arg-type]
-        status="closed" if settings.closed else "open",  # type: ignore[arg-type]
+        status="closed" if settings.closed else "open",
         currency=settings.currency,  # type: ignore[arg-type]
         credit_limit=format_micros(settings.credit_limit_micros)
         if settings.account_type == "postpay" else None,
@@ -152,7 +152,7 @@ _CONTRACT_GRANT_KINDS = frozenset(
 def posted_view(account: BillingAccount, entry_id: str, kind: str, amount_micros: int,
                 balance_after_micros: int, at: datetime) -> PostedView:
     return PostedView(
-        entry_id=UUID(entry_id), account_id=account.id, kind=kind,  # type: ignore[arg-type]
+        entry_id=entry_id, account_id=account.id, kind=kind,  # type: ignore[arg-type]
         amount=format_micros(amount_micros), currency=account.currency,  # type: ignore[arg-type]
         balance_after=format_micros(balance_after_micros), occurred_at=at,
     )
@@ -238,7 +238,7 @@ def grant_credit(ledger: Ledger, account_id: UUID, body: GrantCredit, actor: str
         result = account.grant(grant_id, body.kind, amount, now, expires_at=body.expires_at,
                                reason=body.reason, actor=actor)
         return GrantView(
-            grant_id=grant_id, entry_id=UUID(result.entry_id), account_id=account.id,
+            grant_id=grant_id, entry_id=result.entry_id, account_id=account.id,
             kind=body.kind, amount=body.amount, currency=account.currency,  # type: ignore[arg-type]
             expires_at=body.expires_at, granted_at=now,
         )
@@ -266,8 +266,7 @@ def refund(ledger: Ledger, account_id: UUID, body: RefundRequest, actor: str,
         debit = find_debit(ledger, account_id, str(body.entry_id))
         now = ledger.clock()
         amount = to_micros(body.amount) if body.amount is not None else None
-        result = account.refund(operation_id, debit, amount, now, reason=body.reason,
-                                actor=actor)
+        result = account.refund(operation_id, debit, amount, body.reason, actor, now)
         entry_id = result.entry_id or str(body.entry_id)
         return posted_view(account, entry_id, "refund", result.refunded_micros,
                            account.balance_micros, now)
@@ -293,7 +292,8 @@ def find_debit(ledger: Ledger, account_id: UUID, entry_id: str) -> DebitRef:
             return DebitRef(entry_id=entry_id, amount_micros=event.amount_micros,  # type: ignore[attr-defined]
                             grants_consumed=tuple(event.grants_consumed),  # type: ignore[attr-defined]
                             overdraft_micros=event.overdraft_micros,  # type: ignore[attr-defined]
-                            occurred_at=event.timestamp.isoformat(), kind="adjustment")
+                            occurred_at=event.timestamp.isoformat(),  # type: ignore[attr-defined]
+                            kind="adjustment")
     raise EntryNotFound(f"entry {entry_id} is not a debit that can be refunded")
 
 

@@ -52,7 +52,7 @@ class UsageVerdict:
 
 def apply_usage(ledger: Ledger, batch: Sequence[UsageRecorded]) -> list[UsageVerdict]:
     """Apply a batch of decoded usage messages; one verdict per message, in order."""
-    return ledger.run(lambda work: _apply_usage(ledger, work, batch))  # type: ignore[no-any-return]
+    return ledger.run(lambda work: _apply_usage(ledger, work, batch))
 
 
 def _apply_usage(ledger: Ledger, work: UnitOfWork, batch: Sequence[UsageRecorded]) -> list[UsageVerdict]:
@@ -145,7 +145,7 @@ def refusal(exc: LedgerError) -> AuthorizeReply:
 
 def authorize(ledger: Ledger, requests: Sequence[AuthorizeRequest]) -> list[AuthorizeReply]:
     """Approve or refuse each request; the same request_id always gets the same reply."""
-    return ledger.run(lambda work: _authorize(ledger, work, requests))  # type: ignore[no-any-return]
+    return ledger.run(lambda work: _authorize(ledger, work, requests))
 
 
 def _authorize(ledger: Ledger, work: UnitOfWork,

@@ -121,11 +121,20 @@ class Ledger:
 
     def load(self, account_id: UUID) -> BillingAccount:
         try:
-            account = self.app.repository.get(account_id)
+            account: Any = self.app.repository.get(account_id)
         except AggregateNotFoundError:
             raise AccountNotFound(f"account {account_id} not found") from None
         if not isinstance(account, BillingAccount):
             raise AccountNotFound(f"account {account_id} not found")
+        return account
+
+    def read(self, account_id: UUID) -> BillingAccount:
+        """The account as stored now. The cache is current for this process's own writes;
+        another process may have written since, which one indexed look-up reveals."""
+        account = self.load(account_id)
+        if any(True for _ in self.app.events.get(account_id, gt=account.version, limit=1)):
+            self.evict([account_id])
+            account = self.load(account_id)
         return account
 
     def evict(self, ids: Iterable[UUID]) -> None:
@@ -217,13 +226,13 @@ class Ledger:
 
     def _load_catalogue(self) -> Catalogue:
         try:
-            return self.app.repository.get(CATALOGUE_ID)  # type: ignore[no-any-return]
+            return self.app.repository.get(CATALOGUE_ID)
         except AggregateNotFoundError:
             catalogue = Catalogue.from_default(self.clock())
             try:
                 self.app.save(catalogue)
             except IntegrityError:  # another process seeded it first
-                return self.app.repository.get(CATALOGUE_ID)  # type: ignore[no-any-return]
+                return self.app.repository.get(CATALOGUE_ID)
             return catalogue
 
     def replace_catalogue(self, version: str, products: list[dict[str, Any]], actor: str) -> bool:

@@ -15,7 +15,7 @@ from contracts.usage import UsageRecorded
 from ledger_service.app import accounts, intake
 from ledger_service.app.accounts import Idempotency
 from ledger_service.app.ledger import ConflictingIdempotencyKey, Ledger
-from tests.integration.ledger_fixtures import build_ledger, ledger  # noqa: F401
+from tests.integration.ledger_fixtures import build_ledger
 
 pytestmark = pytest.mark.integration
 

@@ -1,0 +1,249 @@
+"""The ledger's HTTP API (CONTRACTS.md, ledger_service): accounts, balances, operator writes.
+
+Writes take an optional ``Idempotency-Key``: a replay with the same body returns the first
+response (with ``Idempotent-Replayed: true``); the same key with another body is 409.
+A portal token reads only its own account; any other account is 404, never 403.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from typing import Annotated, Any
+from uuid import UUID
+
+from litestar import Request, Response, Router, get, patch, post, put
+from litestar.di import Provide
+from litestar.exceptions import NotFoundException, ValidationException
+from litestar.params import Parameter
+
+from contracts.http.ledger import (
+    AccountView,
+    Adjustment,
+    BalanceView,
+    GrantCredit,
+    GrantView,
+    OpenAccount,
+    PatchAccount,
+    PostedView,
+    PriceOverride,
+    PriceOverrideView,
+    RefundRequest,
+)
+from contracts.ids import KEY_LENGTH_MAX
+from ledger_service.app import accounts
+from ledger_service.app.accounts import Idempotency, Outcome
+from ledger_service.app.ledger import (
+    AccountExists,
+    AccountNotFound,
+    ConflictingIdempotencyKey,
+    Ledger,
+    request_hash,
+)
+from ledger_service.domain import errors
+from ledger_service.messaging import Writer
+from services.http import (
+    BEARER_SECURITY,
+    OPERATOR,
+    PORTAL,
+    Principal,
+    problem_responses,
+    requires_any_scope,
+    requires_scope,
+)
+from services.http.auth import CurrentPrincipal
+
+JSON = "application/json"
+_KEY = re.compile(rf"[\x21-\x7e]{{1,{KEY_LENGTH_MAX}}}")
+IdempotencyKey = Annotated[
+    str | None,
+    Parameter(header="Idempotency-Key", required=False,
+              description="Makes the write safe to retry: 1-128 visible ASCII characters"),
+]
+EXCEPTION_STATUSES: dict[type[Exception], tuple[int, str]] = {
+    AccountNotFound: (404, "account-not-found"),
+    AccountExists: (409, "account-exists"),
+    ConflictingIdempotencyKey: (409, "idempotency-key-reused"),
+    errors.InvalidRequest: (422, "invalid-request"),
+    errors.UnknownProduct: (422, "unknown-product"),
+    errors.AccountClosed: (409, "account-closed"),
+    errors.InsufficientFunds: (422, "insufficient-funds"),
+    errors.CreditLimitExceeded: (422, "credit-limit-exceeded"),
+    errors.HoldNotFound: (404, "hold-not-found"),
+    errors.DuplicateKey: (409, "duplicate"),
+    errors.EntryNotFound: (404, "entry-not-found"),
+    errors.RefundExceedsDebit: (422, "refund-exceeds-debit"),
+    errors.InvalidTransition: (409, "invalid-transition"),
+    errors.LedgerError: (422, "ledger-rule"),
+}
+
+
+class LedgerServices:
+    """What the routes need; main.py fills it at start-up (after migrations)."""
+
+    ledger: Ledger
+    writer: Writer
+
+
+async def idempotency(request: Request[Any, Any, Any], scope: str, key: str | None) -> Idempotency:
+    if key is not None and not _KEY.fullmatch(key):
+        raise ValidationException(
+            detail="Idempotency-Key must be 1-128 visible ASCII characters",
+            extra=[{"key": "Idempotency-Key", "message": "invalid key", "source": "header"}],
+        )
+    return Idempotency(scope, key, request_hash(await request.body()))
+
+
+def respond(outcome: Outcome, status: int) -> Response[bytes]:
+    headers = {"Idempotent-Replayed": "true"} if outcome.replayed else {}
+    return Response(outcome.response, status_code=status, media_type=JSON, headers=headers)
+
+
+def check_may_read(principal: Principal, account_id: UUID) -> None:
+    if not principal.may_read_account(account_id):
+        raise NotFoundException(detail=f"account {account_id} not found")
+
+
+def actor_of(principal: Principal) -> str:
+    return f"{principal.sub}"[:200]
+
+
+OPERATOR_ONLY = {"guards": [requires_scope(OPERATOR)], "security": BEARER_SECURITY}
+READERS = {"guards": [requires_any_scope(PORTAL, OPERATOR)], "security": BEARER_SECURITY}
+
+
+@post("/", summary="Open a billing account", status_code=201, **OPERATOR_ONLY,  # type: ignore[arg-type]
+      responses=problem_responses(400, 401, 403, 409, 422))
+async def open_account(
+    request: Request[Any, Any, Any], data: OpenAccount, svc: LedgerServices,
+    idempotency_key: IdempotencyKey = None,
+) -> Response[bytes]:
+    idem = await idempotency(request, "http:open", idempotency_key)
+    outcome = await svc.writer.call(accounts.open_account, svc.ledger, data, idem)
+    return respond(outcome, 201)
+
+
+@get("/{account_id:uuid}", summary="An account's settings and state", **READERS,  # type: ignore[arg-type]
+     responses=problem_responses(401, 403, 404))
+async def get_account(account_id: UUID, svc: LedgerServices, principal: CurrentPrincipal) -> AccountView:
+    check_may_read(principal, account_id)
+    account = await svc.writer.call(svc.ledger.read, account_id)
+    return accounts.account_view(account)
+
+
+@patch("/{account_id:uuid}", summary="Change type, limits, threshold, basis, tier or tax",
+       **OPERATOR_ONLY, responses=problem_responses(400, 401, 403, 404, 409, 422))  # type: ignore[arg-type]
+async def patch_account(
+    request: Request[Any, Any, Any], account_id: UUID, data: PatchAccount, svc: LedgerServices,
+    principal: CurrentPrincipal, idempotency_key: IdempotencyKey = None,
+) -> Response[bytes]:
+    idem = await idempotency(request, f"http:patch:{account_id}", idempotency_key)
+    outcome = await svc.writer.call(accounts.patch_account, svc.ledger, account_id, data,
+                                    actor_of(principal), idem)
+    return respond(outcome, 200)
+
+
+@post("/{account_id:uuid}/close", summary="Close: no new debits or authorizations",
+      status_code=200, **OPERATOR_ONLY, responses=problem_responses(401, 403, 404))  # type: ignore[arg-type]
+async def close_account(
+    request: Request[Any, Any, Any], account_id: UUID, svc: LedgerServices,
+    principal: CurrentPrincipal, idempotency_key: IdempotencyKey = None,
+) -> Response[bytes]:
+    idem = await idempotency(request, f"http:close:{account_id}", idempotency_key)
+    outcome = await svc.writer.call(accounts.close_account, svc.ledger, account_id,
+                                    "closed by operator", actor_of(principal), idem)
+    return respond(outcome, 200)
+
+
+@get("/{account_id:uuid}/balance", summary="Balance, available, held and credits", **READERS,  # type: ignore[arg-type]
+     responses=problem_responses(400, 401, 403, 404))
+async def get_balance(
+    account_id: UUID, svc: LedgerServices, principal: CurrentPrincipal,
+    as_of: Annotated[datetime | None, Parameter(
+        description="Answer from the event log for this past instant (RFC 3339)")] = None,
+) -> BalanceView:
+    check_may_read(principal, account_id)
+    if as_of is not None:
+        if as_of.tzinfo is None:
+            raise ValidationException(detail="as_of needs a UTC offset",
+                                      extra=[{"key": "as_of", "message": "timezone required",
+                                              "source": "query"}])
+        account = await svc.writer.call(balance_as_of, svc.ledger, account_id, as_of)
+        return accounts.balance_view(account, as_of.astimezone(UTC))
+    account = await svc.writer.call(svc.ledger.read, account_id)
+    return accounts.balance_view(account, datetime.now(UTC))
+
+
+def balance_as_of(ledger: Ledger, account_id: UUID, as_of: datetime) -> Any:
+    """Replay the account's log up to ``as_of`` (events at or before it), never projections."""
+    version = None
+    for event in ledger.app.events.get(account_id):
+        if event.timestamp > as_of:  # type: ignore[attr-defined]
+            break
+        version = event.originator_version
+    if version is None:
+        raise AccountNotFound(f"account {account_id} did not exist at {as_of.isoformat()}")
+    return ledger.app.repository.get(account_id, version=version)
+
+
+@post("/{account_id:uuid}/credits", summary="Grant credit", status_code=201, **OPERATOR_ONLY,  # type: ignore[arg-type]
+      responses=problem_responses(400, 401, 403, 404, 409, 422))
+async def grant_credit(
+    request: Request[Any, Any, Any], account_id: UUID, data: GrantCredit, svc: LedgerServices,
+    principal: CurrentPrincipal, idempotency_key: IdempotencyKey = None,
+) -> Response[bytes]:
+    idem = await idempotency(request, f"http:credit:{account_id}", idempotency_key)
+    outcome = await svc.writer.call(accounts.grant_credit, svc.ledger, account_id, data,
+                                    actor_of(principal), idem)
+    return respond(outcome, 201)
+
+
+@post("/{account_id:uuid}/adjustments", summary="Adjust (credit or debit) with a memo",
+      status_code=201, **OPERATOR_ONLY,  # type: ignore[arg-type]
+      responses=problem_responses(400, 401, 403, 404, 409, 422))
+async def adjust(
+    request: Request[Any, Any, Any], account_id: UUID, data: Adjustment, svc: LedgerServices,
+    principal: CurrentPrincipal, idempotency_key: IdempotencyKey = None,
+) -> Response[bytes]:
+    idem = await idempotency(request, f"http:adjust:{account_id}", idempotency_key)
+    outcome = await svc.writer.call(accounts.adjust, svc.ledger, account_id, data,
+                                    actor_of(principal), idem)
+    return respond(outcome, 201)
+
+
+@post("/{account_id:uuid}/refunds", summary="Refund (part of) a debit", status_code=201,
+      **OPERATOR_ONLY, responses=problem_responses(400, 401, 403, 404, 409, 422))  # type: ignore[arg-type]
+async def refund(
+    request: Request[Any, Any, Any], account_id: UUID, data: RefundRequest, svc: LedgerServices,
+    principal: CurrentPrincipal, idempotency_key: IdempotencyKey = None,
+) -> Response[bytes]:
+    idem = await idempotency(request, f"http:refund:{account_id}", idempotency_key)
+    outcome = await svc.writer.call(accounts.refund, svc.ledger, account_id, data,
+                                    actor_of(principal), idem)
+    return respond(outcome, 201)
+
+
+@put("/{account_id:uuid}/prices/{product:str}", summary="Per-account unit price override",
+     **OPERATOR_ONLY, responses=problem_responses(400, 401, 403, 404, 422))  # type: ignore[arg-type]
+async def set_price(
+    request: Request[Any, Any, Any], account_id: UUID, product: str, data: PriceOverride,
+    svc: LedgerServices, principal: CurrentPrincipal, idempotency_key: IdempotencyKey = None,
+) -> Response[bytes]:
+    idem = await idempotency(request, f"http:price:{account_id}:{product}", idempotency_key)
+    outcome = await svc.writer.call(accounts.set_price, svc.ledger, account_id, product, data,
+                                    actor_of(principal), idem)
+    return respond(outcome, 200)
+
+
+# Documented response bodies for the OpenAPI document (handlers return encoded bytes).
+RESPONSE_MODELS = (AccountView, GrantView, PostedView, PriceOverrideView, BalanceView)
+
+
+def router(services: LedgerServices) -> Router:
+    return Router(
+        path="/v1/accounts",
+        route_handlers=[open_account, get_account, patch_account, close_account, get_balance,
+                        grant_credit, adjust, refund, set_price],
+        dependencies={"svc": Provide(lambda: services, sync_to_thread=False)},
+        tags=["accounts"],
+    )

@@ -1,0 +1,213 @@
+"""ledger.v1.events.*, published from the event store's own notification log.
+
+The event store is the outbox: the publisher reads notifications after its stored position,
+turns each into the contract's messages, publishes them with ``Nats-Msg-Id`` set (so a
+re-publication after a crash is dropped by JetStream's duplicate window), waits for every
+PubAck, and only then moves its position forward. A crash between commit and publish loses
+nothing: the next start resumes from the stored position.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Iterator
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+import msgspec
+import structlog
+from nats.aio.client import Client as NATS
+
+from contracts.ledger import (
+    AccountOverdrawn,
+    BalanceLow,
+    EntryPosted,
+    ExpiredGrant,
+    GrantsExpired,
+    HoldExpired,
+)
+from contracts.money import format_micros
+from contracts.subjects import (
+    LEDGER_ACCOUNT_OVERDRAWN,
+    LEDGER_BALANCE_LOW,
+    LEDGER_ENTRY_POSTED,
+    LEDGER_GRANTS_EXPIRED,
+    LEDGER_HOLD_EXPIRED,
+)
+from ledger_service.app.ledger import Ledger
+from ledger_service.domain.account import BillingAccount
+from ledger_service.domain.times import parse_time
+
+log = structlog.get_logger(__name__)
+
+PUBLISHER_NAME = "ledger.v1.events"
+NOTIFICATIONS_PER_ROUND_MAX = 1_000
+IDLE_WAIT_S = 0.2
+_encoder = msgspec.json.Encoder()
+
+Outgoing = tuple[str, str, msgspec.Struct]  # subject, Nats-Msg-Id, message
+
+_ENTRY_KINDS = {
+    "CreditPurchased": "topup",
+    "CreditGranted": "grant",
+    "Refunded": "refund",
+    "Adjusted": "adjustment",
+    "PaymentReversed": "payment_refund",
+    "GrantsExpired": "grant_expiry",
+}
+
+
+def messages_for(event: Any, currency: str | None) -> Iterator[Outgoing]:
+    """The contract messages one stored ledger event gives rise to."""
+    name = type(event).__name__
+    account_id: UUID = event.originator_id
+    occurred_at: datetime = event.timestamp
+    if name == "UsageRecorded":
+        for line in event.lines:
+            if line["amount_micros"] == 0:
+                continue  # a failed message releasing its hold: no money moved
+            yield LEDGER_ENTRY_POSTED, line["entry_id"], EntryPosted(
+                entry_id=line["entry_id"], account_id=account_id, kind="usage",
+                amount=format_micros(-line["amount_micros"]), currency=currency,  # type: ignore[arg-type]
+                balance_after=format_micros(line["balance_after_micros"]),
+                occurred_at=parse_time(line["occurred_at"]), reference=line.get("reference"),
+                product=line["product"], quantity=line["quantity"],
+                unit_price=format_micros(line["unit_price_micros"]), hold_id=line.get("hold_id"),
+            )
+        return
+    if name in _ENTRY_KINDS and currency is not None:
+        amount = _signed_amount(event)
+        yield LEDGER_ENTRY_POSTED, event.entry_id, EntryPosted(
+            entry_id=event.entry_id, account_id=account_id, kind=_ENTRY_KINDS[name],  # type: ignore[arg-type]
+            amount=format_micros(amount), currency=currency,  # type: ignore[arg-type]
+            balance_after=format_micros(event.balance_after_micros), occurred_at=occurred_at,
+            reference=getattr(event, "reference", None), grant_id=getattr(event, "grant_id", None),
+        )
+    key = f"{account_id}:{event.originator_version}"
+    if name == "GrantsExpired" and currency is not None:
+        yield LEDGER_GRANTS_EXPIRED, f"grants_expired:{key}", GrantsExpired(
+            event_id=f"grants_expired:{key}", account_id=account_id, currency=currency,  # type: ignore[arg-type]
+            grants=[ExpiredGrant(grant_id=g["grant_id"], kind=_grant_kind(g["kind"]),  # type: ignore[arg-type]
+                                 amount_expired=format_micros(g["amount_micros"]))
+                    for g in event.grants],
+            total_expired=format_micros(sum(g["amount_micros"] for g in event.grants)),
+            balance_after=format_micros(event.balance_after_micros), occurred_at=occurred_at,
+        )
+    elif name == "HoldsExpired" and currency is not None:
+        for hold in event.holds:
+            yield LEDGER_HOLD_EXPIRED, f"hold_expired:{hold['hold_id']}", HoldExpired(
+                event_id=f"hold_expired:{hold['hold_id']}", hold_id=hold["hold_id"],
+                account_id=account_id, product=hold.get("product", "unknown"),
+                quantity=hold.get("quantity", 1), amount=format_micros(hold["amount_micros"]),
+                currency=currency, occurred_at=occurred_at,  # type: ignore[arg-type]
+            )
+    elif name == "BalanceLow" and currency is not None:
+        yield LEDGER_BALANCE_LOW, f"balance_low:{key}", BalanceLow(
+            event_id=f"balance_low:{key}", account_id=account_id, currency=currency,  # type: ignore[arg-type]
+            balance=format_micros(event.balance_micros) if hasattr(event, "balance_micros")
+            else format_micros(event.available_micros),
+            available=format_micros(event.available_micros),
+            threshold=format_micros(event.threshold_micros), occurred_at=occurred_at,
+        )
+    elif name == "AccountOverdrawn" and currency is not None:
+        yield LEDGER_ACCOUNT_OVERDRAWN, f"account_overdrawn:{key}", AccountOverdrawn(
+            event_id=f"account_overdrawn:{key}", account_id=account_id, currency=currency,  # type: ignore[arg-type]
+            balance=format_micros(getattr(event, "balance_micros", event.available_micros)),
+            available=format_micros(event.available_micros),
+            credit_limit=format_micros(-event.floor_micros) if event.floor_micros < 0 else None,
+            occurred_at=occurred_at,
+        )
+
+
+def _grant_kind(kind: str) -> str:
+    return kind if kind in {"signup_promo", "mobile_verification", "referral", "bonus",
+                            "compensation"} else "purchased"
+
+
+def _signed_amount(event: Any) -> int:
+    name = type(event).__name__
+    if name in ("PaymentReversed",):
+        return -int(event.amount_micros)
+    if name == "GrantsExpired":
+        return -sum(g["amount_micros"] for g in event.grants)
+    if name == "Adjusted" and event.direction == "debit":
+        return -int(event.amount_micros)
+    return int(event.amount_micros)
+
+
+class EventPublisher:
+    def __init__(self, ledger: Ledger, nc: NATS) -> None:
+        self.ledger = ledger
+        self.nc = nc
+        self._stopping = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._currencies: dict[UUID, str] = {}
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="ledger-event-publisher")
+
+    async def stop(self) -> None:
+        self._stopping.set()
+        if self._task is not None:
+            await self._task
+
+    async def _run(self) -> None:
+        position = await asyncio.to_thread(self._position)
+        while not self._stopping.is_set():
+            try:
+                advanced = await self.publish_round(position)
+            except Exception:
+                log.exception("publishing ledger events failed; will retry")
+                advanced = None
+            if advanced is None:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), IDLE_WAIT_S)
+            else:
+                position = advanced
+
+    async def publish_round(self, position: int) -> int | None:
+        """Publish what follows ``position``; returns the new position, None when idle."""
+        notifications = await asyncio.to_thread(
+            self.ledger.app.recorder.select_notifications,
+            position, NOTIFICATIONS_PER_ROUND_MAX, None, (), inclusive_of_start=False,
+        )
+        if not notifications:
+            return None
+        js = self.nc.jetstream()
+        outgoing: list[Outgoing] = []
+        for notification in notifications:
+            event = self.ledger.app.mapper.to_domain_event(notification)
+            currency = self._currency_of(event)
+            outgoing.extend(messages_for(event, currency))
+        for subject, msg_id, message in outgoing:
+            await js.publish_async(subject, _encoder.encode(message),
+                                   headers={"Nats-Msg-Id": msg_id})
+        await js.publish_async_completed()
+        last = notifications[-1].id
+        await asyncio.to_thread(self._store_position, last)
+        return int(last)
+
+    def _currency_of(self, event: Any) -> str | None:
+        account_id = event.originator_id
+        if isinstance(event, BillingAccount.Opened):
+            self._currencies[account_id] = event.currency
+        currency = self._currencies.get(account_id)
+        if currency is None and type(event).__qualname__.startswith("BillingAccount."):
+            with contextlib.suppress(Exception):
+                currency = self.ledger.app.repository.get(account_id, version=1).currency
+                self._currencies[account_id] = currency
+        return currency
+
+    def _position(self) -> int:
+        rows = self.ledger.query(
+            "SELECT notification_id FROM {schema}.publisher_position WHERE name = %s",
+            (PUBLISHER_NAME,))
+        return int(rows[0][0]) if rows else 0
+
+    def _store_position(self, notification_id: int) -> None:
+        self.ledger.query(
+            "INSERT INTO {schema}.publisher_position (name, notification_id) VALUES (%s, %s)"
+            " ON CONFLICT (name) DO UPDATE SET notification_id = EXCLUDED.notification_id",
+            (PUBLISHER_NAME, notification_id))

@@ -1,0 +1,3 @@
+from tests.integration.ledger_fixtures import ledger
+
+__all__ = ["ledger"]
