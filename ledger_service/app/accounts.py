@@ -133,7 +133,7 @@ def balance_view(account: BillingAccount, as_of: datetime) -> BalanceView:
             CreditView(
                 grant_id=g.grant_id,
                 kind=g.kind if g.kind in _CONTRACT_GRANT_KINDS else "purchased",  # type: ignore[arg-type]
-                amount=format_micros(g.remaining_micros),
+                amount=format_micros(g.granted_micros),
                 remaining=format_micros(g.remaining_micros),
                 expires_at=parse_time(g.expires_at) if g.expires_at else None,
             )

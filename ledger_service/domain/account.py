@@ -412,6 +412,7 @@ class BillingAccount(Aggregate):
             return
         self._grant_seq += 1
         self._grants[grant_id] = {"kind": kind, "remaining_micros": rest,
+                                  "granted_micros": amount_micros,
                                   "expires_at": expires_at, "seq": self._grant_seq}
 
     def _consume(self, consumed: list[dict[str, Any]], overdraft_micros: int,
@@ -531,7 +532,8 @@ class BillingAccount(Aggregate):
     @property
     def grants(self) -> list[GrantView]:
         """Grants with something remaining, in the order debits consume them."""
-        return [GrantView(gid, g["kind"], g["remaining_micros"], g["expires_at"])
+        return [GrantView(gid, g["kind"], g["remaining_micros"], g["expires_at"],
+                          g.get("granted_micros", g["remaining_micros"]))
                 for gid, g in in_consumption_order(self._grants)]
 
     @property

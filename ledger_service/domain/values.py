@@ -137,6 +137,7 @@ class GrantView:
     kind: str
     remaining_micros: int
     expires_at: str | None
+    granted_micros: int = 0  # what the grant was created with
 
 
 @dataclass(frozen=True, slots=True)
