@@ -9,6 +9,8 @@ messages), then NATS, then PostgreSQL. Running it again reuses the data under .r
 
 from __future__ import annotations
 
+import fcntl
+import os
 import signal
 import subprocess
 import sys
@@ -18,6 +20,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TextIO
 
 import structlog
 
@@ -163,12 +166,36 @@ class Stack:
         log.info("stack stopped")
 
 
+def acquire_run_lock(run_dir: Path) -> TextIO | None:
+    """One stack per run directory: a second ``make run`` must not take over (or stop) the
+    servers of the first. The lock dies with the process, so a crash leaves no stale lock."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    handle = (run_dir / "stack.lock").open("a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        print(f"billing-stack: a stack is already running from {run_dir} (pid {holder}); "
+              "stop it first, or set RUN_DIR to start another", file=sys.stderr)
+        handle.close()
+        return None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(str(os.getpid()))
+    handle.flush()
+    return handle
+
+
 def main() -> int:
     try:
         settings = load_stack_settings()
     except SettingsError as exc:
         print(f"billing-stack: {exc}", file=sys.stderr)
         return 2
+    lock = acquire_run_lock(Path(settings.run_dir))
+    if lock is None:
+        return 3
     configure_logging(service="runner", fmt=settings.log_format)
     stack = Stack(settings)
 
