@@ -105,7 +105,7 @@ def account_view(account: BillingAccount) -> AccountView:
     tax = settings.tax
     return AccountView(
         account_id=account.id,
-        name=None,
+        name=account.name,
         type=settings.account_type,  # type: ignore[arg-type]
         status="closed" if settings.closed else "open",
         currency=settings.currency,  # type: ignore[arg-type]
@@ -179,6 +179,7 @@ def open_account(ledger: Ledger, body: OpenAccount, idem: Idempotency) -> Outcom
             if body.low_balance_threshold else 0,
             billing_basis=body.billing_basis or "submitted",
             tax=tax_profile(body.tax),
+            name=body.name,
         )
         work.touch(account)
         return account_view(account)
@@ -203,6 +204,7 @@ def patch_account(ledger: Ledger, account_id: UUID, body: PatchAccount, actor: s
             billing_basis=None if body.billing_basis is msgspec.UNSET else body.billing_basis,
             tier=None if body.tier is msgspec.UNSET or body.tier is None else body.tier,
             tax=None if body.tax is msgspec.UNSET else tax_profile(body.tax),
+            name=None if body.name is msgspec.UNSET or body.name is None else body.name,
             actor=actor,
         )
         return account_view(account)

@@ -21,6 +21,7 @@ from contracts.ids import KEY_LENGTH_MAX
 from contracts.money import AMOUNT_MICROS_MAX, CURRENCIES
 from ledger_service.domain.chain import GENESIS_HASH, compute_chain_hash
 from ledger_service.domain.checks import (
+    check_name,
     MEMO_LENGTH_MAX,
     MEMO_LENGTH_MIN,
     PRODUCT_LENGTH_MAX,
@@ -99,7 +100,8 @@ from ledger_service.domain.values import (
 # recent ones; older duplicates are the app layer's to catch (processed event ids).
 CAPTURED_HOLDS_REMEMBERED: Final = 256
 SETTINGS_CHANGEABLE: Final = frozenset(
-    {"credit_limit_micros", "low_balance_threshold_micros", "billing_basis", "tier", "tax"})
+    {"credit_limit_micros", "low_balance_threshold_micros", "billing_basis", "tier", "tax",
+     "name"})
 
 
 class BillingAccount(Aggregate):
@@ -108,6 +110,7 @@ class BillingAccount(Aggregate):
     if TYPE_CHECKING:  # attributes set by event applies; no class annotations at run time,
         # because eventsourcing would turn annotations into constructor fields.
         _account_type: str
+        _name: str | None
         _currency: str
         _tier: str
         _credit_limit_micros: int
@@ -150,8 +153,10 @@ class BillingAccount(Aggregate):
         low_balance_threshold_micros: int
         billing_basis: str
         tax: dict[str, Any]
+        name: str | None = None
 
         def apply_to(self, account: "BillingAccount") -> None:
+            account._name = self.name
             account._account_type = self.account_type
             account._currency = self.currency
             account._tier = self.tier
@@ -464,6 +469,10 @@ class BillingAccount(Aggregate):
         return self._account_type
 
     @property
+    def name(self) -> str | None:
+        return getattr(self, "_name", None)
+
+    @property
     def currency(self) -> str:
         return self._currency
 
@@ -533,7 +542,7 @@ class BillingAccount(Aggregate):
     def grants(self) -> list[GrantView]:
         """Grants with something remaining, in the order debits consume them."""
         return [GrantView(gid, g["kind"], g["remaining_micros"], g["expires_at"],
-                          g.get("granted_micros", g["remaining_micros"]))
+                          cast(int, g.get("granted_micros", g["remaining_micros"])))
                 for gid, g in in_consumption_order(self._grants)]
 
     @property
@@ -595,6 +604,7 @@ class BillingAccount(Aggregate):
         low_balance_threshold_micros: int = 0,
         billing_basis: str = "submitted",
         tax: TaxProfile | None = None,
+        name: str | None = None,
     ) -> "BillingAccount":
         now = check_now(now)
         if not isinstance(account_id, UUID):
@@ -608,6 +618,7 @@ class BillingAccount(Aggregate):
                 low_balance_threshold_micros, "low_balance_threshold_micros"),
             "billing_basis": check_choice(billing_basis, "billing_basis", BILLING_BASES),
             "tax": check_tax(tax if tax is not None else TaxProfile()).to_payload(),
+            "name": check_name(name),
         }
         chain_hash = compute_chain_hash(GENESIS_HASH, cls.Opened.__name__, cls.INITIAL_VERSION,
                                         now, payload)
@@ -656,6 +667,7 @@ class BillingAccount(Aggregate):
         billing_basis: str | None = None,
         tier: str | None = None,
         tax: TaxProfile | None = None,
+        name: str | None = None,
         actor: str = "",
     ) -> bool:
         """Change any of the settings; None leaves one as it is. Returns False (nothing
@@ -676,7 +688,9 @@ class BillingAccount(Aggregate):
             wanted["tier"] = check_choice(tier, "tier", TIERS)
         if tax is not None:
             wanted["tax"] = check_tax(tax).to_payload()
-        changes = {k: v for k, v in wanted.items() if getattr(self, f"_{k}") != v}
+        if name is not None:
+            wanted["name"] = check_name(name)
+        changes = {k: v for k, v in wanted.items() if getattr(self, f"_{k}", None) != v}
         if not changes:
             return False
         self._record(self.SettingsChanged, now, changes=changes, actor=actor)

@@ -60,6 +60,18 @@ def check_text(value: object, name: str, length_max: int = TEXT_LENGTH_MAX) -> s
     return value
 
 
+NAME_LENGTH_MAX: Final = 200
+
+
+def check_name(value: object) -> str | None:
+    """An account's display name: optional, 1-200 characters of text."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.strip() or len(value) > NAME_LENGTH_MAX:
+        raise InvalidRequest(f"name must be 1-{NAME_LENGTH_MAX} characters")
+    return value
+
+
 def check_choice(value: object, name: str, choices: tuple[str, ...]) -> str:
     if value not in choices:
         raise InvalidSetting(f"{name} must be one of {', '.join(choices)}, got {value!r}")

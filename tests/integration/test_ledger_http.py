@@ -204,3 +204,19 @@ def test_refund_of_a_usage_entry_over_http_never_exceeds_the_debit(
                   json={"entry_id": entry, "reason": "carrier outage"})
     assert ok.status_code == 201, ok.text
     assert balance(api, account) == "10.00"
+
+
+def test_an_account_keeps_its_name_and_a_patch_changes_only_what_it_names(api: httpx.Client) -> None:
+    body = open_body(name="Acme Messaging Ltd", low_balance_threshold="5.00")
+    assert api.post("/v1/accounts", json=body, headers=OPERATOR).status_code == 201
+    path = f"/v1/accounts/{body['account_id']}"
+    assert api.get(path, headers=OPERATOR).json()["name"] == "Acme Messaging Ltd"
+    patched = api.patch(path, headers=OPERATOR, json={"name": "Acme Group", "tier": "enterprise"})
+    assert patched.status_code == 200, patched.text
+    view = api.get(path, headers=OPERATOR).json()
+    assert (view["name"], view["tier"], view["low_balance_threshold"]) == (
+        "Acme Group", "enterprise", "5.00")
+    converted = api.patch(path, headers=OPERATOR, json={"type": "postpay", "credit_limit": "50.00"})
+    assert converted.status_code == 200, converted.text
+    assert converted.json()["type"] == "postpay" and converted.json()["credit_limit"] == "50.00"
+    assert_problem(api.patch(path, headers=OPERATOR, json={"type": "trial"}), 409)
