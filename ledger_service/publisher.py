@@ -99,8 +99,8 @@ def messages_for(event: Any, currency: str | None) -> Iterator[Outgoing]:
         for hold in event.holds:
             yield LEDGER_HOLD_EXPIRED, f"hold_expired:{hold['hold_id']}", HoldExpired(
                 event_id=f"hold_expired:{hold['hold_id']}", hold_id=hold["hold_id"],
-                account_id=account_id, product=hold.get("product", "unknown"),
-                quantity=hold.get("quantity", 1), amount=format_micros(hold["amount_micros"]),
+                account_id=account_id, product=hold["product"],
+                quantity=hold["quantity"], amount=format_micros(hold["amount_micros"]),
                 currency=currency, occurred_at=occurred_at,  # type: ignore[arg-type]
             )
     elif name == "BalanceLow" and currency is not None:

@@ -21,7 +21,6 @@ from contracts.ids import KEY_LENGTH_MAX
 from contracts.money import AMOUNT_MICROS_MAX, CURRENCIES
 from ledger_service.domain.chain import GENESIS_HASH, compute_chain_hash
 from ledger_service.domain.checks import (
-    check_name,
     MEMO_LENGTH_MAX,
     MEMO_LENGTH_MIN,
     PRODUCT_LENGTH_MAX,
@@ -32,6 +31,7 @@ from ledger_service.domain.checks import (
     check_choice,
     check_credit_limit,
     check_key,
+    check_name,
     check_non_negative,
     check_now,
     check_provider,
@@ -842,8 +842,10 @@ class BillingAccount(Aggregate):
         """Expire every hold whose expiry has passed, in one event; none due: no event."""
         now = check_now(now)
         now_text = format_time(now)
+        # product and quantity travel with the expiry so hold_expired can say what it was for
         due = [{"hold_id": hid, "amount_micros": h["amount_micros"],
-                "expires_at": h["expires_at"]}
+                "expires_at": h["expires_at"], "product": h["product"],
+                "quantity": h["quantity"]}
                for hid, h in self._holds.items() if h["expires_at"] <= now_text]
         if not due:
             return ()
