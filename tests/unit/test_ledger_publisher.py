@@ -1,0 +1,75 @@
+"""What each ledger event publishes on ledger.v1.events.*: signs, kinds, ids, and that every
+message validates against its contract."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from uuid import uuid4
+
+import msgspec
+
+from contracts.subjects import MESSAGES
+from ledger_service.domain.account import BillingAccount
+from ledger_service.domain.values import UsageLine
+from ledger_service.publisher import messages_for
+
+T0 = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
+POUND = 1_000_000
+
+
+def published(account: BillingAccount) -> list[tuple[str, str, dict[str, object]]]:
+    out = []
+    for event in account.collect_events():
+        for subject, msg_id, message in messages_for(event, "GBP"):
+            raw = msgspec.json.encode(message)
+            msgspec.json.decode(raw, type=MESSAGES[subject])  # the wire form is valid
+            out.append((subject.rsplit(".", 1)[-1], msg_id, msgspec.json.decode(raw)))
+    return out
+
+
+def line(event_id: str, quantity: int = 1, **kw: object) -> UsageLine:
+    return UsageLine(event_id=event_id, product="sms", quantity=quantity,
+                     unit_price_micros=39_500, status="submitted", occurred_at=T0, **kw)  # type: ignore[arg-type]
+
+
+def test_credits_are_positive_entries_and_usage_lines_are_negative_ones() -> None:
+    account = BillingAccount.open(uuid4(), T0, account_type="prepay")
+    account.grant("g1", "purchased", 10 * POUND, T0, reason="top-up", actor="ops")
+    account.record_usage([line("m1"), line("m2", 2)], T0)
+    kinds = [(k, m["kind"], m["amount"], m["balance_after"]) for k, _, m in published(account)]
+    assert kinds == [
+        ("entry_posted", "grant", "10.00", "10.00"),
+        ("entry_posted", "usage", "-0.0395", "9.9605"),
+        ("entry_posted", "usage", "-0.079", "9.8815"),
+    ]
+
+
+def test_each_usage_line_is_its_own_entry_with_its_own_message_id() -> None:
+    account = BillingAccount.open(uuid4(), T0, account_type="prepay")
+    account.grant("g1", "purchased", POUND, T0)
+    account.record_usage([line("m1"), line("m2")], T0)
+    ids = [msg_id for kind, msg_id, _ in published(account) if kind == "entry_posted"]
+    assert len(ids) == len(set(ids)) == 3
+
+
+def test_a_debit_adjustment_and_a_payment_reversal_are_negative() -> None:
+    account = BillingAccount.open(uuid4(), T0, account_type="prepay")
+    account.purchase_credit("p1", "stripe", 5 * POUND, "GBP", T0, reference="cs_1")
+    account.adjust("a1", "debit", POUND, "Correcting a duplicate charge", "ops", T0)
+    account.reverse_payment("p1", "stripe", 2 * POUND, T0, reason="refund")
+    amounts = [(m["kind"], m["amount"]) for _, _, m in published(account)]
+    assert amounts == [("topup", "5.00"), ("adjustment", "-1.00"), ("payment_refund", "-2.00")]
+
+
+def test_low_balance_overdraft_and_expiries_publish_their_own_messages() -> None:
+    account = BillingAccount.open(uuid4(), T0, account_type="prepay",
+                                  low_balance_threshold_micros=POUND)
+    account.grant("promo", "signup_promo", 2 * POUND, T0, expires_at=T0 + timedelta(days=1))
+    account.authorize("h1", "r1", "sms", 1, 39_500, T0 + timedelta(minutes=5), T0)
+    account.record_usage([line("m1", 40)], T0)  # 1.58: below the threshold
+    account.expire_holds(T0 + timedelta(minutes=10))
+    account.expire_grants(T0 + timedelta(days=2))
+    account.record_usage([line("m2", 100)], T0 + timedelta(days=2))  # no credit left
+    kinds = [kind for kind, _, _ in published(account)]
+    for expected in ("balance_low", "hold_expired", "grants_expired", "account_overdrawn"):
+        assert expected in kinds, kinds
