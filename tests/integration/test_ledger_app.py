@@ -138,3 +138,54 @@ def test_two_ledgers_on_one_database_never_double_apply(infra) -> None:  # type:
     finally:
         one.app.close()
         two.app.close()
+
+
+def test_the_sweep_expires_due_holds_and_grants_once(ledger: Ledger) -> None:
+    from datetime import timedelta
+
+    a = open_prepay(ledger, "0")
+    soon = datetime.now(UTC) + timedelta(minutes=1)
+    accounts.grant_credit(ledger, a, GrantCredit(kind="signup_promo", amount="2.00",
+                                                 expires_at=soon, reason="welcome"),
+                          "ops", Idempotency("http:grant", None, "h"))
+    held = intake.authorize(ledger, [AuthorizeRequest(request_id=f"sw-{a}", account_id=a,
+                                                      product="sms", quantity=1,
+                                                      ttl_seconds=30)])[0]
+    assert held.approved
+    assert accounts.sweep_expiries(ledger) == 0  # nothing due yet
+    ledger.clock = lambda: datetime.now(UTC) + timedelta(minutes=2)
+    assert accounts.sweep_expiries(ledger) == 1
+    ledger.evict([a])
+    account = ledger.load(a)
+    assert account.held_micros == 0 and account.balance_micros == 0
+    version = account.version
+    assert accounts.sweep_expiries(ledger) == 0  # the schedule row is gone: idempotent
+    ledger.evict([a])
+    assert ledger.load(a).version == version
+
+
+async def test_republishing_after_a_crash_duplicates_nothing(ledger: Ledger, nats_client) -> None:  # type: ignore[no-untyped-def]
+    from ledger_service.publisher import EventPublisher
+    from services.broker import stream_config
+
+    js = nats_client.jetstream()
+    try:
+        await js.add_stream(stream_config("LEDGER"))
+    except Exception:  # noqa: BLE001 - exists already
+        pass
+    a = open_prepay(ledger, "5.00")
+    intake.apply_usage(ledger, [usage(a, f"pub-{a}")])
+    publisher = EventPublisher(ledger, nats_client)
+    first = await publisher.publish_round(0)  # as if the process died before storing this
+    second = await publisher.publish_round(0)
+    assert first == second is not None
+    sub = await js.subscribe("ledger.v1.events.entry_posted", ordered_consumer=True)
+    mine = []
+    while True:
+        try:
+            msg = await sub.next_msg(timeout=1)
+        except Exception:  # noqa: BLE001 - no more messages
+            break
+        if a.hex in msg.data.decode().replace("-", ""):
+            mine.append(msg.data)
+    assert len(mine) == 2  # the grant and the usage line, each once

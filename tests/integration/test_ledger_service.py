@@ -224,3 +224,25 @@ def test_a_process_killed_mid_batch_loses_and_doubles_nothing(
     victim.process.wait()
     for account in accounts:  # 1000 x 0.0395 each, once
         eventually(lambda a=account: _assert_balance(ledger_service, a, "960.50"), 120)
+
+
+def test_malformed_authorize_requests_get_a_typed_refusal(
+    infra: Infra, ledger_service: ServiceProcess
+) -> None:
+    async def ask(payload: bytes) -> dict[str, object]:
+        nc = await nats.connect(infra.nats_url)
+        try:
+            return json.loads((await nc.request("ledger.v1.authorize", payload, timeout=10)).data)  # type: ignore[no-any-return]
+        finally:
+            await nc.close()
+
+    for payload in (b"{nope", json.dumps({"request_id": "x", "account_id": "not-a-uuid",
+                                           "product": "sms", "quantity": 1}).encode(),
+                    json.dumps({"request_id": "y", "account_id": str(uuid.uuid4()),
+                                "product": "sms", "quantity": 0}).encode()):
+        reply = asyncio.run(ask(payload))
+        assert reply["approved"] is False and reply["reason"] == "invalid_request", reply
+    unknown = asyncio.run(ask(json.dumps({"request_id": f"u-{uuid.uuid4()}",
+                                          "account_id": open_account(ledger_service),
+                                          "product": "fax", "quantity": 1}).encode()))
+    assert unknown["reason"] == "unknown_product"
