@@ -171,7 +171,7 @@ async def test_republishing_after_a_crash_duplicates_nothing(ledger: Ledger, nat
     js = nats_client.jetstream()
     try:
         await js.add_stream(stream_config("LEDGER"))
-    except Exception:  # noqa: BLE001 - exists already
+    except Exception:
         pass
     a = open_prepay(ledger, "5.00")
     intake.apply_usage(ledger, [usage(a, f"pub-{a}")])
@@ -184,7 +184,7 @@ async def test_republishing_after_a_crash_duplicates_nothing(ledger: Ledger, nat
     while True:
         try:
             msg = await sub.next_msg(timeout=1)
-        except Exception:  # noqa: BLE001 - no more messages
+        except Exception:
             break
         if a.hex in msg.data.decode().replace("-", ""):
             mine.append(msg.data)
