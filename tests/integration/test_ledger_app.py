@@ -170,10 +170,8 @@ async def test_republishing_after_a_crash_duplicates_nothing(ledger: Ledger, nat
     from services.broker import stream_config
 
     js = nats_client.jetstream()
-    try:
+    with contextlib.suppress(Exception):
         await js.add_stream(stream_config("LEDGER"))
-    except Exception:
-        pass
     a = open_prepay(ledger, "5.00")
     intake.apply_usage(ledger, [usage(a, f"pub-{a}")])
     publisher = EventPublisher(ledger, nats_client)
