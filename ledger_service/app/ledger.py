@@ -184,14 +184,14 @@ class Ledger:
             lines = getattr(event, "lines", None)
             if lines is not None:
                 rows.entries.extend(
-                    EntryRow(UUID(line["entry_id"]), account.id, version, "usage")
+                    EntryRow(line["entry_id"], account.id, version, "usage")
                     for line in lines
                 )
                 continue
             entry_id = getattr(event, "entry_id", None)
             if entry_id is not None:
                 rows.entries.append(
-                    EntryRow(UUID(entry_id), account.id, version, type(event).__name__)
+                    EntryRow(entry_id, account.id, version, type(event).__name__)
                 )
             expires_at = getattr(event, "expires_at", None)
             if isinstance(expires_at, str):

@@ -16,8 +16,9 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
-from eventsourcing.persistence import StoredEvent
+from eventsourcing.persistence import InterfaceError, OperationalError, StoredEvent
 from eventsourcing.postgres import PostgresApplicationRecorder
+from eventsourcing.utils import retry
 from psycopg import Cursor
 from psycopg.rows import DictRow
 from psycopg.sql import SQL, Identifier
@@ -34,7 +35,7 @@ class IdempotencyRow:
 
 @dataclass(slots=True)
 class EntryRow:
-    entry_id: UUID
+    entry_id: str  # a UUID's text: PostgreSQL parses it, no UUID object per usage line
     account_id: UUID
     originator_version: int
     kind: str
@@ -54,6 +55,42 @@ class LedgerRows:
 
 
 class LedgerRecorder(PostgresApplicationRecorder):
+    @retry((InterfaceError, OperationalError), max_attempts=10, wait=0.2)
+    def insert_events(
+        self, stored_events: Sequence[StoredEvent], **kwargs: Any
+    ) -> Sequence[int] | None:
+        """Insert events and side rows with COPY, in one transaction under the table lock.
+
+        The stock recorder binds an array of composite values, whose dumping in Python took a
+        third of an intake batch; COPY streams the same rows several times faster. Under the
+        EXCLUSIVE lock no other transaction draws from the notification sequence, so the ids
+        of our rows are the contiguous run that ends at currval. A duplicate key (a stale
+        aggregate version, an idempotency key already used) fails the COPY and so the whole
+        transaction, exactly as the stock INSERT does.
+        """
+        rows: LedgerRows | None = kwargs.get("ledger_rows")
+        with self.datastore.get_connection() as conn, conn.transaction(), conn.cursor() as curs:
+            self._lock_table(curs)
+            if rows:
+                self._insert_ledger_rows(curs, rows)
+            if not stored_events:
+                return []
+            self._notify_channel(curs)
+            table = SQL("{}.{}").format(Identifier(self.datastore.schema),
+                                        Identifier(self.events_table_name))
+            with curs.copy(SQL("COPY {} (originator_id, originator_version, topic, state)"
+                               " FROM STDIN (FORMAT BINARY)").format(table)) as copy:
+                copy.set_types(["uuid", "int8", "text", "bytea"])
+                for event in stored_events:
+                    copy.write_row((event.originator_id, event.originator_version, event.topic,
+                                    event.state))
+            curs.execute(SQL("SELECT currval(pg_get_serial_sequence(%s, 'notification_id'))"),
+                         (f"{self.datastore.schema}.{self.events_table_name}",))
+            row = curs.fetchone()
+            assert row is not None
+            last = int(next(iter(row.values())))
+            return list(range(last - len(stored_events) + 1, last + 1))
+
     def _insert_events(
         self,
         curs: Cursor[DictRow],
@@ -68,36 +105,20 @@ class LedgerRecorder(PostgresApplicationRecorder):
     def _insert_ledger_rows(self, curs: Cursor[DictRow], rows: LedgerRows) -> None:
         schema = Identifier(self.datastore.schema)
         if rows.keys:
-            # A plain INSERT, not ON CONFLICT: a key already present must abort the whole
+            # COPY, not INSERT ... ON CONFLICT: a key already present must abort the whole
             # transaction, events included.
-            curs.execute(
-                SQL(
-                    "INSERT INTO {}.idempotency_keys (scope, key, account_id, request_hash, response)"
-                    " SELECT * FROM unnest(%s::text[], %s::text[], %s::uuid[], %s::text[], %s::bytea[])"
-                ).format(schema),
-                (
-                    [r.scope for r in rows.keys],
-                    [r.key for r in rows.keys],
-                    [r.account_id for r in rows.keys],
-                    [r.request_hash for r in rows.keys],
-                    [r.response for r in rows.keys],
-                ),
-                prepare=True,
-            )
+            with curs.copy(SQL("COPY {}.idempotency_keys (scope, key, account_id, request_hash,"
+                               " response) FROM STDIN (FORMAT BINARY)").format(schema)) as copy:
+                copy.set_types(["text", "text", "uuid", "text", "bytea"])
+                for key in rows.keys:
+                    copy.write_row((key.scope, key.key, key.account_id, key.request_hash,
+                                    key.response))
         if rows.entries:
-            curs.execute(
-                SQL(
-                    "INSERT INTO {}.entry_index (entry_id, account_id, originator_version, kind)"
-                    " SELECT * FROM unnest(%s::uuid[], %s::uuid[], %s::bigint[], %s::text[])"
-                ).format(schema),
-                (
-                    [r.entry_id for r in rows.entries],
-                    [r.account_id for r in rows.entries],
-                    [r.originator_version for r in rows.entries],
-                    [r.kind for r in rows.entries],
-                ),
-                prepare=True,
-            )
+            with curs.copy(SQL("COPY {}.entry_index (entry_id, account_id, originator_version,"
+                               " kind) FROM STDIN").format(schema)) as copy:
+                for entry in rows.entries:
+                    copy.write_row((entry.entry_id, entry.account_id, entry.originator_version,
+                                    entry.kind))
         if rows.unschedule:
             curs.execute(
                 SQL(
