@@ -13,9 +13,9 @@ cross-account sums are taken per currency (`replay_postings_by_currency`).
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Final
-import hashlib
 from uuid import UUID, uuid5
 
 from ledger_service.domain.errors import InvalidRequest
@@ -130,7 +130,7 @@ def entry_id_for(account_id: UUID, kind: str, key: str) -> str:
 def usage_entry_id(account_id: UUID, event_id: str) -> str:
     """str(uuid5(account_id, event_id)), computed without building UUID objects: intake
     mints one per usage line and the object construction was most of its cost."""
-    digest = bytearray(hashlib.sha1(account_id.bytes + event_id.encode(),  # noqa: S324
+    digest = bytearray(hashlib.sha1(account_id.bytes + event_id.encode(),
                                     usedforsecurity=False).digest()[:16])
     digest[6] = (digest[6] & 0x0F) | 0x50  # version 5
     digest[8] = (digest[8] & 0x3F) | 0x80  # RFC 4122 variant
