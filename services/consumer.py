@@ -121,20 +121,36 @@ class DurableConsumer:
             await self._sub.unsubscribe()
 
     async def _run(self) -> None:
-        while not self._stopping.is_set():
-            try:
-                msgs = await self._sub.fetch(self.batch_size_max, timeout=self.fetch_timeout_s)
-            except (NatsTimeoutError, TimeoutError):
-                continue
-            except (ConnectionClosedError, APIError) as exc:
-                log.warning("fetch failed; retrying", consumer=self.durable, error=str(exc))
-                await self._pause()
-                continue
-            try:
-                await self.process(msgs)
-            except Exception:  # never let the loop die: the messages will be redelivered
-                log.exception("batch failed unexpectedly", consumer=self.durable)
-                await self._pause()
+        # The next batch is fetched while this one is being committed (the writer works in
+        # its own thread), so the database and NATS are busy at the same time. On stop the
+        # batch already fetched is still processed and acked, never left to time out.
+        prefetch = asyncio.create_task(self._fetch())
+        while True:
+            msgs = await prefetch
+            if self._stopping.is_set():
+                if msgs:
+                    await self._process_safely(msgs)
+                return
+            prefetch = asyncio.create_task(self._fetch())
+            if msgs:
+                await self._process_safely(msgs)
+
+    async def _fetch(self) -> list[Msg]:
+        try:
+            return list(await self._sub.fetch(self.batch_size_max, timeout=self.fetch_timeout_s))
+        except (NatsTimeoutError, TimeoutError):
+            return []
+        except (ConnectionClosedError, APIError) as exc:
+            log.warning("fetch failed; retrying", consumer=self.durable, error=str(exc))
+            await self._pause()
+            return []
+
+    async def _process_safely(self, msgs: Sequence[Msg]) -> None:
+        try:
+            await self.process(msgs)
+        except Exception:  # never let the loop die: the messages will be redelivered
+            log.exception("batch failed unexpectedly", consumer=self.durable)
+            await self._pause()
 
     async def _pause(self) -> None:
         with contextlib.suppress(TimeoutError):
