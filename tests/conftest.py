@@ -10,6 +10,7 @@ durable consumer or message of an earlier run leaks in.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -81,10 +82,8 @@ async def _delete_streams(nats_url: str) -> None:
     try:
         js = nc.jetstream()
         for name in STREAMS:
-            try:
+            with contextlib.suppress(nats.js.errors.NotFoundError):
                 await js.delete_stream(name)
-            except nats.js.errors.NotFoundError:
-                pass
     finally:
         await nc.close()
 
