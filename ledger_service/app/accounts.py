@@ -329,7 +329,7 @@ def credit_payment(ledger: Ledger, payment: PaymentReceived) -> bool:
         account = work.touch(ledger.load(payment.account_id))
         account.purchase_credit(payment.payment_id, payment.provider, to_micros(payment.amount),
                                 payment.currency, ledger.clock(),
-                                reference=payment.provider_reference)
+                                reference=payment.provider_reference, purpose=payment.purpose)
         work.rows.keys.append(IdempotencyRow(PAYMENT_RECEIVED_SCOPE, key, account.id))
         return True
 

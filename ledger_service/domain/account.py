@@ -226,6 +226,7 @@ class BillingAccount(Aggregate):
         reference: str | None
         balance_after_micros: int
         postings: list[dict[str, Any]]
+        purpose: str = "topup"  # "invoice": settles a postpay invoice (covers the deficit)
 
         def apply_to(self, account: "BillingAccount") -> None:
             account._credit(self.grant_id, "purchased", None, self.amount_micros,
@@ -722,7 +723,7 @@ class BillingAccount(Aggregate):
 
     def purchase_credit(self, payment_id: str, provider: str, amount_micros: int,
                         currency: str, now: datetime, *,
-                        reference: str | None = None) -> EntryResult:
+                        reference: str | None = None, purpose: str = "topup") -> EntryResult:
         """Credit from a payment (net of VAT): a `purchased` grant, deficit covered first."""
         now = check_now(now)
         check_key(payment_id, "payment_id")
@@ -739,7 +740,8 @@ class BillingAccount(Aggregate):
         covered = min(amount_micros, self._deficit_micros)
         self._record(
             self.CreditPurchased, now, entry_id=entry_id, payment_id=payment_id,
-            provider=provider, grant_id=grant_id, amount_micros=amount_micros,
+            provider=provider, purpose=check_choice(purpose, "purpose", ("topup", "invoice")),
+            grant_id=grant_id, amount_micros=amount_micros,
             deficit_covered_micros=covered, reference=reference,
             balance_after_micros=self._balance_micros + amount_micros,
             postings=postings_of([(customer_available(self.id), amount_micros),
