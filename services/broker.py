@@ -59,7 +59,7 @@ STREAM_LIMITS: dict[str, StreamLimits] = {
 }
 
 
-def stream_config(name: str) -> StreamConfig:
+def stream_config(name: str, replicas: int = 1) -> StreamConfig:
     limits = STREAM_LIMITS[name]
     return StreamConfig(
         name=name,
@@ -70,15 +70,15 @@ def stream_config(name: str) -> StreamConfig:
         max_bytes=limits.max_bytes,
         duplicate_window=limits.duplicate_window_s,
         discard=limits.discard,
-        num_replicas=1,
+        num_replicas=replicas,
     )
 
 
-async def ensure_streams(broker: NatsBroker) -> None:
+async def ensure_streams(broker: NatsBroker, replicas: int = 1) -> None:
     """Create each stream, or bring an existing one to the configured limits."""
     js = broker.connection.jetstream()
     for name in STREAMS:
-        config = stream_config(name)
+        config = stream_config(name, replicas)
         try:
             await js.stream_info(name)
         except NotFoundError:

@@ -37,6 +37,8 @@ class ServiceSettings(msgspec.Struct, frozen=True, kw_only=True):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["auto", "json", "console"] = "auto"
     db_pool_size_max: Annotated[int, msgspec.Meta(ge=2, le=200)] = 10
+    # 3 (or 5) in a NATS cluster, so a node can fail without losing an acknowledged message.
+    nats_stream_replicas: Annotated[int, msgspec.Meta(ge=1, le=5)] = 1
     shutdown_grace_s: Annotated[float, msgspec.Meta(ge=0, le=300)] = 10.0
 
     @property
