@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
+import queue
+import threading
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from enum import IntEnum
 from typing import Any, TypeVar
 
 import msgspec
@@ -43,24 +46,61 @@ SWEEP_INTERVAL_S = 5.0
 AUTHORIZE_QUEUE_GROUP = "ledger-authorize"
 
 
+class Priority(IntEnum):
+    """Who goes first when the writer is busy: a sender waiting to send, then a person
+    waiting for a page, then bulk intake (which is acked later and can wait)."""
+
+    AUTHORIZE = 0
+    HTTP = 1
+    INTAKE = 2
+
+
 class Writer:
-    """The one thread that changes accounts in this process."""
+    """The one thread that changes accounts in this process, serving work by priority.
+
+    A running batch is never interrupted, but queued work is taken most urgent first, so an
+    authorization waits for at most the batch in progress, not for the intake backlog.
+    """
 
     def __init__(self) -> None:
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ledger-writer")
+        self._queue: queue.PriorityQueue[tuple[int, int, Any]] = queue.PriorityQueue()
+        self._sequence = itertools.count()
+        self._thread = threading.Thread(target=self._work, name="ledger-writer", daemon=True)
+        self._thread.start()
 
-    async def call(self, fn: Callable[..., T], *args: Any) -> T:
+    async def call(self, fn: Callable[..., T], *args: Any, priority: Priority = Priority.HTTP) -> T:
         loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
         context = structlog.contextvars.get_contextvars()
+        self._queue.put((int(priority), next(self._sequence), (loop, future, context, fn, args)))
+        return await future
 
-        def run() -> T:
-            with structlog.contextvars.bound_contextvars(**context):
-                return fn(*args)
-
-        return await loop.run_in_executor(self._executor, run)
+    def _work(self) -> None:
+        while True:
+            _, _, job = self._queue.get()
+            if job is None:
+                return
+            loop, future, context, fn, args = job
+            try:
+                with structlog.contextvars.bound_contextvars(**context):
+                    result = fn(*args)
+            except BaseException as exc:  # handed to the caller, whatever it is
+                loop.call_soon_threadsafe(_settle, future, None, exc)
+            else:
+                loop.call_soon_threadsafe(_settle, future, result, None)
 
     def close(self) -> None:
-        self._executor.shutdown(wait=True)
+        self._queue.put((int(Priority.INTAKE) + 1, next(self._sequence), None))
+        self._thread.join()
+
+
+def _settle(future: asyncio.Future[Any], result: Any, exc: BaseException | None) -> None:
+    if future.cancelled():
+        return
+    if exc is not None:
+        future.set_exception(exc)
+    else:
+        future.set_result(result)
 
 
 # ------------------------------------------------------------------ usage intake
@@ -85,7 +125,8 @@ class UsageIntake:
             except msgspec.DecodeError as exc:
                 dispositions[index] = Disposition("dead", "invalid_payload", str(exc))
         if decoded:
-            verdicts = await self.writer.call(intake.apply_usage, self.ledger, decoded)
+            verdicts = await self.writer.call(intake.apply_usage, self.ledger, decoded,
+                                              priority=Priority.INTAKE)
             for index, verdict in zip(positions, verdicts, strict=True):
                 dispositions[index] = (
                     Disposition("dead", "rejected", verdict.detail)
@@ -162,7 +203,8 @@ class Authorizer:
                 batch.append(self._queue.get_nowait())
             requests = [request for request, _ in batch]
             try:
-                replies = await self.writer.call(intake.authorize, self.ledger, requests)
+                replies = await self.writer.call(intake.authorize, self.ledger, requests,
+                                                 priority=Priority.AUTHORIZE)
             except Exception as exc:  # the sender must hear something: a refusal, not silence
                 log.exception("authorize batch failed", requests=len(batch))
                 replies = [AuthorizeReply(approved=False, reason="invalid_request",
@@ -253,7 +295,8 @@ class Sweeper:
     async def _run(self) -> None:
         while not self._stopping.is_set():
             try:
-                swept = await self.writer.call(accounts.sweep_expiries, self.ledger)
+                swept = await self.writer.call(accounts.sweep_expiries, self.ledger,
+                                               priority=Priority.INTAKE)
                 if swept:
                     log.info("expiry sweep", accounts=swept)
             except Exception:
