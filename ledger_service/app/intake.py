@@ -144,13 +144,39 @@ def refusal(exc: LedgerError) -> AuthorizeReply:
 
 
 def authorize(ledger: Ledger, requests: Sequence[AuthorizeRequest]) -> list[AuthorizeReply]:
-    """Approve or refuse each request; the same request_id always gets the same reply."""
-    return ledger.run(lambda work: _authorize(ledger, work, requests))
+    """Approve or refuse each request; the same request_id always gets the same reply.
+
+    Optimistic about repeats: a reply's key commits with its hold, so a request_id already
+    answered (by this process or another) makes the insert fail and the batch is retried,
+    and only then are stored replies looked up. New requests, nearly all of them, cost no
+    look-up; a repeat to this process is answered from its memory of recent replies.
+    """
+    attempts = 0
+
+    def command(work: UnitOfWork) -> list[AuthorizeReply]:
+        nonlocal attempts
+        attempts += 1
+        return _authorize(ledger, work, requests, look_up_stored=attempts > 1)
+
+    replies: list[AuthorizeReply] = ledger.run(command)
+    recent = ledger.recent_replies
+    for request, reply in zip(requests, replies, strict=True):
+        recent[request.request_id] = reply
+    while len(recent) > RECENT_REPLIES_MAX:
+        del recent[next(iter(recent))]
+    return replies
 
 
-def _authorize(ledger: Ledger, work: UnitOfWork,
-               requests: Sequence[AuthorizeRequest]) -> list[AuthorizeReply]:
-    stored = _stored_replies(ledger, [r.request_id for r in requests])
+RECENT_REPLIES_MAX = 100_000
+
+
+def _authorize(ledger: Ledger, work: UnitOfWork, requests: Sequence[AuthorizeRequest],
+               *, look_up_stored: bool) -> list[AuthorizeReply]:
+    request_ids = [r.request_id for r in requests]
+    recent = ledger.recent_replies
+    stored = {rid: recent[rid] for rid in request_ids if rid in recent}
+    if look_up_stored:
+        stored.update(_stored_replies(ledger, request_ids))
     replies: list[AuthorizeReply] = []
     now = ledger.clock()
     catalogue = ledger.catalogue()

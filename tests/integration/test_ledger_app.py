@@ -188,3 +188,19 @@ async def test_republishing_after_a_crash_duplicates_nothing(ledger: Ledger, nat
         if a.hex in msg.data.decode().replace("-", ""):
             mine.append(msg.data)
     assert len(mine) == 2  # the grant and the usage line, each once
+
+
+def test_a_request_answered_by_another_process_gets_the_same_reply(infra) -> None:  # type: ignore[no-untyped-def]
+    one, two = build_ledger(infra), build_ledger(infra)
+    try:
+        a = open_prepay(one, "0.05")
+        request = AuthorizeRequest(request_id=f"x-{a}", account_id=a, product="sms", quantity=1)
+        first = intake.authorize(one, [request])[0]
+        assert first.approved
+        # the second process has never seen it: its insert of the key fails, it looks it up
+        assert intake.authorize(two, [request]) == [first]
+        one.evict([a])
+        assert one.load(a).held_micros == 39_500  # one hold, not two
+    finally:
+        one.app.close()
+        two.app.close()
