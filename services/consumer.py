@@ -162,7 +162,8 @@ class DurableConsumer:
         except TRANSIENT_ERRORS as exc:
             log.warning("dependency unavailable; batch will be redelivered",
                         consumer=self.durable, error=str(exc), messages=len(msgs))
-            await asyncio.gather(*(self._nak(m) for m in msgs))
+            for msg in msgs:
+                await self._nak(msg)
             await self._pause()
             return
         except Exception as exc:
@@ -176,7 +177,10 @@ class DurableConsumer:
             return
         if len(dispositions) != len(msgs):
             raise AssertionError("a batch handler returns one disposition per message")
-        await asyncio.gather(*(self._settle(m, d) for m, d in zip(msgs, dispositions, strict=True)))
+        # One after another: an ack is a buffered publish, and gathering thousands of them
+        # would cost a task each.
+        for msg, disposition in zip(msgs, dispositions, strict=True):
+            await self._settle(msg, disposition)
 
     async def _settle(self, msg: Msg, disposition: Disposition) -> None:
         if disposition.action == "ack":
