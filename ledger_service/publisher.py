@@ -39,6 +39,7 @@ from contracts.subjects import (
 from ledger_service.app.ledger import Ledger
 from ledger_service.domain.account import BillingAccount
 from ledger_service.domain.times import parse_time
+from ledger_service.projections.statement import statement_entries
 
 log = structlog.get_logger(__name__)
 
@@ -49,42 +50,28 @@ _encoder = msgspec.json.Encoder()
 
 Outgoing = tuple[str, str, msgspec.Struct]  # subject, Nats-Msg-Id, message
 
-_ENTRY_KINDS = {
-    "CreditPurchased": "topup",
-    "CreditGranted": "grant",
-    "Refunded": "refund",
-    "Adjusted": "adjustment",
-    "PaymentReversed": "payment_refund",
-    "GrantsExpired": "grant_expiry",
-}
-
 
 def messages_for(event: Any, currency: str | None) -> Iterator[Outgoing]:
     """The contract messages one stored ledger event gives rise to."""
     name = type(event).__name__
     account_id: UUID = event.originator_id
     occurred_at: datetime = event.timestamp
-    if name == "UsageRecorded":
-        for line in event.lines:
-            if line["amount_micros"] == 0:
-                continue  # a failed message releasing its hold: no money moved
-            yield LEDGER_ENTRY_POSTED, line["entry_id"], EntryPosted(
-                entry_id=line["entry_id"], account_id=account_id, kind="usage",
-                amount=format_micros(-line["amount_micros"]), currency=currency,  # type: ignore[arg-type]
-                balance_after=format_micros(line["balance_after_micros"]),
-                occurred_at=parse_time(line["occurred_at"]), reference=line.get("reference"),
-                product=line["product"], quantity=line["quantity"],
-                unit_price=format_micros(line["unit_price_micros"]), hold_id=line.get("hold_id"),
-            )
-        return
-    if name in _ENTRY_KINDS and currency is not None:
-        amount = _signed_amount(event)
-        yield LEDGER_ENTRY_POSTED, event.entry_id, EntryPosted(
-            entry_id=event.entry_id, account_id=account_id, kind=_ENTRY_KINDS[name],  # type: ignore[arg-type]
-            amount=format_micros(amount), currency=currency,  # type: ignore[arg-type]
-            balance_after=format_micros(event.balance_after_micros), occurred_at=occurred_at,
-            reference=getattr(event, "reference", None), grant_id=getattr(event, "grant_id", None),
+    for entry in statement_entries(event):
+        if currency is None and entry.kind != "usage":
+            continue
+        yield LEDGER_ENTRY_POSTED, entry.entry_id, EntryPosted(
+            entry_id=entry.entry_id, account_id=account_id, kind=entry.kind,  # type: ignore[arg-type]
+            amount=format_micros(entry.amount_micros), currency=currency,  # type: ignore[arg-type]
+            balance_after=format_micros(entry.balance_after_micros),
+            occurred_at=parse_time(entry.occurred_at), reference=entry.reference,
+            product=entry.product,
+            quantity=entry.quantity,
+            unit_price=None if entry.unit_price_micros is None
+            else format_micros(entry.unit_price_micros),
+            hold_id=entry.hold_id, grant_id=entry.grant_id,
         )
+    if name == "UsageRecorded":
+        return
     key = f"{account_id}:{event.originator_version}"
     if name == "GrantsExpired" and currency is not None:
         yield LEDGER_GRANTS_EXPIRED, f"grants_expired:{key}", GrantsExpired(
@@ -124,17 +111,6 @@ def messages_for(event: Any, currency: str | None) -> Iterator[Outgoing]:
 def _grant_kind(kind: str) -> str:
     return kind if kind in {"signup_promo", "mobile_verification", "referral", "bonus",
                             "compensation"} else "purchased"
-
-
-def _signed_amount(event: Any) -> int:
-    name = type(event).__name__
-    if name in ("PaymentReversed",):
-        return -int(event.amount_micros)
-    if name == "GrantsExpired":
-        return -sum(g["amount_micros"] for g in event.grants)
-    if name == "Adjusted" and event.direction == "debit":
-        return -int(event.amount_micros)
-    return int(event.amount_micros)
 
 
 class EventPublisher:

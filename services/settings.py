@@ -133,3 +133,33 @@ def load_stack_settings(environ: Mapping[str, str] | None = None) -> StackSettin
 def passthrough_environment(environ: Mapping[str, str] | None = None) -> dict[str, str]:
     """The environment the runner hands to each service process it starts."""
     return dict(os.environ if environ is None else environ)
+
+
+class ToolSettings(msgspec.Struct, frozen=True, kw_only=True):
+    """Settings of an operator tool (``ledgerctl``): where the servers are, nothing else.
+
+    Unlike a service, a tool may run with only one of the two (``verify`` needs PostgreSQL,
+    ``dead-letters`` needs NATS), so each is optional here and required by the command that
+    uses it. Without DATABASE_URL the tool looks for the embedded server of ``make run`` under
+    RUN_DIR.
+    """
+
+    database_url: str | None = None
+    nats_url: str | None = None
+    run_dir: str = ".run"
+
+
+def load_tool_settings(service_name: str, environ: Mapping[str, str] | None = None) -> ToolSettings:
+    """Read ToolSettings; ``LEDGER_DATABASE_URL`` wins over ``DATABASE_URL`` as for services."""
+    env = os.environ if environ is None else environ
+    prefix = service_name.upper().removesuffix("_SERVICE") + "_"
+    raw: dict[str, Any] = {}
+    for field in msgspec.structs.fields(ToolSettings):
+        for key in (prefix + field.name.upper(), field.name.upper()):
+            if env.get(key):
+                raw[field.name] = env[key]
+                break
+    try:
+        return msgspec.convert(raw, ToolSettings, strict=False)
+    except msgspec.ValidationError as exc:
+        raise SettingsError(_explain(exc, prefix)) from None

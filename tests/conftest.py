@@ -20,6 +20,7 @@ from pathlib import Path
 import nats
 import psycopg
 import pytest
+import structlog
 from psycopg import sql
 
 from contracts.subjects import STREAMS
@@ -95,3 +96,10 @@ async def nats_client(infra: Infra) -> AsyncIterator[nats.NATS]:
         yield nc
     finally:
         await nc.close()
+
+
+@pytest.fixture(autouse=True)
+def _clean_log_context() -> Iterator[None]:
+    """A test that configures logging binds context for its own lines; none leaks onward."""
+    yield
+    structlog.contextvars.clear_contextvars()

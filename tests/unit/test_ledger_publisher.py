@@ -73,3 +73,14 @@ def test_low_balance_overdraft_and_expiries_publish_their_own_messages() -> None
     kinds = [kind for kind, _, _ in published(account)]
     for expected in ("balance_low", "hold_expired", "grants_expired", "account_overdrawn"):
         assert expected in kinds, kinds
+
+
+def test_an_invoice_payment_is_an_invoice_payment_entry_that_settles_the_deficit() -> None:
+    account = BillingAccount.open(uuid4(), T0, account_type="postpay",
+                                  credit_limit_micros=50 * POUND)
+    account.record_usage([line("m1", 100)], T0)  # 3.95 accrued
+    account.purchase_credit("inv-pay", "stripe", 3_950_000, "GBP", T0, purpose="invoice")
+    entries = [(m["kind"], m["balance_after"]) for k, _, m in published(account)
+               if k == "entry_posted"]
+    assert entries == [("usage", "-3.95"), ("invoice_payment", "0.00")]
+    assert account.deficit_micros == 0

@@ -1,0 +1,290 @@
+"""Portal reads of the projections: statement pages, CSV, usage, with their freshness.
+
+Every read runs in one transaction that first switches to the role ``ledger_reader`` and sets
+``ledger.tenant_id`` (both SET LOCAL, so they end with the transaction). Row-level security
+then filters every tenant-scoped table by that tenant; with no tenant set it returns nothing.
+The route's own check (404 for another tenant's account) is the first guard; this is the
+second, so a query that forgets its ``WHERE account_id`` still cannot cross tenants.
+
+The same first statement reads, as the owner, how fresh the projection is (its position and
+the time it last committed, and the head of the log) and whether the account exists (its
+currency, from its Opened event), so a read costs one extra round trip, not four.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import csv
+import io
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from typing import Any, Final
+from uuid import UUID
+
+from psycopg import AsyncConnection
+from psycopg.sql import SQL, Composed
+from psycopg_pool import AsyncConnectionPool
+
+from contracts.money import format_micros
+from ledger_service.projections.decoding import ACCOUNT_TOPIC_PREFIX
+
+READER_ROLE: Final = "ledger_reader"
+TENANT_SETTING: Final = "ledger.tenant_id"
+OPENED_TOPIC: Final = ACCOUNT_TOPIC_PREFIX + "Opened"
+CSV_ROWS_FETCHED_PER_ROUND_TRIP: Final = 1_000
+CSV_COLUMNS: Final = ("entry_id", "occurred_at", "kind", "amount", "currency", "balance_after",
+                      "description", "reference")
+_CURSOR_PREFIX: Final = "e1:"
+
+_SETUP = SQL(
+    "SELECT p.position, p.updated_at,"
+    " (SELECT coalesce(max(notification_id), 0) FROM ledger_events),"
+    " (SELECT convert_from(state, 'UTF8')::json ->> 'currency' FROM ledger_events"
+    "   WHERE originator_id = %(account)s AND originator_version = 1 AND topic = %(opened)s),"
+    " set_config('role', %(role)s, true), set_config(%(setting)s, %(tenant)s, true)"
+    " FROM (SELECT %(projection)s::text AS name) AS n"
+    " LEFT JOIN projection_positions AS p ON p.name = n.name")
+
+
+class BadCursor(ValueError):
+    """A cursor this service did not issue."""
+
+
+@dataclass(frozen=True, slots=True)
+class Freshness:
+    """How current a projection read is: compare position with log_position."""
+
+    position: int | None  # notification_id of the last event the projection applied
+    updated_at: datetime | None  # when that batch committed
+    log_position: int  # notification_id of the newest event in the log
+
+    def headers(self) -> dict[str, str]:
+        headers = {"X-Projection-Position": str(self.position or 0),
+                   "X-Log-Position": str(self.log_position)}
+        if self.updated_at is not None:
+            headers["X-Projection-Updated-At"] = self.updated_at.isoformat()
+        return headers
+
+
+@dataclass(frozen=True, slots=True)
+class TenantRead:
+    conn: AsyncConnection[Any]
+    freshness: Freshness
+    currency: str | None  # None: the account does not exist
+
+
+def _setup_params(projection: str, account_id: UUID, tenant_id: UUID) -> dict[str, Any]:
+    return {"account": account_id, "opened": OPENED_TOPIC, "role": READER_ROLE,
+            "setting": TENANT_SETTING, "tenant": str(tenant_id), "projection": projection}
+
+
+def _setup_result(row: tuple[Any, ...] | None) -> tuple[Freshness, str | None]:
+    assert row is not None
+    position, updated_at, log_position, currency = row[:4]
+    return Freshness(position, updated_at, int(log_position)), currency
+
+
+@asynccontextmanager
+async def tenant_read(pool: AsyncConnectionPool, projection: str, account_id: UUID,
+                      tenant_id: UUID) -> AsyncIterator[TenantRead]:
+    """A read-only transaction as ledger_reader, scoped to one tenant, for reads of many
+    statements (a CSV through a server-side cursor)."""
+    async with pool.connection() as conn, conn.transaction():
+        cur = await conn.execute(_SETUP, _setup_params(projection, account_id, tenant_id))
+        freshness, currency = _setup_result(await cur.fetchone())
+        yield TenantRead(conn, freshness, currency)
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    freshness: Freshness
+    currency: str | None  # None: the account does not exist
+    rows: list[tuple[Any, ...]]
+
+
+async def tenant_query(pool: AsyncConnectionPool, projection: str, account_id: UUID,
+                       tenant_id: UUID, query: Composed, params: list[Any]) -> Answer:
+    """One query as ledger_reader for one tenant, pipelined: BEGIN, the setup and the query
+    go to the server together, so a page costs one round trip (and the COMMIT)."""
+    async with pool.connection() as conn, conn.pipeline(), conn.transaction():
+        setup = await conn.execute(_SETUP, _setup_params(projection, account_id, tenant_id))
+        main = await conn.execute(query, params)
+        freshness, currency = _setup_result(await setup.fetchone())
+        rows = await main.fetchall()
+    return Answer(freshness, currency, rows)
+
+
+# ------------------------------------------------------------------ statement
+
+
+@dataclass(frozen=True, slots=True)
+class EntryFilter:
+    kinds: tuple[str, ...] = ()
+    occurred_from: datetime | None = None  # inclusive
+    occurred_to: datetime | None = None  # exclusive
+
+
+@dataclass(frozen=True, slots=True)
+class EntryRow:
+    entry_seq: int
+    entry_id: UUID
+    kind: str
+    amount_micros: int
+    balance_after_micros: int
+    description: str
+    reference: str | None
+    occurred_at: datetime
+    currency: str | None
+
+
+def encode_cursor(entry_seq: int) -> str:
+    return base64.urlsafe_b64encode(f"{_CURSOR_PREFIX}{entry_seq}".encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> int:
+    try:
+        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        if not text.startswith(_CURSOR_PREFIX):
+            raise ValueError(text)
+        value = int(text.removeprefix(_CURSOR_PREFIX))
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        raise BadCursor("cursor is not one this API returned") from None
+    if value < 0:
+        raise BadCursor("cursor is not one this API returned")
+    return value
+
+
+def _entries_query(account_id: UUID, where: EntryFilter, before_seq: int | None,
+                   limit: int | None) -> tuple[Composed, list[Any]]:
+    clauses = [SQL("account_id = %s")]
+    params: list[Any] = [account_id]
+    if where.kinds:
+        clauses.append(SQL("kind = ANY(%s)"))
+        params.append(list(where.kinds))
+    if where.occurred_from is not None:
+        clauses.append(SQL("occurred_at >= %s"))
+        params.append(where.occurred_from)
+    if where.occurred_to is not None:
+        clauses.append(SQL("occurred_at < %s"))
+        params.append(where.occurred_to)
+    if before_seq is not None:
+        clauses.append(SQL("entry_seq < %s"))
+        params.append(before_seq)
+    query = SQL("SELECT entry_seq, entry_id, kind, amount_micros, balance_after_micros,"
+                " description, reference, occurred_at, currency FROM statement_entries"
+                " WHERE {} ORDER BY entry_seq DESC").format(SQL(" AND ").join(clauses))
+    if limit is not None:
+        query += SQL(" LIMIT %s")
+        params.append(limit)
+    return query, params
+
+
+@dataclass(frozen=True, slots=True)
+class EntriesPage:
+    freshness: Freshness
+    currency: str | None  # None: the account does not exist
+    entries: list[EntryRow]
+    next_cursor: str | None
+
+
+async def entries_page(pool: AsyncConnectionPool, account_id: UUID, tenant_id: UUID,
+                       where: EntryFilter, cursor: str | None, limit: int) -> EntriesPage:
+    """Newest first; ``limit`` entries and the cursor of the next page (None: last page).
+
+    The keyset is entry_seq, which only grows: entries posted after the first page was read
+    sort before it and never shift what a later page returns.
+    """
+    before = decode_cursor(cursor) if cursor else None
+    query, params = _entries_query(account_id, where, before, limit + 1)
+    answer = await tenant_query(pool, "statement", account_id, tenant_id, query, params)
+    rows = [EntryRow(*row) for row in answer.rows]
+    next_cursor = None
+    if len(rows) > limit:
+        rows, next_cursor = rows[:limit], encode_cursor(rows[limit - 1].entry_seq)
+    return EntriesPage(answer.freshness, answer.currency, rows, next_cursor)
+
+
+async def statement_csv(read: TenantRead, account_id: UUID,
+                        where: EntryFilter) -> AsyncIterator[bytes]:
+    """The whole filtered statement as CSV, newest first, read through a server-side cursor
+    so that memory holds one round trip of rows whatever the statement's length."""
+    query, params = _entries_query(account_id, where, None, None)
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\r\n")
+    writer.writerow(CSV_COLUMNS)
+    yield _drain(buffer)
+    async with read.conn.cursor(name="statement_csv") as cur:
+        cur.itersize = CSV_ROWS_FETCHED_PER_ROUND_TRIP
+        await cur.execute(query, params)
+        while rows := await cur.fetchmany(CSV_ROWS_FETCHED_PER_ROUND_TRIP):
+            for row in rows:
+                entry = EntryRow(*row)
+                writer.writerow((entry.entry_id, _utc_text(entry.occurred_at), entry.kind,
+                                 format_micros(entry.amount_micros), entry.currency or "",
+                                 format_micros(entry.balance_after_micros), entry.description,
+                                 entry.reference or ""))
+            yield _drain(buffer)
+
+
+def _utc_text(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def _drain(buffer: io.StringIO) -> bytes:
+    data = buffer.getvalue().encode()
+    buffer.seek(0)
+    buffer.truncate()
+    return data
+
+
+# ------------------------------------------------------------------ usage
+
+
+@dataclass(frozen=True, slots=True)
+class UsageRow:
+    period: str
+    product: str
+    quantity: int
+    amount_micros: int
+
+
+async def usage(pool: AsyncConnectionPool, account_id: UUID, tenant_id: UUID, group_by: str,
+                day_from: date | None, day_to: date | None,
+                limit: int) -> tuple[Answer, list[UsageRow]]:
+    """Billed usage by day or month and product, oldest first; days from inclusive, to
+    exclusive (UTC)."""
+    clauses = [SQL("account_id = %s")]
+    params: list[Any] = [account_id]
+    if day_from is not None:
+        clauses.append(SQL("day >= %s"))
+        params.append(day_from)
+    if day_to is not None:
+        clauses.append(SQL("day < %s"))
+        params.append(day_to)
+    where = SQL(" AND ").join(clauses)
+    if group_by == "month":
+        query = SQL("SELECT to_char(date_trunc('month', day), 'YYYY-MM'), product,"
+                    " sum(quantity)::bigint, sum(amount_micros)::bigint FROM usage_daily"
+                    " WHERE {} GROUP BY 1, 2 ORDER BY 1, 2 LIMIT %s").format(where)
+    else:
+        query = SQL("SELECT to_char(day, 'YYYY-MM-DD'), product, quantity, amount_micros"
+                    " FROM usage_daily WHERE {} ORDER BY day, product LIMIT %s").format(where)
+    answer = await tenant_query(pool, "usage", account_id, tenant_id, query, [*params, limit])
+    return answer, [UsageRow(*row) for row in answer.rows]
+
+
+# ------------------------------------------------------------------ audit (operators)
+
+
+async def account_event_rows(pool: AsyncConnectionPool, account_id: UUID, from_version: int,
+                             limit: int) -> Sequence[tuple[Any, ...]]:
+    """Stored events of an account from a version on, as the owner (operators only)."""
+    async with pool.connection() as conn:
+        cur = await conn.execute(
+            "SELECT notification_id, originator_id, originator_version, topic, state"
+            " FROM ledger_events WHERE originator_id = %s AND originator_version >= %s"
+            " ORDER BY originator_version LIMIT %s", (account_id, from_version, limit))
+        return await cur.fetchall()

@@ -1,0 +1,471 @@
+"""`ledgerctl verify`: recompute everything from the log and report every divergence.
+
+In one REPEATABLE READ snapshot (so the log and the projections are read as of one instant),
+every account's events are read in version order and checked:
+
+- the hash chain: each event's stored hash against the hash recomputed from its content and
+  its predecessor's hash (an edited event breaks at itself, a deleted one at its successor),
+  versions without gaps from 1, the first event an Opened;
+- double entry: the postings of every event, and of every usage line, sum to zero per
+  currency (and so do all postings of the whole log);
+- the replay: the events applied in order by the aggregate itself, each `balance_after` equal
+  to the replayed balance, the aggregate's invariants holding after every event;
+- the projections: each one's rows against what the replay says they should be at that
+  projection's own position (a lagging projection is not a divergence, a wrong row is), and
+  no projection row for an account the log does not have;
+- the entry index: every statement entry it points to is still in the log (catches a
+  deleted last event, which leaves no gap behind it).
+
+Tables are streamed in account order and merged, so memory follows one account, not the log.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import date
+from itertools import chain, groupby
+from typing import Any, Final
+from uuid import UUID
+
+import psycopg
+from psycopg import IsolationLevel
+
+from ledger_service.domain.account import BillingAccount
+from ledger_service.domain.chain import GENESIS_HASH, verify_chain
+from ledger_service.domain.postings import event_postings, sum_by_currency
+from ledger_service.domain.times import format_time
+from ledger_service.projections.builders import PROJECTION_NAMES, credits_of, usage_day, usage_lines
+from ledger_service.projections.decoding import ROW_COLUMNS, EventDecoder, StoredRow, stored_row
+from ledger_service.projections.statement import entry_seq, statement_entries
+
+ROWS_FETCHED_PER_ROUND_TRIP: Final = 5_000
+STATEMENT_FIELDS: Final = ("entry_id", "kind", "amount_micros", "balance_after_micros",
+                           "description")
+BALANCE_FIELDS: Final = ("currency", "account_type", "closed", "balance_micros",
+                         "available_micros", "held_micros", "credit_limit_micros", "credits",
+                         "version", "position")
+DIVERGENCES_PER_ACCOUNT_MAX: Final = 50  # one broken account must not drown the report
+VALUE_TEXT_MAX: Final = 120
+
+Progress = Callable[[int], None]  # events checked so far
+
+
+@dataclass(frozen=True, slots=True)
+class Divergence:
+    account_id: UUID | None
+    check: str  # chain, version_gap, undecodable, postings, balance_after, replay, ...
+    where: str  # "version 7", "entry <id>", "day 2026-11-22 sms"
+    expected: str
+    found: str
+
+
+@dataclass(slots=True)
+class VerifyReport:
+    accounts: int = 0
+    events: int = 0
+    positions: dict[str, int] = field(default_factory=dict)
+    log_position: int = 0
+    postings_total: dict[str, int] = field(default_factory=dict)  # currency -> sum, must be 0
+    divergences: list[Divergence] = field(default_factory=list)
+    elapsed_s: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return not self.divergences
+
+
+def _text(value: Any) -> str:
+    text = str(value)
+    return text if len(text) <= VALUE_TEXT_MAX else text[:VALUE_TEXT_MAX - 1] + "…"
+
+
+# ------------------------------------------------------------------ table streams
+
+
+class RowStream:
+    """Rows of a table in account order, taken account by account (a merge join)."""
+
+    def __init__(self, rows: Iterator[tuple[Any, ...]]) -> None:
+        self._rows = rows
+        self._head = next(rows, None)
+        self.orphans: list[UUID] = []  # accounts with rows but no events
+
+    def take(self, account_id: UUID) -> Iterator[tuple[Any, ...]]:
+        self._skip_before(account_id)
+        while self._head is not None and self._head[0] == account_id:
+            row = self._head
+            self._head = next(self._rows, None)
+            yield row
+
+    def finish(self) -> list[UUID]:
+        while self._head is not None:
+            self._orphan(self._head[0])
+            self._head = next(self._rows, None)
+        return self.orphans
+
+    def _skip_before(self, account_id: UUID) -> None:
+        while self._head is not None and self._head[0] < account_id:
+            self._orphan(self._head[0])
+            self._head = next(self._rows, None)
+
+    def _orphan(self, account_id: UUID) -> None:
+        if not self.orphans or self.orphans[-1] != account_id:
+            self.orphans.append(account_id)
+
+
+def _stream(conn: psycopg.Connection[Any], name: str, query: str,
+            account_id: UUID | None) -> Iterator[tuple[Any, ...]]:
+    cur = conn.cursor(name=name, binary=True)
+    cur.itersize = ROWS_FETCHED_PER_ROUND_TRIP
+    if account_id is None:
+        cur.execute(query.format(where=""))
+    else:
+        cur.execute(query.format(where="WHERE account_id = %s"), (account_id,))
+    return iter(cur)
+
+
+_TABLE_QUERIES: Final = {
+    "balances": "SELECT account_id, currency, account_type, closed, balance_micros,"
+                " available_micros, held_micros, credit_limit_micros, credits, version,"
+                " position FROM balances {where} ORDER BY account_id",
+    "statement": "SELECT account_id, entry_seq, entry_id, kind, amount_micros,"
+                 " balance_after_micros, description FROM statement_entries {where}"
+                 " ORDER BY account_id, entry_seq",
+    "usage": "SELECT account_id, day, product, quantity, amount_micros, lines FROM usage_daily"
+             " {where} ORDER BY account_id, day, product",
+    "holds": "SELECT account_id, hold_id, amount_micros, expires_at, product, quantity"
+             " FROM open_holds {where} ORDER BY account_id, hold_id",
+}
+
+
+# ------------------------------------------------------------------ one account
+
+
+class AccountAudit:
+    """Checks one account's events as they stream past, then its projection rows."""
+
+    def __init__(self, account_id: UUID, positions: dict[str, int],
+                 streams: dict[str, RowStream], report: VerifyReport) -> None:
+        self.account_id = account_id
+        self.positions = positions
+        self.streams = streams
+        self.report = report
+        self.found: list[Divergence] = []
+        self.account: BillingAccount | None = None
+        self.previous_hash: str | None = GENESIS_HASH
+        self.expected_version = 1
+        self.replay_ok = True
+        self.position = 0  # of the last event applied
+        self.balance_expected: tuple[Any, ...] | None = None
+        self.holds_expected: dict[str, tuple[Any, ...]] | None = None
+        self.usage_expected: dict[tuple[date, str], list[int]] = {}
+        self.statement_rows = streams["statement"].take(account_id)
+        self._pushed_back: tuple[Any, ...] | None = None
+        # After one balance_after disagrees, every later one does by the same amount: report
+        # the first, count the rest.
+        self.balance_after_echoes = 0
+
+    def flag(self, check: str, where: str, expected: Any, found: Any) -> None:
+        if len(self.found) < DIVERGENCES_PER_ACCOUNT_MAX:
+            self.found.append(Divergence(self.account_id, check, where, _text(expected),
+                                         _text(found)))
+
+    # -------------------------------------------------------------- events
+
+    def feed(self, row: StoredRow, decoder: EventDecoder) -> None:
+        where = f"version {row.originator_version}"
+        if row.originator_version != self.expected_version:
+            self.flag("version_gap", where, f"version {self.expected_version}",
+                      f"version {row.originator_version}")
+            self.replay_ok = False
+        self.expected_version = row.originator_version + 1
+        try:
+            event = decoder.decode(row)
+        except Exception as exc:
+            self.flag("undecodable", where, "a decodable event", f"{type(exc).__name__}: {exc}")
+            self.previous_hash = None
+            self.replay_ok = False
+            return
+        self._check_chain(event, where)
+        self._check_postings(event, where)
+        self._capture_before(row.position)
+        if self.replay_ok:
+            self._replay(event, where)
+        self.position = row.position
+        if row.position <= self.positions["statement"]:
+            self._check_statement(event, row.position)
+        if row.position <= self.positions["usage"]:
+            for line in usage_lines(event):
+                sums = self.usage_expected.setdefault(
+                    (usage_day(line["occurred_at"]), line["product"]), [0, 0, 0])
+                sums[0] += line["quantity"]
+                sums[1] += line["amount_micros"]
+                sums[2] += 1
+
+    def _check_chain(self, event: Any, where: str) -> None:
+        if self.expected_version == 2 and not isinstance(event, BillingAccount.Opened):
+            self.flag("first_event", where, "Opened", type(event).__name__)
+        if self.previous_hash is not None:
+            for broken in verify_chain([event], self.previous_hash):
+                self.flag("chain", where, f"hash {broken.expected} (recomputed)",
+                          f"hash {broken.found} (stored; {broken.reason})")
+        stored = getattr(event, "chain_hash", None)
+        self.previous_hash = stored if isinstance(stored, str) else None
+
+    def _check_postings(self, event: Any, where: str) -> None:
+        totals = self.report.postings_total
+        for currency, amount in sum_by_currency(event_postings(event)).items():
+            totals[currency] = totals.get(currency, 0) + amount
+            if amount != 0:
+                self.flag("postings", where, f"{currency} sum 0", f"{currency} sum {amount}")
+        for index, line in enumerate(getattr(event, "lines", None) or ()):
+            for currency, amount in sum_by_currency(line["postings"]).items():
+                if amount != 0:
+                    self.flag("postings", f"{where} line {index}", f"{currency} sum 0",
+                              f"{currency} sum {amount}")
+
+    def _replay(self, event: Any, where: str) -> None:
+        before = self.account.balance_micros if self.account is not None else 0
+        try:
+            self.account = event.mutate(self.account)
+            assert self.account is not None
+            self.account.check_invariants()
+        except Exception as exc:
+            self.flag("replay", where, "the event applies", f"{type(exc).__name__}: {exc}")
+            self.replay_ok = False
+            return
+        balance = self.account.balance_micros
+        for index, line in enumerate(getattr(event, "lines", None) or ()):
+            before -= line["amount_micros"]
+            if line["balance_after_micros"] != before:
+                self._flag_balance_after(f"{where} line {index}", before,
+                                         line["balance_after_micros"])
+        stated = getattr(event, "balance_after_micros", None)
+        if stated is not None and stated != balance:
+            self._flag_balance_after(where, balance, stated)
+
+    def _flag_balance_after(self, where: str, replayed: int, stated: int) -> None:
+        if any(d.check == "balance_after" for d in self.found):
+            self.balance_after_echoes += 1
+        else:
+            self.flag("balance_after", where, f"{replayed} (replayed)", f"{stated} (stated)")
+
+    def _capture_before(self, position: int) -> None:
+        """The state the balances and holds projections should show is the one after the
+        last event at or before their position: keep it as we pass that point."""
+        if self.balance_expected is None and position > self.positions["balances"]:
+            self.balance_expected = self._balance_now()
+        if self.holds_expected is None and position > self.positions["holds"]:
+            self.holds_expected = self._holds_now()
+
+    def _balance_now(self) -> tuple[Any, ...]:
+        account = self.account
+        if account is None or not self.replay_ok:
+            return ()
+        settings = account.settings
+        return (settings.currency, settings.account_type, settings.closed,
+                account.balance_micros, account.available_micros, account.held_micros,
+                settings.credit_limit_micros, credits_of(account), account.version,
+                self.position)
+
+    def _holds_now(self) -> dict[str, tuple[Any, ...]]:
+        if self.account is None or not self.replay_ok:
+            return {}
+        return {h.hold_id: (h.amount_micros, h.expires_at, h.product, h.quantity)
+                for h in self.account.open_holds}
+
+    def _check_statement(self, event: Any, position: int) -> None:
+        for entry in statement_entries(event):
+            seq = entry_seq(position, entry.line)
+            expected = (str(entry.entry_id), entry.kind, entry.amount_micros,
+                        entry.balance_after_micros, entry.description)
+            found = self._statement_row(seq, entry.entry_id)
+            if found is None or found == expected:
+                continue
+            for name, want, got in zip(STATEMENT_FIELDS, expected, found, strict=True):
+                if want != got:
+                    self.flag("projection:statement", f"entry {entry.entry_id} {name}", want,
+                              got)
+
+    def _statement_row(self, seq: int, entry_id: str) -> tuple[Any, ...] | None:
+        """The stored row at ``seq``; rows before it are extra, a row after it waits."""
+        while (row := self._next_statement_row()) is not None:
+            if row[1] < seq:
+                self._flag_extra_entry(row)
+                continue
+            if row[1] > seq:
+                self._pushed_back = row
+                break
+            return (str(row[2]), row[3], row[4], row[5], row[6])
+        self.flag("projection:statement", f"entry {entry_id}", "a row", "missing")
+        return None
+
+    def _next_statement_row(self) -> tuple[Any, ...] | None:
+        if self._pushed_back is not None:
+            row, self._pushed_back = self._pushed_back, None
+            return row
+        return next(self.statement_rows, None)
+
+    def _flag_extra_entry(self, row: tuple[Any, ...]) -> None:
+        self.flag("projection:statement", f"entry {row[2]}", "no such entry",
+                  f"a row at seq {row[1]}")
+
+    # -------------------------------------------------------------- projections
+
+    def finish(self) -> list[Divergence]:
+        self._capture_before(1 << 62)
+        while (row := self._next_statement_row()) is not None:
+            self._flag_extra_entry(row)
+        # Every stream is read past this account even when the replay broke, or its rows
+        # would count as orphans of the next account.
+        balances = list(self.streams["balances"].take(self.account_id))
+        usage = list(self.streams["usage"].take(self.account_id))
+        holds = list(self.streams["holds"].take(self.account_id))
+        if self.balance_after_echoes:
+            self.flag("balance_after", "later events", "agree once the first is fixed",
+                      f"{self.balance_after_echoes} more disagree by the same cause")
+        self._check_usage(usage)
+        if self.replay_ok:
+            self._check_balance(balances)
+            self._check_holds(holds)
+        return self.found
+
+    def _check_balance(self, rows: list[tuple[Any, ...]]) -> None:
+        expected = self.balance_expected or ()
+        if not expected:
+            for _ in rows:
+                self.flag("projection:balances", "row", "no row (not yet projected)", "a row")
+            return
+        if not rows:
+            self.flag("projection:balances", "row", "a row", "missing")
+            return
+        for name, want, got in zip(BALANCE_FIELDS, expected, rows[0][1:], strict=True):
+            if name == "credits":
+                self._check_credits(want, got)
+            elif want != got:
+                self.flag("projection:balances", name, want, got)
+
+    def _check_credits(self, expected: list[dict[str, Any]], found: Any) -> None:
+        want = {c["grant_id"]: c for c in expected}
+        got = {c.get("grant_id"): c for c in found} if isinstance(found, list) else {}
+        for grant_id in sorted(set(want) | set(got), key=str):
+            a, b = want.get(grant_id), got.get(grant_id)
+            if a is None or b is None:
+                self.flag("projection:balances", f"credits {grant_id}",
+                          "a grant" if a else "no such grant", "a grant" if b else "missing")
+                continue
+            for key in sorted(set(a) | set(b)):
+                if a.get(key) != b.get(key):
+                    self.flag("projection:balances", f"credits {grant_id} {key}", a.get(key),
+                              b.get(key))
+
+    def _check_usage(self, rows: list[tuple[Any, ...]]) -> None:
+        found = {(r[1], r[2]): [r[3], r[4], r[5]] for r in rows}
+        for key in sorted(set(found) | set(self.usage_expected)):
+            want, got = self.usage_expected.get(key), found.get(key)
+            if want != got:
+                self.flag("projection:usage", f"day {key[0]} {key[1]}",
+                          want or "no row", got or "missing")
+
+    def _check_holds(self, rows: list[tuple[Any, ...]]) -> None:
+        found = {r[1]: (r[2], r[3], r[4], r[5]) for r in rows}
+        expected = self.holds_expected or {}
+        for hold_id in sorted(set(found) | set(expected)):
+            want, got = expected.get(hold_id), found.get(hold_id)
+            if want is not None and got is not None:
+                got = (got[0], format_time(got[1]), got[2], got[3])
+            if want != got:
+                self.flag("projection:holds", f"hold {hold_id}", want or "no row",
+                          got or "missing")
+
+
+# ------------------------------------------------------------------ the whole log
+
+
+def verify(conn: psycopg.Connection[Any], decoder: EventDecoder, *,
+           account_id: UUID | None = None, progress: Progress | None = None) -> VerifyReport:
+    """Check the log (or one account's part of it) and the projections against it."""
+    started = time.perf_counter()
+    report = VerifyReport()
+    saved = conn.autocommit, conn.isolation_level, conn.read_only
+    conn.autocommit = False
+    conn.isolation_level = IsolationLevel.REPEATABLE_READ
+    conn.read_only = True
+    try:
+        with conn.transaction():
+            _verify_in_snapshot(conn, decoder, account_id, progress, report)
+    finally:
+        conn.autocommit, conn.isolation_level, conn.read_only = saved
+    for currency, total in sorted(report.postings_total.items()):
+        if total != 0 and account_id is None:
+            report.divergences.append(Divergence(None, "postings", "whole log",
+                                                 f"{currency} sum 0", f"{currency} sum {total}"))
+    if progress is not None:
+        progress(report.events)
+    report.elapsed_s = time.perf_counter() - started
+    return report
+
+
+def _verify_in_snapshot(conn: psycopg.Connection[Any], decoder: EventDecoder,
+                        account_id: UUID | None, progress: Progress | None,
+                        report: VerifyReport) -> None:
+    report.positions = _positions(conn)
+    row = conn.execute("SELECT coalesce(max(notification_id), 0) FROM ledger_events").fetchone()
+    report.log_position = int(row[0]) if row else 0
+    streams = {name: RowStream(_stream(conn, f"verify_{name}", _TABLE_QUERIES[name],
+                                       account_id)) for name in PROJECTION_NAMES}
+    for current, rows in groupby(_event_rows(conn, account_id), key=lambda r: r.originator_id):
+        first = next(rows)
+        if not first.is_account_event:
+            continue  # the price catalogue: no chain, no postings
+        audit = AccountAudit(current, report.positions, streams, report)
+        report.accounts += 1
+        for stored in chain([first], rows):
+            audit.feed(stored, decoder)
+            report.events += 1
+            if progress is not None and report.events % 10_000 == 0:
+                progress(report.events)
+        report.divergences.extend(audit.finish())
+    for name, stream in streams.items():
+        for orphan in stream.finish():
+            report.divergences.append(Divergence(
+                orphan, f"projection:{name}", "rows", "rows for an account", "no events"))
+    report.divergences.extend(_missing_indexed_events(conn, account_id))
+
+
+def _positions(conn: psycopg.Connection[Any]) -> dict[str, int]:
+    rows = conn.execute("SELECT name, position FROM projection_positions"
+                        " WHERE name = ANY(%s)", (list(PROJECTION_NAMES),)).fetchall()
+    positions = {name: 0 for name in PROJECTION_NAMES}
+    positions.update({name: int(position) for name, position in rows})
+    return positions
+
+
+def _event_rows(conn: psycopg.Connection[Any], account_id: UUID | None) -> Iterator[StoredRow]:
+    cur = conn.cursor(name="verify_events", binary=True)
+    cur.itersize = ROWS_FETCHED_PER_ROUND_TRIP
+    if account_id is None:
+        cur.execute(f"SELECT {ROW_COLUMNS} FROM ledger_events"  # noqa: S608
+                    " ORDER BY originator_id, originator_version")
+    else:
+        cur.execute(f"SELECT {ROW_COLUMNS} FROM ledger_events WHERE originator_id = %s"  # noqa: S608
+                    " ORDER BY originator_version", (account_id,))
+    for values in cur:
+        yield stored_row(values)
+
+
+def _missing_indexed_events(conn: psycopg.Connection[Any],
+                            account_id: UUID | None) -> list[Divergence]:
+    query = ("SELECT i.account_id, i.originator_version, i.entry_id FROM entry_index i"
+             " WHERE NOT EXISTS (SELECT 1 FROM ledger_events e WHERE e.originator_id ="
+             " i.account_id AND e.originator_version = i.originator_version)")
+    params: tuple[Any, ...] = ()
+    if account_id is not None:
+        query += " AND i.account_id = %s"
+        params = (account_id,)
+    rows = conn.execute(query + " ORDER BY 1, 2 LIMIT 1000", params).fetchall()
+    return [Divergence(a, "entry_index", f"version {v}", f"the event holding entry {e}",
+                       "missing from the log") for a, v, e in rows]
+
