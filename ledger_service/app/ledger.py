@@ -123,7 +123,7 @@ class Ledger:
 
     def load(self, account_id: UUID) -> BillingAccount:
         try:
-            account: Any = self.app.repository.get(account_id)
+            account: Any = self.app.repository.get(account_id, projector_func=project)
         except AggregateNotFoundError:
             raise AccountNotFound(f"account {account_id} not found") from None
         if not isinstance(account, BillingAccount):
@@ -252,6 +252,14 @@ class Ledger:
             self._catalogue = None
             self.evict([CATALOGUE_ID])
         return changed
+
+
+def project(aggregate: Any, events: Iterable[Any]) -> Any:
+    """eventsourcing's project_aggregate without its per-event isinstance assert, which was
+    four tenths of replaying the events after a snapshot (bench/account_load.py)."""
+    for event in events:
+        aggregate = event.mutate(aggregate)
+    return aggregate
 
 
 def expiry(now: datetime, ttl_s: int) -> datetime:

@@ -1,0 +1,1 @@
+"""Benchmarks of the ledger (``python -m bench``); figures and method in docs/benchmarks.md."""

@@ -1,0 +1,42 @@
+"""Accounts for the benchmarks, opened in-process through the domain and the Ledger's own
+unit of work (the same commit path as every command), before the service starts.
+
+Opening them over HTTP would measure the HTTP layer 2,000 times for nothing; what the
+benchmarks need is accounts that exist in the event store exactly as the service would
+have written them.
+"""
+
+from __future__ import annotations
+
+import functools
+import uuid
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from uuid import UUID
+
+from ledger_service.app.ledger import Ledger, UnitOfWork
+from ledger_service.domain.account import BillingAccount
+
+SMS_UNIT_PRICE_MICROS = 39_500  # the default catalogue's GBP starter price of "sms"
+ACCOUNTS_PER_COMMIT_MAX = 250
+
+
+def open_prepay_accounts(ledger: Ledger, count: int, credit_micros: int) -> list[UUID]:
+    """Open ``count`` prepay GBP starter accounts, each with one purchased grant."""
+    ledger.catalogue()  # seed the default catalogue as the service would on its first start
+    account_ids = [uuid.uuid4() for _ in range(count)]
+    for start in range(0, count, ACCOUNTS_PER_COMMIT_MAX):
+        chunk = account_ids[start:start + ACCOUNTS_PER_COMMIT_MAX]
+        ledger.run(functools.partial(_open_with_credit, account_ids=chunk,
+                                     credit_micros=credit_micros))
+    return account_ids
+
+
+def _open_with_credit(work: UnitOfWork, account_ids: Sequence[UUID], credit_micros: int) -> None:
+    now = datetime.now(UTC)
+    for account_id in account_ids:
+        account = BillingAccount.open(account_id, now, account_type="prepay", currency="GBP",
+                                      tier="starter")
+        account.grant(f"grant:bench:{account_id}", "purchased", credit_micros, now,
+                      reason="benchmark credit", actor="bench")
+        work.touch(account)
