@@ -210,22 +210,11 @@ class StripeWebhooks:
             )
             return "security_event"
         error = intent.last_payment_error
-        payment = await records.insert_payment(conn, NewPayment(
+        payment = await records.insert_payment(conn, _checkout_payment(
+            checkout, event,
             payment_id=records.payment_id_for("stripe", "payment_attempt", event.id),
-            source="payment_attempt",
-            provider="stripe",
-            provider_reference=intent.id,
-            account_id=checkout.account_id,
-            purpose=checkout.purpose,
-            invoice_id=checkout.invoice_id,
-            currency=checkout.currency,
-            net_minor=checkout.net_minor,
-            vat_minor=checkout.vat_minor,
-            status="failed",
-            provider_event_id=event.id,
-            received_at=None,
-            stripe_payment_intent=intent.id,
-            checkout_id=checkout.checkout_id,
+            source="payment_attempt", provider_reference=intent.id,
+            stripe_payment_intent=intent.id, status="failed", received_at=None,
             failure_code=(error.decline_code or error.code) if error else None,
             failure_message=(error.message or "")[:_FAILURE_TEXT_MAX] if error else None,
         ))
@@ -358,12 +347,35 @@ def _session_payment(
     failure_code: str | None = None,
     failure_message: str | None = None,
 ) -> NewPayment:
-    # Amounts, currency and account come from our checkout, never from the session.
-    return NewPayment(
+    return _checkout_payment(
+        checkout, event,
         payment_id=records.payment_id_for("stripe", "checkout_session", session.id),
-        source="checkout_session",
+        source="checkout_session", provider_reference=session.id,
+        stripe_payment_intent=session.payment_intent_id, status=status,
+        received_at=received_at, failure_code=failure_code, failure_message=failure_message,
+    )
+
+
+def _checkout_payment(
+    checkout: CheckoutRecord,
+    event: StripeEvent,
+    *,
+    payment_id: str,
+    source: str,
+    provider_reference: str,
+    stripe_payment_intent: str | None,
+    status: str,
+    received_at: datetime | None,
+    failure_code: str | None,
+    failure_message: str | None,
+) -> NewPayment:
+    """A payment of one of our checkouts. Amounts, currency and account come from the
+    checkout we created, never from what Stripe's object claims."""
+    return NewPayment(
+        payment_id=payment_id,
+        source=source,  # type: ignore[arg-type]
         provider="stripe",
-        provider_reference=session.id,
+        provider_reference=provider_reference,
         account_id=checkout.account_id,
         purpose=checkout.purpose,
         invoice_id=checkout.invoice_id,
@@ -373,7 +385,7 @@ def _session_payment(
         status=status,  # type: ignore[arg-type]
         provider_event_id=event.id,
         received_at=received_at,
-        stripe_payment_intent=session.payment_intent_id,
+        stripe_payment_intent=stripe_payment_intent,
         checkout_id=checkout.checkout_id,
         failure_code=failure_code,
         failure_message=failure_message,
