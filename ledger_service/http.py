@@ -94,6 +94,13 @@ async def idempotency(request: Request[Any, Any, Any], scope: str, key: str | No
     return Idempotency(scope, key, request_hash(await request.body()))
 
 
+async def write(request: Request[Any, Any, Any], svc: LedgerServices, scope: str,
+                key: str | None, status: int, command: Any, *args: Any) -> Response[bytes]:
+    """Run an idempotent write command on the writer thread and answer with its outcome."""
+    idem = await idempotency(request, scope, key)
+    return respond(await svc.writer.call(command, svc.ledger, *args, idem), status)
+
+
 def respond(outcome: Outcome, status: int) -> Response[bytes]:
     headers = {"Idempotent-Replayed": "true"} if outcome.replayed else {}
     return Response(outcome.response, status_code=status, media_type=JSON, headers=headers)
@@ -118,9 +125,8 @@ async def open_account(
     request: Request[Any, Any, Any], data: OpenAccount, svc: LedgerServices,
     idempotency_key: IdempotencyKey = None,
 ) -> Response[bytes]:
-    idem = await idempotency(request, "http:open", idempotency_key)
-    outcome = await svc.writer.call(accounts.open_account, svc.ledger, data, idem)
-    return respond(outcome, 201)
+    return await write(request, svc, "http:open", idempotency_key, 201,
+                       accounts.open_account, data)
 
 
 @get("/{account_id:uuid}", summary="An account's settings and state", **READERS,  # type: ignore[arg-type]
@@ -137,10 +143,8 @@ async def patch_account(
     request: Request[Any, Any, Any], account_id: UUID, data: PatchAccount, svc: LedgerServices,
     principal: CurrentPrincipal, idempotency_key: IdempotencyKey = None,
 ) -> Response[bytes]:
-    idem = await idempotency(request, f"http:patch:{account_id}", idempotency_key)
-    outcome = await svc.writer.call(accounts.patch_account, svc.ledger, account_id, data,
-                                    actor_of(principal), idem)
-    return respond(outcome, 200)
+    return await write(request, svc, f"http:patch:{account_id}", idempotency_key, 200,
+                       accounts.patch_account, account_id, data, actor_of(principal))
 
 
 @post("/{account_id:uuid}/close", summary="Close: no new debits or authorizations",
@@ -149,10 +153,8 @@ async def close_account(
     request: Request[Any, Any, Any], account_id: UUID, svc: LedgerServices,
     principal: CurrentPrincipal, idempotency_key: IdempotencyKey = None,
 ) -> Response[bytes]:
-    idem = await idempotency(request, f"http:close:{account_id}", idempotency_key)
-    outcome = await svc.writer.call(accounts.close_account, svc.ledger, account_id,
-                                    "closed by operator", actor_of(principal), idem)
-    return respond(outcome, 200)
+    return await write(request, svc, f"http:close:{account_id}", idempotency_key, 200,
+                       accounts.close_account, account_id, "closed by operator", actor_of(principal))
 
 
 @get("/{account_id:uuid}/balance", summary="Balance, available, held and credits", **READERS,  # type: ignore[arg-type]
@@ -192,10 +194,8 @@ async def grant_credit(
     request: Request[Any, Any, Any], account_id: UUID, data: GrantCredit, svc: LedgerServices,
     principal: CurrentPrincipal, idempotency_key: IdempotencyKey = None,
 ) -> Response[bytes]:
-    idem = await idempotency(request, f"http:credit:{account_id}", idempotency_key)
-    outcome = await svc.writer.call(accounts.grant_credit, svc.ledger, account_id, data,
-                                    actor_of(principal), idem)
-    return respond(outcome, 201)
+    return await write(request, svc, f"http:credit:{account_id}", idempotency_key, 201,
+                       accounts.grant_credit, account_id, data, actor_of(principal))
 
 
 @post("/{account_id:uuid}/adjustments", summary="Adjust (credit or debit) with a memo",
@@ -205,10 +205,8 @@ async def adjust(
     request: Request[Any, Any, Any], account_id: UUID, data: Adjustment, svc: LedgerServices,
     principal: CurrentPrincipal, idempotency_key: IdempotencyKey = None,
 ) -> Response[bytes]:
-    idem = await idempotency(request, f"http:adjust:{account_id}", idempotency_key)
-    outcome = await svc.writer.call(accounts.adjust, svc.ledger, account_id, data,
-                                    actor_of(principal), idem)
-    return respond(outcome, 201)
+    return await write(request, svc, f"http:adjust:{account_id}", idempotency_key, 201,
+                       accounts.adjust, account_id, data, actor_of(principal))
 
 
 @post("/{account_id:uuid}/refunds", summary="Refund (part of) a debit", status_code=201,
@@ -217,10 +215,8 @@ async def refund(
     request: Request[Any, Any, Any], account_id: UUID, data: RefundRequest, svc: LedgerServices,
     principal: CurrentPrincipal, idempotency_key: IdempotencyKey = None,
 ) -> Response[bytes]:
-    idem = await idempotency(request, f"http:refund:{account_id}", idempotency_key)
-    outcome = await svc.writer.call(accounts.refund, svc.ledger, account_id, data,
-                                    actor_of(principal), idem)
-    return respond(outcome, 201)
+    return await write(request, svc, f"http:refund:{account_id}", idempotency_key, 201,
+                       accounts.refund, account_id, data, actor_of(principal))
 
 
 @put("/{account_id:uuid}/prices/{product:str}", summary="Per-account unit price override",
@@ -229,10 +225,8 @@ async def set_price(
     request: Request[Any, Any, Any], account_id: UUID, product: str, data: PriceOverride,
     svc: LedgerServices, principal: CurrentPrincipal, idempotency_key: IdempotencyKey = None,
 ) -> Response[bytes]:
-    idem = await idempotency(request, f"http:price:{account_id}:{product}", idempotency_key)
-    outcome = await svc.writer.call(accounts.set_price, svc.ledger, account_id, product, data,
-                                    actor_of(principal), idem)
-    return respond(outcome, 200)
+    return await write(request, svc, f"http:price:{account_id}:{product}", idempotency_key, 200,
+                       accounts.set_price, account_id, product, data, actor_of(principal))
 
 
 # Documented response bodies for the OpenAPI document (handlers return encoded bytes).
