@@ -13,9 +13,9 @@ from typing import Annotated, Any
 from uuid import UUID
 
 from litestar import Request, Response, Router, get, patch, post, put
-from litestar.di import Provide
+from litestar.di import NamedDependency, Provide
 from litestar.exceptions import NotFoundException, ValidationException
-from litestar.params import Parameter
+from litestar.params import FromPath, HeaderParameter, JSONBody, QueryParameter
 
 from contracts.http.ledger import (
     AccountView,
@@ -57,8 +57,8 @@ JSON = "application/json"
 _KEY = re.compile(rf"[\x21-\x7e]{{1,{KEY_LENGTH_MAX}}}")
 IdempotencyKey = Annotated[
     str | None,
-    Parameter(header="Idempotency-Key", required=False,
-              description="Makes the write safe to retry: 1-128 visible ASCII characters"),
+    HeaderParameter(name="Idempotency-Key", required=False,
+                    description="Makes the write safe to retry: 1-128 visible ASCII characters"),
 ]
 EXCEPTION_STATUSES: dict[type[Exception], tuple[int, str]] = {
     AccountNotFound: (404, "account-not-found"),
@@ -85,6 +85,9 @@ class LedgerServices:
     writer: Writer
 
 
+Services = NamedDependency[LedgerServices]
+
+
 async def idempotency(request: Request[Any, Any, Any], scope: str, key: str | None) -> Idempotency:
     if key is not None and not _KEY.fullmatch(key):
         raise ValidationException(
@@ -94,7 +97,7 @@ async def idempotency(request: Request[Any, Any, Any], scope: str, key: str | No
     return Idempotency(scope, key, request_hash(await request.body()))
 
 
-async def write(request: Request[Any, Any, Any], svc: LedgerServices, scope: str,
+async def write(request: Request[Any, Any, Any], svc: Services, scope: str,
                 key: str | None, status: int, command: Any, *args: Any) -> Response[bytes]:
     """Run an idempotent write command on the writer thread and answer with its outcome."""
     idem = await idempotency(request, scope, key)
@@ -122,7 +125,7 @@ READERS = {"guards": [requires_any_scope(PORTAL, OPERATOR)], "security": BEARER_
 @post("/", summary="Open a billing account", status_code=201, **OPERATOR_ONLY,  # type: ignore[arg-type]
       responses=problem_responses(400, 401, 403, 409, 422))
 async def open_account(
-    request: Request[Any, Any, Any], data: OpenAccount, svc: LedgerServices,
+    request: Request[Any, Any, Any], data: JSONBody[OpenAccount], svc: Services,
     idempotency_key: IdempotencyKey = None,
 ) -> Response[bytes]:
     return await write(request, svc, "http:open", idempotency_key, 201,
@@ -131,7 +134,7 @@ async def open_account(
 
 @get("/{account_id:uuid}", summary="An account's settings and state", **READERS,  # type: ignore[arg-type]
      responses=problem_responses(401, 403, 404))
-async def get_account(account_id: UUID, svc: LedgerServices, principal: CurrentPrincipal) -> AccountView:
+async def get_account(account_id: FromPath[UUID], svc: Services, principal: CurrentPrincipal) -> AccountView:
     check_may_read(principal, account_id)
     account = await svc.writer.call(svc.ledger.read, account_id)
     return accounts.account_view(account)
@@ -140,7 +143,7 @@ async def get_account(account_id: UUID, svc: LedgerServices, principal: CurrentP
 @patch("/{account_id:uuid}", summary="Change type, limits, threshold, basis, tier or tax",
        **OPERATOR_ONLY, responses=problem_responses(400, 401, 403, 404, 409, 422))  # type: ignore[arg-type]
 async def patch_account(
-    request: Request[Any, Any, Any], account_id: UUID, data: PatchAccount, svc: LedgerServices,
+    request: Request[Any, Any, Any], account_id: FromPath[UUID], data: JSONBody[PatchAccount], svc: Services,
     principal: CurrentPrincipal, idempotency_key: IdempotencyKey = None,
 ) -> Response[bytes]:
     return await write(request, svc, f"http:patch:{account_id}", idempotency_key, 200,
@@ -150,7 +153,7 @@ async def patch_account(
 @post("/{account_id:uuid}/close", summary="Close: no new debits or authorizations",
       status_code=200, **OPERATOR_ONLY, responses=problem_responses(401, 403, 404))  # type: ignore[arg-type]
 async def close_account(
-    request: Request[Any, Any, Any], account_id: UUID, svc: LedgerServices,
+    request: Request[Any, Any, Any], account_id: FromPath[UUID], svc: Services,
     principal: CurrentPrincipal, idempotency_key: IdempotencyKey = None,
 ) -> Response[bytes]:
     return await write(request, svc, f"http:close:{account_id}", idempotency_key, 200,
@@ -160,8 +163,8 @@ async def close_account(
 @get("/{account_id:uuid}/balance", summary="Balance, available, held and credits", **READERS,  # type: ignore[arg-type]
      responses=problem_responses(400, 401, 403, 404))
 async def get_balance(
-    account_id: UUID, svc: LedgerServices, principal: CurrentPrincipal,
-    as_of: Annotated[datetime | None, Parameter(
+    account_id: FromPath[UUID], svc: Services, principal: CurrentPrincipal,
+    as_of: Annotated[datetime | None, QueryParameter(
         description="Answer from the event log for this past instant (RFC 3339)")] = None,
 ) -> BalanceView:
     check_may_read(principal, account_id)
@@ -191,7 +194,7 @@ def balance_as_of(ledger: Ledger, account_id: UUID, as_of: datetime) -> Any:
 @post("/{account_id:uuid}/credits", summary="Grant credit", status_code=201, **OPERATOR_ONLY,  # type: ignore[arg-type]
       responses=problem_responses(400, 401, 403, 404, 409, 422))
 async def grant_credit(
-    request: Request[Any, Any, Any], account_id: UUID, data: GrantCredit, svc: LedgerServices,
+    request: Request[Any, Any, Any], account_id: FromPath[UUID], data: JSONBody[GrantCredit], svc: Services,
     principal: CurrentPrincipal, idempotency_key: IdempotencyKey = None,
 ) -> Response[bytes]:
     return await write(request, svc, f"http:credit:{account_id}", idempotency_key, 201,
@@ -202,7 +205,7 @@ async def grant_credit(
       status_code=201, **OPERATOR_ONLY,  # type: ignore[arg-type]
       responses=problem_responses(400, 401, 403, 404, 409, 422))
 async def adjust(
-    request: Request[Any, Any, Any], account_id: UUID, data: Adjustment, svc: LedgerServices,
+    request: Request[Any, Any, Any], account_id: FromPath[UUID], data: JSONBody[Adjustment], svc: Services,
     principal: CurrentPrincipal, idempotency_key: IdempotencyKey = None,
 ) -> Response[bytes]:
     return await write(request, svc, f"http:adjust:{account_id}", idempotency_key, 201,
@@ -212,7 +215,7 @@ async def adjust(
 @post("/{account_id:uuid}/refunds", summary="Refund (part of) a debit", status_code=201,
       **OPERATOR_ONLY, responses=problem_responses(400, 401, 403, 404, 409, 422))  # type: ignore[arg-type]
 async def refund(
-    request: Request[Any, Any, Any], account_id: UUID, data: RefundRequest, svc: LedgerServices,
+    request: Request[Any, Any, Any], account_id: FromPath[UUID], data: JSONBody[RefundRequest], svc: Services,
     principal: CurrentPrincipal, idempotency_key: IdempotencyKey = None,
 ) -> Response[bytes]:
     return await write(request, svc, f"http:refund:{account_id}", idempotency_key, 201,
@@ -222,8 +225,8 @@ async def refund(
 @put("/{account_id:uuid}/prices/{product:str}", summary="Per-account unit price override",
      **OPERATOR_ONLY, responses=problem_responses(400, 401, 403, 404, 422))  # type: ignore[arg-type]
 async def set_price(
-    request: Request[Any, Any, Any], account_id: UUID, product: str, data: PriceOverride,
-    svc: LedgerServices, principal: CurrentPrincipal, idempotency_key: IdempotencyKey = None,
+    request: Request[Any, Any, Any], account_id: FromPath[UUID], product: FromPath[str],
+    data: JSONBody[PriceOverride], svc: Services, principal: CurrentPrincipal, idempotency_key: IdempotencyKey = None,
 ) -> Response[bytes]:
     return await write(request, svc, f"http:price:{account_id}:{product}", idempotency_key, 200,
                        accounts.set_price, account_id, product, data, actor_of(principal))
