@@ -226,7 +226,8 @@ async def refund(
      **OPERATOR_ONLY, responses=problem_responses(400, 401, 403, 404, 422))  # type: ignore[arg-type]
 async def set_price(
     request: Request[Any, Any, Any], account_id: FromPath[UUID], product: FromPath[str],
-    data: JSONBody[PriceOverride], svc: Services, principal: CurrentPrincipal, idempotency_key: IdempotencyKey = None,
+    data: JSONBody[PriceOverride], svc: Services, principal: CurrentPrincipal,
+    idempotency_key: IdempotencyKey = None,
 ) -> Response[bytes]:
     return await write(request, svc, f"http:price:{account_id}:{product}", idempotency_key, 200,
                        accounts.set_price, account_id, product, data, actor_of(principal))
