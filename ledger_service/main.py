@@ -9,10 +9,9 @@ import structlog
 
 from ledger_service import http_queries
 from ledger_service.app.ledger import Ledger, LedgerApplication, ledger_env
+from ledger_service.followers import FollowerConfig, Followers
 from ledger_service.http import EXCEPTION_STATUSES, LedgerServices, router
 from ledger_service.messaging import Authorizer, Sweeper, Writer, consumers
-from ledger_service.projections.runner import ProjectionRunner
-from ledger_service.publisher import EventPublisher
 from services.database import eventsourcing_env
 from services.runtime import Runtime, ServiceParts, ServiceSpec
 
@@ -33,18 +32,18 @@ def build(runtime: Runtime) -> ServiceParts:
         nc = rt.broker.connection
         durables = consumers(nc, ledger, services.writer)
         authorizer = Authorizer(ledger, services.writer)
-        publisher = EventPublisher(ledger, nc)
         sweeper = Sweeper(ledger, services.writer)
-        projections = ProjectionRunner.for_service(rt.settings.database_url, SCHEMA, app)
-        rt.state.update(consumers=durables, authorizer=authorizer, publisher=publisher,
-                        sweeper=sweeper, ledger=ledger, writer=services.writer,
-                        projections=projections)
+        followers = Followers(FollowerConfig(
+            database_url=rt.settings.database_url, nats_url=rt.settings.nats_url,
+            schema=SCHEMA, log_level=rt.settings.log_level, log_format=rt.settings.log_format,
+        ))
+        rt.state.update(consumers=durables, authorizer=authorizer, sweeper=sweeper,
+                        followers=followers, ledger=ledger, writer=services.writer)
         for consumer in durables:
             await consumer.start()
         await authorizer.start(nc)
-        publisher.start()
         sweeper.start()
-        projections.start()
+        followers.start()
 
     async def stop(rt: Runtime) -> None:
         if "ledger" not in rt.state:
@@ -57,10 +56,8 @@ def build(runtime: Runtime) -> ServiceParts:
             log.info("stopped consumer", durable=consumer.durable)
         await rt.state["sweeper"].stop()
         log.info("stopped sweeper")
-        await rt.state["publisher"].stop()
-        log.info("stopped publisher")
-        await asyncio.to_thread(rt.state["projections"].stop)
-        log.info("stopped projections")
+        await rt.state["followers"].stop()
+        log.info("stopped followers (publisher, projections)")
         rt.state["writer"].close()
         rt.state["ledger"].app.close()
 
