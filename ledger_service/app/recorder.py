@@ -21,7 +21,7 @@ from eventsourcing.postgres import PostgresApplicationRecorder
 from eventsourcing.utils import retry
 from psycopg import Cursor
 from psycopg.rows import DictRow
-from psycopg.sql import SQL, Identifier
+from psycopg.sql import SQL, Composed, Identifier
 
 
 @dataclass(slots=True)
@@ -70,12 +70,13 @@ class LedgerRecorder(PostgresApplicationRecorder):
         """
         rows: LedgerRows | None = kwargs.get("ledger_rows")
         with self.datastore.get_connection() as conn, conn.transaction(), conn.cursor() as curs:
-            self._lock_table(curs)
+            # The lock timeout, the table lock and the NOTIFY in one round trip: an authorize
+            # batch is a handful of rows, and round trips were most of its commit time.
+            curs.execute(self._lock_and_notify(bool(stored_events)))
             if rows:
                 self._insert_ledger_rows(curs, rows)
             if not stored_events:
                 return []
-            self._notify_channel(curs)
             table = SQL("{}.{}").format(Identifier(self.datastore.schema),
                                         Identifier(self.events_table_name))
             with curs.copy(SQL("COPY {} (originator_id, originator_version, topic, state)"
@@ -90,6 +91,12 @@ class LedgerRecorder(PostgresApplicationRecorder):
             assert row is not None
             last = int(next(iter(row.values())))
             return list(range(last - len(stored_events) + 1, last + 1))
+
+    def _lock_and_notify(self, notify: bool) -> Composed:
+        statements = [*self.lock_table_statements]
+        if notify:
+            statements.append(SQL("NOTIFY {0}").format(Identifier(self.channel_name)))
+        return SQL("; ").join(statements)
 
     def _insert_events(
         self,
