@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import random
 import subprocess
 import sys
@@ -112,12 +111,7 @@ def run(options: RunOptions) -> dict[str, Any]:
 def measure_service(options: RunOptions, settings: Settings, url: str,
                     nats_server: NatsProcess, service: infra.LedgerProcess,
                     account_ids: Sequence[UUID]) -> dict[str, Any]:
-    meter = CpuMeter({
-        "service": lambda: [service.pid],
-        "postgres_backends": lambda: infra.backend_pids(url),
-        "nats_server": lambda: [nats_server.process.pid],
-        "bench_client": lambda: [os.getpid()],
-    })
+    meter = infra.service_meter(url, nats_server, service)
     with profiled(options, service.pid, f"{NAME}-service"):
         return uvloop.run(load(nats_server.url, account_ids, settings, meter, CommitProbe(url)))
 

@@ -27,6 +27,7 @@ import httpx
 import psycopg
 from psycopg import sql
 
+from bench.cpu import CpuMeter
 from ledger_service.app.ledger import Ledger, LedgerApplication, ledger_env
 from services.database import apply_migrations, conninfo, eventsourcing_env
 from services.embedded import NatsProcess, free_port, start_nats
@@ -71,12 +72,11 @@ def open_ledger(url: str) -> Ledger:
 
 
 @contextlib.contextmanager
-def own_nats() -> Iterator[NatsProcess]:
-    """A nats-server with an empty JetStream store, stopped afterwards."""
-    store = RUN_DIR / "nats"
-    shutil.rmtree(store, ignore_errors=True)
-    RUN_DIR.mkdir(parents=True, exist_ok=True)
-    server = start_nats(RUN_DIR)
+def own_nats(run_dir: Path = RUN_DIR) -> Iterator[NatsProcess]:
+    """A nats-server with an empty JetStream store under ``run_dir``, stopped afterwards."""
+    shutil.rmtree(run_dir / "nats", ignore_errors=True)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    server = start_nats(run_dir)
     try:
         yield server
     finally:
@@ -226,3 +226,14 @@ def backend_pids(url: str, database: str = DATABASE_NAME) -> list[int]:
             "SELECT pid FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
             (database,)).fetchall()
     return [int(r[0]) for r in rows]
+
+
+def service_meter(url: str, nats_server: NatsProcess, service: LedgerProcess) -> CpuMeter:
+    """CPU by process group for a run against the ledger service: the service, its database
+    backends, the NATS server, and this load generator."""
+    return CpuMeter({
+        "service": lambda: [service.pid],
+        "postgres_backends": lambda: backend_pids(url),
+        "nats_server": lambda: [nats_server.process.pid],
+        "bench_client": lambda: [os.getpid()],
+    })

@@ -31,7 +31,6 @@ catches up too, outside the intake figure.
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -88,12 +87,7 @@ def run(options: RunOptions) -> dict[str, Any]:
     with infra.own_nats() as nats_server:
         result["baseline_nats"] = asyncio.run(baselines.nats_baselines(nats_server.url, messages))
         with infra.LedgerProcess(url, nats_server.url) as service, infra.AutoAnalyze(url):
-            meter = CpuMeter({
-                "service": lambda: [service.pid],
-                "postgres_backends": lambda: infra.backend_pids(url),
-                "nats_server": lambda: [nats_server.process.pid],
-                "bench_client": lambda: [os.getpid()],
-            })
+            meter = infra.service_meter(url, nats_server, service)
             with profiled(options, service.pid, f"{NAME}-service"):
                 result["e2e"] = asyncio.run(publish_and_drain(nats_server.url, messages, meter))
             result["downstream"] = asyncio.run(wait_for_entry_events(

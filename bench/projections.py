@@ -19,11 +19,8 @@ a random account at least 5,000 requests/s with p99 under 10 ms; GET /entries (f
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import random
-import shutil
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
@@ -47,7 +44,6 @@ from ledger_service.projections.runner import (
 )
 from ledger_service.projections.verify import verify
 from services.database import conninfo
-from services.embedded import NatsProcess, start_nats
 from services.http import DEVELOPMENT_JWT_SECRET, mint_token
 
 NAME = "projections"
@@ -80,7 +76,7 @@ def run(options: RunOptions) -> dict[str, Any]:
         result["verify"] = verify_all(ledger, url)
     finally:
         ledger.app.close()
-    with own_nats() as nats_server, infra.LedgerProcess(url, nats_server.url) as service:
+    with infra.own_nats(RUN_DIR) as nats_server, infra.LedgerProcess(url, nats_server.url) as service:
         result["publisher_catch_up_s"] = wait_for_publisher(url)
         seconds = HTTP_SECONDS_QUICK if options.quick else HTTP_SECONDS_FULL
         result["get_entries"] = asyncio.run(http_load(
@@ -96,17 +92,6 @@ def run(options: RunOptions) -> dict[str, Any]:
         and result["get_balance"]["latency"]["ms_p99"] <= TARGET_BALANCE_P99_MS,
     }
     return result
-
-
-@contextlib.contextmanager
-def own_nats() -> Iterator[NatsProcess]:
-    shutil.rmtree(RUN_DIR / "nats", ignore_errors=True)
-    RUN_DIR.mkdir(parents=True, exist_ok=True)
-    server = start_nats(RUN_DIR)
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def write_log(ledger: Ledger, accounts: list[UUID], events_wanted: int) -> dict[str, Any]:
