@@ -17,6 +17,7 @@ import os
 import signal
 from dataclasses import dataclass
 from multiprocessing.process import BaseProcess
+from typing import Any
 
 import nats
 import structlog
@@ -36,6 +37,7 @@ RESTART_WAIT_S = 2.0
 
 @dataclass(frozen=True, slots=True)
 class FollowerConfig:
+    parent_pid: int  # the service; taken at spawn time, since it may die during our start-up
     database_url: str
     nats_url: str
     schema: str
@@ -55,7 +57,6 @@ async def _follow(config: FollowerConfig) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
-    parent = os.getppid()
     app = await asyncio.to_thread(
         LedgerApplication, ledger_env(eventsourcing_env(config.database_url, config.schema)))
     nc = await nats.connect(config.nats_url, max_reconnect_attempts=-1, reconnect_time_wait=1)
@@ -68,15 +69,26 @@ async def _follow(config: FollowerConfig) -> None:
         while not stopping.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stopping.wait(), PARENT_CHECK_INTERVAL_S)
-            if os.getppid() != parent:
+            if os.getppid() != config.parent_pid:
                 log.warning("the ledger service is gone; followers stopping")
                 break
     finally:
-        await publisher.stop()
-        await asyncio.to_thread(projections.stop)
-        await nc.drain()
-        app.close()
+        try:
+            await asyncio.wait_for(_stop(publisher, projections, nc, app), STOP_TIMEOUT_S)
+        except TimeoutError:
+            # A dependency is gone (a dropped database, an unreachable NATS): what is not
+            # stored is re-done from the log by the next follower, so leave now.
+            log.error("followers did not stop in time; exiting")
+            os._exit(1)
         log.info("followers stopped")
+
+
+async def _stop(publisher: EventPublisher, projections: ProjectionRunner, nc: Any,
+                app: LedgerApplication) -> None:
+    await publisher.stop()
+    await asyncio.to_thread(projections.stop)
+    await nc.drain()
+    app.close()
 
 
 class Followers:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from pathlib import Path
 
 import structlog
@@ -34,7 +35,7 @@ def build(runtime: Runtime) -> ServiceParts:
         authorizer = Authorizer(ledger, services.writer)
         sweeper = Sweeper(ledger, services.writer)
         followers = Followers(FollowerConfig(
-            database_url=rt.settings.database_url, nats_url=rt.settings.nats_url,
+            parent_pid=os.getpid(), database_url=rt.settings.database_url, nats_url=rt.settings.nats_url,
             schema=SCHEMA, log_level=rt.settings.log_level, log_format=rt.settings.log_format,
         ))
         rt.state.update(consumers=durables, authorizer=authorizer, sweeper=sweeper,
