@@ -4,7 +4,6 @@ committed is lost, nothing rolled back is sent, a re-send is de-duplicated by Na
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -25,6 +24,7 @@ from services.database import conninfo, create_pool
 from services.outbox import OUTBOX_DDL, OutboxPublishError, OutboxRelay, enqueue, jetstream_publisher
 from tests.conftest import Infra
 from tests.fakes.tcp_proxy import TcpProxy
+from tests.integration.streams import stream_messages
 
 pytestmark = pytest.mark.integration
 
@@ -83,20 +83,11 @@ async def enqueue_all(pool: AsyncConnectionPool, messages: list[PaymentReceived]
 
 async def on_stream(nc: nats.NATS, account: uuid.UUID) -> list[tuple[str, str, str]]:
     """(Nats-Msg-Id, amount, correlation id) of this account's messages, in stream order."""
-    js = nc.jetstream()
-    state = (await js.stream_info("PAYMENTS")).state
-    found = []
-    for seq in range(max(state.first_seq, 1), state.last_seq + 1):
-        try:
-            msg = await js.get_msg("PAYMENTS", seq)
-        except NotFoundError:
-            continue
-        body = json.loads(msg.data or b"{}")
-        if body.get("account_id") == str(account):
-            headers = msg.headers or {}
-            found.append((headers.get("Nats-Msg-Id", ""), body["amount"],
-                          headers.get("correlation_id", "")))
-    return found
+    return [
+        (headers.get("Nats-Msg-Id", ""), body["amount"], headers.get("correlation_id", ""))
+        for _, body, headers in await stream_messages(nc, "PAYMENTS")
+        if body.get("account_id") == str(account)
+    ]
 
 
 async def unsent(pool: AsyncConnectionPool) -> int:

@@ -24,12 +24,12 @@ import httpx
 import nats
 import psycopg
 import pytest
-from nats.js.errors import NotFoundError
 
 from services.http import DEVELOPMENT_JWT_SECRET, mint_token
 from tests.conftest import Infra
 from tests.fakes.stripe import SECRET_KEY, FakeStripe, event, sign_payload
 from tests.integration.service_process import ServiceProcess
+from tests.integration.streams import stream_messages
 
 pytestmark = pytest.mark.integration
 
@@ -213,18 +213,8 @@ async def published(
     """Messages on the PAYMENTS stream with `subject` whose payload has the given fields."""
     nc = await nats.connect(infra.nats_url)
     try:
-        js = nc.jetstream()
-        state = (await js.stream_info("PAYMENTS")).state
-        found = []
-        for seq in range(max(state.first_seq, 1), state.last_seq + 1):
-            try:
-                msg = await js.get_msg("PAYMENTS", seq)
-            except NotFoundError:
-                continue
-            body = json.loads(msg.data or b"{}")
-            if msg.subject == subject and all(body.get(k) == v for k, v in match.items()):
-                found.append((body, dict(msg.headers or {})))
-        return found
+        return [(body, headers) for on, body, headers in await stream_messages(nc, "PAYMENTS")
+                if on == subject and all(body.get(k) == v for k, v in match.items())]
     finally:
         await nc.close()
 
