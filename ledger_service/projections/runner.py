@@ -45,8 +45,18 @@ log = structlog.get_logger(__name__)
 # "Every few hundred notifications": big enough to amortise the commit and the per-statement
 # round trips, small enough that a batch holds the lock for milliseconds, not seconds.
 BATCH_NOTIFICATIONS_MAX: Final = 500
-# A rebuild writes shadow tables nobody reads, so it takes bigger bites.
-REBUILD_BATCH_NOTIFICATIONS_MAX: Final = 2_000
+# Far behind the head, batches grow: a bigger batch writes each account's balance and each
+# day's usage once for more of its events (1,000 accounts: one balance row per event at 500
+# notifications, one per ten at 10,000), and holds the lock for a few hundred milliseconds,
+# which only a backlog earns. A batch that comes back full makes the next one BATCH_GROWTH
+# times bigger; one that comes back short (the head is near) makes it live-sized again.
+CATCH_UP_BATCH_NOTIFICATIONS_MAX: Final = 10_000
+BATCH_GROWTH: Final = 4
+# A rebuild writes shadow tables nobody reads, so it takes big bites from the start.
+REBUILD_BATCH_NOTIFICATIONS_MAX: Final = 10_000
+# A batch's stored events are all in memory at once, and one usage event may hold 5,000
+# lines (megabytes): past this many bytes of state, the next batch is cut to fit.
+BATCH_STATE_BYTES_MAX: Final = 64 * 1024 * 1024
 IDLE_WAIT_S: Final = 0.05
 FAILURE_WAIT_S: Final = 1.0
 FAILURE_WAIT_S_MAX: Final = 30.0
@@ -77,6 +87,33 @@ class BatchResult:
     notifications: int  # read from the log (0: nothing new)
     events: int  # account events applied to at least one projection
     position: int  # the targets' position after the batch
+    state_bytes: int = 0  # of the notifications read
+
+
+@dataclass(slots=True)
+class BatchSizer:
+    """Notifications per batch: ``smallest`` at the head, growing to ``largest`` while batches
+    come back full, and never more than BATCH_STATE_BYTES_MAX of state at the last batch's
+    average."""
+
+    smallest: int
+    largest: int
+    limit: int = 0
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.smallest <= self.largest:
+            raise ValueError(f"batch sizes must be 1 <= {self.smallest} <= {self.largest}")
+        self.limit = self.smallest
+
+    def after(self, result: BatchResult) -> None:
+        if result.notifications < self.limit:
+            wanted = self.smallest
+        else:
+            wanted = min(self.limit * BATCH_GROWTH, self.largest)
+        if result.state_bytes > 0:
+            fitting = BATCH_STATE_BYTES_MAX * result.notifications // result.state_bytes
+            wanted = min(wanted, max(fitting, 1))
+        self.limit = wanted
 
 
 def connector(database_url: str, schema: str = "ledger") -> Connect:
@@ -125,8 +162,10 @@ def apply_batch(conn: psycopg.Connection[Any], decoder: EventDecoder,
         if not raw:
             return BatchResult(0, 0, start)
         events = 0
+        state_bytes = 0
         for values in raw:
             row = stored_row(values)
+            state_bytes += len(row.state)
             if not row.is_account_event:
                 continue  # the price catalogue shares the log; no projection reads it
             wanting = [t for t in targets if row.position > positions[t.position_name]]
@@ -141,7 +180,7 @@ def apply_batch(conn: psycopg.Connection[Any], decoder: EventDecoder,
             target.projection.flush(cur, target.tables)
         cur.execute("UPDATE projection_positions SET position = %s, updated_at = now()"
                     " WHERE name = ANY(%s) AND position < %s", (last, names, last))
-    return BatchResult(len(raw), events, last)
+    return BatchResult(len(raw), events, last, state_bytes)
 
 
 def head_position(conn: psycopg.Connection[Any]) -> int:
@@ -158,11 +197,12 @@ class ProjectionRunner:
     def __init__(self, connect: Connect, decoder: EventDecoder, load_account: LoadAccount, *,
                  names: Sequence[str] = PROJECTION_NAMES,
                  batch_size: int = BATCH_NOTIFICATIONS_MAX,
+                 batch_size_max: int = CATCH_UP_BATCH_NOTIFICATIONS_MAX,
                  idle_wait_s: float = IDLE_WAIT_S) -> None:
         self.connect = connect
         self.decoder = decoder
         self.targets = [Target.live(make_projection(n, load_account)) for n in names]
-        self.batch_size = batch_size
+        self.sizer = BatchSizer(batch_size, max(batch_size, batch_size_max))
         self.idle_wait_s = idle_wait_s
         self._conn: psycopg.Connection[Any] | None = None
         self._stopping = threading.Event()
@@ -182,12 +222,15 @@ class ProjectionRunner:
         try:
             if self._conn is None or self._conn.closed:
                 self._conn = self.connect()
-            return apply_batch(self._conn, self.decoder, self.targets, limit=self.batch_size)
+            result = apply_batch(self._conn, self.decoder, self.targets, limit=self.sizer.limit)
         except Exception:
             for target in self.targets:
                 target.projection.reset()
             self.close()
+            self.sizer.limit = self.sizer.smallest
             raise
+        self.sizer.after(result)
+        return result
 
     def catch_up(self, progress: Progress | None = None) -> int:
         """Apply batches until the log has nothing new; returns the events applied."""
@@ -281,11 +324,13 @@ def _rebuild(conn: psycopg.Connection[Any], decoder: EventDecoder, projection: P
                     " ON CONFLICT (name) DO UPDATE SET position = 0, updated_at = now()",
                     (position_name,))
     target = Target(projection, position_name, tables)
+    sizer = BatchSizer(batch_size, batch_size)
     head = head_position(conn)
     events = 0
     result = BatchResult(0, 0, 0)
     while result.position < head:
-        result = apply_batch(conn, decoder, [target], limit=batch_size, lock=False)
+        result = apply_batch(conn, decoder, [target], limit=sizer.limit, lock=False)
+        sizer.after(result)
         events += result.events
         if progress is not None:
             progress(result.position, head, events)
@@ -296,7 +341,8 @@ def _rebuild(conn: psycopg.Connection[Any], decoder: EventDecoder, projection: P
         # rebuilt projection at the position the shadow reached.
         cur.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (LOCK_NAME,))
         while True:
-            result = apply_batch(conn, decoder, [target], limit=batch_size, lock=False)
+            result = apply_batch(conn, decoder, [target], limit=sizer.limit, lock=False)
+            sizer.after(result)
             events += result.events
             if result.notifications == 0:
                 break

@@ -13,8 +13,8 @@ changing the balance, and a failed message's released hold bills nothing: neithe
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Final
+from functools import lru_cache
+from typing import Any, Final, NamedTuple
 
 from contracts.money import format_micros
 from ledger_service.domain.times import format_time
@@ -35,10 +35,13 @@ DESCRIPTION_LENGTH_MAX: Final = 500
 # (USAGE_LINES_PER_COMMAND_MAX), so 2**13 line slots per event position never collide.
 LINE_BITS: Final = 13
 LINES_PER_EVENT_MAX: Final = 1 << LINE_BITS
+# Usage descriptions repeat (a product, a quantity, a price): remembered, not re-formatted.
+USAGE_DESCRIPTIONS_CACHED_MAX: Final = 4_096
 
 
-@dataclass(frozen=True, slots=True)
-class StatementEntry:
+class StatementEntry(NamedTuple):
+    # A named tuple, not a frozen dataclass: as immutable, and built in a third of the time
+    # (catch-up builds one per usage line).
     entry_id: str
     line: int  # 0 for a whole event; the line's index in a usage event
     kind: str
@@ -102,17 +105,24 @@ def statement_entries(event: Any) -> list[StatementEntry]:
 
 
 def _usage_entry(index: int, line: dict[str, Any]) -> StatementEntry:
+    postings = line["postings"]
     return StatementEntry(
         entry_id=line["entry_id"], line=index, kind="usage",
         amount_micros=-int(line["amount_micros"]),
         balance_after_micros=int(line["balance_after_micros"]),
-        currency=_currency(line["postings"]), occurred_at=line["occurred_at"],
-        description=_clip(f"{line['product']} x {line['quantity']} at "
-                          f"{format_micros(line['unit_price_micros'])}"),
+        currency=str(postings[0]["currency"]) if postings else None,
+        occurred_at=line["occurred_at"],
+        description=_usage_description(line["product"], line["quantity"],
+                                       line["unit_price_micros"]),
         reference=line.get("reference"), actor=None, product=line["product"],
         quantity=line["quantity"], unit_price_micros=line["unit_price_micros"],
         hold_id=line.get("hold_id"),
     )
+
+
+@lru_cache(maxsize=USAGE_DESCRIPTIONS_CACHED_MAX)
+def _usage_description(product: str, quantity: int, unit_price_micros: int) -> str:
+    return _clip(f"{product} x {quantity} at {format_micros(unit_price_micros)}")
 
 
 def _expired_at_once(refund: Any) -> int:
