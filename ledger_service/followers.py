@@ -27,6 +27,7 @@ from ledger_service.projections.runner import ProjectionRunner
 from ledger_service.publisher import EventPublisher
 from services.database import eventsourcing_env
 from services.logging import configure_logging
+from services.runtime import tune_garbage_collector
 
 log = structlog.get_logger(__name__)
 
@@ -62,6 +63,10 @@ async def _follow(config: FollowerConfig) -> None:
     nc = await nats.connect(config.nats_url, max_reconnect_attempts=-1, reconnect_time_wait=1)
     publisher = EventPublisher(Ledger(app), nc)
     projections = ProjectionRunner.for_service(config.database_url, config.schema, app)
+    # As the service does for itself: a catch-up batch allocates hundreds of thousands of
+    # short-lived objects, and with the default thresholds the collector spent a tenth of the
+    # runner's time walking the start-up heap (bench/projections.py).
+    tune_garbage_collector()
     publisher.start()
     projections.start()
     log.info("followers started", pid=os.getpid())

@@ -37,7 +37,14 @@ from ledger_service.projections.builders import (
     make_projection,
 )
 from ledger_service.projections.decoding import ROW_COLUMNS, EventDecoder, stored_row
-from ledger_service.projections.tables import SHADOW_SUFFIX, create_shadow, drop_shadow, swap_in_shadow
+from ledger_service.projections.tables import (
+    SHADOW_SUFFIX,
+    build_indexes,
+    create_shadow,
+    defer_secondary_indexes,
+    drop_shadow,
+    swap_in_shadow,
+)
 from services.database import conninfo
 
 log = structlog.get_logger(__name__)
@@ -320,6 +327,7 @@ def _rebuild(conn: psycopg.Connection[Any], decoder: EventDecoder, projection: P
              position_name: str, batch_size: int, progress: Progress | None) -> BatchResult:
     with conn.transaction(), conn.cursor() as cur:
         tables = {t: create_shadow(cur, t) for t in projection.tables}
+        deferred = [d for shadow in tables.values() for d in defer_secondary_indexes(cur, shadow)]
         cur.execute("INSERT INTO projection_positions (name, position) VALUES (%s, 0)"
                     " ON CONFLICT (name) DO UPDATE SET position = 0, updated_at = now()",
                     (position_name,))
@@ -336,6 +344,8 @@ def _rebuild(conn: psycopg.Connection[Any], decoder: EventDecoder, projection: P
             progress(result.position, head, events)
         if result.notifications == 0:
             break
+    with conn.transaction(), conn.cursor() as cur:
+        build_indexes(cur, deferred)
     with conn.transaction(), conn.cursor() as cur:
         # The last stretch and the swap under the lock: the runner waits, then finds the
         # rebuilt projection at the position the shadow reached.

@@ -9,6 +9,11 @@ The shadow copies the live table's columns, defaults, constraints and indexes
 ``LIKE`` leaves behind, read from the catalogue: the migration stays the one place that
 defines them. After the swap the indexes get their old names back, so a table looks the
 same after any number of rebuilds.
+
+Indexes that neither back a constraint nor enforce uniqueness are left off the shadow while
+it fills and built once, sorted, before the swap: every row inserted would otherwise update
+each of them (the statement's second index doubled the server's time per row, measured).
+Unique indexes stay, since the upserts' ON CONFLICT needs them.
 """
 
 from __future__ import annotations
@@ -35,6 +40,25 @@ def create_shadow(cur: Cursor[Any], table: str) -> str:
         Identifier(shadow), Identifier(table)))
     copy_security(cur, table, shadow)
     return shadow
+
+
+def defer_secondary_indexes(cur: Cursor[Any], shadow: str) -> list[str]:
+    """Drop the shadow's non-unique indexes that back no constraint; returns their
+    definitions, for ``build_indexes`` once the shadow is filled."""
+    rows = cur.execute(
+        "SELECT c.relname, pg_get_indexdef(i.indexrelid)"
+        " FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid"
+        " WHERE i.indrelid = %s::regclass AND NOT i.indisunique"
+        " AND NOT EXISTS (SELECT 1 FROM pg_constraint k WHERE k.conindid = i.indexrelid)"
+        " ORDER BY c.relname", (shadow,)).fetchall()
+    for name, _ in rows:
+        cur.execute(SQL("DROP INDEX {}").format(Identifier(name)))
+    return [definition for _, definition in rows]
+
+
+def build_indexes(cur: Cursor[Any], definitions: list[str]) -> None:
+    for definition in definitions:
+        cur.execute(SQL(definition))  # from pg_get_indexdef: the catalogue, not input
 
 
 def drop_shadow(cur: Cursor[Any], table: str) -> None:
