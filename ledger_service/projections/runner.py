@@ -168,26 +168,34 @@ def apply_batch(conn: psycopg.Connection[Any], decoder: EventDecoder,
             " ORDER BY notification_id LIMIT %s", (start, limit)).fetchall()
         if not raw:
             return BatchResult(0, 0, start)
-        events = 0
-        state_bytes = 0
-        for values in raw:
-            row = stored_row(values)
-            state_bytes += len(row.state)
-            if not row.is_account_event:
-                continue  # the price catalogue shares the log; no projection reads it
-            wanting = [t for t in targets if row.position > positions[t.position_name]]
-            if not wanting:
-                continue
-            event = decoder.decode(row)
-            events += 1
-            for target in wanting:
-                target.projection.apply(event, row.position)
+        streamer = next((t for t in targets if t.projection.streams), None)
+        with (streamer.projection.streaming(cur, streamer.tables) if streamer is not None
+              else contextlib.nullcontext()):
+            events = _apply_rows(decoder, targets, positions, raw)
         last = int(raw[-1][0])
         for target in targets:
             target.projection.flush(cur, target.tables)
         cur.execute("UPDATE projection_positions SET position = %s, updated_at = now()"
                     " WHERE name = ANY(%s) AND position < %s", (last, names, last))
-    return BatchResult(len(raw), events, last, state_bytes)
+    return BatchResult(len(raw), events, last, sum(len(values[4]) for values in raw))
+
+
+def _apply_rows(decoder: EventDecoder, targets: Sequence[Target], positions: Mapping[str, int],
+                raw: list[tuple[Any, ...]]) -> int:
+    """Each account event to every target not yet past it; returns the events applied."""
+    events = 0
+    for values in raw:
+        row = stored_row(values)
+        if not row.is_account_event:
+            continue  # the price catalogue shares the log; no projection reads it
+        wanting = [t for t in targets if row.position > positions[t.position_name]]
+        if not wanting:
+            continue
+        event = decoder.decode(row)
+        events += 1
+        for target in wanting:
+            target.projection.apply(event, row.position)
+    return events
 
 
 def head_position(conn: psycopg.Connection[Any]) -> int:

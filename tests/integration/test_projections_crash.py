@@ -76,6 +76,38 @@ def test_a_failure_mid_batch_rolls_back_rows_and_positions_together(
         ledger.app.close()
 
 
+def test_a_failure_while_statement_rows_stream_leaves_no_row_of_the_batch(
+        infra: Infra, monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = Clock()
+    ledger = build(infra.database_url, clock)
+    runner = runner_for(ledger, infra.database_url, batch_size=4)
+    try:
+        runner.catch_up()
+        workload = Workload(ledger, clock)
+        workload.every_kind()
+        before = positions(infra.database_url)
+        real_apply = builders.Holds.apply
+        calls = {"n": 0}
+
+        def crashing_apply(self: builders.Holds, event: Any, position: int) -> None:
+            calls["n"] += 1
+            if calls["n"] == 3:  # the statement rows of this batch's first events are sent
+                raise RuntimeError("power cut")
+            real_apply(self, event, position)
+
+        monkeypatch.setattr(builders.Holds, "apply", crashing_apply)
+        with pytest.raises(RuntimeError, match="power cut"):
+            runner.step()
+        assert positions(infra.database_url) == before
+
+        monkeypatch.setattr(builders.Holds, "apply", real_apply)
+        runner.catch_up()
+        assert_projections_match(ledger, infra.database_url, workload.accounts)
+    finally:
+        runner.close()
+        ledger.app.close()
+
+
 def test_a_catch_up_killed_with_sigkill_resumes_exactly_where_it_committed(infra: Infra) -> None:
     with scratch_database(infra, "crash") as database_url:
         clock = Clock()
