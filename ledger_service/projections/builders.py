@@ -110,23 +110,26 @@ class Balances(Projection):
                  accounts_cached_max: int = ACCOUNTS_CACHED_MAX) -> None:
         self.load_account = load_account
         self.accounts_cached_max = accounts_cached_max
-        self._accounts: OrderedDict[UUID, BillingAccount] = OrderedDict()
-        self._touched: dict[UUID, int] = {}
+        # Keyed by the account id's int: a UUID hashes and compares in Python, an int in C,
+        # and every event looks its account up four times (a tenth of catch-up, measured).
+        self._accounts: OrderedDict[int, BillingAccount] = OrderedDict()
+        self._touched: dict[int, int] = {}
 
     def apply(self, event: Any, position: int) -> None:
-        account_id = event.originator_id
+        account_id: UUID = event.originator_id
+        key = account_id.int
         account: BillingAccount
         if isinstance(event, BillingAccount.Opened):
             account = cast(BillingAccount, event.mutate(None))
         else:
             account = self._account_before(account_id, event.originator_version)
             event.mutate(account)
-        self._accounts[account_id] = account
-        self._accounts.move_to_end(account_id)
-        self._touched[account_id] = position
+        self._accounts[key] = account
+        self._accounts.move_to_end(key)
+        self._touched[key] = position
 
     def _account_before(self, account_id: UUID, version: int) -> BillingAccount:
-        account = self._accounts.get(account_id)
+        account = self._accounts.get(account_id.int)
         # A cached account is behind when another process (or a rebuild's swap) applied
         # events this one did not see, and ahead after a rolled-back batch: reload it.
         if account is None or account.version != version - 1:
@@ -256,11 +259,14 @@ class Usage(Projection):
     tables = ("usage_daily",)
 
     def __init__(self) -> None:
-        self._sums: dict[tuple[UUID, date, str], list[int]] = {}
+        # (account id's int, day, product) -> [quantity, amount, lines]; the int for speed,
+        # as in Balances, and the UUID back from it at flush
+        self._sums: dict[tuple[int, date, str], list[int]] = {}
 
     def apply(self, event: Any, position: int) -> None:
+        account_key = event.originator_id.int
         for line in usage_lines(event):
-            key = (event.originator_id, usage_day(line["occurred_at"]), line["product"])
+            key = (account_key, usage_day(line["occurred_at"]), line["product"])
             sums = self._sums.get(key)
             if sums is None:
                 self._sums[key] = [line["quantity"], line["amount_micros"], 1]
@@ -273,6 +279,7 @@ class Usage(Projection):
         if not self._sums:
             return
         keys = list(self._sums)
+        account_ids = [UUID(int=k[0]) for k in keys]
         cur.execute(
             SQL("INSERT INTO {t} AS u (account_id, day, product, tenant_id, quantity,"
                 " amount_micros, lines) SELECT a, d, p, a, q, m, n FROM unnest(%b::uuid[],"
@@ -282,7 +289,7 @@ class Usage(Projection):
                 " quantity = u.quantity + EXCLUDED.quantity,"
                 " amount_micros = u.amount_micros + EXCLUDED.amount_micros,"
                 " lines = u.lines + EXCLUDED.lines").format(t=Identifier(tables["usage_daily"])),
-            ([k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys],
+            (account_ids, [k[1] for k in keys], [k[2] for k in keys],
              [self._sums[k][0] for k in keys], [self._sums[k][1] for k in keys],
              [self._sums[k][2] for k in keys]))
         self._sums.clear()
