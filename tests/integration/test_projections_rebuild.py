@@ -32,6 +32,12 @@ def count(conn: psycopg.Connection[Any], table: str) -> int:
     return int(row[0]) if row else 0
 
 
+def index_definitions(conn: psycopg.Connection[Any], table: str) -> set[str]:
+    rows = conn.execute("SELECT pg_get_indexdef(indexrelid) FROM pg_index"
+                        " WHERE indrelid = %s::regclass", (table,)).fetchall()
+    return {r[0] for r in rows}
+
+
 @pytest.mark.parametrize("name", ["statement", "balances", "usage", "holds"])
 def test_a_rebuild_while_running_swaps_in_complete_rows_and_reads_never_see_half(
         infra: Infra, name: str) -> None:
@@ -62,6 +68,7 @@ def test_a_rebuild_while_running_swaps_in_complete_rows_and_reads_never_see_half
     def watch(position: int, head: int, events: int) -> None:
         observed.append((count(reader, table), count(reader, table + "__rebuild")))
 
+    indexes_before = index_definitions(reader, table)
     try:
         before = count(reader, table)
         result = rebuild(connector(infra.database_url), EventDecoder(ledger.app.mapper),
@@ -91,6 +98,8 @@ def test_a_rebuild_while_running_swaps_in_complete_rows_and_reads_never_see_half
             "SELECT indexrelid::regclass::text FROM pg_index WHERE indrelid = %s::regclass",
             (table,)).fetchall()}
         assert f"{table}_pkey" in indexes
+        # Same indexes under the same names, including those built only after the fill.
+        assert index_definitions(reader, table) == indexes_before
     finally:
         reader.close()
         ledger.app.close()
