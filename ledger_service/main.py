@@ -22,6 +22,7 @@ SCHEMA = "ledger"
 
 def build(runtime: Runtime) -> ServiceParts:
     services = LedgerServices()
+    services.pool = runtime.pool
     queries = http_queries.QueryServices(services, runtime.pool)
 
     async def start(rt: Runtime) -> None:

@@ -9,7 +9,9 @@ was applied stops the start, because the schema it describes no longer matches t
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+import time
+import weakref
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -160,19 +162,43 @@ def apply_migrations(url: str, schema: str, folder: Path) -> list[str]:
     return applied_now
 
 
-def create_pool(url: str, schema: str, *, max_size: int, name: str) -> AsyncConnectionPool:
-    """An async pool whose connections use the service's schema first on the search path.
+# A connection back in the pool for less than this is handed out again without a check.
+POOL_CHECK_IDLE_S = 1.0
 
-    ``check`` verifies a connection before handing it out, so a restarted PostgreSQL costs
-    one failed check instead of a failed request.
-    """
+
+class _IdleCheck:
+    """Checks a pooled connection before handing it out only when it has sat idle, so a
+    restarted PostgreSQL costs one failed check instead of a failed request, while a busy
+    pool does not pay a round trip per checkout (that was a third of a balance read's CPU).
+    A connection that broke while in use is discarded by the pool when it is returned."""
+
+    def __init__(self, idle_s: float = POOL_CHECK_IDLE_S,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.idle_s = idle_s
+        self.clock = clock
+        self._returned_at: weakref.WeakKeyDictionary[Any, float] = weakref.WeakKeyDictionary()
+
+    async def reset(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        self._returned_at[conn] = self.clock()
+
+    async def check(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        returned_at = self._returned_at.get(conn)
+        if returned_at is None or self.clock() - returned_at > self.idle_s:
+            await AsyncConnectionPool.check_connection(conn)
+
+
+def create_pool(url: str, schema: str, *, max_size: int, name: str) -> AsyncConnectionPool:
+    """An async pool whose connections use the service's schema first on the search path,
+    checked before use when they have been idle (`_IdleCheck`)."""
+    idle_check = _IdleCheck()
     return AsyncConnectionPool(
         conninfo(url, options=f"-c search_path={schema},public"),
         min_size=1,
         max_size=max_size,
         open=False,
         name=name,
-        check=AsyncConnectionPool.check_connection,
+        check=idle_check.check,
+        reset=idle_check.reset,
         timeout=CONNECT_TIMEOUT_S,
     )
 

@@ -9,7 +9,7 @@ Payments are keyed by the provider's payment or refund id.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from uuid import UUID
@@ -123,24 +123,40 @@ def account_view(account: BillingAccount) -> AccountView:
 
 def balance_view(account: BillingAccount, as_of: datetime) -> BalanceView:
     settings = account.settings
+    return balance_view_of(
+        account.id, account.currency, settings.account_type, account.balance_micros,
+        account.available_micros, account.held_micros, settings.credit_limit_micros,
+        [(g.grant_id, g.kind, g.granted_micros, g.remaining_micros, g.expires_at)
+         for g in account.grants],
+        as_of)
+
+
+# (grant_id, kind, granted_micros, remaining_micros, expires_at as stored or None)
+GrantFigures = tuple[str, str, int, int, str | None]
+
+
+def balance_view_of(account_id: UUID, currency: str, account_type: str, balance_micros: int,
+                    available_micros: int, held_micros: int, credit_limit_micros: int,
+                    grants: Iterable[GrantFigures], as_of: datetime) -> BalanceView:
+    """The balance as the API shows it, from an account's figures: the aggregate's, or the
+    balances projection's row, which holds the same figures (projections/builders.py)."""
     return BalanceView(
-        account_id=account.id,
-        currency=account.currency,  # type: ignore[arg-type]
-        balance=format_micros(account.balance_micros),
-        available=format_micros(account.available_micros),
-        held=format_micros(account.held_micros),
+        account_id=account_id,
+        currency=currency,  # type: ignore[arg-type]
+        balance=format_micros(balance_micros),
+        available=format_micros(available_micros),
+        held=format_micros(held_micros),
         credits=[
             CreditView(
-                grant_id=g.grant_id,
-                kind=g.kind if g.kind in _CONTRACT_GRANT_KINDS else "purchased",  # type: ignore[arg-type]
-                amount=format_micros(g.granted_micros),
-                remaining=format_micros(g.remaining_micros),
-                expires_at=parse_time(g.expires_at) if g.expires_at else None,
+                grant_id=grant_id,
+                kind=kind if kind in _CONTRACT_GRANT_KINDS else "purchased",  # type: ignore[arg-type]
+                amount=format_micros(granted),
+                remaining=format_micros(remaining),
+                expires_at=parse_time(expires_at) if expires_at else None,
             )
-            for g in account.grants
+            for grant_id, kind, granted, remaining, expires_at in grants
         ],
-        credit_limit=format_micros(settings.credit_limit_micros)
-        if settings.account_type == "postpay" else None,
+        credit_limit=format_micros(credit_limit_micros) if account_type == "postpay" else None,
         as_of=as_of,
     )
 

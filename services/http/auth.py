@@ -49,6 +49,9 @@ BEARER_SECURITY: list[SecurityRequirement] = [{SECURITY_SCHEME_NAME: []}]
 _HS256_SECRET_BYTES_MIN = 32
 _JWKS_ALGORITHMS = ("RS256", "ES256")
 _JWKS_FETCH_TIMEOUT_S = 5.0
+# Tokens verified lately, so a client that sends the same token on every request pays for
+# the signature once: looked up by the exact token text, honoured only until its `exp`.
+VERIFIED_TOKENS_CACHED_MAX = 10_000
 _VERIFIER_STATE_KEY = "jwt_verifier"
 _PRINCIPAL_STATE_KEY = "principal"
 
@@ -114,9 +117,22 @@ class JwtVerifier:
         self._audience = audience
         self._issuer = issuer
         self._leeway_s = leeway_s
+        # token -> (principal, the instant it stops being accepted)
+        self._verified: dict[str, tuple[Principal, float]] = {}
 
     def verify(self, token: str) -> Principal:
-        """Verify signature and claims; blocking when keys come from a JWKS URL."""
+        """Verify signature and claims; blocking when keys come from a JWKS URL.
+
+        A token verified before is answered from memory until its expiry (plus the leeway
+        ``jwt.decode`` allows): the same answer the signature check would give, since a token
+        is immutable and nothing but time changes its verdict.
+        """
+        known = self._verified.get(token)
+        if known is not None:
+            principal, valid_until = known
+            if time.time() <= valid_until:
+                return principal
+            del self._verified[token]
         key, algorithms = self._key_for(token)
         try:
             claims = jwt.decode(
@@ -130,11 +146,15 @@ class JwtVerifier:
             )
         except jwt.PyJWTError as exc:
             raise TokenRejected(str(exc)) from exc
-        return principal_from_claims(claims)
+        principal = principal_from_claims(claims)
+        if len(self._verified) >= VERIFIED_TOKENS_CACHED_MAX:
+            self._verified.clear()
+        self._verified[token] = (principal, float(claims["exp"]) + self._leeway_s)
+        return principal
 
     async def authenticate(self, token: str) -> Principal:
         """`verify` without blocking the event loop when a JWKS fetch may be needed."""
-        if self._jwks is None:
+        if self._jwks is None or token in self._verified:
             return self.verify(token)
         return await asyncio.to_thread(self.verify, token)
 

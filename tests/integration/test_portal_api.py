@@ -94,6 +94,7 @@ def portal(infra: Infra) -> Iterator[Portal]:
     services = LedgerServices()
     services.ledger, services.writer = ledger, Writer()
     pool = create_pool(infra.database_url, "ledger", max_size=6, name="portal-test")
+    services.pool = pool
     app = build_app(services, http_queries.QueryServices(services, pool), pool)
     runner = runner_for(ledger, infra.database_url)
     try:
@@ -123,6 +124,30 @@ def test_entries_are_newest_first_with_running_balances_and_freshness(portal: Po
     headers = response.headers
     assert int(headers["X-Projection-Position"]) == int(headers["X-Log-Position"]) > 0
     assert headers["X-Projection-Updated-At"]
+
+
+def test_balance_comes_from_the_projection_only_when_it_has_every_event(portal: Portal) -> None:
+    account_id = portal.account()
+    path = f"/v1/accounts/{account_id}/balance"
+    projected = portal.client.get(path, headers=OPERATOR)
+    assert projected.status_code == 200, projected.text
+    assert "X-Projection-Position" in projected.headers  # answered from the balances row
+    version = int(projected.headers["X-Account-Version"])
+
+    portal.workload.use(portal.workload.accounts.index(account_id), 1)  # not projected yet
+    fresh = portal.client.get(path, headers=OPERATOR)
+    assert fresh.status_code == 200, fresh.text
+    assert "X-Projection-Position" not in fresh.headers  # the account itself answered
+    assert int(fresh.headers["X-Account-Version"]) == version + 1
+    assert fresh.json()["balance"] != projected.json()["balance"]  # read-your-writes
+
+    portal.project()
+    caught_up = portal.client.get(path, headers=OPERATOR)
+    assert "X-Projection-Position" in caught_up.headers
+    assert {**caught_up.json(), "as_of": None} == {**fresh.json(), "as_of": None}
+    missing = portal.client.get(f"/v1/accounts/{uuid.uuid4()}/balance", headers=OPERATOR)
+    assert missing.status_code == 404
+    assert missing.headers["content-type"].startswith("application/problem+json")
 
 
 def test_a_lagging_projection_is_visible_in_the_headers(portal: Portal) -> None:

@@ -13,6 +13,7 @@ from typing import Any
 
 import jwt
 import pytest
+import time_machine
 from cryptography.hazmat.primitives.asymmetric import rsa
 from litestar import get, post
 from litestar.exceptions import NotFoundException
@@ -355,3 +356,25 @@ def test_unreachable_jwks_is_503_not_401() -> None:
     assert response.status_code == 503
     assert response.headers["content-type"].startswith(PROBLEM_MEDIA_TYPE)
     assert "Traceback" not in response.text
+
+
+def test_a_verified_token_is_remembered_only_until_it_expires() -> None:
+    verifier = JwtVerifier(SECRET, leeway_s=0)
+    token = mint_token(SECRET, sub="u", scopes=["portal"], tenant_id="t", ttl_s=60)
+    with time_machine.travel(time.time(), tick=False) as traveller:
+        first = verifier.verify(token)
+        assert verifier.verify(token) is first  # answered from memory
+        traveller.shift(59)
+        assert verifier.verify(token) is first
+        traveller.shift(2)
+        with pytest.raises(TokenRejected, match="expired"):
+            verifier.verify(token)
+
+
+def test_a_forged_token_is_never_remembered() -> None:
+    verifier = JwtVerifier(SECRET)
+    forged = jwt.encode({"sub": "u", "scope": "operator", "exp": int(time.time()) + 60},
+                        "x" * 32 + "another-secret", algorithm="HS256")
+    for _ in range(2):
+        with pytest.raises(TokenRejected):
+            verifier.verify(forged)
