@@ -15,17 +15,19 @@ import contextlib
 import multiprocessing
 import os
 import signal
+from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.process import BaseProcess
 from typing import Any
 
 import nats
+import psycopg
 import structlog
 
 from ledger_service.app.ledger import Ledger, LedgerApplication, ledger_env
 from ledger_service.projections.runner import ProjectionRunner
 from ledger_service.publisher import EventPublisher
-from services.database import eventsourcing_env
+from services.database import conninfo, eventsourcing_env
 from services.logging import configure_logging
 from services.runtime import tune_garbage_collector
 
@@ -61,7 +63,7 @@ async def _follow(config: FollowerConfig) -> None:
     app = await asyncio.to_thread(
         LedgerApplication, ledger_env(eventsourcing_env(config.database_url, config.schema)))
     nc = await nats.connect(config.nats_url, max_reconnect_attempts=-1, reconnect_time_wait=1)
-    publisher = EventPublisher(Ledger(app), nc)
+    publisher = EventPublisher(Ledger(app), nc, publisher_connector(config.database_url))
     projections = ProjectionRunner.for_service(config.database_url, config.schema, app)
     # As the service does for itself: a catch-up batch allocates hundreds of thousands of
     # short-lived objects, and with the default thresholds the collector spent a tenth of the
@@ -86,6 +88,12 @@ async def _follow(config: FollowerConfig) -> None:
             log.error("followers did not stop in time; exiting")
             os._exit(1)
         log.info("followers stopped")
+
+
+def publisher_connector(database_url: str) -> Callable[[], psycopg.Connection[Any]]:
+    """The publisher's own connection, which holds its leadership lock."""
+    info = conninfo(database_url)
+    return lambda: psycopg.connect(info, autocommit=True, connect_timeout=5)
 
 
 async def _stop(publisher: EventPublisher, projections: ProjectionRunner, nc: Any,

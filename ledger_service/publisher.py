@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from typing import Any
 from uuid import UUID
 
 import msgspec
+import psycopg
 import structlog
 from nats.aio.client import Client as NATS
 
@@ -44,6 +45,8 @@ from ledger_service.projections.statement import statement_entries
 log = structlog.get_logger(__name__)
 
 PUBLISHER_NAME = "ledger.v1.events"
+PUBLISHER_LOCK = "ledger.publisher"
+LEADER_WAIT_S = 1.0
 NOTIFICATIONS_PER_ROUND_MAX = 1_000
 IDLE_WAIT_S = 0.2
 _encoder = msgspec.json.Encoder()
@@ -114,9 +117,17 @@ def _grant_kind(kind: str) -> str:
 
 
 class EventPublisher:
-    def __init__(self, ledger: Ledger, nc: NATS) -> None:
+    """Publishes the log. With ``connect`` given, only while it holds the publishers' lock: a
+    session advisory lock on a connection of its own, so of several ledger processes exactly
+    one publishes at a time (the others wait to take over), and none publishes from a
+    position another has already moved past."""
+
+    def __init__(self, ledger: Ledger, nc: NATS,
+                 connect: Callable[[], psycopg.Connection[Any]] | None = None) -> None:
         self.ledger = ledger
         self.nc = nc
+        self.connect = connect
+        self._lock_conn: psycopg.Connection[Any] | None = None
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._currencies: dict[UUID, str] = {}
@@ -130,18 +141,55 @@ class EventPublisher:
             await self._task
 
     async def _run(self) -> None:
-        position = await asyncio.to_thread(self._position)
-        while not self._stopping.is_set():
-            try:
-                advanced = await self.publish_round(position)
-            except Exception:
-                log.exception("publishing ledger events failed; will retry")
+        position: int | None = None
+        try:
+            while not self._stopping.is_set():
                 advanced = None
-            if advanced is None:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stopping.wait(), IDLE_WAIT_S)
-            else:
-                position = advanced
+                try:
+                    if not await asyncio.to_thread(self._lead):
+                        position = None  # another process publishes; re-read when we lead
+                        await self._idle(LEADER_WAIT_S)
+                        continue
+                    if position is None:
+                        position = await asyncio.to_thread(self._position)
+                    advanced = await self.publish_round(position)
+                except Exception:
+                    log.exception("publishing ledger events failed; will retry")
+                    position = None
+                if advanced is None:
+                    await self._idle(IDLE_WAIT_S)
+                else:
+                    position = advanced
+        finally:
+            await asyncio.to_thread(self._resign)
+
+    async def _idle(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), seconds)
+
+    def _lead(self) -> bool:
+        """True while this publisher holds the lock (taken now, or held since)."""
+        if self.connect is None:
+            return True
+        conn = self._lock_conn
+        if conn is not None and not conn.closed and not conn.broken:
+            return True
+        self._resign()
+        conn = self.connect()
+        conn.autocommit = True
+        row = conn.execute("SELECT pg_try_advisory_lock(hashtext(%s))", (PUBLISHER_LOCK,)).fetchone()
+        if not (row and row[0]):
+            conn.close()
+            return False
+        self._lock_conn = conn
+        log.info("publishing ledger events: this process leads")
+        return True
+
+    def _resign(self) -> None:
+        if self._lock_conn is not None:
+            with contextlib.suppress(Exception):
+                self._lock_conn.close()  # the session lock ends with the session
+            self._lock_conn = None
 
     async def publish_round(self, position: int) -> int | None:
         """Publish what follows ``position``; returns the new position, None when idle."""
@@ -183,7 +231,12 @@ class EventPublisher:
         return int(rows[0][0]) if rows else 0
 
     def _store_position(self, notification_id: int) -> None:
-        self.ledger.query(
+        statement = (
             "INSERT INTO {schema}.publisher_position (name, notification_id) VALUES (%s, %s)"
-            " ON CONFLICT (name) DO UPDATE SET notification_id = EXCLUDED.notification_id",
-            (PUBLISHER_NAME, notification_id))
+            " ON CONFLICT (name) DO UPDATE SET notification_id = EXCLUDED.notification_id")
+        if self._lock_conn is None:
+            self.ledger.query(statement, (PUBLISHER_NAME, notification_id))
+            return
+        # On the lock's own connection: if the session (and with it the lock) was lost, this
+        # fails, and the publisher stops until it leads again.
+        self._lock_conn.execute(self.ledger.sql(statement), (PUBLISHER_NAME, notification_id))

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import gc
 import signal
+import socket
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -190,7 +191,23 @@ def serve(spec: ServiceSpec, settings: ServiceSettings) -> None:
         timeout_graceful_shutdown=int(settings.shutdown_grace_s),
         server_header=False,
     )
-    _Server(config).run()
+    sockets = [reuse_port_socket(settings.http_host, settings.http_port)] \
+        if settings.http_reuse_port else None
+    _Server(config).run(sockets=sockets)
+
+
+def reuse_port_socket(host: str, port: int) -> socket.socket:
+    """A listening socket other processes can bind too (SO_REUSEPORT): each process of a
+    service started with HTTP_REUSE_PORT=true on the same port takes its share of the
+    connections, and a stopping process's share goes to the others."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
 
 
 def main(spec: ServiceSpec, argv: Sequence[str] | None = None) -> int:

@@ -29,6 +29,9 @@ class ServiceSettings(msgspec.Struct, frozen=True, kw_only=True):
     app_env: AppEnv = "development"
     http_host: str = "127.0.0.1"
     http_port: Port
+    # Several processes of a service may share one port (SO_REUSEPORT; the kernel spreads
+    # connections among them), to serve more requests than one Python process can.
+    http_reuse_port: bool = False
     database_url: Annotated[str, msgspec.Meta(min_length=1)]
     nats_url: Annotated[str, msgspec.Meta(min_length=1)]
     jwt_secret: str = DEVELOPMENT_JWT_SECRET

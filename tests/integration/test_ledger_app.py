@@ -204,3 +204,25 @@ def test_a_request_answered_by_another_process_gets_the_same_reply(infra) -> Non
     finally:
         one.app.close()
         two.app.close()
+
+
+def test_of_two_publishers_one_leads_and_the_other_takes_over_when_it_stops(infra) -> None:  # type: ignore[no-untyped-def]
+    from ledger_service.followers import publisher_connector
+    from ledger_service.publisher import EventPublisher
+
+    connect = publisher_connector(infra.database_url)
+    ledger = build_ledger(infra)
+    first = EventPublisher(ledger, None, connect)  # type: ignore[arg-type]
+    second = EventPublisher(ledger, None, connect)  # type: ignore[arg-type]
+    try:
+        assert first._lead()
+        assert not second._lead()  # the lock is held by another session
+        assert first._lead()  # still held: no new session, no new lock
+        first._store_position(first._position())  # written through the lock's session
+        first._resign()
+        assert second._lead()
+        assert not first._lead()
+    finally:
+        first._resign()
+        second._resign()
+        ledger.app.close()
