@@ -19,9 +19,10 @@ from uuid import UUID
 from eventsourcing.persistence import InterfaceError, OperationalError, StoredEvent
 from eventsourcing.postgres import PostgresApplicationRecorder
 from eventsourcing.utils import retry
-from psycopg import Cursor
+from psycopg import ClientCursor, Connection, Cursor
+from psycopg.pq import TransactionStatus
 from psycopg.rows import DictRow
-from psycopg.sql import SQL, Composed, Identifier
+from psycopg.sql import SQL, Composable, Composed, Identifier
 
 
 @dataclass(slots=True)
@@ -54,6 +55,49 @@ class LedgerRows:
         return bool(self.keys or self.entries or self.schedule or self.unschedule)
 
 
+# Saves this small go as one query string (`_insert_in_one_round_trip`); bigger ones by COPY.
+ONE_ROUND_TRIP_ROWS_MAX = 200
+
+
+def _row_count(rows: LedgerRows | None) -> int:
+    if not rows:
+        return 0
+    return len(rows.keys) + len(rows.entries) + len(rows.schedule) + len(rows.unschedule)
+
+
+def _values(count: int, row: str) -> Composed:
+    return SQL(", ").join([SQL(row)] * count)
+
+
+def _append_rows(parts: list[Composable], params: list[Any], schema: Identifier,
+                 rows: LedgerRows) -> None:
+    """The side rows as plain statements (the one-round-trip save)."""
+    if rows.keys:
+        parts.append(SQL("INSERT INTO {}.idempotency_keys (scope, key, account_id, request_hash,"
+                         " response) VALUES {}").format(schema, _values(len(rows.keys),
+                                                                          "(%s, %s, %s, %s, %s)")))
+        for key in rows.keys:
+            params += (key.scope, key.key, key.account_id, key.request_hash, key.response)
+    if rows.entries:
+        parts.append(SQL("INSERT INTO {}.entry_index (entry_id, account_id, originator_version,"
+                         " kind) VALUES {}").format(schema, _values(len(rows.entries),
+                                                                     "(%s, %s, %s, %s)")))
+        for entry in rows.entries:
+            params += (entry.entry_id, entry.account_id, entry.originator_version, entry.kind)
+    if rows.unschedule:
+        parts.append(SQL(
+            "DELETE FROM {}.expiry_schedule s USING unnest(%s::uuid[], %s::timestamptz[])"
+            " AS d(account_id, due_at)"
+            " WHERE s.account_id = d.account_id AND s.due_at <= d.due_at").format(schema))
+        params += ([a for a, _ in rows.unschedule], [d for _, d in rows.unschedule])
+    if rows.schedule:
+        parts.append(SQL(
+            "INSERT INTO {}.expiry_schedule (account_id, due_at)"
+            " SELECT * FROM unnest(%s::uuid[], %s::timestamptz[]) ON CONFLICT DO NOTHING"
+        ).format(schema))
+        params += ([a for a, _ in rows.schedule], [d for _, d in rows.schedule])
+
+
 class LedgerRecorder(PostgresApplicationRecorder):
     @retry((InterfaceError, OperationalError), max_attempts=10, wait=0.2)
     def insert_events(
@@ -69,6 +113,9 @@ class LedgerRecorder(PostgresApplicationRecorder):
         transaction, exactly as the stock INSERT does.
         """
         rows: LedgerRows | None = kwargs.get("ledger_rows")
+        if len(stored_events) + _row_count(rows) <= ONE_ROUND_TRIP_ROWS_MAX:
+            with self.datastore.get_connection() as conn:
+                return self._insert_in_one_round_trip(conn, stored_events, rows)
         with self.datastore.get_connection() as conn, conn.transaction(), conn.cursor() as curs:
             # The lock timeout, the table lock and the NOTIFY in one round trip: an authorize
             # batch is a handful of rows, and round trips were most of its commit time.
@@ -91,6 +138,55 @@ class LedgerRecorder(PostgresApplicationRecorder):
             assert row is not None
             last = int(next(iter(row.values())))
             return list(range(last - len(stored_events) + 1, last + 1))
+
+    def _insert_in_one_round_trip(self, conn: Connection[DictRow],
+                                  stored_events: Sequence[StoredEvent],
+                                  rows: LedgerRows | None) -> list[int]:
+        """A small save (an authorization batch, an operator's command) as one query string:
+        BEGIN, the lock and NOTIFY, the side rows, the events, their last notification id,
+        COMMIT. One round trip instead of about nine, which were most of an authorization's
+        latency; the parameters are bound client-side by psycopg (quoted, never pasted).
+
+        Plain INSERTs where the COPY path uses COPY, with the same effect: a duplicate key or
+        event version fails its statement, PostgreSQL skips the rest of the string, and the
+        transaction is rolled back here before the error goes up.
+        """
+        schema = Identifier(self.datastore.schema)
+        parts: list[Composable] = [SQL("BEGIN"),
+                                   self._lock_and_notify(bool(stored_events))]
+        params: list[Any] = []
+        if rows:
+            _append_rows(parts, params, schema, rows)
+        if stored_events:
+            parts.append(SQL("INSERT INTO {}.{} (originator_id, originator_version, topic, state)"
+                             " VALUES {}").format(
+                schema, Identifier(self.events_table_name),
+                _values(len(stored_events), "(%s, %s, %s, %s)")))
+            for event in stored_events:
+                params += (event.originator_id, event.originator_version, event.topic,
+                           event.state)
+            parts.append(SQL("SELECT currval(pg_get_serial_sequence(%s, 'notification_id'))"))
+            params.append(f"{self.datastore.schema}.{self.events_table_name}")
+        parts.append(SQL("COMMIT"))
+        cursor = ClientCursor(conn)
+        try:
+            cursor.execute(SQL("; ").join(parts), params)
+        except BaseException:
+            if conn.info.transaction_status != TransactionStatus.IDLE and not conn.broken:
+                conn.execute("ROLLBACK")
+            raise
+        if not stored_events:
+            return []
+        last: int | None = None
+        while True:  # the only statement that returns rows is the currval
+            if cursor.description is not None:
+                row = cursor.fetchone()
+                assert row is not None
+                last = int(next(iter(row.values())))
+            if not cursor.nextset():
+                break
+        assert last is not None
+        return list(range(last - len(stored_events) + 1, last + 1))
 
     def _lock_and_notify(self, notify: bool) -> Composed:
         statements = [*self.lock_table_statements]

@@ -226,3 +226,42 @@ def test_of_two_publishers_one_leads_and_the_other_takes_over_when_it_stops(infr
         first._resign()
         second._resign()
         ledger.app.close()
+
+
+@pytest.mark.parametrize("rows", [1, 400], ids=["one-round-trip", "copy"])
+def test_a_save_whose_key_exists_writes_nothing_and_leaves_the_store_usable(
+        ledger: Ledger, rows: int) -> None:
+    from eventsourcing.persistence import IntegrityError
+
+    from ledger_service.app.ledger import UnitOfWork
+    from ledger_service.app.recorder import IdempotencyRow
+
+    a = open_prepay(ledger, "5.00")
+    before = ledger.load(a).version
+    taken = f"taken-{a}"
+    ledger.query("INSERT INTO {schema}.idempotency_keys (scope, key, account_id)"
+                 " VALUES ('test', %s, %s)", (taken, a))
+
+    def command(work: UnitOfWork) -> None:
+        account = work.touch(ledger.load(a))
+        account.grant(f"g-{a}", "bonus", 1_000_000, datetime.now(UTC), reason="test")
+        assert len(account.pending_events) == 1
+        work.rows.keys.extend(IdempotencyRow("test", f"new-{a}-{i}", a) for i in range(rows - 1))
+        work.rows.keys.append(IdempotencyRow("test", taken, a))
+
+    with pytest.raises(IntegrityError):
+        ledger.commit(_unit(ledger, command))
+    ledger.evict([a])
+    assert ledger.load(a).version == before  # no event
+    assert ledger.seen_keys("test", [f"new-{a}-0"]) == set()  # no side row
+    assert accounts.grant_credit(  # the next save on the same connections works
+        ledger, a, GrantCredit(kind="purchased", amount="1.00", reason="after"), "tester",
+        Idempotency("http:grant", None, "h")).response
+
+
+def _unit(ledger: Ledger, command):  # type: ignore[no-untyped-def]
+    from ledger_service.app.ledger import UnitOfWork
+
+    work = UnitOfWork()
+    command(work)
+    return work
