@@ -68,6 +68,9 @@ class Projection(ABC):
 
     # A COPY holds its connection: at most one projection of a batch may stream.
     streams: ClassVar[bool] = False
+    # Rows only ever appended (no upsert, no delete): a rebuild may fill its shadow without
+    # any index, unique ones included (tables.py).
+    appends_only: ClassVar[bool] = False
 
     def streaming(self, cur: Cursor[Any],
                   tables: Mapping[str, str]) -> contextlib.AbstractContextManager[None]:
@@ -191,6 +194,7 @@ class Statement(Projection):
     name = "statement"
     tables = ("statement_entries",)
     streams = True
+    appends_only = True
 
     def __init__(self) -> None:
         self._rows: list[tuple[Any, ...]] = []

@@ -44,7 +44,7 @@ from ledger_service.projections.tables import (
     SHADOW_SUFFIX,
     build_indexes,
     create_shadow,
-    defer_secondary_indexes,
+    defer_indexes,
     drop_shadow,
     swap_in_shadow,
 )
@@ -340,7 +340,8 @@ def _rebuild(conn: psycopg.Connection[Any], decoder: EventDecoder, projection: P
              position_name: str, batch_size: int, progress: Progress | None) -> BatchResult:
     with conn.transaction(), conn.cursor() as cur:
         tables = {t: create_shadow(cur, t) for t in projection.tables}
-        deferred = [d for shadow in tables.values() for d in defer_secondary_indexes(cur, shadow)]
+        deferred = [build for shadow in tables.values()
+                    for build in defer_indexes(cur, shadow, unique_too=projection.appends_only)]
         cur.execute("INSERT INTO projection_positions (name, position) VALUES (%s, 0)"
                     " ON CONFLICT (name) DO UPDATE SET position = 0, updated_at = now()",
                     (position_name,))

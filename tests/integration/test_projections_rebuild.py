@@ -33,8 +33,11 @@ def count(conn: psycopg.Connection[Any], table: str) -> int:
 
 
 def index_definitions(conn: psycopg.Connection[Any], table: str) -> set[str]:
+    """Each index's definition, and each constraint's name and definition."""
     rows = conn.execute("SELECT pg_get_indexdef(indexrelid) FROM pg_index"
-                        " WHERE indrelid = %s::regclass", (table,)).fetchall()
+                        " WHERE indrelid = %s::regclass UNION ALL"
+                        " SELECT conname || ' ' || pg_get_constraintdef(oid) FROM pg_constraint"
+                        " WHERE conrelid = %s::regclass", (table, table)).fetchall()
     return {r[0] for r in rows}
 
 
@@ -98,7 +101,7 @@ def test_a_rebuild_while_running_swaps_in_complete_rows_and_reads_never_see_half
             "SELECT indexrelid::regclass::text FROM pg_index WHERE indrelid = %s::regclass",
             (table,)).fetchall()}
         assert f"{table}_pkey" in indexes
-        # Same indexes under the same names, including those built only after the fill.
+        # Same indexes and constraints under the same names, though built after the fill.
         assert index_definitions(reader, table) == indexes_before
     finally:
         reader.close()
