@@ -173,8 +173,9 @@ STATEMENT_COLUMNS: Final = (
     "account_id", "entry_seq", "tenant_id", "entry_id", "kind", "amount_micros",
     "balance_after_micros", "currency", "description", "reference", "actor", "product",
     "quantity", "occurred_at", "version")
-# Binary COPY: the server receives values, not text to parse (a third less of its time per
-# row, measured), so each value must be of its column's type.
+# Binary COPY: psycopg writes a row in half the time it takes to render it as text, and the
+# server parses none of it (about a quarter less wall time per row together, measured); each
+# value must then be of its column's type.
 STATEMENT_TYPES: Final = (
     "uuid", "int8", "uuid", "uuid", "text", "int8", "int8", "text", "text", "text", "text",
     "text", "int8", "timestamptz", "int8")
