@@ -40,26 +40,30 @@ class StreamLimits:
 # the ledger's event store, not NATS, is the record of money. DiscardPolicy.NEW makes a full
 # stream refuse new messages (the producer sees an error and retries) instead of silently
 # dropping the oldest unconsumed usage, which would be lost revenue.
+# JetStream reserves each stream's max_bytes against the server's store, which by default is
+# three quarters of the free disk when the server started: a stream that does not fit is
+# refused ("insufficient storage resources"). These defaults reserve about 19 GiB; a
+# deployment scales them with NATS_STREAM_BYTES_SCALE (make run's embedded NATS uses 0.05).
 STREAM_LIMITS: dict[str, StreamLimits] = {
     # Usage is replayable for a week after an outage; JetStream's duplicate window is the
     # first line of defence, the ledger's own event-id table (kept for ever) the second.
-    "USAGE": StreamLimits(max_age_s=7 * DAY_S, max_bytes=20 * GIB, duplicate_window_s=600),
+    "USAGE": StreamLimits(max_age_s=7 * DAY_S, max_bytes=8 * GIB, duplicate_window_s=600),
     # Ledger events feed projections in other services; a month covers a long outage.
-    "LEDGER": StreamLimits(max_age_s=30 * DAY_S, max_bytes=20 * GIB, duplicate_window_s=600),
+    "LEDGER": StreamLimits(max_age_s=30 * DAY_S, max_bytes=8 * GIB, duplicate_window_s=600),
     # Payments and invoices are few and precious: a quarter, and a day-long duplicate window
     # because providers retry webhooks for hours.
-    "PAYMENTS": StreamLimits(max_age_s=90 * DAY_S, max_bytes=5 * GIB, duplicate_window_s=DAY_S),
-    "INVOICING": StreamLimits(max_age_s=90 * DAY_S, max_bytes=5 * GIB, duplicate_window_s=DAY_S),
-    "CATALOG": StreamLimits(max_age_s=365 * DAY_S, max_bytes=1 * GIB, duplicate_window_s=DAY_S),
+    "PAYMENTS": StreamLimits(max_age_s=90 * DAY_S, max_bytes=1 * GIB, duplicate_window_s=DAY_S),
+    "INVOICING": StreamLimits(max_age_s=90 * DAY_S, max_bytes=1 * GIB, duplicate_window_s=DAY_S),
+    "CATALOG": StreamLimits(max_age_s=365 * DAY_S, max_bytes=GIB // 4, duplicate_window_s=DAY_S),
     # Dead letters wait for an operator; old ones drop first so new failures are never refused.
     "DEADLETTER": StreamLimits(
-        max_age_s=90 * DAY_S, max_bytes=5 * GIB, duplicate_window_s=600,
+        max_age_s=90 * DAY_S, max_bytes=1 * GIB, duplicate_window_s=600,
         discard=DiscardPolicy.OLD,
     ),
 }
 
 
-def stream_config(name: str, replicas: int = 1) -> StreamConfig:
+def stream_config(name: str, replicas: int = 1, bytes_scale: float = 1.0) -> StreamConfig:
     limits = STREAM_LIMITS[name]
     return StreamConfig(
         name=name,
@@ -67,18 +71,18 @@ def stream_config(name: str, replicas: int = 1) -> StreamConfig:
         retention=RetentionPolicy.LIMITS,
         storage=StorageType.FILE,
         max_age=limits.max_age_s,
-        max_bytes=limits.max_bytes,
+        max_bytes=max(1024**2, int(limits.max_bytes * bytes_scale)),
         duplicate_window=limits.duplicate_window_s,
         discard=limits.discard,
         num_replicas=replicas,
     )
 
 
-async def ensure_streams(broker: NatsBroker, replicas: int = 1) -> None:
+async def ensure_streams(broker: NatsBroker, replicas: int = 1, bytes_scale: float = 1.0) -> None:
     """Create each stream, or bring an existing one to the configured limits."""
     js = broker.connection.jetstream()
     for name in STREAMS:
-        config = stream_config(name, replicas)
+        config = stream_config(name, replicas, bytes_scale)
         try:
             await js.stream_info(name)
         except NotFoundError:

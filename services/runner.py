@@ -37,6 +37,9 @@ from services.settings import (
 log = structlog.get_logger("runner")
 
 
+EMBEDDED_STREAM_BYTES_SCALE = 0.05
+
+
 @dataclass(frozen=True, slots=True)
 class ServiceEntry:
     package: str
@@ -81,6 +84,8 @@ class Stack:
         if nats_url is None:
             self.nats = start_nats(self.run_dir)
             nats_url = self.nats.url
+            # A laptop's disk: streams of about 1 GiB in all, not production's 19 GiB.
+            self.env.setdefault("NATS_STREAM_BYTES_SCALE", str(EMBEDDED_STREAM_BYTES_SCALE))
             log.info("started embedded NATS", url=nats_url, monitor=self.nats.monitor_url)
         self.env["DATABASE_URL"] = database_url
         self.env["NATS_URL"] = nats_url

@@ -114,7 +114,8 @@ def build_app(spec: ServiceSpec, settings: ServiceSettings) -> Litestar:
         await asyncio.to_thread(migrate, spec, settings)
         await runtime.pool.open(wait=True, timeout=30)
         await runtime.broker.connect()
-        await ensure_streams(runtime.broker, settings.nats_stream_replicas)
+        await ensure_streams(runtime.broker, settings.nats_stream_replicas,
+                             settings.nats_stream_bytes_scale)
         for hook in parts.on_startup:
             await hook(runtime)
         await runtime.broker.start()

@@ -42,6 +42,8 @@ class ServiceSettings(msgspec.Struct, frozen=True, kw_only=True):
     db_pool_size_max: Annotated[int, msgspec.Meta(ge=2, le=200)] = 10
     # 3 (or 5) in a NATS cluster, so a node can fail without losing an acknowledged message.
     nats_stream_replicas: Annotated[int, msgspec.Meta(ge=1, le=5)] = 1
+    # Multiplies every stream's max_bytes (services/broker.py STREAM_LIMITS).
+    nats_stream_bytes_scale: Annotated[float, msgspec.Meta(gt=0, le=1000)] = 1.0
     shutdown_grace_s: Annotated[float, msgspec.Meta(ge=0, le=300)] = 10.0
 
     @property

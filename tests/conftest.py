@@ -38,6 +38,8 @@ class Infra:
 
     def service_env(self, **extra: str) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.endswith("_HTTP_PORT")}
+        # Small streams: a test's services must start whatever the machine's free disk.
+        env.setdefault("NATS_STREAM_BYTES_SCALE", "0.05")
         env.update(DATABASE_URL=self.database_url, NATS_URL=self.nats_url, LOG_FORMAT="json")
         env.update(extra)
         return env
