@@ -18,7 +18,9 @@ MICROS_PER_UNIT: Final = 1_000_000
 # A bound on every amount: 10^12 major units is far beyond any real balance, and it keeps
 # every product of amount and quantity inside a signed 64-bit integer in PostgreSQL.
 AMOUNT_MAJOR_MAX: Final = 10**12
-AMOUNT_MICROS_MAX: Final = AMOUNT_MAJOR_MAX * MICROS_PER_UNIT
+# The largest amount the wire format (at most 12 integer digits) can carry: every amount the
+# ledger accepts can be written out and read back.
+AMOUNT_MICROS_MAX: Final = AMOUNT_MAJOR_MAX * MICROS_PER_UNIT - 1
 
 Currency = Literal["GBP", "EUR", "USD"]
 CURRENCIES: Final[tuple[str, ...]] = ("GBP", "EUR", "USD")
@@ -112,12 +114,13 @@ def format_micros(micros: int) -> str:
 
     100_000_000 -> "100.00"; 39_500 -> "0.0395"; -1_234_500 -> "-1.2345".
     """
-    if isinstance(micros, bool) or not isinstance(micros, int):
+    if type(micros) is not int and (isinstance(micros, bool) or not isinstance(micros, int)):
         raise MoneyError(f"micros must be an int, got {type(micros).__name__}")
     sign = "-" if micros < 0 else ""
-    whole, frac = divmod(abs(micros), MICROS_PER_UNIT)
-    frac_text = f"{frac:06d}".rstrip("0").ljust(2, "0")
-    return f"{sign}{whole}.{frac_text}"
+    whole, frac = divmod(-micros if micros < 0 else micros, MICROS_PER_UNIT)
+    if frac % 10_000 == 0:  # whole pence or cents, most amounts: no trimming to do
+        return f"{sign}{whole}.{frac // 10_000:02d}"
+    return f"{sign}{whole}.{f'{frac:06d}'.rstrip('0')}"
 
 
 def micros_to_minor_units(micros: int, minor_places: int = 2) -> int:

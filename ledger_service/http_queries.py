@@ -113,7 +113,7 @@ def _not_found(account_id: UUID) -> NotFoundException:
 
 def entry_view(row: reads.EntryRow) -> EntryView:
     return EntryView(
-        entry_id=str(row.entry_id), kind=row.kind,  # type: ignore[arg-type]
+        entry_id=row.entry_id, kind=row.kind,  # type: ignore[arg-type]
         amount=format_micros(row.amount_micros),
         balance_after=format_micros(row.balance_after_micros), description=row.description,
         reference=row.reference, occurred_at=row.occurred_at.astimezone(UTC),

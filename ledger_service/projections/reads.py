@@ -21,7 +21,7 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 from uuid import UUID
 
 import msgspec
@@ -219,10 +219,11 @@ class EntryFilter:
     occurred_to: datetime | None = None  # exclusive
 
 
-@dataclass(frozen=True, slots=True)
-class EntryRow:
+class EntryRow(NamedTuple):
+    """A statement row as read (a named tuple: a page builds a hundred of them)."""
+
     entry_seq: int
-    entry_id: UUID
+    entry_id: str  # the UUID's text, as PostgreSQL renders it
     kind: str
     amount_micros: int
     balance_after_micros: int
@@ -265,7 +266,7 @@ def _entries_query(account_id: UUID, where: EntryFilter, before_seq: int | None,
     if before_seq is not None:
         clauses.append(SQL("entry_seq < %s"))
         params.append(before_seq)
-    query = SQL("SELECT entry_seq, entry_id, kind, amount_micros, balance_after_micros,"
+    query = SQL("SELECT entry_seq, entry_id::text, kind, amount_micros, balance_after_micros,"
                 " description, reference, occurred_at, currency FROM statement_entries"
                 " WHERE {} ORDER BY entry_seq DESC").format(SQL(" AND ").join(clauses))
     if limit is not None:
