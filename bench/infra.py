@@ -91,6 +91,8 @@ class LedgerProcess:
     nats_url: str
     port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
+    extra_env: dict[str, str] = field(default_factory=dict)
+    name: str = "ledger_service"
 
     @property
     def url(self) -> str:
@@ -103,13 +105,14 @@ class LedgerProcess:
 
     @property
     def log_path(self) -> Path:
-        return RUN_DIR / f"ledger_service-{self.port}.log"
+        return RUN_DIR / f"{self.name}-{self.port}.log"
 
     def start(self) -> LedgerProcess:
         env = {k: v for k, v in os.environ.items() if not k.endswith("_HTTP_PORT")}
         env.setdefault("NATS_STREAM_BYTES_SCALE", "0.05")  # our own small nats-server store
         env.update(DATABASE_URL=self.database_url, NATS_URL=self.nats_url,
                    LEDGER_HTTP_PORT=str(self.port), LOG_LEVEL="WARNING", LOG_FORMAT="json")
+        env.update(self.extra_env)
         RUN_DIR.mkdir(parents=True, exist_ok=True)
         self.process = subprocess.Popen(
             [sys.executable, "-m", "ledger_service", "serve"], cwd=ROOT, env=env,

@@ -8,11 +8,12 @@ a random account at least 5,000 requests/s with p99 under 10 ms; GET /entries (f
    domain and the Ledger's commit path (one stored event per account per round, as intake
    writes them), ``lines`` lines per event: 1,000,000 events (quick: 100,000).
 2. Catch-up of all four projections from position 0 in one runner (the service's code,
-   batches of 500 notifications), then each projection rebuilt on its own into its shadow
-   table and swapped in (batches of 2,000), then `verify` over the whole log.
-3. The ledger service as its own process on that database, once its publisher has
-   published the whole log (its projection runner is idle: everything is projected); an
-   httpx client with 32 connections asks for random accounts' first page of
+   batches growing from 500 to 10,000 notifications while far behind), then each projection
+   rebuilt on its own into its shadow table and swapped in, then `verify` over the log.
+3. The ledger service as BENCH_LEDGER_PROCESSES processes (default: one per core) sharing
+   one port (LEDGER_HTTP_REUSE_PORT), once the publisher has published the whole log (the
+   projection runners are idle: everything is projected). wrk (a C client, one thread, 32
+   connections; httpx when wrk is not installed) asks for random accounts' first page of
    entries, then their balance, for a fixed time each. Rates count 200 answers only.
 """
 
@@ -21,7 +22,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import os
 import random
+import re
+import shutil
+import subprocess
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -59,6 +64,8 @@ EVENTS_FULL = 1_000_000
 EVENTS_QUICK = 100_000
 ACCOUNTS_PER_COMMIT = 500  # one event each: keeps one INSERT of events well under 2 MB
 HTTP_CONNECTIONS = 32
+# Ledger processes sharing the HTTP port (one per core), as a deployment scales its reads.
+SERVICE_PROCESSES = int(os.environ.get("BENCH_LEDGER_PROCESSES", os.cpu_count() or 1))
 HTTP_SECONDS_FULL = 20.0
 HTTP_SECONDS_QUICK = 5.0
 TARGET_EVENTS_PER_S = 100_000
@@ -80,13 +87,15 @@ def run(options: RunOptions) -> dict[str, Any]:
         result["verify"] = verify_all(ledger, url)
     finally:
         ledger.app.close()
-    with infra.own_nats(RUN_DIR) as nats_server, infra.LedgerProcess(url, nats_server.url) as service:
+    seconds = HTTP_SECONDS_QUICK if options.quick else HTTP_SECONDS_FULL
+    with infra.own_nats(RUN_DIR) as nats_server, ledger_processes(url, nats_server.url) as base_url:
         result["publisher_catch_up_s"] = wait_for_publisher(url)
-        seconds = HTTP_SECONDS_QUICK if options.quick else HTTP_SECONDS_FULL
-        result["get_entries"] = asyncio.run(http_load(
-            service.url, [f"/v1/accounts/{a}/entries?limit=100" for a in accounts], seconds))
-        result["get_balance"] = asyncio.run(http_load(
-            service.url, [f"/v1/accounts/{a}/balance" for a in accounts], seconds))
+        result["http"] = {"ledger_processes": SERVICE_PROCESSES, "connections": HTTP_CONNECTIONS,
+                          "client": "wrk" if shutil.which("wrk") else "httpx"}
+        result["get_entries"] = http_load(
+            base_url, [f"/v1/accounts/{a}/entries?limit=100" for a in accounts], seconds)
+        result["get_balance"] = http_load(
+            base_url, [f"/v1/accounts/{a}/balance" for a in accounts], seconds)
     result["target_met"] = {
         "catch_up": result["catch_up"]["events_per_s"] >= TARGET_EVENTS_PER_S,
         "rebuild": all(r["events_per_s"] >= TARGET_EVENTS_PER_S
@@ -199,9 +208,68 @@ def wait_for_publisher(url: str, timeout_s: float = 600) -> float:
     return round(waited, 1)
 
 
-async def http_load(base_url: str, paths: list[str], seconds: float) -> dict[str, Any]:
-    headers = {"Authorization": "Bearer " + mint_token(DEVELOPMENT_JWT_SECRET, sub="bench",
-                                                       scopes=["operator"])}
+@contextlib.contextmanager
+def ledger_processes(url: str, nats_url: str) -> Iterator[str]:
+    """SERVICE_PROCESSES ledger processes sharing one port (LEDGER_HTTP_REUSE_PORT), as a
+    deployment scales reads; yields the port's base URL."""
+    port = infra.free_port()
+    processes = [infra.LedgerProcess(url, nats_url, port=port, name=f"ledger_service-{i}",
+                                     extra_env={"LEDGER_HTTP_REUSE_PORT": "true"})
+                 for i in range(SERVICE_PROCESSES)]
+    try:
+        for process in processes:
+            process.start()
+        yield processes[0].url
+    finally:
+        for process in processes:
+            process.stop()
+
+
+def http_load(base_url: str, paths: list[str], seconds: float) -> dict[str, Any]:
+    """wrk when installed (a C client: it leaves the cores to the service), else httpx."""
+    token = mint_token(DEVELOPMENT_JWT_SECRET, sub="bench", scopes=["operator"])
+    if shutil.which("wrk") is None:
+        print("  (wrk not installed: httpx generates the load, and takes a core from the service)")
+        return asyncio.run(httpx_load(base_url, paths, seconds, token))
+    return wrk_load(base_url, paths, seconds, token)
+
+
+_WRK_LINE = re.compile(r"^\s+(50|75|90|99)%\s+([\d.]+)(us|ms|s)$")
+_WRK_UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
+
+
+def wrk_load(base_url: str, paths: list[str], seconds: float, token: str) -> dict[str, Any]:
+    script = RUN_DIR / "wrk-paths.lua"
+    RUN_DIR.mkdir(parents=True, exist_ok=True)
+    script.write_text(
+        "local paths = {" + ",".join(f'"{p}"' for p in paths) + "}\n"
+        "request = function()\n"
+        "  return wrk.format('GET', paths[math.random(#paths)])\n"
+        "end\n")
+    warm_up = ["wrk", "-t1", f"-c{HTTP_CONNECTIONS}", "-d2s", "-H", f"Authorization: Bearer {token}",
+               "-s", str(script), base_url]
+    subprocess.run(warm_up, check=True, capture_output=True)  # connections, prepared plans
+    command = ["wrk", "-t1", f"-c{HTTP_CONNECTIONS}", f"-d{seconds:.0f}s", "--latency",
+               "-H", f"Authorization: Bearer {token}", "-s", str(script), base_url]
+    output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+    latency = {f"ms_p{m.group(1)}": round(float(m.group(2)) * _WRK_UNITS[m.group(3)], 3)
+               for line in output.splitlines() if (m := _WRK_LINE.match(line))}
+    requests = int(re.search(r"(\d+) requests in", output).group(1))  # type: ignore[union-attr]
+    non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
+    errors = re.search(r"Socket errors: (.*)", output)
+    failures = int(non_2xx.group(1)) if non_2xx else 0
+    rate = float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))  # type: ignore[union-attr]
+    print(f"  GET {paths[0].split('/')[-1]}: {rate:,.0f}/s, p50 {latency.get('ms_p50')} ms,"
+          f" p99 {latency.get('ms_p99')} ms, failures {failures}")
+    return {"requests": requests - failures, "failures": failures,
+            "socket_errors": errors.group(1) if errors else None, "elapsed_s": seconds,
+            "requests_per_s": round(rate * (requests - failures) / max(requests, 1)),
+            "latency": latency}
+
+
+async def httpx_load(base_url: str, paths: list[str], seconds: float,
+                     token: str) -> dict[str, Any]:
+    headers = {"Authorization": "Bearer " + token}
     latencies: list[float] = []
     failures = 0
     limits = httpx.Limits(max_connections=HTTP_CONNECTIONS,
