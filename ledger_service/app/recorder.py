@@ -69,36 +69,62 @@ def _values(count: int, row: str) -> Composed:
     return SQL(", ").join([SQL(row)] * count)
 
 
-def _append_rows(parts: list[Composable], params: list[Any], schema: Identifier,
-                 rows: LedgerRows) -> None:
+# What a one-round-trip save's statements depend on: the number of keys, entries and events,
+# and whether there are schedule rows to delete or add. The query text is built once per
+# shape (psycopg's SQL composition was a fifth of an authorization's CPU) and cached.
+Shape = tuple[int, int, bool, bool, int]
+SHAPES_CACHED_MAX = 512
+
+
+def _shape(stored_events: Sequence[StoredEvent], rows: LedgerRows | None) -> Shape:
+    if not rows:
+        return (0, 0, False, False, len(stored_events))
+    return (len(rows.keys), len(rows.entries), bool(rows.unschedule), bool(rows.schedule),
+            len(stored_events))
+
+
+def _rows_sql(schema: Identifier, shape: Shape) -> list[Composable]:
     """The side rows as plain statements (the one-round-trip save)."""
-    if rows.keys:
+    keys, entries, unschedule, schedule, _ = shape
+    parts: list[Composable] = []
+    if keys:
         parts.append(SQL("INSERT INTO {}.idempotency_keys (scope, key, account_id, request_hash,"
-                         " response) VALUES {}").format(schema, _values(len(rows.keys),
-                                                                          "(%s, %s, %s, %s, %s)")))
-        for key in rows.keys:
-            params += (key.scope, key.key, key.account_id, key.request_hash, key.response)
-    if rows.entries:
+                         " response) VALUES {}").format(schema, _values(keys, "(%s, %s, %s, %s, %s)")))
+    if entries:
         parts.append(SQL("INSERT INTO {}.entry_index (entry_id, account_id, originator_version,"
-                         " kind) VALUES {}").format(schema, _values(len(rows.entries),
-                                                                     "(%s, %s, %s, %s)")))
-        for entry in rows.entries:
-            params += (entry.entry_id, entry.account_id, entry.originator_version, entry.kind)
-    if rows.unschedule:
+                         " kind) VALUES {}").format(schema, _values(entries, "(%s, %s, %s, %s)")))
+    if unschedule:
         parts.append(SQL(
             "DELETE FROM {}.expiry_schedule s USING unnest(%s::uuid[], %s::timestamptz[])"
             " AS d(account_id, due_at)"
             " WHERE s.account_id = d.account_id AND s.due_at <= d.due_at").format(schema))
-        params += ([a for a, _ in rows.unschedule], [d for _, d in rows.unschedule])
-    if rows.schedule:
+    if schedule:
         parts.append(SQL(
             "INSERT INTO {}.expiry_schedule (account_id, due_at)"
             " SELECT * FROM unnest(%s::uuid[], %s::timestamptz[]) ON CONFLICT DO NOTHING"
         ).format(schema))
+    return parts
+
+
+def _rows_params(rows: LedgerRows) -> list[Any]:
+    """The parameters of `_rows_sql`, in its order."""
+    params: list[Any] = []
+    for key in rows.keys:
+        params += (key.scope, key.key, key.account_id, key.request_hash, key.response)
+    for entry in rows.entries:
+        params += (entry.entry_id, entry.account_id, entry.originator_version, entry.kind)
+    if rows.unschedule:
+        params += ([a for a, _ in rows.unschedule], [d for _, d in rows.unschedule])
+    if rows.schedule:
         params += ([a for a, _ in rows.schedule], [d for _, d in rows.schedule])
+    return params
 
 
 class LedgerRecorder(PostgresApplicationRecorder):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._queries: dict[Shape, str] = {}  # one-round-trip saves' text, by shape
+
     @retry((InterfaceError, OperationalError), max_attempts=10, wait=0.2)
     def insert_events(
         self, stored_events: Sequence[StoredEvent], **kwargs: Any
@@ -151,26 +177,15 @@ class LedgerRecorder(PostgresApplicationRecorder):
         event version fails its statement, PostgreSQL skips the rest of the string, and the
         transaction is rolled back here before the error goes up.
         """
-        schema = Identifier(self.datastore.schema)
-        parts: list[Composable] = [SQL("BEGIN"),
-                                   self._lock_and_notify(bool(stored_events))]
-        params: list[Any] = []
-        if rows:
-            _append_rows(parts, params, schema, rows)
+        params = _rows_params(rows) if rows else []
+        for event in stored_events:
+            params += (event.originator_id, event.originator_version, event.topic, event.state)
         if stored_events:
-            parts.append(SQL("INSERT INTO {}.{} (originator_id, originator_version, topic, state)"
-                             " VALUES {}").format(
-                schema, Identifier(self.events_table_name),
-                _values(len(stored_events), "(%s, %s, %s, %s)")))
-            for event in stored_events:
-                params += (event.originator_id, event.originator_version, event.topic,
-                           event.state)
-            parts.append(SQL("SELECT currval(pg_get_serial_sequence(%s, 'notification_id'))"))
             params.append(f"{self.datastore.schema}.{self.events_table_name}")
-        parts.append(SQL("COMMIT"))
+        query = self._one_round_trip_query(conn, _shape(stored_events, rows))
         cursor = ClientCursor(conn)
         try:
-            cursor.execute(SQL("; ").join(parts), params)
+            cursor.execute(query, params)
         except BaseException:
             if conn.info.transaction_status != TransactionStatus.IDLE and not conn.broken:
                 conn.execute("ROLLBACK")
@@ -187,6 +202,26 @@ class LedgerRecorder(PostgresApplicationRecorder):
                 break
         assert last is not None
         return list(range(last - len(stored_events) + 1, last + 1))
+
+    def _one_round_trip_query(self, conn: Connection[DictRow], shape: Shape) -> str:
+        cache = self._queries
+        query = cache.get(shape)
+        if query is None:
+            schema = Identifier(self.datastore.schema)
+            parts: list[Composable] = [SQL("BEGIN"), self._lock_and_notify(bool(shape[4])),
+                                       *_rows_sql(schema, shape)]
+            if shape[4]:
+                parts.append(SQL(
+                    "INSERT INTO {}.{} (originator_id, originator_version, topic, state)"
+                    " VALUES {}").format(schema, Identifier(self.events_table_name),
+                                         _values(shape[4], "(%s, %s, %s, %s)")))
+                parts.append(SQL("SELECT currval(pg_get_serial_sequence(%s, 'notification_id'))"))
+            parts.append(SQL("COMMIT"))
+            query = SQL("; ").join(parts).as_string(conn)
+            if len(cache) >= SHAPES_CACHED_MAX:
+                cache.clear()
+            cache[shape] = query
+        return query
 
     def _lock_and_notify(self, notify: bool) -> Composed:
         statements = [*self.lock_table_statements]
