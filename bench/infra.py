@@ -109,7 +109,8 @@ class LedgerProcess:
 
     def start(self) -> LedgerProcess:
         env = {k: v for k, v in os.environ.items() if not k.endswith("_HTTP_PORT")}
-        env.setdefault("NATS_STREAM_BYTES_SCALE", "0.05")  # our own small nats-server store
+        # Our own nats-server: LEDGER of 2 GiB holds the projections run's million entries.
+        env.setdefault("NATS_STREAM_BYTES_SCALE", "0.25")
         env.update(DATABASE_URL=self.database_url, NATS_URL=self.nats_url,
                    LEDGER_HTTP_PORT=str(self.port), LOG_LEVEL="WARNING", LOG_FORMAT="json")
         env.update(self.extra_env)

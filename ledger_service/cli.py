@@ -436,7 +436,8 @@ def catch_up_command(
     ctx: typer.Context,
     batch_size: Annotated[int, typer.Option(
         "--batch-size", min=1, max=100_000,
-        help="Notifications per transaction")] = BATCH_NOTIFICATIONS_MAX,
+        help="Notifications in the first transaction; while far behind, batches grow"
+             " fourfold per full batch up to 10,000 (or this size, if larger)")] = BATCH_NOTIFICATIONS_MAX,
 ) -> None:
     """Apply the events the projections have not seen yet, then stop: what the service's
     projection runner does continuously (useful while the service is down)."""

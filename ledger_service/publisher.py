@@ -48,6 +48,8 @@ PUBLISHER_NAME = "ledger.v1.events"
 PUBLISHER_LOCK = "ledger.publisher"
 LEADER_WAIT_S = 1.0
 NOTIFICATIONS_PER_ROUND_MAX = 1_000
+PUBACK_TIMEOUT_S = 30.0
+FAILURE_WAIT_S_MAX = 10.0
 IDLE_WAIT_S = 0.2
 _encoder = msgspec.json.Encoder()
 
@@ -116,6 +118,10 @@ def _grant_kind(kind: str) -> str:
                             "compensation"} else "purchased"
 
 
+class PublishRefused(RuntimeError):
+    """JetStream did not store every message of a round: the position stays put."""
+
+
 class EventPublisher:
     """Publishes the log. With ``connect`` given, only while it holds the publishers' lock: a
     session advisory lock on a connection of its own, so of several ledger processes exactly
@@ -123,8 +129,10 @@ class EventPublisher:
     position another has already moved past."""
 
     def __init__(self, ledger: Ledger, nc: NATS,
-                 connect: Callable[[], psycopg.Connection[Any]] | None = None) -> None:
+                 connect: Callable[[], psycopg.Connection[Any]] | None = None,
+                 puback_timeout_s: float = PUBACK_TIMEOUT_S) -> None:
         self.ledger = ledger
+        self.puback_timeout_s = puback_timeout_s
         self.nc = nc
         self.connect = connect
         self._lock_conn: psycopg.Connection[Any] | None = None
@@ -142,6 +150,7 @@ class EventPublisher:
 
     async def _run(self) -> None:
         position: int | None = None
+        failure_wait_s = IDLE_WAIT_S
         try:
             while not self._stopping.is_set():
                 advanced = None
@@ -154,8 +163,15 @@ class EventPublisher:
                         position = await asyncio.to_thread(self._position)
                     advanced = await self.publish_round(position)
                 except Exception:
-                    log.exception("publishing ledger events failed; will retry")
+                    # From the stored position again (JetStream drops what it already has),
+                    # waiting longer each time: a full stream needs an operator.
+                    log.exception("publishing ledger events failed; will retry",
+                                  wait_s=failure_wait_s)
                     position = None
+                    await self._idle(failure_wait_s)
+                    failure_wait_s = min(failure_wait_s * 2, FAILURE_WAIT_S_MAX)
+                    continue
+                failure_wait_s = IDLE_WAIT_S
                 if advanced is None:
                     await self._idle(IDLE_WAIT_S)
                 else:
@@ -205,10 +221,24 @@ class EventPublisher:
             event = self.ledger.app.mapper.to_domain_event(notification)
             currency = self._currency_of(event)
             outgoing.extend(messages_for(event, currency))
-        for subject, msg_id, message in outgoing:
-            await js.publish_async(subject, _encoder.encode(message),
-                                   headers={"Nats-Msg-Id": msg_id})
-        await js.publish_async_completed()
+        acks = [await js.publish_async(subject, _encoder.encode(message),
+                                       headers={"Nats-Msg-Id": msg_id})
+                for subject, msg_id, message in outgoing]
+        # Every PubAck, not just "all answered": a refused message (a full stream, say) must
+        # stop the position where it is, and a missing answer must not hang the publisher.
+        # (nats-py leaves a future unresolved when JetStream answers 503, "maximum messages
+        # exceeded" from a full stream: the old wait for all answers hung for ever.)
+        try:
+            results = await asyncio.wait_for(asyncio.gather(*acks, return_exceptions=True),
+                                             self.puback_timeout_s)
+        except TimeoutError:
+            raise PublishRefused(f"no PubAck for some of {len(acks)} ledger events within"
+                                 f" {self.puback_timeout_s:g} s (a full stream?); will retry"
+                                 ) from None
+        refused = [r for r in results if isinstance(r, BaseException)]
+        if refused:
+            raise PublishRefused(f"{len(refused)} of {len(acks)} ledger events not stored by"
+                                 f" JetStream, first: {refused[0]!r}; will retry")
         last = notifications[-1].id
         await asyncio.to_thread(self._store_position, last)
         return int(last)

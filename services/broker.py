@@ -43,7 +43,7 @@ class StreamLimits:
 # JetStream reserves each stream's max_bytes against the server's store, which by default is
 # three quarters of the free disk when the server started: a stream that does not fit is
 # refused ("insufficient storage resources"). These defaults reserve about 19 GiB; a
-# deployment scales them with NATS_STREAM_BYTES_SCALE (make run's embedded NATS uses 0.05).
+# deployment scales them with NATS_STREAM_BYTES_SCALE (make run's embedded NATS uses 0.1).
 STREAM_LIMITS: dict[str, StreamLimits] = {
     # Usage is replayable for a week after an outage; JetStream's duplicate window is the
     # first line of defence, the ledger's own event-id table (kept for ever) the second.

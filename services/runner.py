@@ -37,7 +37,7 @@ from services.settings import (
 log = structlog.get_logger("runner")
 
 
-EMBEDDED_STREAM_BYTES_SCALE = 0.05
+EMBEDDED_STREAM_BYTES_SCALE = 0.1
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,7 +84,7 @@ class Stack:
         if nats_url is None:
             self.nats = start_nats(self.run_dir)
             nats_url = self.nats.url
-            # A laptop's disk: streams of about 1 GiB in all, not production's 19 GiB.
+            # A laptop's disk: streams of about 2 GiB in all, not production's 19 GiB.
             self.env.setdefault("NATS_STREAM_BYTES_SCALE", str(EMBEDDED_STREAM_BYTES_SCALE))
             log.info("started embedded NATS", url=nats_url, monitor=self.nats.monitor_url)
         self.env["DATABASE_URL"] = database_url

@@ -265,3 +265,29 @@ def _unit(ledger: Ledger, command):  # type: ignore[no-untyped-def]
     work = UnitOfWork()
     command(work)
     return work
+
+
+async def test_a_refused_publication_keeps_the_position(ledger: Ledger, nats_client) -> None:  # type: ignore[no-untyped-def]
+    from ledger_service.publisher import EventPublisher, PublishRefused
+    from services.broker import stream_config
+
+    js = nats_client.jetstream()
+    with contextlib.suppress(Exception):
+        await js.add_stream(stream_config("LEDGER"))
+    a = open_prepay(ledger, "5.00")
+    intake.apply_usage(ledger, [usage(a, f"refused-{a}")])
+    publisher = EventPublisher(ledger, nats_client, puback_timeout_s=2)
+    head = await publisher.publish_round(0)
+    assert head is not None
+    intake.apply_usage(ledger, [usage(a, f"refused-2-{a}")])
+    full = (await js.stream_info("LEDGER")).state.messages
+    config = stream_config("LEDGER")
+    config.max_msgs = full  # the stream is full: it refuses new messages (DiscardPolicy.NEW)
+    await js.update_stream(config)
+    try:
+        with pytest.raises(PublishRefused):
+            await publisher.publish_round(head)
+        assert publisher._position() == head  # not moved past what was refused
+    finally:
+        await js.update_stream(stream_config("LEDGER"))
+    assert await publisher.publish_round(head) is not None  # room again: it goes through
