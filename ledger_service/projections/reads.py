@@ -44,12 +44,16 @@ _CURSOR_PREFIX: Final = "e1:"
 _BEGIN: Final = SQL("BEGIN READ ONLY")
 _COMMIT: Final = SQL("COMMIT")
 # Parameters: account, Opened topic, role, tenant setting, tenant, projection (_setup_params).
+# Bitmap scans are off for the read: the row-level security filter makes the planner expect
+# one row, so it chose a bitmap scan and sorted a whole account's statement for each page
+# (7 ms on a 1,000-entry account) instead of reading the primary key backwards (0.4 ms).
 _SETUP = SQL(
     "SELECT p.position, p.updated_at,"
     " (SELECT coalesce(max(notification_id), 0) FROM ledger_events),"
     " (SELECT convert_from(state, 'UTF8')::json ->> 'currency' FROM ledger_events"
     "   WHERE originator_id = %s AND originator_version = 1 AND topic = %s),"
-    " set_config('role', %s, true), set_config(%s, %s, true)"
+    " set_config('role', %s, true), set_config(%s, %s, true),"
+    " set_config('enable_bitmapscan', 'off', true)"
     " FROM (SELECT %s::text AS name) AS n"
     " LEFT JOIN projection_positions AS p ON p.name = n.name")
 

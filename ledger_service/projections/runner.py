@@ -30,6 +30,7 @@ from uuid import UUID
 import psycopg
 import structlog
 from eventsourcing.application import AggregateNotFoundError, Application
+from psycopg.sql import SQL, Identifier
 
 from ledger_service.domain.account import BillingAccount
 from ledger_service.projections.builders import (
@@ -360,6 +361,10 @@ def _rebuild(conn: psycopg.Connection[Any], decoder: EventDecoder, projection: P
             break
     with conn.transaction(), conn.cursor() as cur:
         build_indexes(cur, deferred)
+        # Statistics before the swap: a new table has none until autovacuum gets to it, and
+        # without them the planner sorted a whole account's statement for each page.
+        for table in tables.values():
+            cur.execute(SQL("ANALYZE {}").format(Identifier(table)))
     with conn.transaction(), conn.cursor() as cur:
         # The last stretch and the swap under the lock: the runner waits, then finds the
         # rebuilt projection at the position the shadow reached.

@@ -103,6 +103,10 @@ def test_a_rebuild_while_running_swaps_in_complete_rows_and_reads_never_see_half
         assert f"{table}_pkey" in indexes
         # Same indexes and constraints under the same names, though built after the fill.
         assert index_definitions(reader, table) == indexes_before
+        # And statistics, so the planner does not guess on a table it has never seen.
+        analyzed = reader.execute("SELECT last_analyze FROM pg_stat_user_tables"
+                                  " WHERE relid = %s::regclass", (table,)).fetchone()
+        assert analyzed is not None and analyzed[0] is not None
     finally:
         reader.close()
         ledger.app.close()
