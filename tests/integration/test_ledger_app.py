@@ -165,13 +165,20 @@ def test_the_sweep_expires_due_holds_and_grants_once(ledger: Ledger) -> None:
     assert ledger.load(a).version == version
 
 
-async def test_republishing_after_a_crash_duplicates_nothing(ledger: Ledger, nats_client) -> None:  # type: ignore[no-untyped-def]
-    from ledger_service.publisher import EventPublisher
+async def ledger_stream(nats_client):  # type: ignore[no-untyped-def]
+    """JetStream, with the LEDGER stream the publisher writes to."""
     from services.broker import stream_config
 
     js = nats_client.jetstream()
     with contextlib.suppress(Exception):
         await js.add_stream(stream_config("LEDGER"))
+    return js
+
+
+async def test_republishing_after_a_crash_duplicates_nothing(ledger: Ledger, nats_client) -> None:  # type: ignore[no-untyped-def]
+    from ledger_service.publisher import EventPublisher
+
+    js = await ledger_stream(nats_client)
     a = open_prepay(ledger, "5.00")
     intake.apply_usage(ledger, [usage(a, f"pub-{a}")])
     publisher = EventPublisher(ledger, nats_client)
@@ -271,9 +278,7 @@ async def test_a_refused_publication_keeps_the_position(ledger: Ledger, nats_cli
     from ledger_service.publisher import EventPublisher, PublishRefused
     from services.broker import stream_config
 
-    js = nats_client.jetstream()
-    with contextlib.suppress(Exception):
-        await js.add_stream(stream_config("LEDGER"))
+    js = await ledger_stream(nats_client)
     a = open_prepay(ledger, "5.00")
     intake.apply_usage(ledger, [usage(a, f"refused-{a}")])
     publisher = EventPublisher(ledger, nats_client, puback_timeout_s=2)
