@@ -129,7 +129,8 @@ class LedgerRecorder(PostgresApplicationRecorder):
     def insert_events(
         self, stored_events: Sequence[StoredEvent], **kwargs: Any
     ) -> Sequence[int] | None:
-        """Insert events and side rows with COPY, in one transaction under the table lock.
+        """Insert events and side rows in one transaction under the table lock: a small save
+        as one query string (`_insert_in_one_round_trip`), a bigger one with COPY.
 
         The stock recorder binds an array of composite values, whose dumping in Python took a
         third of an intake batch; COPY streams the same rows several times faster. Under the

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import csv
 import io
 from collections.abc import AsyncIterator, Sequence
@@ -150,7 +151,8 @@ async def scoped_read(pool: AsyncConnectionPool, setup: SQL, setup_params: list[
             cur.nextset()
             return first, await cur.fetchall()
         except BaseException:
-            await conn.rollback()
+            with contextlib.suppress(Exception):  # the pool discards a broken connection
+                await conn.rollback()
             raise
         finally:
             if conn.info.transaction_status == TransactionStatus.IDLE:
