@@ -186,13 +186,15 @@ class ProjectedBalance:
     credit_limit_micros: int
     credits: list[dict[str, Any]]
     version: int
-    position: int
-    updated_at: datetime
+    position: int  # of the account's last event in the log
+    updated_at: datetime  # when that event happened
 
     def headers(self) -> dict[str, str]:
+        # The row is exact (it has every event of the account), so no lag to report: which
+        # version it is, where its last event sits in the log, and when that event happened.
         return {"X-Account-Version": str(self.version),
                 "X-Projection-Position": str(self.position),
-                "X-Projection-Updated-At": self.updated_at.isoformat()}
+                "X-Account-Updated-At": self.updated_at.isoformat()}
 
 
 async def current_balance(pool: AsyncConnectionPool, account_id: UUID,
