@@ -42,6 +42,7 @@ T = TypeVar("T")
 
 INTAKE_BATCH_SIZE_MAX = 5_000
 AUTHORIZE_BATCH_SIZE_MAX = 512
+AUTHORIZE_DRAIN_S = 10.0  # at stop, how long the requests already taken may take
 SWEEP_INTERVAL_S = 5.0
 AUTHORIZE_QUEUE_GROUP = "ledger-authorize"
 
@@ -167,7 +168,11 @@ class Authorizer:
             with contextlib.suppress(Exception):
                 await self._subscription.drain()
         if self._task is not None:
-            await self._queue.join()
+            try:
+                await asyncio.wait_for(self._queue.join(), AUTHORIZE_DRAIN_S)
+            except TimeoutError:  # the writer is stuck (the database?): requesters time out
+                log.warning("authorize requests left unanswered at stop",  # and retry; their
+                            requests=self._queue.qsize())  # request ids make that safe
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task

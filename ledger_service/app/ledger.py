@@ -103,8 +103,8 @@ class Ledger:
         self.app = app
         self.clock = clock
         self._catalogue: PriceCatalog | None = None
-        # Authorize replies this process gave lately, by request id (intake.authorize).
-        self.recent_replies: dict[str, Any] = {}
+        # Authorize replies this process gave lately, encoded, by request id (intake.authorize).
+        self.recent_replies: dict[str, bytes] = {}
 
     # ------------------------------------------------------------ plumbing
 
