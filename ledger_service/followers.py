@@ -23,6 +23,7 @@ from typing import Any
 import nats
 import psycopg
 import structlog
+import uvloop
 
 from ledger_service.app.ledger import Ledger, LedgerApplication, ledger_env
 from ledger_service.projections.runner import ProjectionRunner
@@ -52,7 +53,7 @@ def run(config: FollowerConfig) -> None:
     """The follower process's main: runs until SIGTERM or until its parent dies."""
     configure_logging(service="ledger_service.followers", level=config.log_level,
                       fmt=config.log_format)  # type: ignore[arg-type]
-    asyncio.run(_follow(config))
+    uvloop.run(_follow(config))  # as the service's own loop: the publisher is NATS-bound
 
 
 async def _follow(config: FollowerConfig) -> None:
