@@ -123,6 +123,88 @@ class PublishRefused(RuntimeError):
     """JetStream did not store every message of a round: the position stays put."""
 
 
+class PubAck(msgspec.Struct):
+    """JetStream's answer to a publish: where it stored the message, or why it did not."""
+
+    stream: str | None = None
+    seq: int | None = None
+    duplicate: bool = False
+    error: dict[str, Any] | None = None
+
+
+_decode_ack = msgspec.json.Decoder(PubAck).decode
+
+
+class PubAcks:
+    """Publishes a round of messages to JetStream and waits for every acknowledgement.
+
+    Each message goes out as a plain publish whose reply subject is under an inbox of ours,
+    and JetStream's answers are decoded with msgspec: a third of the CPU of nats-py's
+    ``publish_async`` (measured: 6.6 against 18.8 us a message), whose futures also never
+    resolve when JetStream answers 503 ("maximum messages exceeded" from a full stream).
+    Answers to an earlier round that timed out are recognised by their round and ignored.
+    """
+
+    def __init__(self) -> None:
+        self._prefix: str | None = None
+        self._subscription: Any = None
+        self._round = 0
+        self._expected = 0
+        self._answered = 0
+        self._refused: list[str] = []
+        self._all_answered = asyncio.Event()
+
+    async def publish(self, nc: NATS, outgoing: list[Outgoing], timeout_s: float) -> None:
+        """Returns once JetStream has stored every message (or already had it); raises
+        PublishRefused if it refused one or did not answer in time."""
+        if not outgoing:
+            return
+        if self._subscription is None:
+            self._prefix = nc.new_inbox()
+            self._subscription = await nc.subscribe(self._prefix + ".>", cb=self._on_answer)
+        self._round += 1
+        self._expected, self._answered, self._refused = len(outgoing), 0, []
+        self._all_answered.clear()
+        reply = f"{self._prefix}.{self._round}."
+        for index, (subject, msg_id, message) in enumerate(outgoing):
+            await nc.publish(subject, _encoder.encode(message), reply=f"{reply}{index}",
+                             headers={"Nats-Msg-Id": msg_id})
+        try:
+            await asyncio.wait_for(self._all_answered.wait(), timeout_s)
+        except TimeoutError:
+            raise PublishRefused(
+                f"{self._expected - self._answered} of {self._expected} ledger events not"
+                f" acknowledged by JetStream within {timeout_s:g} s; will retry") from None
+        if self._refused:
+            raise PublishRefused(f"{len(self._refused)} of {self._expected} ledger events not"
+                                 f" stored by JetStream, first: {self._refused[0]}; will retry")
+
+    async def _on_answer(self, msg: Any) -> None:
+        round_ = msg.subject.rsplit(".", 2)[-2]
+        if round_ != str(self._round):
+            return  # a late answer to a round that already gave up
+        status = (msg.headers or {}).get("Status")
+        if status is not None or not msg.data:
+            self._refused.append(f"status {status or 'none'} {(msg.headers or {}).get('Description', '')}")
+        else:
+            try:
+                ack = _decode_ack(msg.data)
+            except msgspec.DecodeError as exc:
+                self._refused.append(f"unreadable answer: {exc}")
+            else:
+                if ack.error is not None or ack.stream is None:
+                    self._refused.append(str(ack.error))
+        self._answered += 1
+        if self._answered >= self._expected:
+            self._all_answered.set()
+
+    async def close(self) -> None:
+        if self._subscription is not None:
+            with contextlib.suppress(Exception):
+                await self._subscription.unsubscribe()
+            self._subscription = None
+
+
 class EventPublisher:
     """Publishes the log. With ``connect`` given, only while it holds the publishers' lock: a
     session advisory lock on a connection of its own, so of several ledger processes exactly
@@ -143,6 +225,7 @@ class EventPublisher:
         # msgspec where it gives the mapper's own objects (projections/decoding.py): the
         # stdlib JSON of the mapper was a tenth of the publisher's time
         self._decoder = EventDecoder(ledger.app.mapper)
+        self._acks = PubAcks()
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="ledger-event-publisher")
@@ -181,6 +264,7 @@ class EventPublisher:
                 else:
                     position = advanced
         finally:
+            await self._acks.close()
             await asyncio.to_thread(self._resign)
 
     async def _idle(self, seconds: float) -> None:
@@ -219,7 +303,6 @@ class EventPublisher:
         )
         if not notifications:
             return None
-        js = self.nc.jetstream()
         outgoing: list[Outgoing] = []
         for notification in notifications:
             event = self._decoder.decode(StoredRow(
@@ -227,24 +310,7 @@ class EventPublisher:
                 notification.originator_version, notification.topic, notification.state))
             currency = self._currency_of(event)
             outgoing.extend(messages_for(event, currency))
-        acks = [await js.publish_async(subject, _encoder.encode(message),
-                                       headers={"Nats-Msg-Id": msg_id})
-                for subject, msg_id, message in outgoing]
-        # Every PubAck, not just "all answered": a refused message (a full stream, say) must
-        # stop the position where it is, and a missing answer must not hang the publisher.
-        # (nats-py leaves a future unresolved when JetStream answers 503, "maximum messages
-        # exceeded" from a full stream: the old wait for all answers hung for ever.)
-        try:
-            results = await asyncio.wait_for(asyncio.gather(*acks, return_exceptions=True),
-                                             self.puback_timeout_s)
-        except TimeoutError:
-            raise PublishRefused(f"no PubAck for some of {len(acks)} ledger events within"
-                                 f" {self.puback_timeout_s:g} s (a full stream?); will retry"
-                                 ) from None
-        refused = [r for r in results if isinstance(r, BaseException)]
-        if refused:
-            raise PublishRefused(f"{len(refused)} of {len(acks)} ledger events not stored by"
-                                 f" JetStream, first: {refused[0]!r}; will retry")
+        await self._acks.publish(self.nc, outgoing, self.puback_timeout_s)
         last = notifications[-1].id
         await asyncio.to_thread(self._store_position, last)
         return int(last)

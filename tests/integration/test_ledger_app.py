@@ -296,3 +296,22 @@ async def test_a_refused_publication_keeps_the_position(ledger: Ledger, nats_cli
     finally:
         await js.update_stream(stream_config("LEDGER"))
     assert await publisher.publish_round(head) is not None  # room again: it goes through
+
+
+async def test_a_message_no_stream_captures_is_refused_not_waited_for(nats_client) -> None:  # type: ignore[no-untyped-def]
+    import time
+
+    from ledger_service.publisher import PubAcks, PublishRefused
+
+    acks = PubAcks()
+    started = time.perf_counter()
+    try:
+        with pytest.raises(PublishRefused, match="status 503"):
+            await acks.publish(nats_client, [("no.stream.here", "id-1", {"a": 1})], 10)
+        assert time.perf_counter() - started < 5  # answered "no responders", not timed out
+        js = await ledger_stream(nats_client)
+        await acks.publish(nats_client, [("ledger.v1.events.test", f"id-{uuid.uuid4()}",
+                                          {"a": 1})], 10)  # the next round goes through
+        assert (await js.stream_info("LEDGER")).state.messages > 0
+    finally:
+        await acks.close()
