@@ -1,7 +1,7 @@
 """The event store's recorder, extended so the ledger's side tables commit with the events.
 
 eventsourcing hands ``Application.save(..., ledger_rows=...)`` keyword arguments through to the
-recorder's ``_insert_events`` inside the insert transaction. We use that hook to write
+recorder's ``insert_events``, which this recorder replaces. It writes the events and the
 idempotency keys, the entry index and the expiry schedule in the same transaction: a key is
 recorded if and only if its effect is, which is what makes "exactly once" true across
 crashes and across two intake processes (the second one's insert of the same key fails, its
@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Final
 from uuid import UUID
 
 from eventsourcing.persistence import InterfaceError, OperationalError, StoredEvent
@@ -59,6 +59,19 @@ class LedgerRows:
 ONE_ROUND_TRIP_ROWS_MAX = 200
 
 
+# The expiry schedule's rows, written the same way by both save paths.
+_UNSCHEDULE: Final = SQL(
+    "DELETE FROM {}.expiry_schedule s USING unnest(%s::uuid[], %s::timestamptz[])"
+    " AS d(account_id, due_at) WHERE s.account_id = d.account_id AND s.due_at <= d.due_at")
+_SCHEDULE: Final = SQL(
+    "INSERT INTO {}.expiry_schedule (account_id, due_at)"
+    " SELECT * FROM unnest(%s::uuid[], %s::timestamptz[]) ON CONFLICT DO NOTHING")
+
+
+def _columns(pairs: Sequence[tuple[UUID, datetime]]) -> tuple[list[UUID], list[datetime]]:
+    return [a for a, _ in pairs], [d for _, d in pairs]
+
+
 def _row_count(rows: LedgerRows | None) -> int:
     if not rows:
         return 0
@@ -94,15 +107,9 @@ def _rows_sql(schema: Identifier, shape: Shape) -> list[Composable]:
         parts.append(SQL("INSERT INTO {}.entry_index (entry_id, account_id, originator_version,"
                          " kind) VALUES {}").format(schema, _values(entries, "(%s, %s, %s, %s)")))
     if unschedule:
-        parts.append(SQL(
-            "DELETE FROM {}.expiry_schedule s USING unnest(%s::uuid[], %s::timestamptz[])"
-            " AS d(account_id, due_at)"
-            " WHERE s.account_id = d.account_id AND s.due_at <= d.due_at").format(schema))
+        parts.append(_UNSCHEDULE.format(schema))
     if schedule:
-        parts.append(SQL(
-            "INSERT INTO {}.expiry_schedule (account_id, due_at)"
-            " SELECT * FROM unnest(%s::uuid[], %s::timestamptz[]) ON CONFLICT DO NOTHING"
-        ).format(schema))
+        parts.append(_SCHEDULE.format(schema))
     return parts
 
 
@@ -114,9 +121,9 @@ def _rows_params(rows: LedgerRows) -> list[Any]:
     for entry in rows.entries:
         params += (entry.entry_id, entry.account_id, entry.originator_version, entry.kind)
     if rows.unschedule:
-        params += ([a for a, _ in rows.unschedule], [d for _, d in rows.unschedule])
+        params += _columns(rows.unschedule)
     if rows.schedule:
-        params += ([a for a, _ in rows.schedule], [d for _, d in rows.schedule])
+        params += _columns(rows.schedule)
     return params
 
 
@@ -230,17 +237,6 @@ class LedgerRecorder(PostgresApplicationRecorder):
             statements.append(SQL("NOTIFY {0}").format(Identifier(self.channel_name)))
         return SQL("; ").join(statements)
 
-    def _insert_events(
-        self,
-        curs: Cursor[DictRow],
-        stored_events: Sequence[StoredEvent],
-        **kwargs: Any,
-    ) -> None:
-        rows: LedgerRows | None = kwargs.get("ledger_rows")
-        if rows:
-            self._insert_ledger_rows(curs, rows)
-        super()._insert_events(curs, stored_events, **kwargs)
-
     def _insert_ledger_rows(self, curs: Cursor[DictRow], rows: LedgerRows) -> None:
         schema = Identifier(self.datastore.schema)
         if rows.keys:
@@ -259,19 +255,6 @@ class LedgerRecorder(PostgresApplicationRecorder):
                     copy.write_row((entry.entry_id, entry.account_id, entry.originator_version,
                                     entry.kind))
         if rows.unschedule:
-            curs.execute(
-                SQL(
-                    "DELETE FROM {}.expiry_schedule s USING unnest(%s::uuid[], %s::timestamptz[])"
-                    " AS d(account_id, due_at)"
-                    " WHERE s.account_id = d.account_id AND s.due_at <= d.due_at"
-                ).format(schema),
-                ([a for a, _ in rows.unschedule], [d for _, d in rows.unschedule]),
-            )
+            curs.execute(_UNSCHEDULE.format(schema), _columns(rows.unschedule))
         if rows.schedule:
-            curs.execute(
-                SQL(
-                    "INSERT INTO {}.expiry_schedule (account_id, due_at)"
-                    " SELECT * FROM unnest(%s::uuid[], %s::timestamptz[]) ON CONFLICT DO NOTHING"
-                ).format(schema),
-                ([a for a, _ in rows.schedule], [d for _, d in rows.schedule]),
-            )
+            curs.execute(_SCHEDULE.format(schema), _columns(rows.schedule))
