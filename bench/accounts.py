@@ -14,11 +14,23 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from uuid import UUID
 
+from bench import infra
 from ledger_service.app.ledger import Ledger, UnitOfWork
 from ledger_service.domain.account import BillingAccount
 
 SMS_UNIT_PRICE_MICROS = 39_500  # the default catalogue's GBP starter price of "sms"
 ACCOUNTS_PER_COMMIT_MAX = 250
+
+
+def fresh_database_with_accounts(count: int, credit_micros: int) -> tuple[str, list[UUID]]:
+    """The benchmark's database, dropped and created, holding ``count`` prepay accounts;
+    returns its URL and the account ids."""
+    url = infra.recreate_database()
+    ledger = infra.open_ledger(url)
+    try:
+        return url, open_prepay_accounts(ledger, count, credit_micros)
+    finally:
+        ledger.app.close()
 
 
 def open_prepay_accounts(ledger: Ledger, count: int, credit_micros: int) -> list[UUID]:

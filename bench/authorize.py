@@ -50,7 +50,7 @@ import uvloop
 from nats.aio.client import Client as NATS
 
 from bench import infra
-from bench.accounts import open_prepay_accounts
+from bench.accounts import fresh_database_with_accounts
 from bench.cpu import CpuMeter
 from bench.options import RunOptions, profiled
 from bench.stats import LatencySummary, rate_per_s
@@ -91,10 +91,7 @@ class Settings:
 
 def run(options: RunOptions) -> dict[str, Any]:
     settings = Settings.for_mode(options.quick)
-    url = infra.recreate_database()
-    ledger = infra.open_ledger(url)
-    account_ids = open_prepay_accounts(ledger, settings.accounts, CREDIT_MICROS)
-    ledger.app.close()
+    url, account_ids = fresh_database_with_accounts(settings.accounts, CREDIT_MICROS)
     result: dict[str, Any] = {"benchmark": NAME, "accounts": settings.accounts}
     with infra.own_nats() as nats_server:
         result["baseline_postgres_commit_alone"] = CommitProbe(url).run_for(

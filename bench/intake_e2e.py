@@ -47,7 +47,7 @@ import psycopg
 from nats.js.client import JetStreamContext
 
 from bench import baselines, infra
-from bench.accounts import SMS_UNIT_PRICE_MICROS, open_prepay_accounts
+from bench.accounts import SMS_UNIT_PRICE_MICROS, fresh_database_with_accounts, open_prepay_accounts
 from bench.baselines import Message
 from bench.cpu import CpuMeter
 from bench.options import RunOptions, profiled
@@ -80,10 +80,7 @@ class Settings:
 
 def run(options: RunOptions) -> dict[str, Any]:
     settings = Settings.for_mode(options.quick)
-    url = infra.recreate_database()
-    ledger = infra.open_ledger(url)
-    account_ids = open_prepay_accounts(ledger, settings.accounts, CREDIT_MICROS)
-    ledger.app.close()
+    url, account_ids = fresh_database_with_accounts(settings.accounts, CREDIT_MICROS)
     messages = usage_messages(account_ids, settings.events)
     result: dict[str, Any] = {"benchmark": NAME, "accounts": settings.accounts,
                               "events": settings.events,
