@@ -11,12 +11,16 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import psycopg
 import pytest
 
+from ledger_service.app.ledger import Ledger
 from ledger_service.projections import builders
+from ledger_service.projections.runner import ProjectionRunner
 from services.database import conninfo
 from tests.conftest import Infra
 from tests.integration.test_projections_workload import (
@@ -37,75 +41,81 @@ def positions(database_url: str) -> dict[str, int]:
                                  " WHERE name NOT LIKE '%%rebuild'").fetchall())
 
 
-def test_a_failure_mid_batch_rolls_back_rows_and_positions_together(
-        infra: Infra, monkeypatch: pytest.MonkeyPatch) -> None:
+@dataclass
+class Worked:
+    ledger: Ledger
+    runner: ProjectionRunner
+    workload: Workload
+
+
+@pytest.fixture
+def worked(infra: Infra) -> Iterator[Worked]:
+    """Projections caught up with whatever earlier tests left, then every kind of event
+    written and not yet projected; a runner of four notifications a batch."""
     clock = Clock()
     ledger = build(infra.database_url, clock)
     runner = runner_for(ledger, infra.database_url, batch_size=4)
     try:
-        runner.catch_up()  # whatever earlier tests left
+        runner.catch_up()
         workload = Workload(ledger, clock)
         workload.every_kind()
-        before = positions(infra.database_url)
-        runner.step()  # one good batch
-        after_one = positions(infra.database_url)
-        assert all(after_one[n] > before[n] for n in before)
-
-        real_flush = builders.Usage.flush
-        calls = {"n": 0}
-
-        def crashing_flush(self: builders.Usage, cur: Any, tables: Any) -> None:
-            calls["n"] += 1
-            real_flush(self, cur, tables)  # the usage rows are written...
-            if calls["n"] == 2:
-                raise RuntimeError("power cut")  # ...and the batch dies before its commit
-
-        monkeypatch.setattr(builders.Usage, "flush", crashing_flush)
-        runner.step()
-        with pytest.raises(RuntimeError, match="power cut"):
-            runner.step()
-        committed = positions(infra.database_url)
-        assert committed["balances"] == committed["statement"] == committed["usage"]
-        assert committed["usage"] > after_one["usage"]  # the batch before the crash stuck
-
-        monkeypatch.setattr(builders.Usage, "flush", real_flush)
-        runner.catch_up()  # the restart resumes from the committed position
-        assert_projections_match(ledger, infra.database_url, workload.accounts)
+        yield Worked(ledger, runner, workload)
     finally:
         runner.close()
         ledger.app.close()
+
+
+def test_a_failure_mid_batch_rolls_back_rows_and_positions_together(
+        infra: Infra, worked: Worked, monkeypatch: pytest.MonkeyPatch) -> None:
+    ledger, runner, workload = worked.ledger, worked.runner, worked.workload
+    before = positions(infra.database_url)
+    runner.step()  # one good batch
+    after_one = positions(infra.database_url)
+    assert all(after_one[n] > before[n] for n in before)
+
+    real_flush = builders.Usage.flush
+    calls = {"n": 0}
+
+    def crashing_flush(self: builders.Usage, cur: Any, tables: Any) -> None:
+        calls["n"] += 1
+        real_flush(self, cur, tables)  # the usage rows are written...
+        if calls["n"] == 2:
+            raise RuntimeError("power cut")  # ...and the batch dies before its commit
+
+    monkeypatch.setattr(builders.Usage, "flush", crashing_flush)
+    runner.step()
+    with pytest.raises(RuntimeError, match="power cut"):
+        runner.step()
+    committed = positions(infra.database_url)
+    assert committed["balances"] == committed["statement"] == committed["usage"]
+    assert committed["usage"] > after_one["usage"]  # the batch before the crash stuck
+
+    monkeypatch.setattr(builders.Usage, "flush", real_flush)
+    runner.catch_up()  # the restart resumes from the committed position
+    assert_projections_match(ledger, infra.database_url, workload.accounts)
 
 
 def test_a_failure_while_statement_rows_stream_leaves_no_row_of_the_batch(
-        infra: Infra, monkeypatch: pytest.MonkeyPatch) -> None:
-    clock = Clock()
-    ledger = build(infra.database_url, clock)
-    runner = runner_for(ledger, infra.database_url, batch_size=4)
-    try:
-        runner.catch_up()
-        workload = Workload(ledger, clock)
-        workload.every_kind()
-        before = positions(infra.database_url)
-        real_apply = builders.Holds.apply
-        calls = {"n": 0}
+        infra: Infra, worked: Worked, monkeypatch: pytest.MonkeyPatch) -> None:
+    ledger, runner, workload = worked.ledger, worked.runner, worked.workload
+    before = positions(infra.database_url)
+    real_apply = builders.Holds.apply
+    calls = {"n": 0}
 
-        def crashing_apply(self: builders.Holds, event: Any, position: int) -> None:
-            calls["n"] += 1
-            if calls["n"] == 3:  # the statement rows of this batch's first events are sent
-                raise RuntimeError("power cut")
-            real_apply(self, event, position)
+    def crashing_apply(self: builders.Holds, event: Any, position: int) -> None:
+        calls["n"] += 1
+        if calls["n"] == 3:  # the statement rows of this batch's first events are sent
+            raise RuntimeError("power cut")
+        real_apply(self, event, position)
 
-        monkeypatch.setattr(builders.Holds, "apply", crashing_apply)
-        with pytest.raises(RuntimeError, match="power cut"):
-            runner.step()
-        assert positions(infra.database_url) == before
+    monkeypatch.setattr(builders.Holds, "apply", crashing_apply)
+    with pytest.raises(RuntimeError, match="power cut"):
+        runner.step()
+    assert positions(infra.database_url) == before
 
-        monkeypatch.setattr(builders.Holds, "apply", real_apply)
-        runner.catch_up()
-        assert_projections_match(ledger, infra.database_url, workload.accounts)
-    finally:
-        runner.close()
-        ledger.app.close()
+    monkeypatch.setattr(builders.Holds, "apply", real_apply)
+    runner.catch_up()
+    assert_projections_match(ledger, infra.database_url, workload.accounts)
 
 
 def test_a_catch_up_killed_with_sigkill_resumes_exactly_where_it_committed(infra: Infra) -> None:
