@@ -52,6 +52,10 @@ NOTIFICATIONS_PER_ROUND_MAX = 1_000
 PUBACK_TIMEOUT_S = 30.0
 FAILURE_WAIT_S_MAX = 10.0
 IDLE_WAIT_S = 0.2
+# After a short round (the head is near), wait this long before the next, so that a round
+# publishes some milliseconds of events and not one commit's worth (each round is a read,
+# a PubAck wait and a position write): as the projection runner's LINGER_S.
+LINGER_S = 0.05
 _encoder = msgspec.json.Encoder()
 
 Outgoing = tuple[str, str, msgspec.Struct]  # subject, Nats-Msg-Id, message
@@ -213,8 +217,9 @@ class EventPublisher:
 
     def __init__(self, ledger: Ledger, nc: NATS,
                  connect: Callable[[], psycopg.Connection[Any]] | None = None,
-                 puback_timeout_s: float = PUBACK_TIMEOUT_S) -> None:
+                 puback_timeout_s: float = PUBACK_TIMEOUT_S, linger_s: float = LINGER_S) -> None:
         self.ledger = ledger
+        self.linger_s = linger_s
         self.puback_timeout_s = puback_timeout_s
         self.nc = nc
         self.connect = connect
@@ -248,7 +253,7 @@ class EventPublisher:
                         continue
                     if position is None:
                         position = await asyncio.to_thread(self._position)
-                    advanced = await self.publish_round(position)
+                    advanced = await self._publish_round(position)
                 except Exception:
                     # From the stored position again (JetStream drops what it already has),
                     # waiting longer each time: a full stream needs an operator.
@@ -261,8 +266,10 @@ class EventPublisher:
                 failure_wait_s = IDLE_WAIT_S
                 if advanced is None:
                     await self._idle(IDLE_WAIT_S)
-                else:
-                    position = advanced
+                    continue
+                position, published = advanced
+                if published < NOTIFICATIONS_PER_ROUND_MAX:
+                    await self._idle(self.linger_s)
         finally:
             await self._acks.close()
             await asyncio.to_thread(self._resign)
@@ -297,6 +304,11 @@ class EventPublisher:
 
     async def publish_round(self, position: int) -> int | None:
         """Publish what follows ``position``; returns the new position, None when idle."""
+        advanced = await self._publish_round(position)
+        return None if advanced is None else advanced[0]
+
+    async def _publish_round(self, position: int) -> tuple[int, int] | None:
+        """(the new position, notifications published), None when idle."""
         notifications = await asyncio.to_thread(
             self.ledger.app.recorder.select_notifications,
             position, NOTIFICATIONS_PER_ROUND_MAX, None, (), inclusive_of_start=False,
@@ -313,7 +325,7 @@ class EventPublisher:
         await self._acks.publish(self.nc, outgoing, self.puback_timeout_s)
         last = notifications[-1].id
         await asyncio.to_thread(self._store_position, last)
-        return int(last)
+        return int(last), len(notifications)
 
     def _currency_of(self, event: Any) -> str | None:
         account_id = event.originator_id
