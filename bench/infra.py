@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import shutil
 import signal
@@ -32,6 +33,7 @@ from bench.cpu import CpuMeter
 from ledger_service.app.ledger import Ledger, LedgerApplication, ledger_env
 from services.database import apply_migrations, conninfo, eventsourcing_env
 from services.embedded import NatsProcess, free_port, start_nats
+from services.runtime import tune_garbage_collector
 
 ROOT = Path(__file__).resolve().parents[1]
 RUN_DIR = ROOT / ".run" / "bench"
@@ -150,6 +152,21 @@ class LedgerProcess:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+@contextlib.contextmanager
+def collector_as_in_the_services() -> Iterator[None]:
+    """The garbage collector's settings the services and their followers run with
+    (services/runtime.py), for work a benchmark runs in its own process; restored
+    afterwards. With the defaults, the collector walked the benchmark's whole heap again and
+    again, which the services do not do, and the in-process figures said less about them."""
+    thresholds = gc.get_threshold()
+    tune_garbage_collector()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*thresholds)
 
 
 class AutoAnalyze:

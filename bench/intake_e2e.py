@@ -248,19 +248,21 @@ async def wait_for_entry_events(nats_url: str, expected: int, started_s: float) 
 
 def app_in_process(url: str, settings: Settings) -> dict[str, Any]:
     """``intake.apply_usage`` called directly, in batches as the service's consumer gets
-    them, on other accounts of the same database: the ledger's own work without NATS, the
-    event loop, the publisher or the projections."""
+    them, on other accounts of the same database, with the service's collector settings:
+    the ledger's own work without NATS, the event loop, the publisher or the projections."""
     ledger = infra.open_ledger(url)
     try:
         account_ids = open_prepay_accounts(ledger, settings.accounts, CREDIT_MICROS)
         decoder = msgspec.json.Decoder(UsageRecorded)
         decoded = [decoder.decode(payload) for _, _, payload in
                    usage_messages(account_ids, settings.events, prefix="bench-app")]
-        started_s = time.perf_counter()
-        verdicts = []
-        for start in range(0, len(decoded), INTAKE_BATCH_SIZE_MAX):
-            verdicts.extend(intake.apply_usage(ledger, decoded[start:start + INTAKE_BATCH_SIZE_MAX]))
-        elapsed_s = time.perf_counter() - started_s
+        with infra.collector_as_in_the_services():
+            started_s = time.perf_counter()
+            verdicts = []
+            for start in range(0, len(decoded), INTAKE_BATCH_SIZE_MAX):
+                verdicts.extend(intake.apply_usage(
+                    ledger, decoded[start:start + INTAKE_BATCH_SIZE_MAX]))
+            elapsed_s = time.perf_counter() - started_s
     finally:
         ledger.app.close()
     applied = sum(1 for verdict in verdicts if verdict.outcome == "applied")

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import os
 import random
 import re
@@ -53,7 +52,6 @@ from ledger_service.projections.runner import (
 from ledger_service.projections.verify import verify
 from services.database import conninfo
 from services.http import DEVELOPMENT_JWT_SECRET, mint_token
-from services.runtime import tune_garbage_collector
 
 NAME = "projections"
 # A database and a nats-server store of its own, so it can run beside the other benchmarks.
@@ -133,19 +131,6 @@ def _use(ledger: Ledger, work: UnitOfWork, account_ids: list[UUID], round_: int)
                                         SMS_UNIT_PRICE_MICROS, "submitted", now)], now)
 
 
-@contextlib.contextmanager
-def collector_as_in_the_follower() -> Iterator[None]:
-    """The collector settings the follower process runs its projections with (followers.py),
-    restored afterwards."""
-    thresholds = gc.get_threshold()
-    tune_garbage_collector()
-    try:
-        yield
-    finally:
-        gc.unfreeze()
-        gc.set_threshold(*thresholds)
-
-
 def timing(events: int, elapsed_s: float, cpu_s: float) -> dict[str, Any]:
     """Wall-clock rate, and this process's CPU per event: the machine has two cores and other
     benchmarks may run beside this one, so the CPU figure tells our cost from their noise
@@ -158,7 +143,7 @@ def timing(events: int, elapsed_s: float, cpu_s: float) -> dict[str, Any]:
 def catch_up(ledger: Ledger, url: str) -> dict[str, Any]:
     runner = ProjectionRunner(connector(url), EventDecoder(ledger.app.mapper),
                               account_loader(ledger.app))
-    with collector_as_in_the_follower():
+    with infra.collector_as_in_the_services():
         started, cpu_started = time.perf_counter(), time.process_time()
         try:
             events = runner.catch_up()
@@ -171,7 +156,7 @@ def catch_up(ledger: Ledger, url: str) -> dict[str, Any]:
 
 
 def rebuild_one(ledger: Ledger, url: str, name: str) -> dict[str, Any]:
-    with collector_as_in_the_follower():
+    with infra.collector_as_in_the_services():
         started, cpu_started = time.perf_counter(), time.process_time()
         result = rebuild(connector(url), EventDecoder(ledger.app.mapper),
                          account_loader(ledger.app), name)
@@ -182,7 +167,7 @@ def rebuild_one(ledger: Ledger, url: str, name: str) -> dict[str, Any]:
 
 
 def verify_all(ledger: Ledger, url: str) -> dict[str, Any]:
-    with collector_as_in_the_follower(), \
+    with infra.collector_as_in_the_services(), \
             psycopg.connect(conninfo(url, options="-c search_path=ledger")) as conn:
         cpu_started = time.process_time()
         report = verify(conn, EventDecoder(ledger.app.mapper))
