@@ -5,7 +5,8 @@ Target (issue 3): an account with 1,000,000 events loads in at most 5 ms.
 The history is built in-process (no NATS): the domain's ``record_usage`` with one line per call,
 so every call is one stored event, and ``Ledger.commit`` of many pending events per
 transaction with their idempotency keys and entry-index rows, as intake writes them.
-The application snapshots every 200 versions (``SNAPSHOT_INTERVAL``) as it saves.
+The application snapshots an account whenever a save passes a multiple of ``SNAPSHOT_INTERVAL``
+(100), at the save's last version.
 
 Then, with the aggregate evicted from the cache before every repetition (a cold load, the
 connection pool warm as in a running service):
@@ -15,8 +16,9 @@ connection pool warm as in a running service):
 - the raw SQL floor: the two SELECTs a load needs (latest snapshot, events after it);
 - a warm ``Ledger.read`` (cached aggregate: only the freshness look-up).
 
-Each is measured twice: at a version that is a multiple of 200 (the snapshot is the whole
-state: best case) and 199 versions later (199 events to replay on top: worst case).
+Each is measured twice: at a version that is a multiple of the interval (the snapshot is the
+whole state: best case) and interval - 1 versions later, in one save (that many events to
+replay on top: the worst case for an account's current version).
 """
 
 from __future__ import annotations
@@ -79,7 +81,8 @@ def run(options: RunOptions) -> dict[str, Any]:
         for checkpoint in settings.version_checkpoints:
             result["build"].append(extend_history(ledger, account_id, checkpoint))
             result["loads"].append(measure_loads(ledger, url, account_id, settings.repetitions))
-        # 199 events past the last snapshot: the most a load ever replays.
+        # interval - 1 events past the last snapshot: the most a load of an account's current
+        # version replays.
         worst = settings.version_checkpoints[-1] + SNAPSHOT_INTERVAL - 1
         result["build"].append(extend_history(ledger, account_id, worst))
         result["loads"].append(measure_loads(ledger, url, account_id, settings.repetitions))

@@ -34,11 +34,18 @@ class Driver:
                                            credit_limit_micros=2_000_000 if account_type ==
                                            "postpay" else 0,
                                            low_balance_threshold_micros=500_000)
-        self.events: list[Any] = list(self.account.collect_events())
+        self.events: list[Any] = []
         self.holds: list[str] = []
         self.debits: list[Any] = []
         self.payments: list[str] = []
         self.n = 0
+        self.collect()
+
+    def collect(self) -> None:
+        """Take the account's new events."""
+        for event in self.account.collect_events():
+            self.events.append(event)
+            self.debits.extend(debit_refs_of(event))
 
     def tick(self, seconds: float = 1) -> datetime:
         self.now += timedelta(seconds=seconds)
@@ -91,9 +98,7 @@ class Driver:
                 account.close(now)
         except LedgerError:
             pass
-        for event in account.collect_events():
-            self.events.append(event)
-            self.debits.extend(debit_refs_of(event))
+        self.collect()
 
 
 command = st.tuples(
