@@ -316,8 +316,10 @@ def verify_command(
 ) -> None:
     """Recompute everything from the log and report every divergence: hash chains (an edited,
     removed or re-ordered event), postings that do not sum to zero per currency, stated
-    balances that differ from the replay, and projection rows (balances, statement, usage,
-    holds) that differ from what the replay says they should be. Exits 1 on any divergence."""
+    balances that differ from the replay, projection rows (balances, statement, usage,
+    holds) that differ from what the replay says they should be, and snapshots (which
+    loading an account starts from) that differ from the replay at their version. Exits 1
+    on any divergence."""
 
     def command() -> int:
         account_id = parse_account(account) if account else None
@@ -374,8 +376,8 @@ def print_report(report: VerifyReport) -> None:
         out.print("Projections behind the log (compared at their own position): "
                   + ", ".join(f"{n} at {p}" for n, p in sorted(lagging.items())))
     if report.ok:
-        out.print("[green]OK[/green]: every hash, posting, balance and projection row agrees"
-                  " with the log.")
+        out.print("[green]OK[/green]: every hash, posting, balance, projection row and"
+                  " snapshot agrees with the log.")
         return
     out.print(f"[red]{len(report.divergences)} divergences[/red]:")
     shown = report.divergences[:DIVERGENCES_SHOWN_MAX]

@@ -14,7 +14,9 @@ every account's events are read in version order and checked:
   projection's own position (a lagging projection is not a divergence, a wrong row is), and
   no projection row for an account the log does not have;
 - the entry index: every statement entry it points to is still in the log (catches a
-  deleted last event, which leaves no gap behind it).
+  deleted last event, which leaves no gap behind it);
+- the event store's snapshots, which loading an account starts from: each one's state
+  against the replay at its version, and none past the account's last event.
 
 Tables are streamed in account order and merged, so memory follows one account, not the log.
 """
@@ -26,10 +28,11 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import date
 from itertools import chain, groupby
-from typing import Any, Final
+from typing import Any, Final, cast
 from uuid import UUID
 
 import psycopg
+from eventsourcing.persistence import StoredEvent
 from psycopg import IsolationLevel
 
 from ledger_service.domain.account import BillingAccount
@@ -116,13 +119,13 @@ class RowStream:
 
 
 def _stream(conn: psycopg.Connection[Any], name: str, query: str,
-            account_id: UUID | None) -> Iterator[tuple[Any, ...]]:
+            account_id: UUID | None, key: str = "account_id") -> Iterator[tuple[Any, ...]]:
     cur = conn.cursor(name=name, binary=True)
     cur.itersize = ROWS_FETCHED_PER_ROUND_TRIP
     if account_id is None:
         cur.execute(query.format(where=""))
     else:
-        cur.execute(query.format(where="WHERE account_id = %s"), (account_id,))
+        cur.execute(query.format(where=f"WHERE {key} = %s"), (account_id,))
     return iter(cur)
 
 
@@ -138,6 +141,9 @@ _TABLE_QUERIES: Final = {
     "holds": "SELECT account_id, hold_id, amount_micros, expires_at, product, quantity"
              " FROM open_holds {where} ORDER BY account_id, hold_id",
 }
+_SNAPSHOTS_QUERY: Final = ("SELECT originator_id, originator_version, topic, state"
+                           " FROM ledger_snapshots {where} ORDER BY originator_id,"
+                           " originator_version")
 
 
 # ------------------------------------------------------------------ one account
@@ -163,6 +169,8 @@ class AccountAudit:
         self.usage_expected: dict[tuple[date, str], list[int]] = {}
         self.statement_rows = streams["statement"].take(account_id)
         self._pushed_back: tuple[Any, ...] | None = None
+        self.snapshots = streams["snapshots"].take(account_id)
+        self.next_snapshot = next(self.snapshots, None)
         # After one balance_after disagrees, every later one does by the same amount: report
         # the first, count the rest.
         self.balance_after_echoes = 0
@@ -193,6 +201,11 @@ class AccountAudit:
         self._capture_before(row.position)
         if self.replay_ok:
             self._replay(event, where)
+        while self.next_snapshot is not None \
+                and self.next_snapshot[1] <= row.originator_version:
+            if self.next_snapshot[1] == row.originator_version and self.replay_ok:
+                self._check_snapshot(self.next_snapshot, decoder)
+            self.next_snapshot = next(self.snapshots, None)
         self.position = row.position
         if row.position <= self.positions["statement"]:
             self._check_statement(event, row.position)
@@ -245,6 +258,28 @@ class AccountAudit:
         stated = getattr(event, "balance_after_micros", None)
         if stated is not None and stated != balance:
             self._flag_balance_after(where, balance, stated)
+
+    def _check_snapshot(self, row: tuple[Any, ...], decoder: EventDecoder) -> None:
+        """A stored snapshot against the replay at its version, both as the mapper stores
+        them (so a tuple and a list, say, compare as the JSON they become)."""
+        _, version, topic, state = row
+        where = f"snapshot at version {version}"
+        mapper = decoder.mapper
+        try:
+            stored: dict[str, Any] = cast(Any, mapper.to_domain_event(StoredEvent(
+                self.account_id, version, topic, bytes(state)))).state
+        except Exception as exc:
+            self.flag("snapshot", where, "a decodable snapshot", f"{type(exc).__name__}: {exc}")
+            return
+        account = self.account
+        assert account is not None
+        replayed: dict[str, Any] = cast(Any, mapper.to_domain_event(mapper.to_stored_event(
+            type(account).Snapshot.take(account)))).state
+        differing = sorted(k for k in stored.keys() | replayed.keys()
+                           if stored.get(k) != replayed.get(k))
+        if differing:
+            self.flag("snapshot", where, f"the replayed state ({', '.join(differing)})",
+                      ", ".join(f"{k}={stored.get(k)!r}" for k in differing))
 
     def _flag_balance_after(self, where: str, replayed: int, stated: int) -> None:
         if any(d.check == "balance_after" for d in self.found):
@@ -316,6 +351,11 @@ class AccountAudit:
 
     def finish(self) -> list[Divergence]:
         self._capture_before(1 << 62)
+        while self.next_snapshot is not None:  # a snapshot past the last event
+            self.flag("snapshot", f"snapshot at version {self.next_snapshot[1]}",
+                      f"no snapshot past version {self.expected_version - 1}",
+                      "a snapshot of events the log does not have")
+            self.next_snapshot = next(self.snapshots, None)
         while (row := self._next_statement_row()) is not None:
             self._flag_extra_entry(row)
         # Every stream is read past this account even when the replay broke, or its rows
@@ -416,6 +456,8 @@ def _verify_in_snapshot(conn: psycopg.Connection[Any], decoder: EventDecoder,
     report.log_position = int(row[0]) if row else 0
     streams = {name: RowStream(_stream(conn, f"verify_{name}", _TABLE_QUERIES[name],
                                        account_id)) for name in PROJECTION_NAMES}
+    streams["snapshots"] = RowStream(_stream(conn, "verify_snapshots", _SNAPSHOTS_QUERY,
+                                             account_id, key="originator_id"))
     for current, rows in groupby(_event_rows(conn, account_id), key=lambda r: r.originator_id):
         first = next(rows)
         if not first.is_account_event:
@@ -430,8 +472,9 @@ def _verify_in_snapshot(conn: psycopg.Connection[Any], decoder: EventDecoder,
         report.divergences.extend(audit.finish())
     for name, stream in streams.items():
         for orphan in stream.finish():
+            check = "snapshot" if name == "snapshots" else f"projection:{name}"
             report.divergences.append(Divergence(
-                orphan, f"projection:{name}", "rows", "rows for an account", "no events"))
+                orphan, check, "rows", "rows for an account", "no events"))
     report.divergences.extend(_missing_indexed_events(conn, account_id))
 
 

@@ -1,6 +1,7 @@
 """ledgerctl against real PostgreSQL: balances replayed from the log, verify catching a
-tampered event, a deleted event and a corrupted projection row (exit 1, readable report),
-raw events and exports with positions and hashes, rebuild, catch-up and status.
+tampered event, a deleted event, a corrupted projection row and a tampered snapshot (exit 1,
+readable report), raw events and exports with positions and hashes, rebuild, catch-up and
+status.
 
 Tests that tamper get a database of their own, so the rest of the suite never sees it.
 """
@@ -21,6 +22,7 @@ import pytest
 from typer.testing import CliRunner
 
 from contracts.money import format_micros
+from ledger_service.app.ledger import SNAPSHOT_INTERVAL
 from ledger_service.cli import app
 from services.database import conninfo
 from tests.conftest import Infra
@@ -152,6 +154,35 @@ def test_verify_finds_a_corrupted_projection_row(scratch: Scratch) -> None:
     rebuilt = scratch.ledgerctl("rebuild", "all")
     assert rebuilt.exit_code == 0, rebuilt.output
     assert scratch.ledgerctl("verify").exit_code == 0
+
+
+def test_verify_checks_the_snapshots_loads_start_from(scratch: Scratch) -> None:
+    account = prepay(scratch)
+    for _ in range(SNAPSHOT_INTERVAL):  # one event each: the account passes a multiple
+        scratch.workload.use(1, 1)
+    runner = runner_for(scratch.workload.ledger, scratch.database_url)
+    runner.catch_up()
+    runner.close()
+    snapshots = scratch.sql("SELECT originator_version FROM ledger_snapshots"
+                            " WHERE originator_id = %s", (account,))
+    assert snapshots, "the account should have a snapshot by now"
+    assert scratch.ledgerctl("verify").exit_code == 0  # an honest snapshot is no divergence
+    version = snapshots[-1][0]
+    scratch.sql(  # a balance a load would start from, not the one the events give
+        "UPDATE ledger_snapshots SET state = convert_to(regexp_replace(convert_from(state,"
+        " 'UTF8'), '\"_balance_micros\":-?[0-9]+', '\"_balance_micros\":123456789'), 'UTF8')"
+        " WHERE originator_id = %s AND originator_version = %s", (account, version))
+    scratch.sql(  # and one of events the log does not have
+        "INSERT INTO ledger_snapshots (originator_id, originator_version, topic, state)"
+        " SELECT originator_id, originator_version + 1000, topic, state FROM ledger_snapshots"
+        " WHERE originator_id = %s AND originator_version = %s", (account, version))
+    result = scratch.ledgerctl("verify", "--json")
+    assert result.exit_code == 1, result.output
+    found = [(d["where"], d["expected"]) for d in json.loads(result.stdout)["divergences"]
+             if d["check"] == "snapshot" and d["account_id"] == str(account)]
+    assert (f"snapshot at version {version}",
+            "the replayed state (_balance_micros)") in found, found
+    assert any(where == f"snapshot at version {version + 1000}" for where, _ in found), found
 
 
 def test_verify_without_a_database_is_a_readable_error() -> None:
