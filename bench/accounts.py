@@ -14,9 +14,12 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from uuid import UUID
 
+import psycopg
+
 from bench import infra
 from ledger_service.app.ledger import Ledger, UnitOfWork
 from ledger_service.domain.account import BillingAccount
+from services.database import conninfo
 
 SMS_UNIT_PRICE_MICROS = 39_500  # the default catalogue's GBP starter price of "sms"
 ACCOUNTS_PER_COMMIT_MAX = 250
@@ -24,13 +27,20 @@ ACCOUNTS_PER_COMMIT_MAX = 250
 
 def fresh_database_with_accounts(count: int, credit_micros: int) -> tuple[str, list[UUID]]:
     """The benchmark's database, dropped and created, holding ``count`` prepay accounts;
-    returns its URL and the account ids."""
+    returns its URL and the account ids.
+
+    Ends with a CHECKPOINT, so that the writes of the benchmark before (a million events,
+    gigabytes of WAL) are not flushed during this one's measurement: run after intake,
+    authorize's p99 at 1,000/s was 11-12 ms, and 8 ms run alone."""
     url = infra.recreate_database()
     ledger = infra.open_ledger(url)
     try:
-        return url, open_prepay_accounts(ledger, count, credit_micros)
+        account_ids = open_prepay_accounts(ledger, count, credit_micros)
     finally:
         ledger.app.close()
+    with psycopg.connect(conninfo(url), autocommit=True) as conn:
+        conn.execute("CHECKPOINT")
+    return url, account_ids
 
 
 def open_prepay_accounts(ledger: Ledger, count: int, credit_micros: int) -> list[UUID]:
