@@ -71,6 +71,7 @@ class LedgerApplication(Application[UUID]):
         first: dict[UUID, int] = {}  # each aggregate's first version in this save
         for event in processing_event.events:
             first.setdefault(event.originator_id, event.originator_version)
+        snapshots = []
         for aggregate_id, aggregate in processing_event.aggregates.items():
             interval = self.snapshotting_intervals.get(type(aggregate))
             start = first.get(aggregate_id)
@@ -80,7 +81,9 @@ class LedgerApplication(Application[UUID]):
                 snapshot_class = getattr(type(aggregate), "Snapshot", self.snapshot_class)
                 if snapshot_class is None:  # as the library: a snapshotted type needs one
                     raise AssertionError(f"{type(aggregate).__name__} has no Snapshot class")
-                self.snapshots.put([snapshot_class.take(aggregate)])
+                snapshots.append(snapshot_class.take(aggregate))
+        if snapshots:  # one insert for all of them: an intake batch may pass a thousand
+            self.snapshots.put(snapshots)
 
 
 def ledger_env(base: Mapping[str, str]) -> dict[str, str]:
