@@ -41,6 +41,7 @@ from ledger_service.app.ledger import Ledger
 from ledger_service.domain.account import BillingAccount
 from ledger_service.domain.times import parse_time
 from ledger_service.projections.statement import statement_entries
+from services.backoff import Backoff
 
 log = structlog.get_logger(__name__)
 
@@ -238,7 +239,7 @@ class EventPublisher:
 
     async def _run(self) -> None:
         position: int | None = None
-        failure_wait_s = IDLE_WAIT_S
+        backoff = Backoff(IDLE_WAIT_S, FAILURE_WAIT_S_MAX)
         try:
             while not self._stopping.is_set():
                 advanced = None
@@ -253,13 +254,12 @@ class EventPublisher:
                 except Exception:
                     # From the stored position again (JetStream drops what it already has),
                     # waiting longer each time: a full stream needs an operator.
-                    log.exception("publishing ledger events failed; will retry",
-                                  wait_s=failure_wait_s)
+                    wait_s = backoff.next_wait_s()
+                    log.exception("publishing ledger events failed; will retry", wait_s=wait_s)
                     position = None
-                    await self._idle(failure_wait_s)
-                    failure_wait_s = min(failure_wait_s * 2, FAILURE_WAIT_S_MAX)
+                    await self._idle(wait_s)
                     continue
-                failure_wait_s = IDLE_WAIT_S
+                backoff.reset()
                 if advanced is None:
                     await self._idle(IDLE_WAIT_S)
                     continue

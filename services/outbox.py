@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import random
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
@@ -33,6 +32,7 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
 from contracts.subjects import DEADLETTERS, NATS_MSG_ID_FIELD, subject_matches
+from services.backoff import Backoff
 
 log = structlog.get_logger(__name__)
 
@@ -119,7 +119,13 @@ class _Row:
 
 
 class OutboxRelay:
-    """Publishes committed outbox rows in order of commit id, batch by batch."""
+    """Publishes committed outbox rows, batch by batch, oldest row first.
+
+    Order is not a promise: a batch's messages are published concurrently (their PubAcks
+    awaited together), a failed message is retried after later ones went out, and two relays
+    of one service publish disjoint batches side by side. Consumers of our subjects are
+    order-insensitive by contract (every message carries its own key and state).
+    """
 
     def __init__(
         self,
@@ -235,7 +241,7 @@ class OutboxRelay:
         return {**row.headers, MSG_ID_HEADER: row.msg_id}
 
     async def _run(self) -> None:
-        backoff_s = self._backoff_initial_s
+        backoff = Backoff(self._backoff_initial_s, self._backoff_max_s)
         loops = 0
         while not self._stopping.is_set():
             self._wake.clear()
@@ -245,17 +251,17 @@ class OutboxRelay:
                 if loops % 3_600 == 0:
                     await self.purge_sent()
             except (OutboxPublishError, NatsError, TimeoutError, OSError, psycopg.Error) as exc:
+                wait_s = backoff.next_wait_s()
                 log.warning("outbox.relay_failed", relay=self._name, error=str(exc),
-                            retry_in_s=round(backoff_s, 2))
-                await self._sleep(backoff_s * (0.5 + random.random()))  # noqa: S311 (jitter)
-                backoff_s = min(backoff_s * 2, self._backoff_max_s)
+                            retry_in_s=round(wait_s, 2))
+                await self._sleep(wait_s)
                 continue
             except Exception as exc:
                 # A bug must not end the relay: messages would then wait for a restart.
                 log.error("outbox.relay_crashed", relay=self._name, error=repr(exc))
                 await self._sleep(self._backoff_max_s)
                 continue
-            backoff_s = self._backoff_initial_s
+            backoff.reset()
             if sent >= self._batch_size_max:
                 continue  # more are probably waiting
             await self._wait_for_work()
