@@ -179,3 +179,28 @@ class HoldExpired(Struct, frozen=True, kw_only=True):
     amount: Annotated[Amount, Meta(description="Price that was held")]
     currency: Currency
     occurred_at: Timestamp
+
+
+Hex64 = Annotated[str, Meta(pattern=r"^[0-9a-f]{64}$(?!\n)")]
+Base64 = Annotated[str, Meta(pattern=r"^[A-Za-z0-9+/]+={0,2}$(?!\n)", max_length=200)]
+
+
+class LedgerAnchor(Struct, frozen=True, kw_only=True):
+    """ledger.v1.anchors: a signed checkpoint of the whole log, kept outside the database.
+
+    `merkle_root` is the RFC 6962 Merkle tree hash over every account's chain head at
+    `position` (leaves sorted by account id; see ledger_service/anchors.py for the leaf bytes).
+    `signature` is Ed25519 over the canonical text of the other fields; verify it with the
+    ledger's published anchor public key, never with the `public_key` carried here alone.
+    Nats-Msg-Id: `anchor_id`.
+    """
+
+    anchor_id: Annotated[str, Meta(min_length=1, max_length=64)]
+    position: Annotated[int, Meta(ge=0, description="Last notification id covered")]
+    accounts: Annotated[int, Meta(ge=0)]
+    merkle_root: Hex64
+    reason: Literal["interval", "period_close", "manual"]
+    period: Annotated[str | None, Meta(description="The month closed, for period_close")] = None
+    created_at: Timestamp
+    public_key: Base64
+    signature: Base64

@@ -30,6 +30,7 @@ from contracts.ledger import (
     EntryPosted,
     GrantsExpired,
     HoldExpired,
+    LedgerAnchor,
 )
 from contracts.payments import PaymentFailed, PaymentReceived, PaymentRefunded
 from contracts.usage import UsageRecorded
@@ -43,6 +44,8 @@ LEDGER_BALANCE_LOW: Final = LEDGER_EVENTS + "balance_low"
 LEDGER_ACCOUNT_OVERDRAWN: Final = LEDGER_EVENTS + "account_overdrawn"
 LEDGER_GRANTS_EXPIRED: Final = LEDGER_EVENTS + "grants_expired"
 LEDGER_HOLD_EXPIRED: Final = LEDGER_EVENTS + "hold_expired"
+# Beside ledger.v1.events, in a stream of its own with its own retention (kept for years).
+LEDGER_ANCHORS: Final = "ledger.v1.anchors"
 
 PAYMENTS_RECEIVED: Final = "payments.v1.received"
 PAYMENTS_REFUNDED: Final = "payments.v1.refunded"
@@ -62,6 +65,7 @@ DEADLETTERS: Final = DEADLETTER_PREFIX + ">"
 STREAMS: Final[dict[str, list[str]]] = {
     "USAGE": ["usage.v1.>"],
     "LEDGER": [LEDGER_EVENTS + ">"],
+    "ANCHORS": [LEDGER_ANCHORS],
     "PAYMENTS": ["payments.v1.>"],
     "INVOICING": ["invoicing.v1.>"],
     "CATALOG": ["catalog.v1.>"],
@@ -77,6 +81,7 @@ EVENTS: Final[dict[str, type[msgspec.Struct]]] = {
     LEDGER_ACCOUNT_OVERDRAWN: AccountOverdrawn,
     LEDGER_GRANTS_EXPIRED: GrantsExpired,
     LEDGER_HOLD_EXPIRED: HoldExpired,
+    LEDGER_ANCHORS: LedgerAnchor,
     PAYMENTS_RECEIVED: PaymentReceived,
     PAYMENTS_REFUNDED: PaymentRefunded,
     PAYMENTS_FAILED: PaymentFailed,
@@ -107,6 +112,7 @@ NATS_MSG_ID_FIELD: Final[dict[str, str]] = {
     LEDGER_ACCOUNT_OVERDRAWN: "event_id",
     LEDGER_GRANTS_EXPIRED: "event_id",
     LEDGER_HOLD_EXPIRED: "event_id",
+    LEDGER_ANCHORS: "anchor_id",
     PAYMENTS_RECEIVED: "payment_id",
     PAYMENTS_REFUNDED: "event_id",
     PAYMENTS_FAILED: "event_id",

@@ -31,11 +31,13 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from contracts.deadletter import DeadLetter
+from contracts.ledger import LedgerAnchor
 from contracts.money import format_micros
 from contracts.subjects import DEADLETTERS
+from ledger_service.anchors import append_to_file, make_anchor, read_anchor_file
 from ledger_service.app.ledger import LedgerApplication, ledger_env
 from ledger_service.domain.account import BillingAccount
-from ledger_service.domain.chain import GENESIS_HASH, event_payload
+from ledger_service.domain.chain import GENESIS_HASH, configure_chain_keys, event_payload
 from ledger_service.domain.times import format_time
 from ledger_service.projections.builders import PROJECTION_NAMES
 from ledger_service.projections.decoding import ROW_COLUMNS, EventDecoder, StoredRow, stored_row
@@ -49,7 +51,8 @@ from ledger_service.projections.runner import (
     head_position,
     rebuild,
 )
-from ledger_service.projections.verify import VerifyReport, verify
+from ledger_service.projections.verify import VerifyReport, verify, verify_anchors
+from ledger_service.settings import LedgerToolSettings, parse_seed
 from services.database import eventsourcing_env, redact_url
 from services.embedded import DATABASE_NAME
 from services.logging import configure_logging
@@ -91,6 +94,7 @@ class Failure(Exception):
 class Tools:
     database_url: str | None
     nats_url: str | None
+    keys: LedgerToolSettings = field(default_factory=LedgerToolSettings)
     _app: LedgerApplication | None = field(default=None, repr=False)
 
     def require_database(self) -> str:
@@ -178,13 +182,14 @@ def main(
     # Output is for the operator; only warnings and errors go to the log (on stderr).
     configure_logging(service="ledgerctl", level="WARNING", fmt="console")
     try:
-        settings = load_tool_settings("ledger_service")
+        settings = load_tool_settings("ledger_service", cls=LedgerToolSettings)
+        configure_chain_keys(settings.keyring())
     except SettingsError as exc:
         err.print(f"[red]ledgerctl:[/red] {exc}")
         raise typer.Exit(2) from None
     database = database_url or settings.database_url or embedded_database_url(
         Path(settings.run_dir))
-    ctx.obj = Tools(database, nats_url or settings.nats_url)
+    ctx.obj = Tools(database, nats_url or settings.nats_url, settings)
 
 
 def parse_instant(text: str | None, name: str) -> datetime | None:
@@ -313,18 +318,26 @@ def verify_command(
     account: Annotated[str | None, typer.Option(
         "--account", help="Check this account only (default: the whole log)")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON")] = False,
+    anchors: Annotated[Path | None, typer.Option(
+        "--anchors", help="Check the log against the signed anchors in this archived file"
+        " (default: ANCHOR_DIR/anchors.jsonl when it exists, else the database's copies)",
+        show_default=False)] = None,
+    allow_unkeyed: Annotated[bool, typer.Option(
+        "--allow-unkeyed", help="Accept events hashed before the chain was keyed")] = False,
 ) -> None:
-    """Recompute everything from the log and report every divergence: hash chains (an edited,
-    removed or re-ordered event), postings that do not sum to zero per currency, stated
-    balances that differ from the replay, projection rows (balances, statement, usage,
-    holds) that differ from what the replay says they should be, and snapshots (which
-    loading an account starts from) that differ from the replay at their version. Exits 1
-    on any divergence."""
+    """Recompute everything from the log and report every divergence: keyed hash chains (an
+    edited, removed or re-ordered event), signed anchors (history changed, truncated or
+    restored below an anchored position, even with every hash recomputed), postings that do
+    not sum to zero per currency, stated balances that differ from the replay, projection rows
+    (balances, statement, usage, holds) that differ from what the replay says they should be,
+    and snapshots (which loading an account starts from) that differ from the replay at their
+    version. Exits 1 on any divergence."""
 
     def command() -> int:
         account_id = parse_account(account) if account else None
         t = tools(ctx)
         with t.connect() as conn:
+            archived, source = _anchors_to_check(conn, t.keys, anchors)
             total = _events_to_check(conn, account_id)
             with progress_bar("verify") as bar:
                 task = bar.add_task("verify", total=total, rate="")
@@ -333,8 +346,13 @@ def verify_command(
                     bar.update(task, completed=done,
                                rate=rate_text(done, bar.tasks[task].elapsed))
 
-                report = verify(conn, t.decoder, account_id=account_id, progress=advance)
+                report = verify(conn, t.decoder, account_id=account_id, progress=advance,
+                                allow_unkeyed=allow_unkeyed)
                 bar.update(task, completed=total)
+            if account_id is None:
+                verify_anchors(conn, archived, t.keys.trusted_anchor_key(), report)
+                if report.anchors_checked:
+                    err.print(f"Checked {report.anchors_checked} anchors from {source}.")
         if as_json:
             out.print_json(data=report_json(report))
         else:
@@ -343,6 +361,41 @@ def verify_command(
 
     run(command, ctx)
 
+
+
+def _anchors_to_check(conn: psycopg.Connection[Any], keys: LedgerToolSettings,
+                      path: Path | None) -> tuple[list[LedgerAnchor], str]:
+    if path is None and (Path(keys.anchor_dir) / "anchors.jsonl").exists():
+        path = Path(keys.anchor_dir) / "anchors.jsonl"
+    if path is not None:
+        try:
+            return read_anchor_file(path), str(path)
+        except (OSError, msgspec.DecodeError) as exc:
+            raise Failure(f"cannot read anchors from {path}: {exc}") from None
+    rows = conn.execute("SELECT body FROM anchors ORDER BY position").fetchall()
+    return ([msgspec.json.decode(bytes(body), type=LedgerAnchor) for (body,) in rows],
+            "the database's copies (pass --anchors FILE for the archived proof)")
+
+
+@app.command("anchor", epilog="Example:\n\n  ledgerctl anchor")
+def anchor_command(ctx: typer.Context) -> None:
+    """Anchor the log now: a signed checkpoint of every account's chain head, stored, appended
+    to ANCHOR_DIR/anchors.jsonl, and published by the running service's follower."""
+
+    def command() -> int:
+        t = tools(ctx)
+        with t.connect() as conn:
+            conn.autocommit = True
+            made = make_anchor(conn, parse_seed(t.keys.anchor_signing_key), reason="manual")
+        if made is None:
+            out.print("This position is anchored already.")
+            return 0
+        path = append_to_file(Path(t.keys.anchor_dir), made)
+        out.print(f"Anchored position {made.position} over {made.accounts:,} accounts:"
+                  f" root {made.merkle_root} ({path}).")
+        return 0
+
+    run(command, ctx)
 
 
 def _events_to_check(conn: psycopg.Connection[Any], account_id: UUID | None) -> int:
@@ -372,6 +425,9 @@ def print_report(report: VerifyReport) -> None:
               f" account{'' if report.accounts == 1 else 's'} in"
               f" {report.elapsed_s:.1f} s (log position {report.log_position}).")
     out.print(f"Sum of all postings: {totals or 'none'}.")
+    if report.unkeyed_events:
+        out.print(f"{report.unkeyed_events:,} events carry an unkeyed hash (written before the"
+                  " chain was keyed).")
     if lagging:
         out.print("Projections behind the log (compared at their own position): "
                   + ", ".join(f"{n} at {p}" for n, p in sorted(lagging.items())))

@@ -18,6 +18,7 @@ import signal
 from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.process import BaseProcess
+from pathlib import Path
 from typing import Any
 
 import nats
@@ -25,9 +26,12 @@ import psycopg
 import structlog
 import uvloop
 
+from ledger_service.anchors import Anchorer
 from ledger_service.app.ledger import Ledger, LedgerApplication, ledger_env
+from ledger_service.domain.chain import configure_chain_keys
 from ledger_service.projections.runner import ProjectionRunner
 from ledger_service.publisher import EventPublisher
+from ledger_service.settings import parse_keyring, parse_seed
 from services.database import conninfo, eventsourcing_env
 from services.logging import configure_logging
 from services.runtime import tune_garbage_collector
@@ -47,6 +51,10 @@ class FollowerConfig:
     schema: str
     log_level: str
     log_format: str
+    chain_keys: str
+    anchor_signing_key: str
+    anchor_interval_s: float
+    anchor_dir: str
 
 
 def run(config: FollowerConfig) -> None:
@@ -61,17 +69,22 @@ async def _follow(config: FollowerConfig) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
+    configure_chain_keys(parse_keyring(config.chain_keys))
     app = await asyncio.to_thread(
         LedgerApplication, ledger_env(eventsourcing_env(config.database_url, config.schema)))
     nc = await nats.connect(config.nats_url, max_reconnect_attempts=-1, reconnect_time_wait=1)
     publisher = EventPublisher(Ledger(app), nc, publisher_connector(config.database_url))
     projections = ProjectionRunner.for_service(config.database_url, config.schema, app)
+    anchorer = Anchorer(schema_connector(config.database_url, config.schema), nc,
+                        parse_seed(config.anchor_signing_key),
+                        interval_s=config.anchor_interval_s, directory=Path(config.anchor_dir))
     # As the service does for itself: a catch-up batch allocates hundreds of thousands of
     # short-lived objects, and with the default thresholds the collector spent a tenth of the
     # runner's time walking the start-up heap (bench/projections.py).
     tune_garbage_collector()
     publisher.start()
     projections.start()
+    anchorer.start()
     log.info("followers started", pid=os.getpid())
     try:
         while not stopping.is_set():
@@ -82,7 +95,8 @@ async def _follow(config: FollowerConfig) -> None:
                 break
     finally:
         try:
-            await asyncio.wait_for(_stop(publisher, projections, nc, app), STOP_TIMEOUT_S)
+            await asyncio.wait_for(_stop(publisher, projections, anchorer, nc, app),
+                                   STOP_TIMEOUT_S)
         except TimeoutError:
             # A dependency is gone (a dropped database, an unreachable NATS): what is not
             # stored is re-done from the log by the next follower, so leave now.
@@ -97,8 +111,16 @@ def publisher_connector(database_url: str) -> Callable[[], psycopg.Connection[An
     return lambda: psycopg.connect(info, autocommit=True, connect_timeout=5)
 
 
-async def _stop(publisher: EventPublisher, projections: ProjectionRunner, nc: Any,
-                app: LedgerApplication) -> None:
+def schema_connector(database_url: str, schema: str) -> Callable[[], psycopg.Connection[Any]]:
+    """Connections in the ledger's schema, for the anchorer."""
+    info = conninfo(database_url)
+    return lambda: psycopg.connect(info, autocommit=True, connect_timeout=5,
+                                   options=f"-c search_path={schema}")
+
+
+async def _stop(publisher: EventPublisher, projections: ProjectionRunner, anchorer: Anchorer,
+                nc: Any, app: LedgerApplication) -> None:
+    await anchorer.stop()
     await publisher.stop()
     await asyncio.to_thread(projections.stop)
     await nc.drain()

@@ -10,9 +10,11 @@ import structlog
 
 from ledger_service import http_queries
 from ledger_service.app.ledger import Ledger, LedgerApplication, ledger_env
+from ledger_service.domain.chain import configure_chain_keys
 from ledger_service.followers import FollowerConfig, Followers
 from ledger_service.http import EXCEPTION_STATUSES, LedgerServices, router
 from ledger_service.messaging import Authorizer, Sweeper, Writer, consumers
+from ledger_service.settings import LedgerSettings
 from services.database import eventsourcing_env
 from services.runtime import Runtime, ServiceParts, ServiceSpec
 
@@ -26,6 +28,9 @@ def build(runtime: Runtime) -> ServiceParts:
     queries = http_queries.QueryServices(services, runtime.pool)
 
     async def start(rt: Runtime) -> None:
+        settings = rt.settings
+        assert isinstance(settings, LedgerSettings)
+        configure_chain_keys(settings.keyring())
         env = ledger_env(eventsourcing_env(rt.settings.database_url, SCHEMA))
         app = await asyncio.to_thread(LedgerApplication, env)
         ledger = Ledger(app)
@@ -38,6 +43,8 @@ def build(runtime: Runtime) -> ServiceParts:
         followers = Followers(FollowerConfig(
             parent_pid=os.getpid(), database_url=rt.settings.database_url, nats_url=rt.settings.nats_url,
             schema=SCHEMA, log_level=rt.settings.log_level, log_format=rt.settings.log_format,
+            chain_keys=settings.chain_keys, anchor_signing_key=settings.anchor_signing_key,
+            anchor_interval_s=settings.anchor_interval_s, anchor_dir=settings.anchor_dir,
         ))
         rt.state.update(consumers=durables, authorizer=authorizer, sweeper=sweeper,
                         followers=followers, ledger=ledger, writer=services.writer)
@@ -79,4 +86,5 @@ SPEC = ServiceSpec(
     http_port_default=8001,
     migrations=Path(__file__).parent / "migrations",
     build=build,
+    settings_class=LedgerSettings,
 )

@@ -50,6 +50,8 @@ STREAM_LIMITS: dict[str, StreamLimits] = {
     "USAGE": StreamLimits(max_age_s=7 * DAY_S, max_bytes=8 * GIB, duplicate_window_s=600),
     # Ledger events feed projections in other services; a month covers a long outage.
     "LEDGER": StreamLimits(max_age_s=30 * DAY_S, max_bytes=8 * GIB, duplicate_window_s=600),
+    # Anchors prove the log years later: kept ten years, a few hundred bytes each.
+    "ANCHORS": StreamLimits(max_age_s=3650 * DAY_S, max_bytes=GIB // 4, duplicate_window_s=DAY_S),
     # Payments and invoices are few and precious: a quarter, and a day-long duplicate window
     # because providers retry webhooks for hours.
     "PAYMENTS": StreamLimits(max_age_s=90 * DAY_S, max_bytes=1 * GIB, duplicate_window_s=DAY_S),

@@ -154,17 +154,22 @@ class ToolSettings(msgspec.Struct, frozen=True, kw_only=True):
     run_dir: str = ".run"
 
 
-def load_tool_settings(service_name: str, environ: Mapping[str, str] | None = None) -> ToolSettings:
-    """Read ToolSettings; ``LEDGER_DATABASE_URL`` wins over ``DATABASE_URL`` as for services."""
+ToolSettingsT = TypeVar("ToolSettingsT", bound=ToolSettings)
+
+
+def load_tool_settings(service_name: str, environ: Mapping[str, str] | None = None,
+                       cls: type[ToolSettingsT] = ToolSettings) -> ToolSettingsT:  # type: ignore[assignment]
+    """Read ToolSettings (or a tool's subclass of it); ``LEDGER_DATABASE_URL`` wins over
+    ``DATABASE_URL`` as for services."""
     env = os.environ if environ is None else environ
     prefix = service_name.upper().removesuffix("_SERVICE") + "_"
     raw: dict[str, Any] = {}
-    for field in msgspec.structs.fields(ToolSettings):
+    for field in msgspec.structs.fields(cls):
         for key in (prefix + field.name.upper(), field.name.upper()):
             if env.get(key):
                 raw[field.name] = env[key]
                 break
     try:
-        return msgspec.convert(raw, ToolSettings, strict=False)
+        return msgspec.convert(raw, cls, strict=False)
     except msgspec.ValidationError as exc:
         raise SettingsError(_explain(exc, prefix)) from None

@@ -24,10 +24,16 @@ import structlog
 from psycopg import sql
 
 from contracts.subjects import STREAMS
+from ledger_service.domain.chain import configure_chain_keys
+from ledger_service.settings import DEVELOPMENT_CHAIN_KEYS, parse_keyring
 from services.database import conninfo, parse_database_url
 from services.embedded import start_nats, start_postgres
 
 ROOT = Path(__file__).resolve().parent.parent
+
+# As every ledger process configures itself at start-up: events written in-process by the tests
+# carry keyed hashes, the same development keys the services and ledgerctl default to.
+configure_chain_keys(parse_keyring(DEVELOPMENT_CHAIN_KEYS))
 RUN_DIR = ROOT / ".run" / "test"
 
 
@@ -40,7 +46,8 @@ class Infra:
         env = {k: v for k, v in os.environ.items() if not k.endswith("_HTTP_PORT")}
         # Small streams: a test's services must start whatever the machine's free disk.
         env.setdefault("NATS_STREAM_BYTES_SCALE", "0.05")
-        env.update(DATABASE_URL=self.database_url, NATS_URL=self.nats_url, LOG_FORMAT="json")
+        env.update(DATABASE_URL=self.database_url, NATS_URL=self.nats_url, LOG_FORMAT="json",
+                   ANCHOR_DIR=str(RUN_DIR / "anchors"))
         env.update(extra)
         return env
 

@@ -127,10 +127,36 @@ def _rows_params(rows: LedgerRows) -> list[Any]:
     return params
 
 
+# The stored events refuse change (tamper evidence, docs/design.md): a trigger rejects UPDATE,
+# DELETE and TRUNCATE, so editing history takes a deliberate act of a superuser or the table's
+# owner (disabling the trigger, or session_replication_role = replica), which the keyed chain
+# and the signed anchors then expose. Snapshots are left alone: they are a cache that `verify`
+# checks against the replay.
+_PROTECT_HISTORY: Final = (
+    "CREATE OR REPLACE FUNCTION {schema}.refuse_history_change() RETURNS trigger"
+    " LANGUAGE plpgsql AS $fn$ BEGIN RAISE EXCEPTION"
+    " 'the ledger''s event log is append-only: % on % refused', TG_OP, TG_TABLE_NAME"
+    " USING ERRCODE = 'insufficient_privilege',"
+    " HINT = 'history is corrected by new events (docs/design.md, tamper evidence)'; END $fn$",
+    "CREATE OR REPLACE TRIGGER {append_only} BEFORE UPDATE OR DELETE ON {schema}.{table}"
+    " FOR EACH ROW EXECUTE FUNCTION {schema}.refuse_history_change()",
+    "CREATE OR REPLACE TRIGGER {never_truncated} BEFORE TRUNCATE ON {schema}.{table}"
+    " FOR EACH STATEMENT EXECUTE FUNCTION {schema}.refuse_history_change()",
+)
+
+
 class LedgerRecorder(PostgresApplicationRecorder):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._queries: dict[Shape, str] = {}  # one-round-trip saves' text, by shape
+        # The library's own extension point: statements its create_table() runs.
+        for text in _PROTECT_HISTORY:
+            self.sql_create_statements.append(SQL(text).format(
+                schema=Identifier(self.datastore.schema),
+                table=Identifier(self.events_table_name),
+                append_only=Identifier(f"{self.events_table_name}_append_only"),
+                never_truncated=Identifier(f"{self.events_table_name}_never_truncated"),
+            ))
 
     @retry((InterfaceError, OperationalError), max_attempts=10, wait=0.2)
     def insert_events(

@@ -1,6 +1,6 @@
-"""Tamper evidence: a hash chain over one account's events.
+"""Tamper evidence: a keyed hash chain over one account's events.
 
-chain_hash(n) = sha256 hex of the UTF-8 bytes
+chain_hash(n) = "<key id>:" + HMAC-SHA256 hex, under the key that id names, of the UTF-8 bytes
 
     previous chain_hash (64 zeros for the first event) "\\n"
     event class name (e.g. "UsageRecorded")             "\\n"
@@ -15,11 +15,26 @@ write time; the timestamp is hashed in its canonical text form for the same reas
 
 The aggregate computes the hash before it triggers the event (events are frozen), and
 `verify_chain` recomputes it from decoded events for the operator's `verify`.
+
+Why keyed: an unkeyed SHA-256 chain stored beside the data proves nothing against whoever can
+write the database, since they can edit an event and recompute every later hash. The HMAC key
+lives outside the database (the service's environment, `LEDGER_CHAIN_KEYS`), so recomputing
+needs the key too. The key id travels in each stored hash, so keys rotate: a new first key signs
+new events, older keys stay in the keyring to verify old ones. Events written before keying
+(a bare 64-hex digest) still verify as plain SHA-256, but once an account has a keyed event an
+unkeyed one after it is a break ("unkeyed"): an attacker cannot downgrade a chain.
+
+The keyring is configuration of this pure function, set once per process at start-up
+(`configure_chain_keys`); with none configured the chain is unkeyed, as in the unit tests of
+the domain.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
+import hmac
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -30,6 +45,67 @@ import msgspec
 from ledger_service.domain.times import format_time
 
 GENESIS_HASH: Final = "0" * 64
+KEY_ID_PATTERN_CHARS: Final = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-")
+KEY_BYTES_MIN: Final = 32
+
+
+class ChainKeyError(ValueError):
+    """The chain keyring setting is malformed (the message never holds key material)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ChainKeyring:
+    """Keys by id; the first signs, all verify."""
+
+    keys: tuple[tuple[str, bytes], ...]
+
+    def __post_init__(self) -> None:
+        if not self.keys:
+            raise ChainKeyError("a chain keyring needs at least one key")
+        ids = [kid for kid, _ in self.keys]
+        if len(set(ids)) != len(ids):
+            raise ChainKeyError("chain key ids must be unique")
+        for kid, key in self.keys:
+            if not kid or len(kid) > 32 or not set(kid) <= KEY_ID_PATTERN_CHARS:
+                raise ChainKeyError(f"chain key id {kid!r} must be 1-32 of [A-Za-z0-9_-]")
+            if len(key) < KEY_BYTES_MIN:
+                raise ChainKeyError(f"chain key {kid!r} must be at least {KEY_BYTES_MIN} bytes")
+
+    @property
+    def signing_id(self) -> str:
+        return self.keys[0][0]
+
+    def key(self, kid: str) -> bytes | None:
+        return next((key for k, key in self.keys if k == kid), None)
+
+    @classmethod
+    def parse(cls, text: str) -> ChainKeyring:
+        """`kid=base64key,kid2=base64key`: the first signs."""
+        keys: list[tuple[str, bytes]] = []
+        for part in (p.strip() for p in text.split(",")):
+            if not part:
+                continue
+            kid, sep, encoded = part.partition("=")
+            if not sep:
+                raise ChainKeyError("each chain key is written kid=base64key")
+            try:
+                keys.append((kid.strip(), base64.b64decode(encoded.strip(), validate=True)))
+            except (binascii.Error, ValueError):
+                raise ChainKeyError(f"chain key {kid.strip()!r} is not valid base64") from None
+        return cls(tuple(keys))
+
+
+_keyring: ChainKeyring | None = None
+
+
+def configure_chain_keys(keyring: ChainKeyring | None) -> None:
+    """Set this process's keyring (at start-up, before any event is recorded or verified)."""
+    global _keyring
+    _keyring = keyring
+
+
+def chain_keyring() -> ChainKeyring | None:
+    return _keyring
 ENVELOPE_FIELDS: Final = frozenset(
     {"originator_id", "originator_version", "timestamp", "originator_topic", "chain_hash"}
 )
@@ -42,10 +118,42 @@ def compute_chain_hash(
     timestamp: datetime | str,
     payload: Mapping[str, Any],
 ) -> str:
+    keyring = _keyring
+    if keyring is None:
+        return _digest(None, previous_hash, event_name, originator_version, timestamp, payload)
+    kid, key = keyring.keys[0]
+    return kid + ":" + _digest(key, previous_hash, event_name, originator_version, timestamp,
+                               payload)
+
+
+def _digest(key: bytes | None, previous_hash: str, event_name: str, originator_version: int,
+            timestamp: datetime | str, payload: Mapping[str, Any]) -> str:
     stamp = timestamp if isinstance(timestamp, str) else format_time(timestamp)
     header = f"{previous_hash}\n{event_name}\n{originator_version}\n{stamp}\n".encode()
     body = msgspec.json.encode(payload, order="sorted")
-    return hashlib.sha256(header + body).hexdigest()
+    if key is None:
+        return hashlib.sha256(header + body).hexdigest()
+    return hmac.new(key, header + body, hashlib.sha256).hexdigest()
+
+
+def recompute_hash(event: Any, previous_hash: str, stored: str) -> str | None:
+    """The hash `event` should carry, under the key its stored hash names.
+
+    None when that key is not in this process's keyring (the caller reports "unknown_key").
+    """
+    kid, sep, _ = stored.partition(":")
+    args = (previous_hash, type(event).__name__, event.originator_version, event.timestamp,
+            event_payload(event))
+    if not sep:
+        return _digest(None, *args)
+    key = _keyring.key(kid) if _keyring is not None else None
+    if key is None:
+        return None
+    return kid + ":" + _digest(key, *args)
+
+
+def is_keyed(stored_hash: str) -> bool:
+    return ":" in stored_hash
 
 
 def event_payload(event: Any) -> dict[str, Any]:
@@ -66,7 +174,7 @@ def hash_of_event(event: Any, previous_hash: str) -> str:
 class ChainBreak:
     originator_version: int
     event_name: str
-    reason: str  # "hash_mismatch" | "version_gap" | "missing_hash"
+    reason: str  # "hash_mismatch" | "version_gap" | "missing_hash" | "unknown_key" | "unkeyed"
     expected: str
     found: str
 
@@ -79,6 +187,7 @@ def verify_chain(events: Iterable[Any], previous_hash: str = GENESIS_HASH) -> li
     """
     breaks: list[ChainBreak] = []
     expected_version: int | None = None
+    keyed_before = is_keyed(previous_hash)
     for event in events:
         name = type(event).__name__
         version = event.originator_version
@@ -87,12 +196,19 @@ def verify_chain(events: Iterable[Any], previous_hash: str = GENESIS_HASH) -> li
                                      str(version)))
         expected_version = version + 1
         stored = getattr(event, "chain_hash", None)
-        recomputed = hash_of_event(event, previous_hash)
         if not isinstance(stored, str):
+            recomputed = hash_of_event(event, previous_hash)
             breaks.append(ChainBreak(version, name, "missing_hash", recomputed, repr(stored)))
             previous_hash = recomputed
             continue
-        if stored != recomputed:
-            breaks.append(ChainBreak(version, name, "hash_mismatch", recomputed, stored))
+        expected = recompute_hash(event, previous_hash, stored)
+        if expected is None:
+            breaks.append(ChainBreak(version, name, "unknown_key",
+                                     "a key id of the keyring", stored.partition(":")[0]))
+        elif not hmac.compare_digest(stored, expected):
+            breaks.append(ChainBreak(version, name, "hash_mismatch", expected, stored))
+        if keyed_before and not is_keyed(stored):
+            breaks.append(ChainBreak(version, name, "unkeyed", "a keyed hash", stored))
+        keyed_before = keyed_before or is_keyed(stored)
         previous_hash = stored
     return breaks

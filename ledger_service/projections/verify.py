@@ -35,8 +35,10 @@ import psycopg
 from eventsourcing.persistence import StoredEvent
 from psycopg import IsolationLevel
 
+from contracts.ledger import LedgerAnchor
+from ledger_service.anchors import check_anchor
 from ledger_service.domain.account import BillingAccount
-from ledger_service.domain.chain import GENESIS_HASH, verify_chain
+from ledger_service.domain.chain import GENESIS_HASH, chain_keyring, is_keyed, verify_chain
 from ledger_service.domain.postings import event_postings, sum_by_currency
 from ledger_service.domain.times import format_time
 from ledger_service.projections.builders import PROJECTION_NAMES, credits_of, usage_day, usage_lines
@@ -73,6 +75,10 @@ class VerifyReport:
     postings_total: dict[str, int] = field(default_factory=dict)  # currency -> sum, must be 0
     divergences: list[Divergence] = field(default_factory=list)
     elapsed_s: float = 0.0
+    # A log written before the chain was keyed (`ledgerctl verify --allow-unkeyed`).
+    allow_unkeyed: bool = False
+    unkeyed_events: int = 0
+    anchors_checked: int = 0
 
     @property
     def ok(self) -> bool:
@@ -225,6 +231,11 @@ class AccountAudit:
                 self.flag("chain", where, f"hash {broken.expected} (recomputed)",
                           f"hash {broken.found} (stored; {broken.reason})")
         stored = getattr(event, "chain_hash", None)
+        if isinstance(stored, str) and not is_keyed(stored) and chain_keyring() is not None:
+            self.report.unkeyed_events += 1
+            if not self.report.allow_unkeyed:
+                self.flag("unkeyed", where, "a keyed hash (kid:hmac)",
+                          "an unkeyed SHA-256: anyone with database access could have made it")
         self.previous_hash = stored if isinstance(stored, str) else None
 
     def _check_postings(self, event: Any, where: str) -> None:
@@ -425,10 +436,11 @@ class AccountAudit:
 
 
 def verify(conn: psycopg.Connection[Any], decoder: EventDecoder, *,
-           account_id: UUID | None = None, progress: Progress | None = None) -> VerifyReport:
+           account_id: UUID | None = None, progress: Progress | None = None,
+           allow_unkeyed: bool = False) -> VerifyReport:
     """Check the log (or one account's part of it) and the projections against it."""
     started = time.perf_counter()
-    report = VerifyReport()
+    report = VerifyReport(allow_unkeyed=allow_unkeyed)
     saved = conn.autocommit, conn.isolation_level, conn.read_only
     conn.autocommit = False
     conn.isolation_level = IsolationLevel.REPEATABLE_READ
@@ -476,6 +488,24 @@ def _verify_in_snapshot(conn: psycopg.Connection[Any], decoder: EventDecoder,
             report.divergences.append(Divergence(
                 orphan, check, "rows", "rows for an account", "no events"))
     report.divergences.extend(_missing_indexed_events(conn, account_id))
+
+
+def verify_anchors(conn: psycopg.Connection[Any], anchors: list[LedgerAnchor],
+                   trusted_key: bytes, report: VerifyReport) -> None:
+    """Check the log against signed anchors kept outside the database (newest last).
+
+    Each anchor's heads are recomputed from the log at its position, so an edit, deletion,
+    truncation or re-ordering below it shows however the chain hashes were rewritten.
+    """
+    row = conn.execute("SELECT coalesce(max(notification_id), 0) FROM ledger_events").fetchone()
+    log_position = int(row[0]) if row else 0
+    for anchor in anchors:
+        result = check_anchor(conn, anchor, trusted_key, log_position)
+        report.anchors_checked += 1
+        if result.problem is not None:
+            report.divergences.append(Divergence(
+                None, "anchor", f"{anchor.anchor_id} ({anchor.created_at})",
+                f"root {anchor.merkle_root} at position {anchor.position}", result.problem))
 
 
 def _positions(conn: psycopg.Connection[Any]) -> dict[str, int]:

@@ -3,10 +3,13 @@ service: a clean stop stops it, and a killed service does not leave it running."
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import time
+import uuid
 from pathlib import Path
 
+import msgspec
 import psutil
 import pytest
 
@@ -59,3 +62,50 @@ def test_a_killed_service_does_not_leave_its_follower_running(infra: Infra, tmp_
     service.process.send_signal(signal.SIGKILL)
     service.process.wait()
     assert gone(follower), "the follower outlived its service"
+
+
+async def test_the_follower_anchors_the_log_to_the_stream_and_the_file(
+        infra: Infra, tmp_path: Path) -> None:
+    import httpx
+    import nats
+
+    from contracts.ledger import LedgerAnchor
+    from contracts.subjects import LEDGER_ANCHORS
+    from ledger_service.anchors import read_anchor_file, signature_holds
+    from ledger_service.settings import LedgerToolSettings
+    from tests.integration.test_ledger_service import OPERATOR
+
+    anchor_dir = tmp_path / "anchors"
+    service = ServiceProcess("ledger_service", infra.service_env(
+        ANCHOR_INTERVAL_S="1", ANCHOR_DIR=str(anchor_dir))).start(tmp_path)
+    try:
+        service.wait_ready()
+        account = str(uuid.uuid4())
+        async with httpx.AsyncClient(base_url=service.url, headers=OPERATOR) as http:
+            opened = await http.post("/v1/accounts", json={
+                "account_id": account, "type": "prepay", "currency": "GBP",
+                "tax": {"country": "GB"}})
+            assert opened.status_code == 201, opened.text
+        path = anchor_dir / "anchors.jsonl"
+        deadline = time.monotonic() + 30
+        while not path.exists() and time.monotonic() < deadline:
+            await asyncio.sleep(0.2)
+        anchors = read_anchor_file(path)
+        assert anchors and anchors[-1].accounts >= 1
+        assert signature_holds(anchors[-1], LedgerToolSettings().trusted_anchor_key())
+        nc = await nats.connect(infra.nats_url)
+        try:
+            js = nc.jetstream()
+            published = None
+            while published is None and time.monotonic() < deadline:
+                try:
+                    published = await js.get_last_msg("ANCHORS", LEDGER_ANCHORS)
+                except nats.js.errors.NotFoundError:
+                    await asyncio.sleep(0.2)
+            assert published is not None, "no anchor reached the ANCHORS stream"
+            anchor = msgspec.json.decode(published.data, type=LedgerAnchor)
+            assert anchor.anchor_id in {a.anchor_id for a in read_anchor_file(path)}
+        finally:
+            await nc.close()
+    finally:
+        assert service.stop() == 0

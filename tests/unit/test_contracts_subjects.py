@@ -21,10 +21,11 @@ from contracts.subjects import (
 )
 
 
-def test_streams_are_those_of_the_contract_plus_dead_letters() -> None:
+def test_streams_are_those_of_the_contract_plus_dead_letters_and_anchors() -> None:
     assert STREAMS == {
         "USAGE": ["usage.v1.>"],
         "LEDGER": ["ledger.v1.events.>"],
+        "ANCHORS": ["ledger.v1.anchors"],
         "PAYMENTS": ["payments.v1.>"],
         "INVOICING": ["invoicing.v1.>"],
         "CATALOG": ["catalog.v1.>"],
@@ -82,7 +83,9 @@ def test_every_event_subject_is_stored_by_exactly_one_stream(subject: str) -> No
     ]
     assert len(holders) == 1
     assert stream_of(subject) == holders[0]
-    assert holders[0].lower() == subject.split(".", 1)[0]
+    # Streams are named after their subjects' first token; anchors are the ledger's, kept apart.
+    expected = "anchors" if subject == "ledger.v1.anchors" else subject.split(".", 1)[0]
+    assert holders[0].lower() == expected
 
 
 def test_authorize_is_outside_every_stream_so_jetstream_does_not_answer_it() -> None:
