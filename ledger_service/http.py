@@ -46,6 +46,7 @@ from ledger_service.app.ledger import (
 from ledger_service.domain import errors
 from ledger_service.messaging import Writer
 from ledger_service.projections import reads
+from ledger_service.reader import Reader
 from services.http import (
     BEARER_SECURITY,
     OPERATOR,
@@ -87,6 +88,7 @@ class LedgerServices:
 
     ledger: Ledger
     writer: Writer
+    reader: Reader  # loads for reads, off the writer (ledger_service/reader.py)
     pool: AsyncConnectionPool  # the service's pool, for projection reads
 
 
@@ -141,7 +143,7 @@ async def open_account(
      responses=problem_responses(401, 403, 404))
 async def get_account(account_id: FromPath[UUID], svc: Services, principal: CurrentPrincipal) -> AccountView:
     check_may_read(principal, account_id)
-    account = await svc.writer.call(svc.ledger.read, account_id)
+    account = await svc.reader.account(account_id)
     return accounts.account_view(account)
 
 
@@ -181,15 +183,15 @@ async def get_balance(
             raise ValidationException(detail="as_of needs a UTC offset",
                                       extra=[{"key": "as_of", "message": "timezone required",
                                               "source": "query"}])
-        account = await svc.writer.call(balance_as_of, svc.ledger, account_id, as_of)
+        account = await svc.reader.account_as_of(account_id, as_of)
         return respond_view(accounts.balance_view(account, as_of.astimezone(UTC)),
                             {"X-Account-Version": str(account.version)})
     head, row = await reads.current_balance(svc.pool, account_id, account_id)
     if row is None:
         if head is None:
             raise NotFoundException(detail=f"account {account_id} not found")
-        # The projection has not applied this account's newest events yet: ask the writer.
-        account = await svc.writer.call(svc.ledger.read, account_id)
+        # The projection has not applied this account's newest events yet: load the account.
+        account = await svc.reader.account(account_id)
         return respond_view(accounts.balance_view(account, datetime.now(UTC)),
                             {"X-Account-Version": str(account.version)})
     view = accounts.balance_view_of(
@@ -206,18 +208,6 @@ _encode = msgspec.json.Encoder().encode
 
 def respond_view(view: Any, headers: dict[str, str]) -> Response[bytes]:
     return Response(_encode(view), media_type=JSON, headers=headers)
-
-
-def balance_as_of(ledger: Ledger, account_id: UUID, as_of: datetime) -> Any:
-    """Replay the account's log up to ``as_of`` (events at or before it), never projections."""
-    version = None
-    for event in ledger.app.events.get(account_id):
-        if event.timestamp > as_of:  # type: ignore[attr-defined]
-            break
-        version = event.originator_version
-    if version is None:
-        raise AccountNotFound(f"account {account_id} did not exist at {as_of.isoformat()}")
-    return ledger.app.repository.get(account_id, version=version)
 
 
 @post("/{account_id:uuid}/credits", summary="Grant credit", status_code=201, **OPERATOR_ONLY,  # type: ignore[arg-type]

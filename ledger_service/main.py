@@ -14,6 +14,7 @@ from ledger_service.domain.chain import configure_chain_keys
 from ledger_service.followers import FollowerConfig, Followers
 from ledger_service.http import EXCEPTION_STATUSES, LedgerServices, router
 from ledger_service.messaging import Authorizer, Sweeper, Writer, consumers
+from ledger_service.reader import Reader
 from ledger_service.settings import LedgerSettings
 from services.database import eventsourcing_env
 from services.runtime import Runtime, ServiceParts, ServiceSpec
@@ -34,6 +35,7 @@ def build(runtime: Runtime) -> ServiceParts:
         env = ledger_env(eventsourcing_env(rt.settings.database_url, SCHEMA))
         app = await asyncio.to_thread(LedgerApplication, env)
         ledger = Ledger(app)
+        services.reader = Reader(Ledger(await asyncio.to_thread(LedgerApplication, env)))
         await asyncio.to_thread(ledger.catalogue)  # seeds the default catalogue on first start
         services.ledger, services.writer = ledger, Writer()
         nc = rt.broker.connection
@@ -68,6 +70,7 @@ def build(runtime: Runtime) -> ServiceParts:
         await rt.state["followers"].stop()
         log.info("stopped followers (publisher, projections)")
         rt.state["writer"].close()
+        services.reader.close()
         rt.state["ledger"].app.close()
 
     return ServiceParts(

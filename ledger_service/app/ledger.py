@@ -178,6 +178,39 @@ class Ledger:
             account = self.load(account_id)
         return account
 
+    def version_at(self, account_id: UUID, as_of: datetime) -> int | None:
+        """The account's last version recorded at or before `as_of`; None before it opened.
+
+        A binary search over versions, one primary-key look-up each (about 20 for a million
+        events), where a scan read the whole history. It takes "recorded by as_of" to be a
+        prefix of the versions, as the scan did (it stopped at the first event after the
+        instant): one writer applies an account's commands in turn at the service's clock, and
+        only a clock stepped backwards could break that.
+        """
+        newest = self.query("SELECT max(originator_version) FROM {schema}.ledger_events"
+                            " WHERE originator_id = %s", (account_id,))
+        if not newest or newest[0][0] is None:
+            return None
+        first = self._recorded_at(account_id, 1)
+        if first is None or first > as_of:
+            return None
+        low, high = 1, int(newest[0][0])  # recorded(low) holds; nothing above high is
+        while low < high:
+            middle = (low + high + 1) // 2
+            stamp = self._recorded_at(account_id, middle)
+            if stamp is not None and stamp <= as_of:
+                low = middle
+            else:
+                high = middle - 1
+        return low
+
+    def _recorded_at(self, account_id: UUID, version: int) -> datetime | None:
+        rows = self.query(
+            "SELECT (convert_from(state, 'UTF8')::json -> 'timestamp' ->> '_data_')::timestamptz"
+            " FROM {schema}.ledger_events WHERE originator_id = %s AND originator_version = %s",
+            (account_id, version))
+        return rows[0][0] if rows else None
+
     def evict(self, ids: Iterable[UUID]) -> None:
         cache = self.app.repository.cache
         if cache is None:

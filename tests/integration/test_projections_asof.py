@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ledger_service.app.ledger import AccountNotFound
-from ledger_service.http import balance_as_of
+from ledger_service.reader import account_as_of
 from ledger_service.projections.decoding import EventDecoder
 from ledger_service.projections.replay import replay_account
 from ledger_service.projections.runner import connector
@@ -53,7 +53,7 @@ def test_as_of_balances_equal_the_replay_of_the_events_before_them(
                 before = [e for e in events if e.timestamp <= moment]
                 replayed = replay_account(conn, decoder, account_id, moment)
                 assert replayed is not None and replayed.events == len(before)
-                routed = balance_as_of(ledger, account_id, moment)
+                routed = account_as_of(ledger, account_id, moment)
                 assert routed.version == replayed.account.version == len(before)
                 for attribute in ("balance_micros", "available_micros", "held_micros"):
                     assert getattr(routed, attribute) == getattr(replayed.account, attribute)
@@ -62,6 +62,6 @@ def test_as_of_balances_equal_the_replay_of_the_events_before_them(
                 assert stated == replayed.account.balance_micros
             assert replay_account(conn, decoder, account_id, start - timedelta(seconds=1)) is None
             with pytest.raises(AccountNotFound):
-                balance_as_of(ledger, account_id, start - timedelta(seconds=1))
+                account_as_of(ledger, account_id, start - timedelta(seconds=1))
     finally:
         ledger.app.close()
