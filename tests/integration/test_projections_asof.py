@@ -15,11 +15,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ledger_service.app.ledger import AccountNotFound
-from ledger_service.reader import account_as_of
 from ledger_service.projections.decoding import EventDecoder
 from ledger_service.projections.replay import replay_account
 from ledger_service.projections.runner import connector
 from ledger_service.projections.statement import statement_entries
+from ledger_service.reader import account_as_of
 from tests.conftest import Infra
 from tests.integration.test_projections_workload import Clock, Workload, build, commands
 
