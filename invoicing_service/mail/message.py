@@ -137,4 +137,9 @@ def mime_message(
         maintype, _, subtype = attachment.content_type.partition("/")
         message.add_attachment(attachment.content, maintype=maintype, subtype=subtype,
                                filename=attachment.filename)
+    # Boundaries from the key instead of random ones: every attempt at one email is the same
+    # bytes apart from its Date. "=_" cannot occur in base64, and a 32-digit hash not in text.
+    digest = hashlib.sha256(email.idempotency_key.encode()).hexdigest()[:32]
+    for depth, part in enumerate(p for p in message.walk() if p.is_multipart()):
+        part.set_boundary(f"=_{digest}.{depth}")
     return message
