@@ -5,7 +5,7 @@ renders it again whenever it is downloaded or emailed: the layout depends only o
 the two parties and reportlab's version, so the hash still matches.
 """
 
-from invoicing_service.documents.party import Party, PartyError
+from invoicing_service.documents.party import Party, PartyError, SterlingVat
 from invoicing_service.documents.pdf import (
     document_sha256,
     render_credit_note_pdf,
@@ -15,6 +15,7 @@ from invoicing_service.documents.pdf import (
 __all__ = [
     "Party",
     "PartyError",
+    "SterlingVat",
     "document_sha256",
     "render_credit_note_pdf",
     "render_invoice_pdf",

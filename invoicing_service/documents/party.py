@@ -44,3 +44,18 @@ class Party:
     def is_uk(self) -> bool:
         # GB and XI (Northern Ireland) are both inside UK VAT.
         return self.country in ("GB", "XI")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SterlingVat:
+    """The VAT of a document invoiced in another currency, in sterling: HMRC asks for the
+    total VAT in sterling on every VAT invoice. The caller converts (at the rate it chose:
+    HMRC's period rate or a market rate on the tax point) and says which rate it used."""
+
+    vat_amount: str  # GBP, a decimal string
+    exchange_rate: str  # GBP per unit of the document's currency, e.g. "0.8531"
+    rate_source: str  # e.g. "HMRC period rate, November 2026"
+
+    def __post_init__(self) -> None:
+        if len(self.rate_source) > TEXT_CHARS_MAX or not self.rate_source.strip():
+            raise PartyError("a sterling conversion names its rate's source")

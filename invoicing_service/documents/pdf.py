@@ -34,14 +34,14 @@ from reportlab.platypus import Flowable, Paragraph, SimpleDocTemplate, Spacer, T
 from contracts.http.invoicing import CreditNoteView, InvoiceView
 from contracts.invoicing import InvoiceLine, VatBreakdown
 from invoicing_service.documents import wording
-from invoicing_service.documents.party import Party
+from invoicing_service.documents.party import Party, SterlingVat
 
 PAGE_MARGIN: Final = 16 * mm
 FONT: Final = "InvoiceSans"
 FONT_BOLD: Final = "InvoiceSans-Bold"
 _FONT_FILES: Final = {FONT: "Vera.ttf", FONT_BOLD: "VeraBd.ttf"}
 # Column widths of the lines table, in points; they add up to the printable width of A4.
-_LINE_COLUMNS: Final = (70 * mm, 22 * mm, 24 * mm, 24 * mm, 14 * mm, 24 * mm)
+_LINE_COLUMNS: Final = (62 * mm, 22 * mm, 25 * mm, 26 * mm, 19 * mm, 24 * mm)
 _GRID: Final = colors.HexColor("#9a9a9a")
 _SHADE: Final = colors.HexColor("#eeeeee")
 _PADDING: Final = 6  # reportlab's default left and right cell padding, in points
@@ -114,7 +114,9 @@ def document_sha256(pdf: bytes) -> str:
     return hashlib.sha256(pdf).hexdigest()
 
 
-def render_invoice_pdf(view: InvoiceView, supplier: Party, customer: Party) -> bytes:
+def render_invoice_pdf(view: InvoiceView, supplier: Party, customer: Party, *,
+                       sterling_vat: SterlingVat | None = None) -> bytes:
+    """`sterling_vat`: for an invoice in EUR or USD that charges VAT, its VAT in sterling."""
     issued = wording.utc_day(view.issued_at) if view.issued_at else None
     tax_point = wording.tax_point(view.period, issued)
     draft = view.number is None
@@ -150,12 +152,14 @@ def render_invoice_pdf(view: InvoiceView, supplier: Party, customer: Party) -> b
         totals=totals,
         currency=view.currency,
         notes=[*wording.vat_notes((line.vat_treatment for line in view.lines), customer),
+               *wording.sterling_notes(view.currency, view.vat_total, sterling_vat),
                *([status_note] if status_note else [])],
     )
 
 
 def render_credit_note_pdf(
-    view: CreditNoteView, invoice_number: str, supplier: Party, customer: Party
+    view: CreditNoteView, invoice_number: str, supplier: Party, customer: Party, *,
+    sterling_vat: SterlingVat | None = None,
 ) -> bytes:
     issued = wording.utc_day(view.issued_at)
     facts = [
@@ -184,7 +188,8 @@ def render_credit_note_pdf(
         totals=totals,
         currency=view.currency,
         notes=[f"This credit note reduces the amount owed on invoice {invoice_number}.",
-               *wording.vat_notes((line.vat_treatment for line in view.lines), customer)],
+               *wording.vat_notes((line.vat_treatment for line in view.lines), customer),
+               *wording.sterling_notes(view.currency, view.vat_total, sterling_vat)],
     )
 
 

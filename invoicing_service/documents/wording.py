@@ -10,7 +10,7 @@ from typing import Final
 
 from contracts.invoicing import VatTreatment
 from contracts.money import format_micros, to_micros
-from invoicing_service.documents.party import Party
+from invoicing_service.documents.party import Party, SterlingVat
 
 CURRENCY_SYMBOLS: Final = {"GBP": "£", "EUR": "€", "USD": "$"}
 
@@ -88,3 +88,12 @@ def vat_notes(treatments: Iterable[VatTreatment], customer: Party) -> list[str]:
         notes.append(REVERSE_CHARGE_DOMESTIC if customer.is_uk else REVERSE_CHARGE_ABROAD)
     notes.extend(note for treatment, note in TREATMENT_NOTES.items() if treatment in present)
     return notes
+
+
+def sterling_notes(currency: str, vat_total: str, sterling: SterlingVat | None) -> list[str]:
+    """HMRC: the total VAT in sterling, when the document is in another currency and
+    charges VAT. Nothing to say for a sterling document or one without VAT."""
+    if currency == "GBP" or to_micros(vat_total) == 0 or sterling is None:
+        return []
+    return [f"VAT in sterling: {money(sterling.vat_amount, 'GBP')} "
+            f"(1 {currency} = {sterling.exchange_rate} GBP, {sterling.rate_source})"]

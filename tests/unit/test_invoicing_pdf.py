@@ -16,6 +16,7 @@ from contracts.invoicing import InvoiceLine, VatBreakdown
 from invoicing_service.documents import (
     Party,
     PartyError,
+    SterlingVat,
     document_sha256,
     render_credit_note_pdf,
     render_invoice_pdf,
@@ -163,6 +164,21 @@ def test_zero_rated_and_exempt_lines_give_their_reason() -> None:
     text = text_of(render_invoice_pdf(invoice, SUPPLIER, UK_CUSTOMER))
     assert "Zero-rated supply" in text and "Exempt from VAT" in text
     assert "Reverse charge" not in text
+
+
+def test_a_euro_invoice_that_charges_vat_shows_the_vat_in_sterling() -> None:
+    euro = uk_invoice(currency="EUR")
+    sterling = SterlingVat(vat_amount="81.73", exchange_rate="0.8531",
+                           rate_source="HMRC period rate, November 2026")
+    text = text_of(render_invoice_pdf(euro, SUPPLIER, UK_CUSTOMER, sterling_vat=sterling))
+    assert "VAT in sterling: £81.73 (1 EUR = 0.8531 GBP, HMRC period rate, November 2026)" \
+        in text.replace("\n", " ")
+    # Sterling documents and documents without VAT have nothing to convert.
+    gbp = text_of(render_invoice_pdf(uk_invoice(), SUPPLIER, UK_CUSTOMER,
+                                     sterling_vat=sterling))
+    reverse = text_of(render_invoice_pdf(reverse_charge_invoice(), SUPPLIER, DE_BUSINESS,
+                                         sterling_vat=sterling))
+    assert "VAT in sterling" not in gbp and "VAT in sterling" not in reverse
 
 
 def test_no_po_number_line_when_the_customer_has_none() -> None:
