@@ -11,18 +11,19 @@ Text from the caller (descriptions, names, addresses) reaches the page only thro
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import io
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 from xml.sax.saxutils import escape
 
 import reportlab
+from reportlab import rl_config
 from reportlab.lib import colors
-from reportlab.lib.enums import TA_RIGHT
 from reportlab.lib.pagesizes import A4
 from reportlab.lib.styles import ParagraphStyle
 from reportlab.lib.units import mm
@@ -37,59 +38,89 @@ from invoicing_service.documents import wording
 from invoicing_service.documents.party import Party, SterlingVat
 
 PAGE_MARGIN: Final = 16 * mm
-FONT: Final = "InvoiceSans"
-FONT_BOLD: Final = "InvoiceSans-Bold"
-_FONT_FILES: Final = {FONT: "Vera.ttf", FONT_BOLD: "VeraBd.ttf"}
 # Column widths of the lines table, in points; they add up to the printable width of A4.
 _LINE_COLUMNS: Final = (62 * mm, 22 * mm, 25 * mm, 26 * mm, 19 * mm, 24 * mm)
 _GRID: Final = colors.HexColor("#9a9a9a")
 _SHADE: Final = colors.HexColor("#eeeeee")
 _PADDING: Final = 6  # reportlab's default left and right cell padding, in points
+_WIDE_FONT_FILES: Final = ("DejaVuSans.ttf", "DejaVuSans-Bold.ttf")
 
 
 @dataclass(frozen=True, slots=True)
 class _Fonts:
     regular: str
     bold: str
+    # The code points the font draws; None for Helvetica (WinAnsi: Latin-1, €, dashes).
+    charset: frozenset[int] | None
+
+
+def _register(name: str, regular: Path, bold: Path) -> _Fonts:
+    face = TTFont(name, str(regular))
+    pdfmetrics.registerFont(face)
+    pdfmetrics.registerFont(TTFont(f"{name}-Bold", str(bold)))
+    return _Fonts(name, f"{name}-Bold", frozenset(face.face.charToGlyph))
 
 
 @functools.cache
-def _fonts() -> _Fonts:
-    """Register reportlab's bundled Vera once; without it (a trimmed install), the PDF
-    standard Helvetica, whose WinAnsi encoding still has € and £."""
+def _bundled_fonts() -> _Fonts:
+    """Bitstream Vera, inside reportlab's wheel: the same bytes on every machine, € and £
+    and most of Latin Extended-A. Without it (a trimmed install), the PDF standard
+    Helvetica."""
     folder = Path(reportlab.__file__).parent / "fonts"
     try:
-        for name, file in _FONT_FILES.items():
-            pdfmetrics.registerFont(TTFont(name, str(folder / file)))
+        return _register("InvoiceSans", folder / "Vera.ttf", folder / "VeraBd.ttf")
     except (OSError, TTFError):
-        return _Fonts("Helvetica", "Helvetica-Bold")
-    return _Fonts(FONT, FONT_BOLD)
+        return _Fonts("Helvetica", "Helvetica-Bold", None)
+
+
+@functools.cache
+def _wide_fonts() -> _Fonts | None:
+    """DejaVu Sans where the system has it (reportlab's TTFSearchPath): Cyrillic, Greek,
+    Hungarian and others that Vera lacks."""
+    for folder in map(Path, rl_config.TTFSearchPath):
+        regular, bold = (folder / name for name in _WIDE_FONT_FILES)
+        if regular.is_file() and bold.is_file():
+            with contextlib.suppress(OSError, TTFError):
+                return _register("InvoiceSansWide", regular, bold)
+    return None
+
+
+def _fonts_for(texts: Iterable[str]) -> _Fonts:
+    """Vera, unless the document holds characters Vera cannot draw and DejaVu can: then
+    that document is in DejaVu (and its bytes depend on the system's DejaVu version)."""
+    bundled = _bundled_fonts()
+    if bundled.charset is None:
+        return bundled
+    missing = {ord(ch) for text in texts for ch in text} - bundled.charset
+    if not missing:
+        return bundled
+    wide = _wide_fonts()
+    if wide is not None and wide.charset is not None and missing <= wide.charset:
+        return wide
+    return bundled
 
 
 @dataclass(frozen=True, slots=True)
 class _Styles:
+    fonts: _Fonts
     body: ParagraphStyle
-    small: ParagraphStyle
     title: ParagraphStyle
     heading: ParagraphStyle
     note: ParagraphStyle
-    right: ParagraphStyle
 
 
 @functools.cache
-def _styles() -> _Styles:
-    fonts = _fonts()
+def _styles(fonts: _Fonts) -> _Styles:
     body = ParagraphStyle("body", fontName=fonts.regular, fontSize=9, leading=11.5)
     return _Styles(
+        fonts=fonts,
         body=body,
-        small=ParagraphStyle("small", parent=body, fontSize=8, leading=10),
         title=ParagraphStyle("title", parent=body, fontName=fonts.bold, fontSize=18,
                              leading=22, spaceAfter=4),
         heading=ParagraphStyle("heading", parent=body, fontName=fonts.bold, fontSize=9.5,
                                leading=12, spaceBefore=6, spaceAfter=2),
         note=ParagraphStyle("note", parent=body, fontName=fonts.bold, fontSize=9.5, leading=12,
                             spaceBefore=2),
-        right=ParagraphStyle("right", parent=body, alignment=TA_RIGHT),
     )
 
 
@@ -206,7 +237,10 @@ def _render(
     currency: str,
     notes: Sequence[str],
 ) -> bytes:
-    styles = _styles()
+    texts = [title, *(value for _label, value in facts), *notes,
+             *(line.description for line in lines),
+             *(text for party in (supplier, customer) for text in _party_lines(party))]
+    styles = _styles(_fonts_for(texts))
     buffer = io.BytesIO()
     document = SimpleDocTemplate(
         buffer,
@@ -236,7 +270,7 @@ def _render(
 
     def footer(canvas: Canvas, doc: Any) -> None:
         canvas.saveState()
-        canvas.setFont(_fonts().regular, 7.5)
+        canvas.setFont(styles.fonts.regular, 7.5)
         canvas.drawString(PAGE_MARGIN, PAGE_MARGIN / 2,
                           f"{supplier.name} · VAT {supplier.vat_number or 'not registered'}")
         canvas.drawRightString(A4[0] - PAGE_MARGIN, PAGE_MARGIN / 2,
@@ -248,10 +282,10 @@ def _render(
 
 
 def _table(rows: list[list[Any]], widths: Sequence[float], commands: list[Any],
-           *, repeat_rows: int = 0) -> Table:
+           styles: _Styles, *, repeat_rows: int = 0) -> Table:
     table = Table(rows, colWidths=list(widths), repeatRows=repeat_rows, hAlign="LEFT")
     table.setStyle(TableStyle([
-        ("FONT", (0, 0), (-1, -1), _fonts().regular, 9),
+        ("FONT", (0, 0), (-1, -1), styles.fonts.regular, 9),
         ("VALIGN", (0, 0), (-1, -1), "TOP"),
         ("TOPPADDING", (0, 0), (-1, -1), 2),
         ("BOTTOMPADDING", (0, 0), (-1, -1), 2),
@@ -262,15 +296,21 @@ def _table(rows: list[list[Any]], widths: Sequence[float], commands: list[Any],
 
 def _facts_table(facts: Sequence[tuple[str, str]], styles: _Styles) -> Table:
     rows = [[label, _cell(value, 120 * mm, styles.body)] for label, value in facts]
-    return _table(rows, (40 * mm, 120 * mm), [("FONT", (0, 0), (0, -1), _fonts().bold, 9)])
+    return _table(rows, (40 * mm, 120 * mm), [("FONT", (0, 0), (0, -1), styles.fonts.bold, 9)],
+                  styles)
 
 
-def _party_cell(party: Party, width: float, styles: _Styles) -> str | Paragraph:
+def _party_lines(party: Party) -> list[str]:
     lines = [party.name, *party.address_lines, party.country]
     if party.vat_number:
         lines.append(f"VAT number: {party.vat_number}")
     if party.email:
         lines.append(party.email)
+    return lines
+
+
+def _party_cell(party: Party, width: float, styles: _Styles) -> str | Paragraph:
+    lines = _party_lines(party)
     style = styles.body
     if all(pdfmetrics.stringWidth(line, style.fontName, style.fontSize) <= width - _PADDING * 2
            for line in lines):
@@ -285,9 +325,9 @@ def _parties_table(supplier: Party, customer: Party, styles: _Styles) -> Table:
         [_party_cell(supplier, width, styles), _party_cell(customer, width, styles)],
     ]
     return _table(rows, (width, width), [
-        ("FONT", (0, 0), (-1, 0), _fonts().bold, 9.5),
+        ("FONT", (0, 0), (-1, 0), styles.fonts.bold, 9.5),
         ("LEADING", (0, 1), (-1, -1), styles.body.leading),
-    ])
+    ], styles)
 
 
 def _lines_table(lines: Sequence[InvoiceLine], currency: str, styles: _Styles) -> Table:
@@ -303,11 +343,11 @@ def _lines_table(lines: Sequence[InvoiceLine], currency: str, styles: _Styles) -
             wording.money(line.vat_amount, currency),
         ])
     return _table(rows, _LINE_COLUMNS, [
-        ("FONT", (0, 0), (-1, 0), _fonts().bold, 9),
+        ("FONT", (0, 0), (-1, 0), styles.fonts.bold, 9),
         ("BACKGROUND", (0, 0), (-1, 0), _SHADE),
         ("ALIGN", (1, 0), (-1, -1), "RIGHT"),
         ("LINEBELOW", (0, 0), (-1, -1), 0.25, _GRID),
-    ], repeat_rows=1)
+    ], styles, repeat_rows=1)
 
 
 def _breakdown_table(breakdown: Sequence[VatBreakdown], currency: str,
@@ -319,19 +359,19 @@ def _breakdown_table(breakdown: Sequence[VatBreakdown], currency: str,
         for part in breakdown
     )
     return _table(rows, (22 * mm, 40 * mm, 34 * mm, 34 * mm), [
-        ("FONT", (0, 0), (-1, 0), _fonts().bold, 9),
+        ("FONT", (0, 0), (-1, 0), styles.fonts.bold, 9),
         ("BACKGROUND", (0, 0), (-1, 0), _SHADE),
         ("ALIGN", (2, 0), (-1, -1), "RIGHT"),
         ("LINEBELOW", (0, 0), (-1, -1), 0.25, _GRID),
-    ])
+    ], styles)
 
 
 def _totals_table(totals: Sequence[tuple[str, str]], currency: str, styles: _Styles) -> Table:
     rows = [[label, wording.money(amount, currency)] for label, amount in totals]
     table = _table(rows, (50 * mm, 34 * mm), [
-        ("FONT", (0, 0), (-1, -1), _fonts().bold, 9.5),
+        ("FONT", (0, 0), (-1, -1), styles.fonts.bold, 9.5),
         ("ALIGN", (1, 0), (1, -1), "RIGHT"),
         ("LINEABOVE", (0, 0), (-1, 0), 0.5, _GRID),
-    ])
+    ], styles)
     table.hAlign = "RIGHT"
     return table

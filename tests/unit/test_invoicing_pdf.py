@@ -21,6 +21,7 @@ from invoicing_service.documents import (
     render_credit_note_pdf,
     render_invoice_pdf,
 )
+from invoicing_service.documents import pdf as pdf_fonts
 from invoicing_service.documents.wording import (
     REVERSE_CHARGE_ABROAD,
     REVERSE_CHARGE_DOMESTIC,
@@ -246,6 +247,23 @@ def test_the_same_document_renders_to_the_same_bytes() -> None:
     notes = [render_credit_note_pdf(credit_note(), "INV-2026-000123", SUPPLIER, UK_CUSTOMER)
              for _ in range(2)]
     assert notes[0] == notes[1]
+
+
+def test_documents_use_the_font_inside_reportlab_so_bytes_do_not_depend_on_the_machine(
+) -> None:
+    pdf = render_invoice_pdf(uk_invoice(), SUPPLIER, DE_BUSINESS)
+    assert b"BitstreamVeraSans" in pdf and b"DejaVu" not in pdf
+
+
+def test_a_name_the_bundled_font_cannot_draw_is_drawn_with_dejavu_when_present() -> None:
+    if pdf_fonts._wide_fonts() is None:
+        pytest.skip("no DejaVu Sans on this machine: Vera draws what it can")
+    customer = Party(name="Ромашка Лтд", address_lines=("Őrség utca 1",), country="HU",
+                     vat_number="HU12345678")
+    pdf = render_invoice_pdf(uk_invoice(), SUPPLIER, customer)
+    assert b"DejaVu" in pdf
+    text = text_of(pdf)
+    assert "Ромашка Лтд" in text and "Őrség utca 1" in text and "£574.80" in text
 
 
 def test_document_sha256_is_the_hex_sha256_of_the_bytes() -> None:
