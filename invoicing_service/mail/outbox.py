@@ -139,6 +139,20 @@ async def count_backlog(conn: Conn) -> int:
     return int(row[0]) if row else 0
 
 
+async def purge_sent_attachments(conn: Conn, *, older_than_s: float) -> int:
+    """Drop the attachments of emails sent longer ago than `older_than_s`: the PDF can be
+    rendered again from the invoice at any time (same bytes), and a month of invoices'
+    PDFs would otherwise grow the table by hundreds of megabytes. The email row stays, as
+    the history of what was sent to whom and when."""
+    cursor = await conn.execute(
+        "DELETE FROM email_attachments a USING email_outbox e"
+        " WHERE a.email_id = e.email_id AND e.status = 'sent'"
+        " AND e.sent_at < now() - make_interval(secs => %s)",
+        (older_than_s,),
+    )
+    return cursor.rowcount
+
+
 async def resend(conn: Conn, idempotency_key: str) -> bool:
     """Operator's re-send of a failed email (the CLI's "re-send"): due again now, with a
     fresh count of attempts. A sent or pending email is left alone: never twice."""

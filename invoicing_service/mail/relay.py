@@ -45,6 +45,7 @@ from invoicing_service.mail.outbox import (
     ClaimedEmail,
     claim_due,
     count_backlog,
+    purge_sent_attachments,
     record_failed,
     record_retry,
     record_sent,
@@ -61,6 +62,8 @@ from invoicing_service.mail.transport import (
 
 log = structlog.get_logger(__name__)
 
+# How often an idle relay drops the attachments of long-sent emails (in relay passes).
+PURGE_EVERY_PASSES: Final = 1_800
 # Emails of one batch in flight at once: SMTP servers throttle a client that opens many
 # connections, and a batch is small anyway.
 CONCURRENCY_MAX: Final = 4
@@ -96,6 +99,7 @@ class EmailRelay:
         send_timeout_s: float = 120.0,
         batch_size_max: int = 20,
         poll_interval_s: float = 2.0,
+        attachment_retention_s: float = 30 * 86_400,
         name: str = "email",
     ) -> None:
         # A lease shorter than a send would let a second relay send a row still in flight.
@@ -110,6 +114,7 @@ class EmailRelay:
         self._send_timeout_s = send_timeout_s
         self._batch_size_max = batch_size_max
         self._poll_interval_s = poll_interval_s
+        self._attachment_retention_s = attachment_retention_s
         self._name = name
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
@@ -133,6 +138,7 @@ class EmailRelay:
             send_timeout_s=settings.email_send_timeout_s,
             batch_size_max=settings.email_batch_size_max,
             poll_interval_s=settings.email_poll_interval_s,
+            attachment_retention_s=settings.email_attachment_retention_days * 86_400,
         )
 
     def wake(self) -> None:
@@ -232,14 +238,26 @@ class EmailRelay:
             # Our lease ran out and another relay claimed the row: its outcome stands.
             log.warning("email.lease_lost", **context)
 
+    async def purge_attachments(self) -> int:
+        async with self._pool.connection() as conn:
+            purged = await purge_sent_attachments(
+                conn, older_than_s=self._attachment_retention_s)
+        if purged:
+            log.info("email.attachments_purged", count=purged, relay=self._name)
+        return purged
+
     async def _run(self) -> None:
+        passes = 0
         while not self._stopping.is_set():
             self._wake.clear()
+            passes += 1
             try:
                 attempted = await self.relay_once()
                 if attempted >= self._batch_size_max:
                     continue  # more are probably due
                 await self.refresh_backlog()
+                if passes % PURGE_EVERY_PASSES == 1:
+                    await self.purge_attachments()
             except (psycopg.Error, OSError) as exc:
                 log.warning("email.relay_failed", relay=self._name, error=str(exc))
             except Exception as exc:

@@ -60,6 +60,8 @@ class MailSettings(ServiceSettings, frozen=True, kw_only=True):
     email_attempts_max: Annotated[int, msgspec.Meta(ge=1, le=100)] = 20
     email_poll_interval_s: Annotated[float, msgspec.Meta(gt=0, le=60)] = 2.0
     email_batch_size_max: Annotated[int, msgspec.Meta(ge=1, le=200)] = 20
+    # Sent emails keep their attachments this long (a PDF renders again, same bytes).
+    email_attachment_retention_days: Annotated[int, msgspec.Meta(ge=1, le=3650)] = 30
 
     def __post_init__(self) -> None:
         try:

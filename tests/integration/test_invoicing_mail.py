@@ -374,6 +374,27 @@ async def test_without_an_smtp_server_emails_are_logged_not_sent(
     assert "logged only" in state["last_error"]
 
 
+async def test_attachments_of_long_sent_emails_are_purged_and_the_row_kept(
+    pool: AsyncConnectionPool, smtp: SmtpFixture
+) -> None:
+    mailer = relay(pool, smtp.start(Recorder()), attachment_retention_s=3600)
+    await enqueue(pool, invoice_email(1), invoice_email(2), invoice_email(3))
+    await mailer.relay_once()
+    async with pool.connection() as conn:
+        await conn.execute("UPDATE email_outbox SET sent_at = now() - interval '2 hours'"
+                           " WHERE idempotency_key = 'invoice-issued:inv-1'")
+        await conn.execute("UPDATE email_outbox SET status = 'failed', sent_at = NULL,"
+                           " delivery = NULL WHERE idempotency_key = 'invoice-issued:inv-2'")
+    assert await mailer.purge_attachments() == 1
+    async with pool.connection() as conn:
+        cursor = await conn.execute(
+            "SELECT e.idempotency_key, count(a.email_id) FROM email_outbox e"
+            " LEFT JOIN email_attachments a USING (email_id) GROUP BY 1 ORDER BY 1")
+        assert await cursor.fetchall() == [
+            ("invoice-issued:inv-1", 0), ("invoice-issued:inv-2", 1),
+            ("invoice-issued:inv-3", 1)]
+
+
 async def test_the_table_refuses_what_the_code_would_never_write(
     pool: AsyncConnectionPool
 ) -> None:
