@@ -178,7 +178,14 @@ class EmailRelay:
                 outcome = await self._deliver(email)
             await self._record(email, token, outcome)
 
-        await asyncio.gather(*(attempt(email) for email in claimed))
+        results = await asyncio.gather(*(attempt(email) for email in claimed),
+                                       return_exceptions=True)
+        for email, result in zip(claimed, results, strict=True):
+            if isinstance(result, BaseException):
+                # Most likely the database, between the server's answer and our record: the
+                # row stays `sending` and is attempted again when its lease runs out.
+                log.error("email.outcome_not_recorded", email_id=email.email_id,
+                          relay=self._name, error=repr(result))
         return len(claimed)
 
     async def refresh_backlog(self) -> int:

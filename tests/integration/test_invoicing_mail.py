@@ -36,7 +36,7 @@ from invoicing_service.mail import (
     mime_message,
     resend,
 )
-from invoicing_service.mail.outbox import claim_due
+from invoicing_service.mail.outbox import claim_due, record_failed, record_retry
 from services.database import conninfo, create_pool
 from tests.conftest import Infra
 
@@ -54,9 +54,11 @@ class Recorder:
     """An SMTP handler that records every accepted message; `answers` are returned, one per
     DATA command, before it starts accepting (e.g. ["451 4.7.1 Try later"])."""
 
-    def __init__(self, answers: list[str] | None = None, rcpt_answer: str | None = None):
+    def __init__(self, answers: list[str] | None = None, rcpt_answer: str | None = None,
+                 stall_s: float = 0.0):
         self.answers = list(answers or [])
         self.rcpt_answer = rcpt_answer
+        self.stall_s = stall_s
         self.messages: list[EmailMessage] = []
         self.data_commands = 0
         self._lock = threading.Lock()
@@ -69,6 +71,10 @@ class Recorder:
         return "250 OK"
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        if self.stall_s:
+            stall_s, self.stall_s = self.stall_s, 0.0
+            await asyncio.sleep(stall_s)  # a server that hangs once, then recovers
+            return "451 4.3.0 Too late"
         with self._lock:
             self.data_commands += 1
             if self.answers:
@@ -353,6 +359,39 @@ async def test_a_crash_after_the_servers_250_resends_the_same_message_id_once(
     assert len(ids) == 2 and len(set(ids)) == 1  # one duplicate, recognisable as such
     state = await row(pool, "invoice-issued:inv-1")
     assert state["status"] == "sent" and state["attempts"] == 2
+
+
+async def test_a_relay_whose_lease_ran_out_cannot_overwrite_the_outcome(
+    pool: AsyncConnectionPool, smtp: SmtpFixture
+) -> None:
+    handler = Recorder()
+    await enqueue(pool, invoice_email())
+    stale = uuid.uuid4()
+    async with pool.connection() as conn, conn.transaction():
+        await claim_due(conn, token=stale, batch_size_max=10, lease_s=0.2)
+    await asyncio.sleep(0.4)
+    await relay(pool, smtp.start(handler)).relay_once()  # took the row over and sent it
+    async with pool.connection() as conn:
+        assert not await record_retry(conn, 1, stale, delay_s=1, error="late")
+        assert not await record_failed(conn, 1, stale, error="late")
+    state = await row(pool, "invoice-issued:inv-1")
+    assert state["status"] == "sent" and len(handler.messages) == 1
+
+
+async def test_a_server_that_stalls_past_the_send_timeout_is_retried(
+    pool: AsyncConnectionPool, smtp: SmtpFixture
+) -> None:
+    handler = Recorder(stall_s=1.5)
+    mailer = relay(pool, smtp.start(handler), send_timeout_s=0.5, lease_s=1.0,
+                   retry=RetryPolicy(initial_s=0.05, max_s=0.1, attempts_max=5))
+    await enqueue(pool, invoice_email())
+    assert await mailer.relay_once() == 1
+    state = await row(pool, "invoice-issued:inv-1")
+    assert state["status"] == "pending" and "no answer within 0.5 s" in state["last_error"]
+    await asyncio.sleep(1.5)  # the stalled DATA gives up on the server's side
+    assert await mailer.relay_once() == 1
+    assert len(handler.messages) == 1
+    assert (await row(pool, "invoice-issued:inv-1"))["status"] == "sent"
 
 
 async def test_without_an_smtp_server_emails_are_logged_not_sent(
