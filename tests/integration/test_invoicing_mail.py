@@ -27,6 +27,7 @@ from invoicing_service.mail import (
     Attachment,
     EmailRelay,
     LogTransport,
+    MailSettings,
     OutgoingEmail,
     RetryPolicy,
     SmtpServer,
@@ -38,6 +39,7 @@ from invoicing_service.mail import (
 )
 from invoicing_service.mail.outbox import claim_due, record_failed, record_retry
 from services.database import conninfo, create_pool
+from services.settings import load_settings
 from tests.conftest import Infra
 
 pytestmark = pytest.mark.integration
@@ -432,6 +434,34 @@ async def test_attachments_of_long_sent_emails_are_purged_and_the_row_kept(
         assert await cursor.fetchall() == [
             ("invoice-issued:inv-1", 0), ("invoice-issued:inv-2", 1),
             ("invoice-issued:inv-3", 1)]
+
+
+async def test_a_relay_built_from_the_services_settings_sends_as_soon_as_woken(
+    pool: AsyncConnectionPool, smtp: SmtpFixture
+) -> None:
+    """What the service's wiring does: relay from settings, started as a background task,
+    woken after the commit that enqueued (its poll interval is far longer than the wait)."""
+    handler = Recorder()
+    server = smtp.start(handler)
+    settings = load_settings(MailSettings, service_name="invoicing_service",
+                             http_port_default=8003, environ={
+                                 "DATABASE_URL": "postgresql://unused", "NATS_URL": "nats://x",
+                                 "SMTP_HOST": server.host, "SMTP_PORT": str(server.port),
+                                 "SMTP_SECURITY": "none", "MAIL_FROM": FROM,
+                                 "EMAIL_POLL_INTERVAL_S": "60"})
+    mailer = EmailRelay.from_settings(pool, settings)
+    await mailer.start()
+    try:
+        await asyncio.sleep(0.2)  # the first pass found nothing; now it waits up to 60 s
+        await enqueue(pool, invoice_email())
+        mailer.wake()
+        async with asyncio.timeout(10):
+            while not handler.messages:
+                await asyncio.sleep(0.02)
+    finally:
+        await mailer.stop()
+    assert handler.message_ids() == [message_id("invoice-issued:inv-1", FROM)]
+    assert (await row(pool, "invoice-issued:inv-1"))["status"] == "sent"
 
 
 async def test_the_table_refuses_what_the_code_would_never_write(
