@@ -53,6 +53,7 @@ from ledger_service.projections.runner import (
 )
 from ledger_service.projections.verify import VerifyReport, verify, verify_anchors
 from ledger_service.settings import LedgerToolSettings, parse_seed
+from services.broker import nats_servers
 from services.database import eventsourcing_env, redact_url
 from services.embedded import DATABASE_NAME
 from services.logging import configure_logging
@@ -726,7 +727,7 @@ async def _letters(nats_url: str, subject: str | None, limit: int) -> list[Store
     import nats
     from nats.js.errors import NotFoundError
 
-    nc = await nats.connect(nats_url, connect_timeout=5, max_reconnect_attempts=0)
+    nc = await nats.connect(nats_servers(nats_url), connect_timeout=5, max_reconnect_attempts=0)
     try:
         js = nc.jetstream()
         try:
@@ -850,7 +851,7 @@ async def _retry(nats_url: str, keys: list[str], retry_all: bool, subject: str |
     letters = await _letters(nats_url, subject, 0)
     chosen = letters if retry_all else [_find(letters, key) for key in keys]
     results: list[tuple[StoredLetter, str]] = []
-    nc = await nats.connect(nats_url, connect_timeout=5, max_reconnect_attempts=0)
+    nc = await nats.connect(nats_servers(nats_url), connect_timeout=5, max_reconnect_attempts=0)
     try:
         js = nc.jetstream()
         for stored in chosen:

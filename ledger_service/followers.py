@@ -32,6 +32,7 @@ from ledger_service.domain.chain import configure_chain_keys
 from ledger_service.projections.runner import ProjectionRunner
 from ledger_service.publisher import EventPublisher
 from ledger_service.settings import parse_keyring, parse_seed
+from services.broker import nats_servers
 from services.database import conninfo, eventsourcing_env
 from services.logging import configure_logging
 from services.runtime import tune_garbage_collector
@@ -72,7 +73,7 @@ async def _follow(config: FollowerConfig) -> None:
     configure_chain_keys(parse_keyring(config.chain_keys))
     app = await asyncio.to_thread(
         LedgerApplication, ledger_env(eventsourcing_env(config.database_url, config.schema)))
-    nc = await nats.connect(config.nats_url, max_reconnect_attempts=-1, reconnect_time_wait=1)
+    nc = await nats.connect(nats_servers(config.nats_url), max_reconnect_attempts=-1, reconnect_time_wait=1)
     publisher = EventPublisher(Ledger(app), nc, publisher_connector(config.database_url))
     projections = ProjectionRunner.for_service(config.database_url, config.schema, app)
     anchorer = Anchorer(schema_connector(config.database_url, config.schema), nc,

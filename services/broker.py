@@ -7,6 +7,7 @@ any service carries the same id.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,10 +15,13 @@ import structlog
 from fast_depends.msgspec import MsgSpecSerializer
 from faststream import BaseMiddleware
 from faststream.nats import NatsBroker
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
-from nats.js.errors import NotFoundError
+from nats.js.errors import NotFoundError, ServiceUnavailableError
 
 from contracts.subjects import STREAMS
+from services.backoff import Backoff
 from services.http import current_correlation_id
 
 log = structlog.get_logger(__name__)
@@ -80,18 +84,40 @@ def stream_config(name: str, replicas: int = 1, bytes_scale: float = 1.0) -> Str
     )
 
 
-async def ensure_streams(broker: NatsBroker, replicas: int = 1, bytes_scale: float = 1.0) -> None:
+# A JetStream cluster answers stream requests only once its nodes have elected a meta leader
+# (a few seconds after they start, and again after losing the leader).
+STREAMS_READY_TIMEOUT_S = 60.0
+
+
+async def ensure_streams(broker: NatsBroker, replicas: int = 1, bytes_scale: float = 1.0,
+                         timeout_s: float = STREAMS_READY_TIMEOUT_S) -> None:
     """Create each stream, or bring an existing one to the configured limits."""
     js = broker.connection.jetstream()
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    backoff = Backoff(0.2, 2.0)
     for name in STREAMS:
         config = stream_config(name, replicas, bytes_scale)
-        try:
-            await js.stream_info(name)
-        except NotFoundError:
-            await js.add_stream(config)
-            log.info("stream created", stream=name)
-        else:
-            await js.update_stream(config)
+        while True:
+            try:
+                await _ensure_stream(js, name, config)
+                break
+            except (NatsTimeoutError, NoRespondersError, ServiceUnavailableError) as exc:
+                if asyncio.get_running_loop().time() > deadline:
+                    raise
+                wait_s = backoff.next_wait_s()
+                log.info("JetStream not ready; retrying", stream=name, error=repr(exc),
+                         retry_in_s=round(wait_s, 2))
+                await asyncio.sleep(wait_s)
+
+
+async def _ensure_stream(js: Any, name: str, config: StreamConfig) -> None:
+    try:
+        await js.stream_info(name)
+    except NotFoundError:
+        await js.add_stream(config)
+        log.info("stream created", stream=name)
+    else:
+        await js.update_stream(config)
 
 
 class CorrelationMiddleware(BaseMiddleware):
@@ -115,9 +141,17 @@ class CorrelationMiddleware(BaseMiddleware):
         return await call_next(cmd)
 
 
+def nats_servers(nats_url: str) -> list[str]:
+    """NATS_URL may list a cluster's nodes, comma-separated: a client fails over among them."""
+    servers = [url.strip() for url in nats_url.split(",") if url.strip()]
+    if not servers:
+        raise ValueError("NATS_URL names no server")
+    return servers
+
+
 def create_broker(nats_url: str, *, graceful_timeout_s: float = 10.0) -> NatsBroker:
     return NatsBroker(
-        nats_url,
+        nats_servers(nats_url),
         serializer=MsgSpecSerializer(),
         middlewares=[CorrelationMiddleware],
         # Reconnect for ever: a NATS restart must not need a service restart; readiness

@@ -137,3 +137,78 @@ def _wait_for_port(port: int, process: subprocess.Popen[bytes], log_path: Path) 
                 return
         time.sleep(0.05)
     raise TimeoutError(f"nats-server did not listen on {port} within 15 s; see {log_path}")
+
+
+@dataclass(slots=True)
+class NatsCluster:
+    """Several nats-server processes routed into one JetStream cluster (RAFT-replicated
+    streams), each on its own loopback ports and store: a laptop's stand-in for three
+    machines. `url` lists every node, so a client fails over when one dies."""
+
+    nodes: list[NatsProcess]
+    client_ports: list[int]
+    cluster_ports: list[int]
+    run_dir: Path
+
+    @property
+    def url(self) -> str:
+        return ",".join(node.url for node in self.nodes)
+
+    def stop(self, timeout_s: float = 10) -> None:
+        for node in self.nodes:
+            node.stop(timeout_s)
+
+    def kill(self, index: int) -> None:
+        """SIGKILL one node, as a machine dying would."""
+        node = self.nodes[index]
+        node.process.kill()
+        node.process.wait()
+
+    def restart(self, index: int) -> None:
+        """Start a stopped node again on its ports and store; it rejoins and catches up."""
+        self.nodes[index] = _start_node(self.run_dir, index, self.client_ports,
+                                        self.cluster_ports)
+
+
+CLUSTER_NAME = "billing"
+
+
+def start_nats_cluster(run_dir: Path, size: int = 3) -> NatsCluster:
+    """Start (or restart) an embedded JetStream cluster of `size` nodes under run_dir/nats-N."""
+    assert size in (3, 5), "a JetStream cluster needs 3 or 5 nodes to survive losing one"
+    ports_file = run_dir / "nats-cluster.ports"
+    client_ports: list[int]
+    cluster_ports: list[int]
+    if ports_file.exists():  # the same ports as last time: a node's peers know it by them
+        numbers = [int(p) for p in ports_file.read_text().split()]
+        client_ports, cluster_ports = numbers[:size], numbers[size:2 * size]
+    else:
+        client_ports = [free_port(NATS_PORT_PREFERRED + i) for i in range(size)]
+        cluster_ports = [free_port(NATS_PORT_PREFERRED + 1000 + i) for i in range(size)]
+        run_dir.mkdir(parents=True, exist_ok=True)
+        ports_file.write_text(" ".join(str(p) for p in client_ports + cluster_ports))
+    nodes = [_start_node(run_dir, index, client_ports, cluster_ports) for index in range(size)]
+    return NatsCluster(nodes, client_ports, cluster_ports, run_dir)
+
+
+def _start_node(run_dir: Path, index: int, client_ports: list[int],
+                cluster_ports: list[int]) -> NatsProcess:
+    home = run_dir / f"nats-{index}"
+    store = (home / "store").resolve()
+    store.mkdir(parents=True, exist_ok=True)
+    pid_file = home / "nats.pid"
+    _stop_stale(pid_file)
+    routes = ",".join(f"nats://127.0.0.1:{p}" for i, p in enumerate(cluster_ports) if i != index)
+    log_path = home / "nats.log"
+    process = subprocess.Popen(
+        [nats_server_binary(), "-a", "127.0.0.1", "-p", str(client_ports[index]),
+         "-n", f"billing-{index}", "-js", "-sd", str(store),
+         "--cluster_name", CLUSTER_NAME,
+         "--cluster", f"nats://127.0.0.1:{cluster_ports[index]}", "--routes", routes],
+        stdout=log_path.open("ab"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    pid_file.write_text(str(process.pid))
+    _wait_for_port(client_ports[index], process, log_path)
+    return NatsProcess(process, f"nats://127.0.0.1:{client_ports[index]}", "", pid_file)

@@ -25,7 +25,7 @@ from typing import TextIO
 import structlog
 
 from services.database import redact_url
-from services.embedded import NatsProcess, start_nats, start_postgres
+from services.embedded import NatsCluster, NatsProcess, start_nats, start_nats_cluster, start_postgres
 from services.logging import configure_logging
 from services.settings import (
     SettingsError,
@@ -69,7 +69,7 @@ class Stack:
         self.settings = settings
         self.run_dir = Path(settings.run_dir)
         self.env = passthrough_environment()
-        self.nats: NatsProcess | None = None
+        self.nats: NatsProcess | NatsCluster | None = None
         self.postgres: object | None = None
         self.running: list[Running] = []
         self.stop_requested = threading.Event()
@@ -81,12 +81,22 @@ class Stack:
             log.info("starting embedded PostgreSQL", data=str(self.run_dir / "pgdata"))
             self.postgres, database_url = start_postgres(self.run_dir)
         nats_url = self.settings.nats_url
-        if nats_url is None:
-            self.nats = start_nats(self.run_dir)
+        if nats_url is None and self.settings.cluster > 1:
+            # CLUSTER=3: three nats-server processes in one JetStream cluster, every stream
+            # replicated to all three, so any one node can die (docs/design.md, "Scale").
+            self.nats = start_nats_cluster(self.run_dir, self.settings.cluster)
             nats_url = self.nats.url
+            self.env.setdefault("NATS_STREAM_BYTES_SCALE", str(EMBEDDED_STREAM_BYTES_SCALE))
+            self.env["NATS_STREAM_REPLICAS"] = str(self.settings.cluster)
+            log.info("started an embedded JetStream cluster", nodes=self.settings.cluster,
+                     url=nats_url)
+        elif nats_url is None:
+            node = start_nats(self.run_dir)
+            self.nats = node
+            nats_url = node.url
             # A laptop's disk: streams of about 2 GiB in all, not production's 19 GiB.
             self.env.setdefault("NATS_STREAM_BYTES_SCALE", str(EMBEDDED_STREAM_BYTES_SCALE))
-            log.info("started embedded NATS", url=nats_url, monitor=self.nats.monitor_url)
+            log.info("started embedded NATS", url=nats_url, monitor=node.monitor_url)
         self.env["DATABASE_URL"] = database_url
         self.env["NATS_URL"] = nats_url
         log.info("infrastructure ready", database=redact_url(database_url), nats=nats_url)

@@ -120,6 +120,8 @@ class StackSettings(msgspec.Struct, frozen=True, kw_only=True):
     http_host: str = "127.0.0.1"
     ready_timeout_s: Annotated[float, msgspec.Meta(gt=0, le=600)] = 90.0
     log_format: Literal["auto", "json", "console"] = "auto"
+    # CLUSTER=3 (or 5): the embedded NATS as a JetStream cluster of that many nodes.
+    cluster: Annotated[int, msgspec.Meta(ge=1, le=5)] = 1
 
 
 def load_stack_settings(environ: Mapping[str, str] | None = None) -> StackSettings:
