@@ -366,8 +366,8 @@ def verify_command(
 
 def _anchors_to_check(conn: psycopg.Connection[Any], keys: LedgerToolSettings,
                       path: Path | None) -> tuple[list[LedgerAnchor], str]:
-    if path is None and (Path(keys.anchor_dir) / "anchors.jsonl").exists():
-        path = Path(keys.anchor_dir) / "anchors.jsonl"
+    if path is None and (keys.anchor_path / "anchors.jsonl").exists():
+        path = keys.anchor_path / "anchors.jsonl"
     if path is not None:
         try:
             return read_anchor_file(path), str(path)
@@ -391,7 +391,7 @@ def anchor_command(ctx: typer.Context) -> None:
         if made is None:
             out.print("This position is anchored already.")
             return 0
-        path = append_to_file(Path(t.keys.anchor_dir), made)
+        path = append_to_file(t.keys.anchor_path, made)
         out.print(f"Anchored position {made.position} over {made.accounts:,} accounts:"
                   f" root {made.merkle_root} ({path}).")
         return 0

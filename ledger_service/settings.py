@@ -10,6 +10,7 @@ missing or still the development value. Neither ever reaches a log line.
 from __future__ import annotations
 
 import base64
+from pathlib import Path
 from typing import Annotated, Final
 
 import msgspec
@@ -50,7 +51,11 @@ class LedgerToolSettings(ToolSettings, frozen=True, kw_only=True):
     chain_keys: str = DEVELOPMENT_CHAIN_KEYS
     anchor_signing_key: str = DEVELOPMENT_ANCHOR_SIGNING_KEY
     anchor_public_key: str | None = None
-    anchor_dir: str = ".run/anchors"
+    anchor_dir: str | None = None  # default: RUN_DIR/anchors, where make run's ledger writes
+
+    @property
+    def anchor_path(self) -> Path:
+        return Path(self.anchor_dir) if self.anchor_dir else Path(self.run_dir) / "anchors"
 
     def keyring(self) -> ChainKeyring:
         return parse_keyring(self.chain_keys)

@@ -99,6 +99,8 @@ class Stack:
             log.info("started embedded NATS", url=nats_url, monitor=node.monitor_url)
         self.env["DATABASE_URL"] = database_url
         self.env["NATS_URL"] = nats_url
+        # The ledger's signed anchors go beside the stack's data (ledgerctl reads them there).
+        self.env.setdefault("ANCHOR_DIR", str(self.run_dir / "anchors"))
         log.info("infrastructure ready", database=redact_url(database_url), nats=nats_url)
 
     def migrate(self) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -34,6 +35,9 @@ ROOT = Path(__file__).resolve().parent.parent
 # As every ledger process configures itself at start-up: events written in-process by the tests
 # carry keyed hashes, the same development keys the services and ledgerctl default to.
 configure_chain_keys(parse_keyring(DEVELOPMENT_CHAIN_KEYS))
+# ledgerctl run by a test must not read the anchors of a `make run` stack in this checkout
+# (.run/anchors): an empty folder of the session's own.
+os.environ["ANCHOR_DIR"] = tempfile.mkdtemp(prefix="anchors-cli-")
 RUN_DIR = ROOT / ".run" / "test"
 
 
@@ -46,8 +50,10 @@ class Infra:
         env = {k: v for k, v in os.environ.items() if not k.endswith("_HTTP_PORT")}
         # Small streams: a test's services must start whatever the machine's free disk.
         env.setdefault("NATS_STREAM_BYTES_SCALE", "0.05")
+        # Each service process anchors into a folder of its own: ledgerctl in a test reads
+        # only the anchors of the database it checks.
         env.update(DATABASE_URL=self.database_url, NATS_URL=self.nats_url, LOG_FORMAT="json",
-                   ANCHOR_DIR=str(RUN_DIR / "anchors"))
+                   ANCHOR_DIR=tempfile.mkdtemp(prefix="anchors-"))
         env.update(extra)
         return env
 

@@ -16,6 +16,7 @@ from uuid import NAMESPACE_URL, UUID, uuid5
 import msgspec
 from eventsourcing.domain import Aggregate
 
+from ledger_service.domain.naming import name_events
 from ledger_service.domain.pricing import DEFAULT_CATALOG_RESOURCE, PriceCatalog
 
 CATALOGUE_ID: UUID = uuid5(NAMESPACE_URL, "https://billing.example/ledger/price-catalogue")
@@ -59,3 +60,7 @@ class Catalogue(Aggregate):
     def price_catalog(self) -> PriceCatalog:
         return PriceCatalog.from_message(
             {"version": self.catalogue_version, "products": self.products})
+
+
+name_events({"ledger.catalogue.Replaced": Catalogue.Replaced,
+             "ledger.catalogue.Seeded": Catalogue.Seeded})

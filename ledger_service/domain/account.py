@@ -66,6 +66,7 @@ from ledger_service.domain.grants import (
     plan_restoration,
     spendable_for,
 )
+from ledger_service.domain.naming import hashed_name, stored_as
 from ledger_service.domain.postings import (
     ADJUSTMENTS,
     CASH_MANUAL,
@@ -145,6 +146,7 @@ class BillingAccount(Aggregate):
         def apply_to(self, account: "BillingAccount") -> None:
             """What this event changes; the base class keeps the chain and signal flags."""
 
+    @stored_as("ledger.account.Opened")
     class Opened(Event, Aggregate.Created):
         account_type: str
         currency: str
@@ -177,6 +179,7 @@ class BillingAccount(Aggregate):
             account._low_balance_armed = False
             account._overdrawn = False
 
+    @stored_as("ledger.account.TypeChanged")
     class TypeChanged(Event):
         from_type: str
         to_type: str
@@ -187,6 +190,7 @@ class BillingAccount(Aggregate):
             account._account_type = self.to_type
             account._credit_limit_micros = self.credit_limit_micros
 
+    @stored_as("ledger.account.SettingsChanged")
     class SettingsChanged(Event):
         # Only the settings that changed, by name: credit_limit_micros,
         # low_balance_threshold_micros, billing_basis, tier, tax.
@@ -200,6 +204,7 @@ class BillingAccount(Aggregate):
                     raise ValueError(f"SettingsChanged names unknown setting {name!r}")
                 setattr(account, f"_{name}", dict(value) if isinstance(value, dict) else value)
 
+    @stored_as("ledger.account.PriceOverrideSet")
     class PriceOverrideSet(Event):
         product: str
         unit_price_micros: int
@@ -209,6 +214,7 @@ class BillingAccount(Aggregate):
         def apply_to(self, account: "BillingAccount") -> None:
             account._price_overrides[self.product] = self.unit_price_micros
 
+    @stored_as("ledger.account.PriceOverrideCleared")
     class PriceOverrideCleared(Event):
         product: str
         actor: str
@@ -216,6 +222,7 @@ class BillingAccount(Aggregate):
         def apply_to(self, account: "BillingAccount") -> None:
             account._price_overrides.pop(self.product, None)
 
+    @stored_as("ledger.account.CreditPurchased")
     class CreditPurchased(Event):
         entry_id: str
         payment_id: str
@@ -232,6 +239,7 @@ class BillingAccount(Aggregate):
             account._credit(self.grant_id, "purchased", None, self.amount_micros,
                             self.deficit_covered_micros)
 
+    @stored_as("ledger.account.CreditGranted")
     class CreditGranted(Event):
         entry_id: str
         grant_id: str
@@ -248,6 +256,7 @@ class BillingAccount(Aggregate):
             account._credit(self.grant_id, self.kind, self.expires_at, self.amount_micros,
                             self.deficit_covered_micros)
 
+    @stored_as("ledger.account.UsageRecorded")
     class UsageRecorded(Event):
         # One event per account per intake batch; each line is its own statement entry:
         # {event_id, entry_id, product, quantity, unit_price_micros, amount_micros, status,
@@ -267,6 +276,7 @@ class BillingAccount(Aggregate):
                     if outcome == "captured":
                         account._remember_capture(line["hold_id"])
 
+    @stored_as("ledger.account.HoldPlaced")
     class HoldPlaced(Event):
         entry_id: str
         hold_id: str
@@ -285,6 +295,7 @@ class BillingAccount(Aggregate):
             }
             account._held_micros += self.amount_micros
 
+    @stored_as("ledger.account.HoldReleased")
     class HoldReleased(Event):
         entry_id: str
         hold_id: str
@@ -296,6 +307,7 @@ class BillingAccount(Aggregate):
             account._holds.pop(self.hold_id)
             account._held_micros -= self.amount_micros
 
+    @stored_as("ledger.account.HoldsExpired")
     class HoldsExpired(Event):
         entry_id: str
         holds: list[dict[str, Any]]  # [{hold_id, amount_micros, expires_at}]
@@ -306,6 +318,7 @@ class BillingAccount(Aggregate):
                 account._holds.pop(hold["hold_id"])
                 account._held_micros -= hold["amount_micros"]
 
+    @stored_as("ledger.account.GrantsExpired")
     class GrantsExpired(Event):
         entry_id: str
         reason: str  # "expired" | "trial_converted"
@@ -318,6 +331,7 @@ class BillingAccount(Aggregate):
                 del account._grants[grant["grant_id"]]
                 account._balance_micros -= grant["amount_micros"]
 
+    @stored_as("ledger.account.Refunded")
     class Refunded(Event):
         entry_id: str
         refund_id: str
@@ -340,6 +354,7 @@ class BillingAccount(Aggregate):
                     account._credit(r["grant_id"], r["kind"], r["expires_at"],
                                     r["amount_micros"], r["deficit_covered_micros"])
 
+    @stored_as("ledger.account.Adjusted")
     class Adjusted(Event):
         entry_id: str
         adjustment_id: str
@@ -362,6 +377,7 @@ class BillingAccount(Aggregate):
                 account._consume(self.grants_consumed, self.overdraft_micros,
                                  self.amount_micros)
 
+    @stored_as("ledger.account.PaymentReversed")
     class PaymentReversed(Event):
         entry_id: str
         payment_id: str
@@ -376,6 +392,7 @@ class BillingAccount(Aggregate):
         def apply_to(self, account: "BillingAccount") -> None:
             account._consume(self.grants_consumed, self.overdraft_micros, self.amount_micros)
 
+    @stored_as("ledger.account.BalanceLow")
     class BalanceLow(Event):
         available_micros: int
         threshold_micros: int
@@ -383,6 +400,7 @@ class BillingAccount(Aggregate):
         def apply_to(self, account: "BillingAccount") -> None:
             account._low_balance_armed = False
 
+    @stored_as("ledger.account.AccountOverdrawn")
     class AccountOverdrawn(Event):
         available_micros: int
         floor_micros: int
@@ -390,6 +408,7 @@ class BillingAccount(Aggregate):
         def apply_to(self, account: "BillingAccount") -> None:
             account._overdrawn = True
 
+    @stored_as("ledger.account.Closed")
     class Closed(Event):
         entry_id: str
         reason: str
@@ -456,7 +475,7 @@ class BillingAccount(Aggregate):
 
     def _record(self, event_class: type["BillingAccount.Event"], now: datetime,
                 **payload: Any) -> None:
-        chain_hash = compute_chain_hash(self._chain_hash, event_class.__name__,
+        chain_hash = compute_chain_hash(self._chain_hash, hashed_name(event_class),
                                         self.version + 1, now, payload)
         self.trigger_event(event_class, timestamp=now, chain_hash=chain_hash, **payload)
 
@@ -621,7 +640,7 @@ class BillingAccount(Aggregate):
             "tax": check_tax(tax if tax is not None else TaxProfile()).to_payload(),
             "name": check_name(name),
         }
-        chain_hash = compute_chain_hash(GENESIS_HASH, cls.Opened.__name__, cls.INITIAL_VERSION,
+        chain_hash = compute_chain_hash(GENESIS_HASH, hashed_name(cls.Opened), cls.INITIAL_VERSION,
                                         now, payload)
         return cls._create(cls.Opened, id=account_id, timestamp=now, chain_hash=chain_hash,
                            **payload)

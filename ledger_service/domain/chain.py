@@ -42,6 +42,7 @@ from typing import Any, Final
 
 import msgspec
 
+from ledger_service.domain.naming import hashed_name
 from ledger_service.domain.times import format_time
 
 GENESIS_HASH: Final = "0" * 64
@@ -142,7 +143,7 @@ def recompute_hash(event: Any, previous_hash: str, stored: str) -> str | None:
     None when that key is not in this process's keyring (the caller reports "unknown_key").
     """
     kid, sep, _ = stored.partition(":")
-    args = (previous_hash, type(event).__name__, event.originator_version, event.timestamp,
+    args = (previous_hash, hashed_name(type(event)), event.originator_version, event.timestamp,
             event_payload(event))
     if not sep:
         return _digest(None, *args)
@@ -163,7 +164,7 @@ def event_payload(event: Any) -> dict[str, Any]:
 def hash_of_event(event: Any, previous_hash: str) -> str:
     return compute_chain_hash(
         previous_hash,
-        type(event).__name__,
+        hashed_name(type(event)),
         event.originator_version,
         event.timestamp,
         event_payload(event),

@@ -20,7 +20,13 @@ import msgspec
 from eventsourcing.persistence import JSONTranscoder, Mapper, StoredEvent, Transcoding
 from eventsourcing.utils import resolve_topic
 
-ACCOUNT_TOPIC_PREFIX: Final = "ledger_service.domain.account:BillingAccount."
+from ledger_service.domain.naming import stored_name
+
+# Account events are stored under `ledger.account.<Event>` (domain/naming.py); those stored
+# before stored names existed, under the class's import path.
+ACCOUNT_TOPIC_PREFIX: Final = "ledger.account."
+LEGACY_ACCOUNT_TOPIC_PREFIX: Final = "ledger_service.domain.account:BillingAccount."
+ACCOUNT_TOPIC_PREFIXES: Final = (ACCOUNT_TOPIC_PREFIX, LEGACY_ACCOUNT_TOPIC_PREFIX)
 _TYPED_VALUE: Final = b'"_type_"'
 _decode_json = msgspec.json.Decoder().decode
 
@@ -39,7 +45,7 @@ class StoredRow(NamedTuple):
 
     @property
     def is_account_event(self) -> bool:
-        return self.topic.startswith(ACCOUNT_TOPIC_PREFIX)
+        return self.topic.startswith(ACCOUNT_TOPIC_PREFIXES)
 
 
 # The columns of StoredRow, in order, for SELECTs that build one.
@@ -68,12 +74,20 @@ class EventDecoder:
 
 
 class FastMapper(Mapper[UUID]):
-    """The library's mapper, decoding as `EventDecoder` does what it can (every ledger event).
+    """The library's mapper, decoding as `EventDecoder` does what it can (every ledger event),
+    and storing each event under its stable name (domain/naming.py) instead of its import path.
 
     It is the ledger application's mapper (app/ledger.py), so loading an account, which
     replays up to 99 events after its snapshot, decodes them with msgspec (a cold load of
     199 events: 3.5 -> 3.2 ms). Anything else (a snapshot, an upcast) is the library's own
     decoding."""
+
+    def to_stored_event(self, domain_event: Any) -> StoredEvent:
+        stored = super().to_stored_event(domain_event)
+        name = stored_name(type(domain_event))
+        if name is None:
+            return stored
+        return StoredEvent(stored.originator_id, stored.originator_version, name, stored.state)
 
     def to_domain_event(self, stored_event: StoredEvent) -> Any:
         transcodings = fast_transcodings(self)

@@ -32,11 +32,11 @@ from psycopg.sql import SQL, Composed
 from psycopg_pool import AsyncConnectionPool
 
 from contracts.money import format_micros
-from ledger_service.projections.decoding import ACCOUNT_TOPIC_PREFIX
+from ledger_service.projections.decoding import ACCOUNT_TOPIC_PREFIX, LEGACY_ACCOUNT_TOPIC_PREFIX
 
 READER_ROLE: Final = "ledger_reader"
 TENANT_SETTING: Final = "ledger.tenant_id"
-OPENED_TOPIC: Final = ACCOUNT_TOPIC_PREFIX + "Opened"
+OPENED_TOPICS: Final = [ACCOUNT_TOPIC_PREFIX + "Opened", LEGACY_ACCOUNT_TOPIC_PREFIX + "Opened"]
 CSV_ROWS_FETCHED_PER_ROUND_TRIP: Final = 1_000
 CSV_COLUMNS: Final = ("entry_id", "occurred_at", "kind", "amount", "currency", "balance_after",
                       "description", "reference")
@@ -52,7 +52,7 @@ _SETUP = SQL(
     "SELECT p.position, p.updated_at,"
     " (SELECT coalesce(max(notification_id), 0) FROM ledger_events),"
     " (SELECT convert_from(state, 'UTF8')::json ->> 'currency' FROM ledger_events"
-    "   WHERE originator_id = %s AND originator_version = 1 AND topic = %s),"
+    "   WHERE originator_id = %s AND originator_version = 1 AND topic = ANY(%s)),"
     " set_config('role', %s, true), set_config(%s, %s, true),"
     " set_config('enable_bitmapscan', 'off', true)"
     " FROM (SELECT %s::text AS name) AS n"
@@ -87,7 +87,7 @@ class TenantRead:
 
 
 def _setup_params(projection: str, account_id: UUID, tenant_id: UUID) -> list[Any]:
-    return [account_id, OPENED_TOPIC, READER_ROLE, TENANT_SETTING, str(tenant_id), projection]
+    return [account_id, OPENED_TOPICS, READER_ROLE, TENANT_SETTING, str(tenant_id), projection]
 
 
 def _setup_result(row: tuple[Any, ...] | None) -> tuple[Freshness, str | None]:

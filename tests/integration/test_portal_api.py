@@ -20,13 +20,14 @@ from litestar import Litestar
 from litestar.testing import TestClient
 
 from ledger_service import http_queries
-from ledger_service.app.ledger import Ledger
+from ledger_service.app.ledger import Ledger, LedgerApplication, ledger_env
 from ledger_service.domain.chain import GENESIS_HASH, compute_chain_hash
 from ledger_service.http import EXCEPTION_STATUSES, LedgerServices, router
 from ledger_service.messaging import Writer
 from ledger_service.projections.reads import decode_cursor
 from ledger_service.projections.runner import ProjectionRunner
-from services.database import conninfo, create_pool
+from ledger_service.reader import Reader
+from services.database import conninfo, create_pool, eventsourcing_env
 from services.http import DEVELOPMENT_JWT_SECRET, JwtVerifier, create_app, mint_token
 from tests.conftest import Infra
 from tests.integration.test_projections_workload import Clock, Workload, build, runner_for
@@ -93,6 +94,8 @@ def portal(infra: Infra) -> Iterator[Portal]:
     ledger = build(infra.database_url, clock)
     services = LedgerServices()
     services.ledger, services.writer = ledger, Writer()
+    services.reader = Reader(Ledger(LedgerApplication(env=ledger_env(eventsourcing_env(
+        infra.database_url, "ledger")))))
     pool = create_pool(infra.database_url, "ledger", max_size=6, name="portal-test")
     services.pool = pool
     app = build_app(services, http_queries.QueryServices(services, pool), pool)
@@ -103,6 +106,7 @@ def portal(infra: Infra) -> Iterator[Portal]:
     finally:
         runner.close()
         services.writer.close()
+        services.reader.close()
         ledger.app.close()
 
 
