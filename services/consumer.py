@@ -50,6 +50,12 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     ConnectionError,
 )
 DETAIL_LENGTH_MAX = 2_000
+# What msgspec raises for a payload it cannot read: malformed or mistyped JSON (DecodeError),
+# invalid UTF-8 inside a string (UnicodeDecodeError, not a DecodeError) and nesting deeper
+# than the stack (RecursionError). Each is the message's fault: a dead letter at once, never
+# a retry.
+UNREADABLE_PAYLOAD: tuple[type[BaseException], ...] = (
+    msgspec.DecodeError, UnicodeDecodeError, RecursionError)
 
 
 @dataclass(frozen=True, slots=True)
