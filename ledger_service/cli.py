@@ -47,6 +47,7 @@ from ledger_service.projections.runner import (
     account_loader,
     connector,
     head_position,
+    quarantined_events,
     rebuild,
 )
 from ledger_service.projections.verify import VerifyReport, verify
@@ -466,19 +467,33 @@ def catch_up_command(
 
 @app.command("status", epilog="Example:\n\n  ledgerctl status")
 def status_command(ctx: typer.Context) -> None:
-    """Each projection's position against the head of the log, and when it last moved."""
+    """Each projection's position against the head of the log, when it last moved, and the
+    events a projection quarantined (could not apply, and skipped)."""
 
     def command() -> None:
         with tools(ctx).connect() as conn:
             head = head_position(conn)
             rows = conn.execute("SELECT name, position, updated_at FROM projection_positions"
                                 " ORDER BY name").fetchall()
+            quarantined = quarantined_events(conn)
         table = Table(title=f"Log head: position {head}", title_justify="left")
         for column in ("projection", "position", "behind", "updated at"):
             table.add_column(column)
         for name, position, updated_at in rows:
             table.add_row(name, str(position), str(head - position), format_time(updated_at))
         out.print(table)
+        if not quarantined:
+            out.print("No quarantined events.")
+            return
+        held = Table(title=f"[red]{len(quarantined)} quarantined events[/red]: the projection"
+                     " skipped them; fix the cause, then `ledgerctl rebuild <projection>`",
+                     title_justify="left")
+        for column in ("projection", "position", "account", "event", "error", "since"):
+            held.add_column(column, overflow="fold")
+        for name, position, account_id, event_type, error, since in quarantined:
+            held.add_row(name, str(position), str(account_id), event_type, error[:200],
+                         format_time(since))
+        out.print(held)
 
     run(command, ctx)
 
