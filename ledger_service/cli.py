@@ -27,6 +27,7 @@ import msgspec
 import psycopg
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -743,7 +744,9 @@ def dead_letters_list(
         for s in letters:
             table.add_row(str(s.sequence), s.letter.dead_letter_id, s.letter.subject,
                           s.letter.reason, format_time(s.letter.received_at),
-                          s.letter.detail[:120])
+                          # escaped: a detail or marker in brackets is text, not markup
+                          escape(s.letter.detail[:120] + (" [payload truncated]"
+                                                          if s.letter.payload_truncated else "")))
         out.print(table)
 
     run(command, ctx)
@@ -814,6 +817,13 @@ async def _retry(nats_url: str, keys: list[str], retry_all: bool, subject: str |
         js = nc.jetstream()
         for stored in chosen:
             letter = stored.letter
+            if letter.payload_truncated:
+                # Its payload is a cut copy: republishing it would be a different message.
+                results.append((stored, f"failed: the payload was truncated (original"
+                                        f" {letter.payload_bytes} bytes, sha256"
+                                        f" {letter.payload_sha256}); re-send it from its"
+                                        " producer"))
+                continue
             try:
                 ack = await js.publish(letter.subject, letter.payload.encode(),
                                        headers={"Nats-Msg-Id": f"retry:{letter.dead_letter_id}"})
