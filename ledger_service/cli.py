@@ -35,6 +35,7 @@ from contracts.deadletter import DeadLetter
 from contracts.money import format_micros
 from contracts.subjects import DEADLETTERS
 from ledger_service.app.ledger import LedgerApplication, ledger_env
+from ledger_service.csv_cells import spreadsheet_row
 from ledger_service.domain.account import BillingAccount
 from ledger_service.domain.chain import GENESIS_HASH, event_payload
 from ledger_service.domain.times import format_time
@@ -667,9 +668,9 @@ def _exporter(fmt: str, sink: TextIO) -> Callable[[AuditRecord], None]:
     writer.writerow(EXPORT_COLUMNS)
 
     def write_csv(record: AuditRecord) -> None:
-        writer.writerow((record.position, record.account_id, record.version, record.type,
-                         record.recorded_at, record.previous_hash or "", record.hash or "",
-                         _json.encode(record.data).decode()))
+        writer.writerow(spreadsheet_row((
+            record.position, record.account_id, record.version, record.type, record.recorded_at,
+            record.previous_hash or "", record.hash or "", _json.encode(record.data).decode())))
     return write_csv
 
 
