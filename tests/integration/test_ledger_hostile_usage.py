@@ -115,3 +115,68 @@ def test_oversized_garbage_becomes_a_visible_dead_letter_and_blocks_nothing(
     info = asyncio.run(usage_consumer(infra.nats_url))
     assert info.num_ack_pending == 0 and info.num_redelivered == 0, info
     assert info.config.max_deliver == SERVER_DELIVERIES_MAX
+
+
+# ------------------------------------------------------------------ text and bodies
+
+
+def test_usage_with_a_nul_in_its_reference_is_a_dead_letter_not_an_entry(
+    infra: Infra, ledger_service: ServiceProcess,  # noqa: F811
+) -> None:
+    account = open_account(ledger_service)
+    hostile = usage(account, f"nul-{uuid.uuid4().hex[:8]}", reference="ref\u0000x")
+    assert b"\\u0000" in hostile
+    fine = usage(account, f"tab-{uuid.uuid4().hex[:8]}", reference="tab\there")
+    asyncio.run(publish_usage(infra.nats_url, [(f"m-{uuid.uuid4().hex}", hostile),
+                                               (f"m-{uuid.uuid4().hex}", fine)]))
+    letters = asyncio.run(dead_letters_for(infra.nats_url,
+                                           {hashlib.sha256(hostile).hexdigest()}, PROMPT_S))
+    assert len(letters) == 1 and letters[0]["reason"] == "invalid_payload", letters
+    assert "$.reference" in letters[0]["detail"]
+    deadline = time.monotonic() + PROMPT_S
+    while balance(ledger_service, account)["balance"] != "9.9605":  # only the tab one billed
+        assert time.monotonic() < deadline, balance(ledger_service, account)
+        time.sleep(0.2)
+
+
+def test_ledger_routes_refuse_nul_text_non_json_bodies_bad_utf8_and_deep_nesting(
+    ledger_service: ServiceProcess,  # noqa: F811
+) -> None:
+    import httpx
+
+    from tests.integration.test_ledger_service import OPERATOR
+
+    account = open_account(ledger_service)
+    url = f"{ledger_service.url}/v1/accounts/{account}"
+    credit = {"kind": "bonus", "amount": "1.00", "reason": "ref\u0000x"}
+    adjustment = {"direction": "credit", "amount": "1.00", "memo": "memo with \u0000 inside"}
+    for path, body, field in (("/credits", credit, "reason"),
+                              ("/adjustments", adjustment, "memo")):
+        refused = httpx.post(url + path, json=body, headers=OPERATOR)
+        assert refused.status_code == 400, refused.text
+        assert refused.headers["content-type"].startswith("application/problem+json")
+        assert [e["field"] for e in refused.json()["errors"]] == [field]
+    assert balance(ledger_service, account)["balance"] == "10.00"
+
+    good = json.dumps({"kind": "bonus", "amount": "1.00", "reason": "welcome"}).encode()
+    for content_type in ("text/plain", "application/xml", "application/x-www-form-urlencoded",
+                         None):
+        headers = {**OPERATOR, **({"Content-Type": content_type} if content_type else {})}
+        response = httpx.post(url + "/credits", content=good, headers=headers)
+        assert response.status_code == 415, (content_type, response.text)
+        assert response.json()["type"].endswith("/unsupported-media-type")
+        assert response.headers["accept-post"] == "application/json"
+    patched = httpx.patch(url, content=b"name=x", headers={
+        **OPERATOR, "Content-Type": "application/x-www-form-urlencoded"})
+    assert patched.status_code == 415 and patched.headers["accept-patch"] == "application/json"
+    for body in (b'{"kind": "bonus", "amount": "1.00", "reason": "caf\xc3\x28"}',
+                 b'{"kind": "bonus", "amount": "1.00", "reason": ' + b"[" * 100_000
+                 + b"]" * 100_000 + b"}"):
+        response = httpx.post(url + "/credits", content=body,
+                              headers={**OPERATOR, "Content-Type": "application/json"})
+        assert response.status_code == 400, response.text
+        assert response.json()["type"].endswith("/malformed-body")
+    # Routes without a body are as they were.
+    closed = httpx.post(url + "/close", headers=OPERATOR)
+    assert closed.status_code != 415, closed.text
+    assert balance(ledger_service, account)["balance"] == "10.00"
