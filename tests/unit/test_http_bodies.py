@@ -154,3 +154,19 @@ def test_nesting_depth_and_media_types() -> None:
     assert is_json_media_type("application/problem+json")
     assert not is_json_media_type("application/jsonp")
     assert not is_json_media_type("text/json")
+
+
+def test_a_token_whose_subject_holds_a_control_character_is_refused() -> None:
+    # `sub` is the actor written into events and statement rows: the same text rule applies.
+    import jwt
+
+    from services.http.auth import TokenRejected, principal_from_claims
+
+    with pytest.raises(TokenRejected, match="control characters"):
+        principal_from_claims({"sub": "ops\x00evil", "scope": "operator"})
+    assert principal_from_claims({"sub": "ops@example.test"}).sub == "ops@example.test"
+    verifier = JwtVerifier(DEVELOPMENT_JWT_SECRET)
+    token = jwt.encode({"sub": "a\x07b", "exp": 4_000_000_000}, DEVELOPMENT_JWT_SECRET,
+                       algorithm="HS256")
+    with pytest.raises(TokenRejected):
+        verifier.verify(token)
