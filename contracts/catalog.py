@@ -12,6 +12,7 @@ from msgspec import Meta, Struct
 
 from contracts.ids import KEY_LENGTH_MAX, KEY_PATTERN, ProductKey, Sku
 from contracts.money import Amount, Currency
+from contracts.text import text_meta
 from contracts.timestamps import Timestamp
 
 # Products times tiers; the catalogue has tens of products and a handful of tiers.
@@ -38,7 +39,7 @@ class ProductPrice(Struct, frozen=True, kw_only=True):
     sku: Sku
     tier: Tier
     unit_prices: UnitPrices
-    name: Annotated[str, Meta(max_length=200)] | None = None
+    name: Annotated[str, text_meta(max_length=200)] | None = None
 
 
 class PricesUpdated(Struct, frozen=True, kw_only=True):

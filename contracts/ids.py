@@ -7,6 +7,8 @@ from uuid import UUID
 
 import msgspec
 
+from contracts.text import text_meta
+
 KEY_LENGTH_MAX: Final = 128
 # `$(?!\n)`: Python's `$` alone also accepts a trailing newline; see contracts.money.
 KEY_PATTERN: Final = r"^[\x21-\x7e]+$(?!\n)"
@@ -27,7 +29,7 @@ Key = Annotated[
 AccountId = Annotated[UUID, msgspec.Meta(description="Billing account id (UUID)")]
 
 Reference = Annotated[
-    str, msgspec.Meta(max_length=256, description="A caller's free-form reference")
+    str, text_meta(max_length=256, description="A caller's free-form reference")
 ]
 
 

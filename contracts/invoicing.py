@@ -11,6 +11,7 @@ from msgspec import Meta, Struct
 
 from contracts.ids import AccountId, CreditNoteId, EventId, InvoiceId, PaymentId, ProductKey
 from contracts.money import Amount, Currency
+from contracts.text import text_meta
 from contracts.timestamps import Timestamp
 
 # A month of usage fits in a few dozen lines; 1,000 leaves room for itemised invoices.
@@ -33,7 +34,7 @@ BillingPeriod = Annotated[
 ]
 DocumentNumber = Annotated[
     str,
-    Meta(
+    text_meta(
         min_length=1,
         max_length=64,
         description="Sequential number printed on the document",
@@ -49,11 +50,11 @@ VatRate = Annotated[
     ),
 ]
 NetAmount = Annotated[Amount, Meta(description="Excluding VAT")]
-Reason = Annotated[str, Meta(min_length=1, max_length=500)]
+Reason = Annotated[str, text_meta(min_length=1, max_length=500)]
 
 
 class InvoiceLine(Struct, frozen=True, kw_only=True):
-    description: Annotated[str, Meta(min_length=1, max_length=500)]
+    description: Annotated[str, text_meta(min_length=1, max_length=500)]
     product: ProductKey | None = None
     quantity: Annotated[int, Meta(ge=0, le=LINE_QUANTITY_MAX)]
     unit_price: NetAmount

@@ -22,6 +22,7 @@ from contracts.ids import (
     Reference,
 )
 from contracts.money import Amount, Currency, SignedAmount
+from contracts.text import Text
 from contracts.timestamps import Timestamp
 from contracts.usage import Quantity
 
@@ -64,7 +65,7 @@ TtlSeconds = Annotated[int, Meta(ge=1, le=TTL_SECONDS_MAX)]
 EntryAmount = Annotated[
     SignedAmount, Meta(description="Positive credits the account, negative debits it")
 ]
-_Text = Annotated[str, Meta(max_length=500)]
+_Text = Text
 
 
 class AuthorizeRequest(Struct, frozen=True, kw_only=True):

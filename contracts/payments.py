@@ -12,6 +12,7 @@ from msgspec import Meta, Struct
 
 from contracts.ids import AccountId, EventId, InvoiceId, PaymentId, RefundId
 from contracts.money import Amount, Currency
+from contracts.text import Text, text_meta
 from contracts.timestamps import Timestamp
 
 PaymentProvider = Literal["stripe", "hubspot", "manual"]
@@ -19,7 +20,7 @@ PaymentPurpose = Literal["topup", "invoice"]
 
 ProviderReference = Annotated[
     str,
-    Meta(
+    text_meta(
         min_length=1,
         max_length=256,
         description="The provider's id for it (Stripe checkout session, refund, ...)",
@@ -28,8 +29,8 @@ ProviderReference = Annotated[
 ]
 NetAmount = Annotated[Amount, Meta(description="Excluding VAT")]
 InvoiceRef = Annotated[InvoiceId | None, Meta(description="Set when purpose is invoice")]
-_Text = Annotated[str, Meta(max_length=500)]
-_Code = Annotated[str, Meta(max_length=128)]
+_Text = Text
+_Code = Annotated[str, text_meta(max_length=128)]
 
 
 def _require_invoice(purpose: PaymentPurpose, invoice_id: str | None) -> None:

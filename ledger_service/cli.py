@@ -27,6 +27,7 @@ import msgspec
 import psycopg
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -36,6 +37,7 @@ from contracts.money import format_micros
 from contracts.subjects import DEADLETTERS
 from ledger_service.anchors import append_to_file, make_anchor, read_anchor_file
 from ledger_service.app.ledger import LedgerApplication, ledger_env
+from ledger_service.csv_cells import spreadsheet_row
 from ledger_service.domain.account import BillingAccount
 from ledger_service.domain.chain import GENESIS_HASH, configure_chain_keys, event_payload
 from ledger_service.domain.times import format_time
@@ -49,6 +51,7 @@ from ledger_service.projections.runner import (
     account_loader,
     connector,
     head_position,
+    quarantined_events,
     rebuild,
 )
 from ledger_service.projections.verify import VerifyReport, verify, verify_anchors
@@ -523,19 +526,33 @@ def catch_up_command(
 
 @app.command("status", epilog="Example:\n\n  ledgerctl status")
 def status_command(ctx: typer.Context) -> None:
-    """Each projection's position against the head of the log, and when it last moved."""
+    """Each projection's position against the head of the log, when it last moved, and the
+    events a projection quarantined (could not apply, and skipped)."""
 
     def command() -> None:
         with tools(ctx).connect() as conn:
             head = head_position(conn)
             rows = conn.execute("SELECT name, position, updated_at FROM projection_positions"
                                 " ORDER BY name").fetchall()
+            quarantined = quarantined_events(conn)
         table = Table(title=f"Log head: position {head}", title_justify="left")
         for column in ("projection", "position", "behind", "updated at"):
             table.add_column(column)
         for name, position, updated_at in rows:
             table.add_row(name, str(position), str(head - position), format_time(updated_at))
         out.print(table)
+        if not quarantined:
+            out.print("No quarantined events.")
+            return
+        held = Table(title=f"[red]{len(quarantined)} quarantined events[/red]: the projection"
+                     " skipped them; fix the cause, then `ledgerctl rebuild <projection>`",
+                     title_justify="left")
+        for column in ("projection", "position", "account", "event", "error", "since"):
+            held.add_column(column, overflow="fold")
+        for name, position, account_id, event_type, error, since in quarantined:
+            held.add_row(name, str(position), str(account_id), event_type, error[:200],
+                         format_time(since))
+        out.print(held)
 
     run(command, ctx)
 
@@ -708,9 +725,9 @@ def _exporter(fmt: str, sink: TextIO) -> Callable[[AuditRecord], None]:
     writer.writerow(EXPORT_COLUMNS)
 
     def write_csv(record: AuditRecord) -> None:
-        writer.writerow((record.position, record.account_id, record.version, record.type,
-                         record.recorded_at, record.previous_hash or "", record.hash or "",
-                         _json.encode(record.data).decode()))
+        writer.writerow(spreadsheet_row((
+            record.position, record.account_id, record.version, record.type, record.recorded_at,
+            record.previous_hash or "", record.hash or "", _json.encode(record.data).decode())))
     return write_csv
 
 
@@ -785,7 +802,9 @@ def dead_letters_list(
         for s in letters:
             table.add_row(str(s.sequence), s.letter.dead_letter_id, s.letter.subject,
                           s.letter.reason, format_time(s.letter.received_at),
-                          s.letter.detail[:120])
+                          # escaped: a detail or marker in brackets is text, not markup
+                          escape(s.letter.detail[:120] + (" [payload truncated]"
+                                                          if s.letter.payload_truncated else "")))
         out.print(table)
 
     run(command, ctx)
@@ -856,6 +875,13 @@ async def _retry(nats_url: str, keys: list[str], retry_all: bool, subject: str |
         js = nc.jetstream()
         for stored in chosen:
             letter = stored.letter
+            if letter.payload_truncated:
+                # Its payload is a cut copy: republishing it would be a different message.
+                results.append((stored, f"failed: the payload was truncated (original"
+                                        f" {letter.payload_bytes} bytes, sha256"
+                                        f" {letter.payload_sha256}); re-send it from its"
+                                        " producer"))
+                continue
             try:
                 ack = await js.publish(letter.subject, letter.payload.encode(),
                                        headers={"Nats-Msg-Id": f"retry:{letter.dead_letter_id}"})

@@ -35,7 +35,7 @@ from contracts.usage import UsageRecorded
 from ledger_service.app import accounts, intake
 from ledger_service.app.ledger import AccountNotFound, Ledger
 from ledger_service.domain.errors import LedgerError
-from services.consumer import ACK, Disposition, DurableConsumer
+from services.consumer import ACK, UNREADABLE_PAYLOAD, Disposition, DurableConsumer
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
@@ -123,7 +123,7 @@ class UsageIntake:
             try:
                 decoded.append(self._decoder.decode(msg.data))
                 positions.append(index)
-            except msgspec.DecodeError as exc:
+            except UNREADABLE_PAYLOAD as exc:
                 dispositions[index] = Disposition("dead", "invalid_payload", str(exc))
         if decoded:
             verdicts = await self.writer.call(intake.apply_usage, self.ledger, decoded,
@@ -181,7 +181,7 @@ class Authorizer:
         # nats-py awaits callbacks one at a time, so this only decodes and queues.
         try:
             request = self._decoder.decode(msg.data)
-        except msgspec.DecodeError as exc:
+        except UNREADABLE_PAYLOAD as exc:
             await self._reply(msg, AuthorizeReply(approved=False, reason="invalid_request",
                                                   detail=str(exc)[:500]))
             return
@@ -235,7 +235,7 @@ class PaymentsConsumer:
                    apply: Callable[[Ledger, Any], bool]) -> Disposition:
         try:
             message = msgspec.json.decode(msg.data, type=message_type)
-        except msgspec.DecodeError as exc:
+        except UNREADABLE_PAYLOAD as exc:
             return Disposition("dead", "invalid_payload", str(exc))
         try:
             applied = await self.writer.call(apply, self.ledger, message)
@@ -256,7 +256,7 @@ class CatalogueConsumer:
         for msg in msgs:
             try:
                 update = msgspec.json.decode(msg.data, type=PricesUpdated)
-            except msgspec.DecodeError as exc:
+            except UNREADABLE_PAYLOAD as exc:
                 dispositions.append(Disposition("dead", "invalid_payload", str(exc)))
                 continue
             products = msgspec.to_builtins(update.products)

@@ -20,6 +20,7 @@ from contracts.subjects import (
     INVOICING_VOIDED,
 )
 from payments_service.app.invoices import InvoiceBook, InvoiceEvent
+from services.consumer import UNREADABLE_PAYLOAD
 
 log = structlog.get_logger(__name__)
 
@@ -57,7 +58,7 @@ def subscribe_invoices(broker: NatsBroker, book: InvoiceBook) -> None:
             return  # overdue and future subjects: nothing to keep
         try:
             event = msgspec.json.decode(message.body, type=kind)
-        except msgspec.DecodeError as exc:
+        except UNREADABLE_PAYLOAD as exc:
             # A malformed message will not improve on redelivery; acked and logged.
             log.error("payments.invoice_event_rejected", subject=subject, error=str(exc))
             return

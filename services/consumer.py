@@ -9,6 +9,16 @@
   dead-lettered because a dependency is away.
 - Any other exception is isolated: the batch is retried one message at a time, so one
   poison message is dead-lettered (after ``deliveries_max`` attempts) while the rest apply.
+- Every path has a delivery limit. The durable consumer carries ``max_deliver``
+  (``server_deliveries_max``), so JetStream itself never redelivers a message for ever; and
+  the delivery it says is the last is dead-lettered (``retries_exhausted``) whatever went
+  wrong, a dependency outage included, so that no message just disappears. Transient naks
+  back off (``retry_delay_s`` doubling to TRANSIENT_RETRY_DELAY_S_MAX) so that the limit
+  stands for hours of outage, not minutes.
+- One message that cannot be settled (its dead letter refused, say) never holds up the rest
+  of its batch: they are settled, it is naked and comes back later.
+- A dead letter always fits in a NATS message: its copy of the payload is cut past
+  PAYLOAD_KEPT_BYTES_MAX, with the original's size and SHA-256 (contracts.deadletter).
 """
 
 from __future__ import annotations
@@ -32,7 +42,7 @@ from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import APIError
 
-from contracts.deadletter import DeadLetter, DeadLetterReason
+from contracts.deadletter import PAYLOAD_KEPT_BYTES_MAX, DeadLetter, DeadLetterReason
 from contracts.subjects import DEADLETTER_PREFIX
 
 log = structlog.get_logger(__name__)
@@ -50,6 +60,18 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     ConnectionError,
 )
 DETAIL_LENGTH_MAX = 2_000
+# JetStream's own limit on deliveries of one message (the consumer's max_deliver). Far above
+# deliveries_max, because transient failures (PostgreSQL away) count too: with naks backing
+# off to TRANSIENT_RETRY_DELAY_S_MAX, 1,000 deliveries are about eight hours of outage.
+SERVER_DELIVERIES_MAX = 1_000
+TRANSIENT_RETRY_DELAY_S_MAX = 30.0
+_TRUNCATION_MARKER = "\u2026[truncated: {size} bytes, sha256 {digest}]"
+# What msgspec raises for a payload it cannot read: malformed or mistyped JSON (DecodeError),
+# invalid UTF-8 inside a string (UnicodeDecodeError, not a DecodeError) and nesting deeper
+# than the stack (RecursionError). Each is the message's fault: a dead letter at once, never
+# a retry.
+UNREADABLE_PAYLOAD: tuple[type[BaseException], ...] = (
+    msgspec.DecodeError, UnicodeDecodeError, RecursionError)
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +101,7 @@ class DurableConsumer:
         deliveries_max: int = 5,
         retry_delay_s: float = 1.0,
         ack_pending_max: int = 50_000,
+        server_deliveries_max: int = SERVER_DELIVERIES_MAX,
     ) -> None:
         self.nc = nc
         self.stream = stream
@@ -91,24 +114,29 @@ class DurableConsumer:
         self.deliveries_max = deliveries_max
         self.retry_delay_s = retry_delay_s
         self.ack_pending_max = ack_pending_max
+        self.server_deliveries_max = max(server_deliveries_max, deliveries_max)
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         js = self.nc.jetstream()
-        self._sub = await js.pull_subscribe(
-            self.subject,
-            durable=self.durable,
-            stream=self.stream,
-            config=ConsumerConfig(
-                durable_name=self.durable,
-                ack_policy=AckPolicy.EXPLICIT,
-                deliver_policy=DeliverPolicy.ALL,
-                ack_wait=self.ack_wait_s,
-                max_ack_pending=self.ack_pending_max,
-                filter_subject=self.subject,
-            ),
+        config = ConsumerConfig(
+            durable_name=self.durable,
+            ack_policy=AckPolicy.EXPLICIT,
+            deliver_policy=DeliverPolicy.ALL,
+            ack_wait=self.ack_wait_s,
+            max_ack_pending=self.ack_pending_max,
+            max_deliver=self.server_deliveries_max,
+            filter_subject=self.subject,
         )
+        # Create, or update a durable made before max_deliver was set (pull_subscribe leaves
+        # an existing consumer as it is).
+        try:
+            await js.add_consumer(self.stream, config)
+        except APIError as exc:
+            log.warning("consumer config not updated", consumer=self.durable, error=str(exc))
+        self._sub = await js.pull_subscribe(
+            self.subject, durable=self.durable, stream=self.stream, config=config)
         self._task = asyncio.create_task(self._run(), name=f"consumer:{self.durable}")
 
     async def stop(self) -> None:
@@ -163,7 +191,13 @@ class DurableConsumer:
             log.warning("dependency unavailable; batch will be redelivered",
                         consumer=self.durable, error=str(exc), messages=len(msgs))
             for msg in msgs:
-                await self._nak(msg)
+                if _deliveries(msg) >= self.server_deliveries_max:
+                    # JetStream will not deliver it again: keep it as a dead letter.
+                    await self._settle_safely(msg, Disposition(
+                        "dead", "retries_exhausted",
+                        f"dependency unavailable: {type(exc).__name__}: {exc}"))
+                else:
+                    await self._nak(msg, self._transient_delay_s(msg))
             await self._pause()
             return
         except Exception as exc:
@@ -180,26 +214,43 @@ class DurableConsumer:
         # One after another: an ack is a buffered publish, and gathering thousands of them
         # would cost a task each.
         for msg, disposition in zip(msgs, dispositions, strict=True):
+            await self._settle_safely(msg, disposition)
+
+    async def _settle_safely(self, msg: Msg, disposition: Disposition) -> None:
+        """Settle one message; if that fails, nak it alone and let the batch go on."""
+        try:
             await self._settle(msg, disposition)
+        except Exception as exc:
+            log.error("message not settled; it will be redelivered", consumer=self.durable,
+                      action=disposition.action, deliveries=_deliveries(msg),
+                      error=f"{type(exc).__name__}: {exc}")
+            await self._nak(msg)
 
     async def _settle(self, msg: Msg, disposition: Disposition) -> None:
         if disposition.action == "ack":
             await msg.ack()
         elif disposition.action == "dead":
             await self.bury(msg, disposition.reason or "rejected", disposition.detail or "")
+        elif _deliveries(msg) >= self.deliveries_max:
+            await self.bury(msg, "retries_exhausted", disposition.detail or "retried too often")
         else:
             await self._nak(msg)
 
-    async def _nak(self, msg: Msg) -> None:
+    def _transient_delay_s(self, msg: Msg) -> float:
+        doublings = min(_deliveries(msg) - 1, 16)
+        return min(self.retry_delay_s * 2**doublings, TRANSIENT_RETRY_DELAY_S_MAX)
+
+    async def _nak(self, msg: Msg, delay_s: float | None = None) -> None:
         with contextlib.suppress(Exception):
-            await msg.nak(delay=self.retry_delay_s)
+            await msg.nak(delay=self.retry_delay_s if delay_s is None else delay_s)
 
     async def _retry_or_bury(self, msg: Msg, exc: Exception) -> None:
-        deliveries = msg.metadata.num_delivered or 1
+        deliveries = _deliveries(msg)
         if deliveries >= self.deliveries_max:
             log.error("giving up on a message", consumer=self.durable, deliveries=deliveries,
                       error=f"{type(exc).__name__}: {exc}")
-            await self.bury(msg, "retries_exhausted", f"{type(exc).__name__}: {exc}")
+            await self._settle_safely(msg, Disposition(
+                "dead", "retries_exhausted", f"{type(exc).__name__}: {exc}"))
         else:
             log.warning("message failed; will retry", consumer=self.durable,
                         deliveries=deliveries, error=f"{type(exc).__name__}: {exc}")
@@ -218,21 +269,46 @@ class DurableConsumer:
         await msg.ack()
 
 
+def _deliveries(msg: Msg) -> int:
+    meta = msg.metadata
+    return (meta.num_delivered if meta else None) or 1
+
+
+def kept_payload(data: bytes) -> tuple[str, bool]:
+    """The payload as text for a dead letter, and whether it had to be cut to fit
+    PAYLOAD_KEPT_BYTES_MAX (measured as JSON, escapes included)."""
+    text = data.decode("utf-8", errors="replace")
+    encoded = len(_encoder.encode(text))
+    if encoded <= PAYLOAD_KEPT_BYTES_MAX:
+        return text, False
+    marker = _TRUNCATION_MARKER.format(size=len(data), digest=hashlib.sha256(data).hexdigest())
+    budget = PAYLOAD_KEPT_BYTES_MAX - len(_encoder.encode(marker))
+    # Shrink in proportion to the overshoot, then by a tenth until it fits: a few encodes.
+    keep = len(text) * budget // encoded
+    while keep > 0 and len(_encoder.encode(text[:keep])) > budget:
+        keep = keep * 9 // 10
+    return text[:keep] + marker, True
+
+
 def dead_letter(msg: Msg, reason: DeadLetterReason, detail: str, *, consumer: str) -> DeadLetter:
     meta = msg.metadata
     stream_seq = meta.sequence.stream if meta and meta.sequence else None
     msg_id = (msg.headers or {}).get("Nats-Msg-Id")
     # Stable per original message: re-burying the same message is de-duplicated by JetStream.
     basis = f"{meta.stream if meta else ''}:{stream_seq}:{consumer}"
+    payload, truncated = kept_payload(msg.data)
     return DeadLetter(
         dead_letter_id="dl-" + hashlib.sha256(basis.encode()).hexdigest()[:32],
         subject=msg.subject,
         reason=reason,
         detail=detail[:DETAIL_LENGTH_MAX],
-        payload=msg.data.decode("utf-8", errors="replace"),
+        payload=payload,
         received_at=datetime.now(UTC),
         consumer=consumer,
         stream_sequence=stream_seq,
         deliveries=meta.num_delivered if meta else None,
         msg_id=msg_id[:128] if msg_id else None,
+        payload_truncated=truncated,
+        payload_bytes=len(msg.data),
+        payload_sha256=hashlib.sha256(msg.data).hexdigest(),
     )

@@ -11,6 +11,7 @@ from contracts.http.paging import NextCursor
 from contracts.ids import AccountId, EntryId, GrantId, ProductKey, Reference
 from contracts.ledger import EntryAmount, EntryKind, GrantKind
 from contracts.money import Amount, Currency, PositiveAmount, SignedAmount
+from contracts.text import Text, text_meta
 from contracts.timestamps import Timestamp
 
 ENTRIES_PAGE_MAX: Final = 500
@@ -37,8 +38,8 @@ VatNumber = Annotated[
         examples=["GB123456789"],
     ),
 ]
-AccountName = Annotated[str, Meta(min_length=1, max_length=200)]
-Reason = Annotated[str, Meta(min_length=1, max_length=500)]
+AccountName = Annotated[str, text_meta(min_length=1, max_length=200)]
+Reason = Annotated[str, text_meta(min_length=1, max_length=500)]
 CreditLimit = Annotated[Amount, Meta(description="How far a postpay account may go below zero")]
 LowBalanceThreshold = Annotated[
     Amount, Meta(description="balance_low is published when available crosses below it")
@@ -138,7 +139,7 @@ class EntryView(Struct, frozen=True, kw_only=True):
     kind: EntryKind
     amount: EntryAmount
     balance_after: SignedAmount
-    description: Annotated[str, Meta(max_length=500)]
+    description: Text
     reference: Reference | None
     occurred_at: Timestamp
 
@@ -192,7 +193,9 @@ class Adjustment(Struct, frozen=True, kw_only=True):
 
     direction: Literal["credit", "debit"]
     amount: PositiveAmount
-    memo: Annotated[str, Meta(min_length=10, max_length=500, description="Why, for the auditor")]
+    memo: Annotated[
+        str, text_meta(min_length=10, max_length=500, description="Why, for the auditor")
+    ]
     reference: Reference | None = None
 
 

@@ -32,6 +32,7 @@ from psycopg.sql import SQL, Composed
 from psycopg_pool import AsyncConnectionPool
 
 from contracts.money import format_micros
+from ledger_service.csv_cells import spreadsheet_row
 from ledger_service.projections.decoding import ACCOUNT_TOPIC_PREFIX, LEGACY_ACCOUNT_TOPIC_PREFIX
 
 READER_ROLE: Final = "ledger_reader"
@@ -323,10 +324,11 @@ async def statement_csv(read: TenantRead, account_id: UUID,
         while rows := await cur.fetchmany(CSV_ROWS_FETCHED_PER_ROUND_TRIP):
             for row in rows:
                 entry = EntryRow(*row)
-                writer.writerow((entry.entry_id, _utc_text(entry.occurred_at), entry.kind,
-                                 format_micros(entry.amount_micros), entry.currency or "",
-                                 format_micros(entry.balance_after_micros), entry.description,
-                                 entry.reference or ""))
+                writer.writerow(spreadsheet_row((
+                    entry.entry_id, _utc_text(entry.occurred_at), entry.kind,
+                    format_micros(entry.amount_micros), entry.currency or "",
+                    format_micros(entry.balance_after_micros), entry.description,
+                    entry.reference or "")))
             yield _drain(buffer)
 
 

@@ -30,6 +30,7 @@ from uuid import UUID
 import psycopg
 import structlog
 from eventsourcing.application import AggregateNotFoundError, Application
+from prometheus_client import Counter
 from psycopg.sql import SQL, Identifier
 
 from ledger_service.domain.account import BillingAccount
@@ -78,6 +79,20 @@ LINGER_S: Final = 0.1
 FAILURE_WAIT_S: Final = 1.0
 FAILURE_WAIT_S_MAX: Final = 30.0
 LOCK_NAME: Final = "ledger.projections"
+# Failures that applying the same event again would repeat, whoever retries and whenever: the
+# event's data, not the moment (PostgreSQL's class 22, e.g. CharacterNotInRepertoire for a
+# NUL in text, UntranslatableCharacter for one in jsonb; psycopg's own refusal of a NUL; a str
+# that does not encode). Only these quarantine an event; anything else (a lost connection, a
+# bug) stops the projections where they are and is retried, as before.
+DETERMINISTIC_ERRORS: Final[tuple[type[BaseException], ...]] = (
+    psycopg.DataError, UnicodeEncodeError)
+QUARANTINE_ERROR_CHARS_MAX: Final = 2_000
+
+QUARANTINED = Counter(
+    "ledger_projection_events_quarantined_total",
+    "Events a projection could not apply (a data error) and set aside, by projection.",
+    ["projection"],
+)
 
 Connect = Callable[[], psycopg.Connection[Any]]
 
@@ -160,8 +175,14 @@ def account_loader(app: Application[UUID]) -> LoadAccount:
 
 def apply_batch(conn: psycopg.Connection[Any], decoder: EventDecoder,
                 targets: Sequence[Target], *, limit: int = BATCH_NOTIFICATIONS_MAX,
-                lock: bool = True) -> BatchResult:
-    """One transaction: the next ``limit`` notifications into every target."""
+                lock: bool = True, isolate: bool = False) -> BatchResult:
+    """One transaction: the next ``limit`` notifications into every target.
+
+    ``isolate``: each event is written to each target on its own (a savepoint each), and an
+    event a target cannot write for a deterministic reason is quarantined for that target
+    instead of failing the batch. Slow (a flush per event), so only for the batch after one
+    that failed that way.
+    """
     names = [t.position_name for t in targets]
     # binary: bytea arrives as bytes, not hex text to decode
     with conn.transaction(), conn.cursor(binary=True) as cur:
@@ -178,10 +199,13 @@ def apply_batch(conn: psycopg.Connection[Any], decoder: EventDecoder,
             " ORDER BY notification_id LIMIT %s", (start, limit)).fetchall()
         if not raw:
             return BatchResult(0, 0, start)
-        streamer = next((t for t in targets if t.projection.streams), None)
-        with (streamer.projection.streaming(cur, streamer.tables) if streamer is not None
-              else contextlib.nullcontext()):
-            events = _apply_rows(decoder, targets, positions, raw)
+        streamer = next((t for t in targets if t.projection.streams and not isolate), None)
+        if isolate:
+            events = _apply_rows_isolated(conn, cur, decoder, targets, positions, raw)
+        else:
+            with (streamer.projection.streaming(cur, streamer.tables) if streamer is not None
+                  else contextlib.nullcontext()):
+                events = _apply_rows(decoder, targets, positions, raw)
         last = int(raw[-1][0])
         for target in targets:
             target.projection.flush(cur, target.tables)
@@ -210,6 +234,63 @@ def _apply_rows(decoder: EventDecoder, targets: Sequence[Target], positions: Map
     return events
 
 
+def _apply_rows_isolated(conn: psycopg.Connection[Any], cur: psycopg.Cursor[Any],
+                         decoder: EventDecoder, targets: Sequence[Target],
+                         positions: Mapping[str, int], raw: list[tuple[Any, ...]]) -> int:
+    """`_apply_rows`, but each event into each target in a savepoint of its own, written at
+    once; a deterministic failure quarantines that event for that target and moves on."""
+    events = 0
+    for values in raw:
+        row = stored_row(values)
+        if not row.is_account_event:
+            continue
+        wanting = [t for t in targets if row.position > positions[t.position_name]]
+        if not wanting:
+            continue
+        event = decoder.decode(row)
+        events += 1
+        for target in wanting:
+            try:
+                with conn.transaction():
+                    target.projection.apply(event, row.position)
+                    target.projection.flush(cur, target.tables)
+            except DETERMINISTIC_ERRORS as exc:
+                # The savepoint is gone; so must be what the projection collected or cached
+                # from this event (the balances' accounts are read again from the store).
+                target.projection.reset()
+                quarantine(cur, target.position_name, row.position, event, exc)
+    return events
+
+
+def quarantine(cur: psycopg.Cursor[Any], name: str, position: int, event: Any,
+               exc: BaseException) -> None:
+    """Record that projection ``name`` set aside the event at ``position``; log and count."""
+    error = f"{type(exc).__name__}: {exc}".replace("\x00", "\\0")[:QUARANTINE_ERROR_CHARS_MAX]
+    account_id = getattr(event, "originator_id", None)
+    event_type = type(event).__qualname__
+    cur.execute(
+        "INSERT INTO projection_quarantine (projection, position, account_id, event_type, error)"
+        " VALUES (%s, %s, %s, %s, %s) ON CONFLICT (projection, position) DO UPDATE"
+        " SET error = EXCLUDED.error, quarantined_at = now()",
+        (name, position, account_id, event_type, error))
+    QUARANTINED.labels(projection=name.removesuffix(SHADOW_SUFFIX)).inc()
+    log.error("projection.event_quarantined", projection=name, position=position,
+              account_id=str(account_id), event_type=event_type, error=error)
+
+
+def is_deterministic(exc: BaseException) -> bool:
+    return isinstance(exc, DETERMINISTIC_ERRORS)
+
+
+def quarantined_events(conn: psycopg.Connection[Any]) -> list[tuple[Any, ...]]:
+    """(projection, position, account_id, event_type, error, quarantined_at), oldest first;
+    rebuilds in progress excluded."""
+    return conn.execute(
+        "SELECT projection, position, account_id, event_type, error, quarantined_at"
+        " FROM projection_quarantine WHERE projection NOT LIKE %s ORDER BY position, projection",
+        ("%" + SHADOW_SUFFIX,)).fetchall()
+
+
 def head_position(conn: psycopg.Connection[Any]) -> int:
     row = conn.execute("SELECT coalesce(max(notification_id), 0) FROM ledger_events").fetchone()
     return int(row[0]) if row else 0
@@ -233,6 +314,8 @@ class ProjectionRunner:
         self.idle_wait_s = idle_wait_s
         self.linger_s = linger_s
         self._conn: psycopg.Connection[Any] | None = None
+        # After a batch failed on the data, the next one isolates events (apply_batch).
+        self._isolate_next = False
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -246,16 +329,24 @@ class ProjectionRunner:
     # -------------------------------------------------------------- one step
 
     def step(self) -> BatchResult:
-        """Apply one batch; on failure forget everything in memory and re-raise."""
+        """Apply one batch; on failure forget everything in memory and re-raise.
+
+        A batch that failed on the data (DETERMINISTIC_ERRORS) is followed by one that writes
+        event by event and quarantines the event at fault, so one unstorable event never
+        stops the projections for every account.
+        """
+        isolate, self._isolate_next = self._isolate_next, False
         try:
             if self._conn is None or self._conn.closed:
                 self._conn = self.connect()
-            result = apply_batch(self._conn, self.decoder, self.targets, limit=self.sizer.limit)
-        except Exception:
+            result = apply_batch(self._conn, self.decoder, self.targets,
+                                 limit=self.sizer.limit, isolate=isolate)
+        except Exception as exc:
             for target in self.targets:
                 target.projection.reset()
             self.close()
             self.sizer.limit = self.sizer.smallest
+            self._isolate_next = is_deterministic(exc) and not isolate
             raise
         self.sizer.after(result)
         return result
@@ -265,7 +356,14 @@ class ProjectionRunner:
         events = 0
         head = 0
         while True:
-            result = self.step()
+            try:
+                result = self.step()
+            except DETERMINISTIC_ERRORS as exc:
+                if not self._isolate_next:
+                    raise
+                log.warning("projection batch failed on its data; isolating its events",
+                            error=f"{type(exc).__name__}: {exc}")
+                continue
             events += result.events
             if progress is not None and self._conn is not None:
                 head = max(head, result.position)
@@ -298,9 +396,14 @@ class ProjectionRunner:
         while not self._stopping.is_set():
             try:
                 result = self.step()
-            except Exception:
-                # Never skip an event: a projection that cannot apply one stops where it is,
-                # and its freshness headers show it lagging until the cause is fixed.
+            except Exception as exc:
+                if self._isolate_next:
+                    # The data is at fault: the next batch finds the event and quarantines it.
+                    log.warning("projection batch failed on its data; isolating its events",
+                                error=f"{type(exc).__name__}: {exc}")
+                    continue
+                # Anything else: never skip an event. The projections stop where they are,
+                # and their freshness headers show them lagging until the cause is fixed.
                 log.exception("projection batch failed; retrying", wait_s=failure_wait_s)
                 self._stopping.wait(failure_wait_s)
                 failure_wait_s = min(failure_wait_s * 2, FAILURE_WAIT_S_MAX)
@@ -339,11 +442,26 @@ def rebuild(connect: Connect, decoder: EventDecoder, load_account: LoadAccount, 
                 for table in projection.tables:
                     drop_shadow(conn.cursor(), table)
                 conn.execute("DELETE FROM projection_positions WHERE name = %s", (position_name,))
+                conn.execute("DELETE FROM projection_quarantine WHERE projection = %s",
+                             (position_name,))
             raise
         finally:
             with contextlib.suppress(Exception):
                 conn.execute("SELECT pg_advisory_unlock(hashtext(%s))",
                              (f"{LOCK_NAME}.rebuild.{name}",))
+
+
+def _rebuild_batch(conn: psycopg.Connection[Any], decoder: EventDecoder, target: Target,
+                   limit: int) -> BatchResult:
+    """A rebuild's batch; one that fails on its data is done again event by event."""
+    try:
+        return apply_batch(conn, decoder, [target], limit=limit, lock=False)
+    except DETERMINISTIC_ERRORS:
+        target.projection.reset()
+        log.warning("rebuild batch failed on its data; isolating its events",
+                    projection=target.projection.name)
+        return apply_batch(conn, decoder, [target], limit=min(limit, BATCH_NOTIFICATIONS_MAX),
+                           lock=False, isolate=True)
 
 
 def _rebuild(conn: psycopg.Connection[Any], decoder: EventDecoder, projection: Projection,
@@ -355,13 +473,14 @@ def _rebuild(conn: psycopg.Connection[Any], decoder: EventDecoder, projection: P
         cur.execute("INSERT INTO projection_positions (name, position) VALUES (%s, 0)"
                     " ON CONFLICT (name) DO UPDATE SET position = 0, updated_at = now()",
                     (position_name,))
+        cur.execute("DELETE FROM projection_quarantine WHERE projection = %s", (position_name,))
     target = Target(projection, position_name, tables)
     sizer = BatchSizer(batch_size, batch_size)
     head = head_position(conn)
     events = 0
     result = BatchResult(0, 0, 0)
     while result.position < head:
-        result = apply_batch(conn, decoder, [target], limit=sizer.limit, lock=False)
+        result = _rebuild_batch(conn, decoder, target, sizer.limit)
         sizer.after(result)
         events += result.events
         if progress is not None:
@@ -379,7 +498,7 @@ def _rebuild(conn: psycopg.Connection[Any], decoder: EventDecoder, projection: P
         # rebuilt projection at the position the shadow reached.
         cur.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (LOCK_NAME,))
         while True:
-            result = apply_batch(conn, decoder, [target], limit=sizer.limit, lock=False)
+            result = _rebuild_batch(conn, decoder, target, sizer.limit)
             sizer.after(result)
             events += result.events
             if result.notifications == 0:
@@ -391,6 +510,11 @@ def _rebuild(conn: psycopg.Connection[Any], decoder: EventDecoder, projection: P
         cur.execute("UPDATE projection_positions SET position = %s, updated_at = now()"
                     " WHERE name = %s", (result.position, projection.name))
         cur.execute("DELETE FROM projection_positions WHERE name = %s", (position_name,))
+        # The rebuilt rows come with their own quarantine: the old one goes with the old rows.
+        cur.execute("DELETE FROM projection_quarantine WHERE projection = %s",
+                    (projection.name,))
+        cur.execute("UPDATE projection_quarantine SET projection = %s WHERE projection = %s",
+                    (projection.name, position_name))
     log.info("projection rebuilt", projection=projection.name, position=result.position,
              events=events)
     return BatchResult(0, events, result.position)

@@ -109,17 +109,52 @@ def _object_id(value: str | dict[str, Any] | None) -> str | None:
     return value
 
 
+# What msgspec raises for JSON it cannot read: malformed or mistyped (DecodeError), invalid
+# UTF-8 inside a string (UnicodeDecodeError) and nesting past the stack (RecursionError). The
+# HTTP kernel refuses the last two first (services/http/bodies.py); this keeps the decoders
+# total on their own.
+UNREADABLE_JSON: Final = (msgspec.DecodeError, UnicodeDecodeError, RecursionError)
+
+
+def refuse_unstorable_text(body: bytes, what: str) -> None:
+    """Refuse a payload PostgreSQL cannot store: a NUL (JSON ``\\u0000``) in any string.
+
+    Received payloads are kept as jsonb for audit, and jsonb has no NUL: the insert failed
+    and the delivery was a 500, retried by the provider for days. A 400 says what is wrong;
+    the provider's dashboard shows it. Other control characters are stored as they came.
+    """
+    if b"\\u0000" not in body:  # the only way JSON spells a NUL; most bodies stop here
+        return
+    try:
+        value = msgspec.json.decode(body)
+    except UNREADABLE_JSON as exc:
+        raise MalformedWebhook(f"not {what}: {exc}") from None
+    pending: list[Any] = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, str):
+            if "\x00" in item:
+                raise MalformedWebhook(f"{what} holds a NUL character, which cannot be stored")
+        elif isinstance(item, dict):
+            pending.extend(item.keys())
+            pending.extend(item.values())
+        elif isinstance(item, list):
+            pending.extend(item)
+
+
 def decode_stripe_event(body: bytes) -> StripeEvent:
     try:
-        return msgspec.json.decode(body, type=StripeEvent)
-    except msgspec.DecodeError as exc:
+        event = msgspec.json.decode(body, type=StripeEvent)
+    except UNREADABLE_JSON as exc:
         raise MalformedWebhook(f"not a Stripe event: {exc}") from None
+    refuse_unstorable_text(body, "a Stripe event")
+    return event
 
 
 def decode_stripe_object(event: StripeEvent, kind: type[T]) -> T:
     try:
         return msgspec.json.decode(event.data.object, type=kind)
-    except msgspec.DecodeError as exc:
+    except UNREADABLE_JSON as exc:
         raise MalformedWebhook(f"{event.type}: unexpected data.object: {exc}") from None
 
 
@@ -162,15 +197,16 @@ def decode_hubspot_notifications(body: bytes) -> list[tuple[str, HubSpotNotifica
     """Each notification of a batch with its JSON as received (kept for audit)."""
     try:
         raws = msgspec.json.decode(body, type=list[msgspec.Raw])
-    except msgspec.DecodeError as exc:
+    except UNREADABLE_JSON as exc:
         raise MalformedWebhook(f"not a HubSpot notification batch: {exc}") from None
+    refuse_unstorable_text(body, "a HubSpot notification batch")
     if len(raws) > HUBSPOT_BATCH_MAX:
         raise MalformedWebhook(f"more than {HUBSPOT_BATCH_MAX} notifications in one request")
     batch = []
     for raw in raws:
         try:
             note = msgspec.json.decode(raw, type=HubSpotNotification)
-        except msgspec.DecodeError as exc:
+        except UNREADABLE_JSON as exc:
             raise MalformedWebhook(f"not a HubSpot notification: {exc}") from None
         batch.append((bytes(raw).decode("utf-8"), note))
     return batch

@@ -18,6 +18,7 @@ from services.http.auth import (
     provide_principal,
     verifier_state,
 )
+from services.http.bodies import JsonBodyMiddleware
 from services.http.health import READINESS_TIMEOUT_S_DEFAULT, ReadinessCheck, health_handlers
 from services.http.metrics import metrics_handler
 from services.http.middleware import RequestContextMiddleware
@@ -64,6 +65,8 @@ def create_app(
         lifespan=list(lifespan),
         dependencies={"principal": provide_principal, **(dependencies or {})},
         exception_handlers=exception_handlers(exception_statuses or {}),
+        # Bodies are JSON, UTF-8 and shallow before any handler parses them (bodies.py).
+        middleware=[JsonBodyMiddleware()],
         openapi_config=openapi_config(title, version),
         state=State(verifier_state(auth)),
         request_max_body_size=request_body_bytes_max,

@@ -27,6 +27,8 @@ from litestar.handlers import BaseRouteHandler
 from litestar.openapi.spec import SecurityRequirement, SecurityScheme
 from litestar.types import Guard
 
+from contracts.text import is_storable_text
+
 # Development only: lets a fresh checkout run and mint tokens with no configuration. Every
 # deployed environment sets its own secret or, in production, a JWKS URL.
 DEVELOPMENT_JWT_SECRET = "dev-only-insecure-jwt-secret-change-me"  # noqa: S105
@@ -181,6 +183,9 @@ def principal_from_claims(claims: Mapping[str, Any]) -> Principal:
     tenant_id = claims.get("tenant_id")
     if not isinstance(sub, str) or not sub:
         raise TokenRejected("claim 'sub' must be a non-empty string")
+    if not is_storable_text(sub):
+        # `sub` becomes the actor recorded in events and statements (contracts.text).
+        raise TokenRejected("claim 'sub' must not contain control characters")
     if tenant_id is not None and not isinstance(tenant_id, str):
         raise TokenRejected("claim 'tenant_id' must be a string")
     return Principal(sub=sub, tenant_id=tenant_id, scopes=parse_scopes(claims.get("scope")))

@@ -114,14 +114,15 @@ def test_bad_usage_goes_to_dead_letters_and_does_not_block(
         try:
             js = nc.jetstream()
             sub = await js.subscribe("deadletter.v1.usage.v1.recorded", ordered_consumer=True)
-            await js.publish("usage.v1.recorded", b"{not json")
+            # Its own garbage (the account in it): the stream holds other tests' letters too.
+            await js.publish("usage.v1.recorded", b"{not json " + account.encode())
             await js.publish("usage.v1.recorded", usage(str(uuid.uuid4()), f"ghost-{account}"))
             await js.publish("usage.v1.recorded", usage(account, f"ok-{account}"))
             letters = []
             while len(letters) < 2:
                 msg = await sub.next_msg(timeout=20)
                 letter = json.loads(msg.data)
-                if account in letter["payload"] or letter["reason"] == "invalid_payload":
+                if account in letter["payload"]:
                     letters.append(letter)
             return letters
         finally:

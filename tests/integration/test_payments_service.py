@@ -471,7 +471,8 @@ async def test_bad_signatures_are_refused_with_400_and_write_nothing(
                                                      WEBHOOK_SECRET)},
     }
     for name, headers in attempts.items():
-        response = await client.post("/v1/webhooks/stripe", content=body, headers=headers)
+        response = await client.post("/v1/webhooks/stripe", content=body,
+                                     headers={**headers, "Content-Type": "application/json"})
         assert response.status_code == 400, name
         assert response.headers["content-type"].startswith("application/problem+json")
         assert response.json()["type"].endswith("/invalid-signature")
@@ -734,3 +735,64 @@ def test_openapi_documents_the_payments_routes(service: ServiceProcess) -> None:
                   "/v1/checkout/invoices/{invoice_id}", "/v1/payments"):
         assert route in paths
 
+
+
+# -- hostile bodies (issue 14, items 1, 3 and 7) --------------------------------------------------
+
+
+async def deliver_signed(client: httpx.AsyncClient, body: bytes,
+                         content_type: str | None = "application/json; charset=utf-8",
+                         ) -> httpx.Response:
+    headers = {"Stripe-Signature": sign_payload(body, WEBHOOK_SECRET)}
+    if content_type is not None:
+        headers["Content-Type"] = content_type
+    return await client.post("/v1/webhooks/stripe", content=body, headers=headers)
+
+
+def assert_problem(response: httpx.Response, status: int, slug: str) -> None:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/problem+json")
+    assert response.json()["type"].endswith("/" + slug)
+
+
+async def test_a_signed_stripe_event_with_a_nul_is_400_and_stores_nothing(
+    client: httpx.AsyncClient, db: psycopg.AsyncConnection[Any]
+) -> None:
+    payload = event("checkout.session.completed",
+                    {"id": "cs_nul", "metadata": {"note": "ref\u0000x"}})
+    response = await deliver_signed(client, json.dumps(payload).encode())
+    assert_problem(response, 400, "malformed-webhook")
+    assert "NUL" in response.json()["detail"]
+    assert await scalar(db, "SELECT count(*) FROM payments.provider_events WHERE event_id = %s",
+                        payload["id"]) == 0
+    # A backslash followed by "u0000" is text like any other, and is stored.
+    harmless = event("some.unhandled_type", {"id": "obj_1", "note": "C:\\u0000"})
+    ok = await deliver_signed(client, json.dumps(harmless).encode())
+    assert ok.status_code == 200, ok.text
+
+
+@pytest.mark.parametrize("body", [
+    b'{"id": "evt_utf8", "type": "x", "created": 1, "data": {"object": {"n": "caf\xc3\x28"}}}',
+    b'{"id": "evt_deep", "type": "x", "created": 1, "data": {"object": '
+    + b"[" * 100_000 + b"]" * 100_000 + b"}}",
+], ids=["invalid-utf8", "nested-100000"])
+async def test_a_signed_stripe_event_that_is_not_utf8_or_nests_without_bound_is_400(
+    client: httpx.AsyncClient, body: bytes
+) -> None:
+    assert_problem(await deliver_signed(client, body), 400, "malformed-body")
+
+
+@pytest.mark.parametrize("content_type", ["text/plain", "application/xml",
+                                          "application/x-www-form-urlencoded", None])
+async def test_payments_routes_refuse_bodies_not_labelled_json(
+    client: httpx.AsyncClient, content_type: str | None
+) -> None:
+    body = json.dumps(event("some.unhandled_type", {"id": "obj_2"})).encode()
+    webhook = await deliver_signed(client, body, content_type)
+    assert_problem(webhook, 415, "unsupported-media-type")
+    assert webhook.headers["accept-post"] == "application/json"
+    headers = bearer(OPERATOR) | ({"Content-Type": content_type} if content_type else {})
+    topup = await client.post("/v1/checkout/topups", headers=headers,
+                              content=json.dumps({"account_id": str(uuid.uuid4()),
+                                                  "amount": "10.00"}).encode())
+    assert_problem(topup, 415, "unsupported-media-type")

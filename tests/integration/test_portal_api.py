@@ -404,3 +404,41 @@ def test_cursors_are_opaque_but_stable(portal: Portal) -> None:
     account_id = portal.account(usage_batches=2)
     cursor = portal.entries(account_id, limit=2).json()["next_cursor"]
     assert decode_cursor(cursor) > 0
+
+
+# ------------------------------------------------------------------ CSV formula injection
+
+
+def test_csv_neutralises_formulas_in_text_and_keeps_negative_amounts_numbers(
+    portal: Portal,
+) -> None:
+    from datetime import UTC, datetime
+
+    from contracts.usage import UsageRecorded
+    from ledger_service.app import intake
+
+    account_id = portal.account(usage_batches=0)
+    hostile = ["=HYPERLINK(\"http://evil.example\",\"x\")", "+cmd|' /C calc'!A0", "-2+3",
+               "@SUM(A1:A9)", "\tTAB", "\rCR", "plain reference", "-7"]
+    intake.apply_usage(portal.ledger, [
+        UsageRecorded(event_id=f"csv-{uuid.uuid4().hex[:8]}", account_id=account_id,
+                      product="sms", quantity=1, occurred_at=datetime.now(UTC),
+                      status="submitted", reference=reference)
+        for reference in hostile])
+    portal.workload.adjust(len(portal.workload.accounts) - 1, "debit", "1.25",
+                           memo="=1+1 is what the auditor typed")
+    portal.project()
+    response = portal.client.get(f"/v1/accounts/{account_id}/entries",
+                                 headers={**OPERATOR, "Accept": "text/csv"})
+    assert response.status_code == 200
+    rows = list(csv.DictReader(io.StringIO(response.text, newline="")))
+    references = {r["reference"] for r in rows if r["kind"] == "usage"}
+    assert references == {
+        "'=HYPERLINK(\"http://evil.example\",\"x\")", "'+cmd|' /C calc'!A0", "'-2+3",
+        "'@SUM(A1:A9)", "'\tTAB", "'\rCR", "plain reference", "-7"}
+    adjustment = next(r for r in rows if r["kind"] == "adjustment")
+    # The memo sits inside the description, which does not start with it: nothing to run.
+    assert adjustment["description"] == "Adjustment (debit): =1+1 is what the auditor typed"
+    assert adjustment["amount"] == "-1.25"  # a negative amount is a number, left alone
+    assert all(r["amount"].startswith("-") for r in rows if r["kind"] == "usage")
+    assert all(not r["balance_after"].startswith("'") for r in rows)
