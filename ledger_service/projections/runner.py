@@ -50,6 +50,7 @@ from ledger_service.projections.tables import (
     drop_shadow,
     swap_in_shadow,
 )
+from services.backoff import Backoff
 from services.database import conninfo
 
 log = structlog.get_logger(__name__)
@@ -392,7 +393,7 @@ class ProjectionRunner:
         self.close()
 
     def _run(self) -> None:
-        failure_wait_s = FAILURE_WAIT_S
+        backoff = Backoff(FAILURE_WAIT_S, FAILURE_WAIT_S_MAX)
         while not self._stopping.is_set():
             try:
                 result = self.step()
@@ -404,11 +405,11 @@ class ProjectionRunner:
                     continue
                 # Anything else: never skip an event. The projections stop where they are,
                 # and their freshness headers show them lagging until the cause is fixed.
-                log.exception("projection batch failed; retrying", wait_s=failure_wait_s)
-                self._stopping.wait(failure_wait_s)
-                failure_wait_s = min(failure_wait_s * 2, FAILURE_WAIT_S_MAX)
+                wait_s = backoff.next_wait_s()
+                log.exception("projection batch failed; retrying", wait_s=round(wait_s, 2))
+                self._stopping.wait(wait_s)
                 continue
-            failure_wait_s = FAILURE_WAIT_S
+            backoff.reset()
             if result.notifications == 0:
                 self._stopping.wait(self.idle_wait_s)
             elif result.notifications < self.sizer.smallest:
