@@ -69,6 +69,36 @@ SettingsT = TypeVar("SettingsT", bound=ServiceSettings)
 SECRET_FIELDS = frozenset({"jwt_secret", "database_url"})
 
 
+StructT = TypeVar("StructT", bound=msgspec.Struct)
+
+
+def read_environment(cls: type[StructT], environ: Mapping[str, str] | None, *,
+                     prefix: str | None = None, preset: Mapping[str, Any] | None = None,
+                     skip: frozenset[str] = frozenset()) -> StructT:
+    """The one settings reader: each field of `cls` from the variable NAME upper-cased, with
+    `<PREFIX>NAME` winning where a prefix is given (LEDGER_HTTP_PORT over HTTP_PORT); empty
+    variables count as unset. A bad or missing value raises SettingsError naming the variable.
+    """
+    env = os.environ if environ is None else environ
+    raw: dict[str, Any] = dict(preset or {})
+    for field in msgspec.structs.fields(cls):
+        if field.name in skip:
+            continue
+        names = (prefix + field.name.upper(), field.name.upper()) if prefix else (field.name.upper(),)
+        for key in names:
+            if env.get(key):
+                raw[field.name] = env[key]
+                break
+    try:
+        return msgspec.convert(raw, cls, strict=False)
+    except msgspec.ValidationError as exc:
+        raise SettingsError(_explain(exc, prefix or "")) from None
+
+
+def service_prefix(service_name: str) -> str:
+    return service_name.upper().removesuffix("_SERVICE") + "_"
+
+
 def load_settings(
     cls: type[SettingsT],
     *,
@@ -81,20 +111,9 @@ def load_settings(
     Per-service variables such as ``LEDGER_HTTP_PORT`` win over the plain ``HTTP_PORT`` so
     that one shell can start all four services.
     """
-    env = os.environ if environ is None else environ
-    prefix = service_name.upper().removesuffix("_SERVICE") + "_"
-    raw: dict[str, Any] = {"service_name": service_name, "http_port": http_port_default}
-    for field in msgspec.structs.fields(cls):
-        if field.name == "service_name":
-            continue
-        for key in (prefix + field.name.upper(), field.name.upper()):
-            if key in env and env[key] != "":
-                raw[field.name] = env[key]
-                break
-    try:
-        settings = msgspec.convert(raw, cls, strict=False)
-    except msgspec.ValidationError as exc:
-        raise SettingsError(_explain(exc, prefix)) from None
+    settings = read_environment(
+        cls, environ, prefix=service_prefix(service_name), skip=frozenset({"service_name"}),
+        preset={"service_name": service_name, "http_port": http_port_default})
     settings.require_production_secrets()
     return settings
 
@@ -107,7 +126,8 @@ def _explain(exc: msgspec.ValidationError, prefix: str) -> str:
             name = message.split(token, 1)[1].split("`", 1)[0]
             if name.isidentifier():
                 var = name.upper()
-                return f"setting {var} (or {prefix}{var}) is invalid or missing: {message}"
+                also = f" (or {prefix}{var})" if prefix else ""
+                return f"setting {var}{also} is invalid or missing: {message}"
     return f"invalid settings: {message}"
 
 
@@ -125,16 +145,7 @@ class StackSettings(msgspec.Struct, frozen=True, kw_only=True):
 
 
 def load_stack_settings(environ: Mapping[str, str] | None = None) -> StackSettings:
-    env = os.environ if environ is None else environ
-    raw = {
-        f.name: env[f.name.upper()]
-        for f in msgspec.structs.fields(StackSettings)
-        if env.get(f.name.upper())
-    }
-    try:
-        return msgspec.convert(raw, StackSettings, strict=False)
-    except msgspec.ValidationError as exc:
-        raise SettingsError(f"invalid stack settings: {exc}") from None
+    return read_environment(StackSettings, environ)
 
 
 def passthrough_environment(environ: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -163,15 +174,4 @@ def load_tool_settings(service_name: str, environ: Mapping[str, str] | None = No
                        cls: type[ToolSettingsT] = ToolSettings) -> ToolSettingsT:  # type: ignore[assignment]
     """Read ToolSettings (or a tool's subclass of it); ``LEDGER_DATABASE_URL`` wins over
     ``DATABASE_URL`` as for services."""
-    env = os.environ if environ is None else environ
-    prefix = service_name.upper().removesuffix("_SERVICE") + "_"
-    raw: dict[str, Any] = {}
-    for field in msgspec.structs.fields(cls):
-        for key in (prefix + field.name.upper(), field.name.upper()):
-            if env.get(key):
-                raw[field.name] = env[key]
-                break
-    try:
-        return msgspec.convert(raw, cls, strict=False)
-    except msgspec.ValidationError as exc:
-        raise SettingsError(_explain(exc, prefix)) from None
+    return read_environment(cls, environ, prefix=service_prefix(service_name))
