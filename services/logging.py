@@ -27,6 +27,12 @@ def _redact(_: Any, __: str, event_dict: dict[str, Any]) -> dict[str, Any]:
     return event_dict
 
 
+# A process caches each logger at its first use (cheaper log calls). The test suite turns this
+# off: it reconfigures logging many times in one process, and structlog's capture_logs cannot
+# see a logger cached under an earlier configuration.
+CACHE_LOGGERS_ON_FIRST_USE = True
+
+
 def configure_logging(
     *,
     service: str,
@@ -56,7 +62,7 @@ def configure_logging(
         processors=processors,
         logger_factory=structlog.stdlib.LoggerFactory(),
         wrapper_class=structlog.stdlib.BoundLogger,
-        cache_logger_on_first_use=True,
+        cache_logger_on_first_use=CACHE_LOGGERS_ON_FIRST_USE,
     )
     formatter = structlog.stdlib.ProcessorFormatter(
         foreign_pre_chain=[*shared, structlog.stdlib.add_logger_name],

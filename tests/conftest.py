@@ -27,6 +27,7 @@ from psycopg import sql
 from contracts.subjects import STREAMS
 from ledger_service.domain.chain import configure_chain_keys
 from ledger_service.settings import DEVELOPMENT_CHAIN_KEYS, parse_keyring
+from services import logging as services_logging
 from services.database import conninfo, parse_database_url
 from services.embedded import start_nats, start_postgres
 
@@ -35,6 +36,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # As every ledger process configures itself at start-up: events written in-process by the tests
 # carry keyed hashes, the same development keys the services and ledgerctl default to.
 configure_chain_keys(parse_keyring(DEVELOPMENT_CHAIN_KEYS))
+services_logging.CACHE_LOGGERS_ON_FIRST_USE = False
 # ledgerctl run by a test must not read the anchors of a `make run` stack in this checkout
 # (.run/anchors): an empty folder of the session's own.
 os.environ["ANCHOR_DIR"] = tempfile.mkdtemp(prefix="anchors-cli-")
