@@ -14,7 +14,7 @@ from contracts.ids import AccountId, EventId, InvoiceId, PaymentId, RefundId
 from contracts.money import Amount, Currency
 from contracts.timestamps import Timestamp
 
-PaymentProvider = Literal["stripe", "hubspot", "manual"]
+PaymentProvider = Literal["stripe", "hubspot", "manual", "xero"]
 PaymentPurpose = Literal["topup", "invoice"]
 
 ProviderReference = Annotated[

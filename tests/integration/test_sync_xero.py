@@ -1,0 +1,476 @@
+"""The sync service as its own process, on real PostgreSQL and NATS, against the fake Xero.
+
+The OAuth dance with PKCE (verified by the fake), the refusals (stolen state, replayed code,
+wrong verifier), pushing invoices and their payments for several organisations through
+injected 5xx, timeouts and commit-then-drop (each exactly once, no 429 provoked), refresh
+races, broken grants, dead letters and their re-drive, webhooks read back into
+payments.v1.received exactly once, and no secret in the logs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+from urllib.parse import parse_qs, urlparse
+
+import httpx
+import msgspec
+import nats
+import psycopg
+import pytest
+
+from contracts.invoicing import InvoiceIssued, InvoiceLine, VatBreakdown
+from contracts.payments import PaymentReceived
+from services.database import conninfo
+from services.embedded import free_port
+from services.http import DEVELOPMENT_JWT_SECRET, mint_token
+from tests.conftest import Infra
+from tests.fakes.xero import WEBHOOK_KEY, FakeXero, sign_webhook
+from tests.integration.service_process import ServiceProcess
+from tests.integration.streams import stream_messages
+
+pytestmark = pytest.mark.integration
+
+ORGANISATIONS = 4
+INVOICES = int(os.environ.get("SYNC_TEST_INVOICES", "200"))
+ENCRYPTION_KEY = "t1:" + base64.b64encode(b"k" * 32).decode()
+OPERATOR = mint_token(DEVELOPMENT_JWT_SECRET, sub="ops@example.test", scopes=["operator"])
+OTHER_OPERATOR = mint_token(DEVELOPMENT_JWT_SECRET, sub="intruder@example.test",
+                            scopes=["operator"])
+AUTH = {"Authorization": f"Bearer {OPERATOR}"}
+# The fake's per-organisation limit, scaled down so that the test runs in seconds; the
+# service is told the same limit, as it would be told Xero's 60 per minute.
+CALLS_PER_WINDOW = 25
+WINDOW_S = 1.0
+
+
+@pytest.fixture(scope="module")
+def fake_xero() -> Iterator[FakeXero]:
+    fake = FakeXero(
+        organisations=[{"tenantId": str(uuid.uuid4()), "tenantName": f"Org {n}"}
+                       for n in range(ORGANISATIONS)],
+        minute_limit=CALLS_PER_WINDOW, minute_window_s=WINDOW_S,
+        # Keys forgotten at once: the lookup before a retry is what prevents duplicates.
+        idempotency_window_s=0.0, slow_delay_s=1.5)
+    with fake:
+        yield fake
+
+
+@pytest.fixture(scope="module")
+def service(infra: Infra, fake_xero: FakeXero, tmp_path_factory: pytest.TempPathFactory
+            ) -> Iterator[ServiceProcess]:
+    port = free_port()
+    env = infra.service_env(
+        XERO_CLIENT_ID=fake_xero.client_id,
+        XERO_LOGIN_BASE=fake_xero.url, XERO_IDENTITY_BASE=fake_xero.url,
+        XERO_API_BASE=fake_xero.url,
+        XERO_REDIRECT_URI=f"http://127.0.0.1:{port}/v1/connections/xero/callback",
+        XERO_WEBHOOK_KEY=WEBHOOK_KEY,
+        SYNC_ENCRYPTION_KEYS=ENCRYPTION_KEY,
+        XERO_CALLS_PER_MINUTE=str(CALLS_PER_WINDOW), XERO_MINUTE_S=str(WINDOW_S),
+        XERO_TIMEOUT_S="1", SYNC_RETRY_WAIT_INITIAL_S="0.1", SYNC_RETRY_WAIT_MAX_S="1",
+        SYNC_ATTEMPTS_MAX="30", SYNC_POLL_INTERVAL_S="0.2", SYNC_LEASE_S="10",
+        OUTBOX_POLL_INTERVAL_S="0.2", LOG_LEVEL="DEBUG",
+    )
+    process = ServiceProcess("sync_service", env, port=port)
+    process.start(tmp_path_factory.mktemp("sync"))
+    try:
+        process.wait_ready()
+        yield process
+    finally:
+        code = process.stop()
+        assert code == 0, process.logs()[-5000:]
+    logs = process.logs()
+    leaked = [s for s in fake_xero.secrets_seen | {ENCRYPTION_KEY.split(":")[1], WEBHOOK_KEY}
+              if s in logs]
+    assert not leaked, f"{len(leaked)} secrets reached the logs"
+
+
+@pytest.fixture
+async def nc(infra: Infra) -> AsyncIterator[nats.NATS]:
+    client = await nats.connect(infra.nats_url)
+    yield client
+    await client.close()
+
+
+def db(infra: Infra) -> psycopg.Connection[Any]:
+    return psycopg.connect(conninfo(infra.database_url, options="-c search_path=sync"),
+                           autocommit=True)
+
+
+# -- the OAuth dance --------------------------------------------------------------------------
+
+
+def start_authorization(service: ServiceProcess) -> tuple[str, str]:
+    """(URL of Xero's consent page, binding cookie) as the operator's browser gets them."""
+    response = httpx.get(f"{service.url}/v1/connections/xero/authorize", headers=AUTH)
+    assert response.status_code == 302, response.text
+    return response.headers["location"], response.cookies["sync_xero_oauth"]
+
+
+def consent(authorize_url: str) -> tuple[str, str]:
+    """Xero approves and sends the browser back: (code, state)."""
+    response = httpx.get(authorize_url)
+    assert response.status_code == 302
+    query = parse_qs(urlparse(response.headers["location"]).query)
+    return query["code"][0], query["state"][0]
+
+
+def callback(service: ServiceProcess, code: str, state: str, binding: str | None
+             ) -> httpx.Response:
+    cookies = {"sync_xero_oauth": binding} if binding else None
+    return httpx.get(f"{service.url}/v1/connections/xero/callback",
+                     params={"code": code, "state": state}, cookies=cookies)
+
+
+def connect(service: ServiceProcess) -> httpx.Response:
+    url, binding = start_authorization(service)
+    code, state = consent(url)
+    return callback(service, code, state, binding)
+
+
+def status(service: ServiceProcess) -> dict[str, Any]:
+    response = httpx.get(f"{service.url}/v1/sync/status", headers=AUTH)
+    assert response.status_code == 200, response.text
+    return {t["target"]: t for t in response.json()["targets"]}
+
+
+def test_authorize_needs_an_operator(service: ServiceProcess) -> None:
+    assert httpx.get(f"{service.url}/v1/connections/xero/authorize").status_code == 401
+    assert status(service)["xero"]["connected"] is False
+    assert status(service)["hubspot"]["connected"] is False
+
+
+def test_oauth_dance_with_pkce_connects_every_organisation(
+    service: ServiceProcess, fake_xero: FakeXero, infra: Infra
+) -> None:
+    url, binding = start_authorization(service)
+    query = parse_qs(urlparse(url).query)
+    assert query["code_challenge_method"] == ["S256"]
+    assert len(query["code_challenge"][0]) == 43
+    code, state = consent(url)
+    response = callback(service, code, state, binding)
+    assert response.status_code == 200, response.text
+    connected = response.json()["connected"]
+    assert {c["connection_id"] for c in connected} == \
+        {o["tenantId"] for o in fake_xero.organisations}
+    assert sum(c["is_default"] for c in connected) == 1
+    xero = status(service)["xero"]
+    assert xero["connected"] is True
+    assert len(xero["connections"]) == ORGANISATIONS
+    # Tokens are stored encrypted: no token the fake issued is readable in the database.
+    with db(infra) as conn:
+        rows = conn.execute("SELECT key_id, access_token_enc, refresh_token_enc"
+                            " FROM xero_grants").fetchall()
+    assert rows and all(r[0] == "t1" for r in rows)
+    stored = b"".join(bytes(r[1]) + bytes(r[2]) for r in rows)
+    assert not any(token.encode() in stored for token in fake_xero.secrets_seen)
+
+
+def test_a_stolen_state_is_refused(service: ServiceProcess) -> None:
+    url, binding = start_authorization(service)
+    code, state = consent(url)
+    # The attacker's browser has no binding cookie, or its own.
+    assert callback(service, code, state, None).status_code == 400
+    _, other_binding = start_authorization(service)
+    assert callback(service, code, state, other_binding).status_code == 400
+
+
+def test_a_replayed_code_is_refused(service: ServiceProcess) -> None:
+    url, binding = start_authorization(service)
+    code, state = consent(url)
+    assert callback(service, code, state, binding).status_code == 200
+    assert callback(service, code, state, binding).status_code == 400  # the state is spent
+    fresh_url, fresh_binding = start_authorization(service)
+    _, fresh_state = consent(fresh_url)
+    refused = callback(service, code, fresh_state, fresh_binding)  # Xero refuses the code
+    assert refused.status_code == 400
+    assert refused.headers["content-type"].startswith("application/problem+json")
+
+
+def test_a_wrong_verifier_is_refused(service: ServiceProcess) -> None:
+    url_a, _ = start_authorization(service)
+    url_b, binding_b = start_authorization(service)
+    code_a, _ = consent(url_a)
+    # Code A redeemed under state B: the service sends B's verifier, Xero refuses it.
+    assert callback(service, code_a, parse_qs(urlparse(url_b).query)["state"][0],
+                    binding_b).status_code == 400
+
+
+# -- pushing ------------------------------------------------------------------------------------
+
+
+def invoice_message(n: int, account_id: uuid.UUID) -> InvoiceIssued:
+    issued = datetime(2026, 11, 1, tzinfo=UTC)
+    net = Decimal(100 + n) + Decimal("0.123456")  # more places than Xero keeps
+    unit = Decimal("0.0391")
+    quantity = 1000 + n
+    usage_net = unit * quantity
+    vat = ((net + usage_net) * Decimal("0.2")).quantize(Decimal("0.000001"))
+    return InvoiceIssued(
+        event_id=f"evt-inv-{n}-{uuid.uuid4().hex[:6]}", invoice_id=f"inv-{n:05d}",
+        number=f"INV-2026-{n:06d}", account_id=account_id, currency="GBP", period="2026-10",
+        lines=[
+            InvoiceLine(description="Platform fee", product="platform", quantity=1,
+                        unit_price=f"{net}", net_amount=f"{net}", vat_rate="20",
+                        vat_treatment="standard", vat_amount=f"{(net * Decimal('0.2')):.6f}"),
+            InvoiceLine(description="SMS to UK", product="sms", quantity=quantity,
+                        unit_price=f"{unit}", net_amount=f"{usage_net}", vat_rate="20",
+                        vat_treatment="standard",
+                        vat_amount=f"{(usage_net * Decimal('0.2')):.6f}"),
+        ],
+        vat_breakdown=[VatBreakdown(vat_rate="20", vat_treatment="standard",
+                                    net_amount=f"{net + usage_net}", vat_amount=f"{vat}")],
+        subtotal=f"{net + usage_net}", vat_total=f"{vat}", total=f"{net + usage_net + vat}",
+        issued_at=issued, due_at=issued + timedelta(days=30))
+
+
+def payment_message(invoice: InvoiceIssued) -> PaymentReceived:
+    return PaymentReceived(
+        payment_id=f"pay-{invoice.invoice_id}", provider="stripe",
+        provider_reference=f"cs_test_{invoice.invoice_id}", account_id=invoice.account_id,
+        purpose="invoice", amount=invoice.subtotal, vat_amount=invoice.vat_total,
+        currency="GBP", invoice_id=invoice.invoice_id, received_at=datetime.now(UTC))
+
+
+async def publish(nc: nats.NATS, subject: str, message: msgspec.Struct, msg_id: str) -> None:
+    await nc.jetstream().publish(subject, msgspec.json.encode(message),
+                                 headers={"Nats-Msg-Id": msg_id})
+
+
+def wait_until_drained(service: ServiceProcess, timeout_s: float, expected_done: int,
+                       infra: Infra) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        xero = status(service)["xero"]
+        with db(infra) as conn:
+            done = conn.execute("SELECT count(*) FROM sync_jobs WHERE status = 'done'"
+                                ).fetchone()
+        if xero["backlog"] == 0 and done is not None and done[0] >= expected_done:
+            return xero
+        time.sleep(0.5)
+    raise AssertionError(f"not drained in {timeout_s}s: {status(service)['xero']}")
+
+
+def assign(service: ServiceProcess, account_id: uuid.UUID, tenant_id: str) -> None:
+    response = httpx.put(f"{service.url}/v1/sync/accounts/{account_id}/connection",
+                         json={"connection_id": tenant_id}, headers=AUTH)
+    assert response.status_code == 204, response.text
+
+
+def map_products(service: ServiceProcess) -> None:
+    for product, body in (("sms", {"item_code": "SMS-UK", "account_code": "201"}),
+                          ("*", {"account_code": "200"})):
+        response = httpx.put(f"{service.url}/v1/sync/mappings/products/{product}", json=body,
+                             headers=AUTH)
+        assert response.status_code == 204, response.text
+
+
+async def test_invoices_and_payments_exist_exactly_once_through_faults(
+    service: ServiceProcess, fake_xero: FakeXero, nc: nats.NATS, infra: Infra
+) -> None:
+    tenants = [o["tenantId"] for o in fake_xero.organisations]
+    accounts = [uuid.uuid4() for _ in range(4 * ORGANISATIONS)]
+    for index, account in enumerate(accounts):
+        assign(service, account, tenants[index % ORGANISATIONS])
+    map_products(service)
+    invoices = [invoice_message(n, accounts[n % len(accounts)]) for n in range(INVOICES)]
+    fake_xero.fault_rates = {"unavailable": 0.05, "drop": 0.05, "slow": 0.02}
+    started = time.monotonic()
+    # A tenth of the payments arrive before their invoice (Lago's "payment before invoice").
+    early = invoices[: INVOICES // 10]
+    for invoice in early:
+        await publish(nc, "payments.v1.received", payment_message(invoice),
+                      f"pay-{invoice.invoice_id}")
+    for invoice in invoices:
+        await publish(nc, "invoicing.v1.issued", invoice, invoice.event_id)
+        await publish(nc, "invoicing.v1.issued", invoice, invoice.event_id + "-again")
+    for invoice in invoices[INVOICES // 10:]:
+        await publish(nc, "payments.v1.received", payment_message(invoice),
+                      f"pay-{invoice.invoice_id}")
+    xero = await asyncio.to_thread(wait_until_drained, service, 60 + INVOICES * 0.3,
+                                   2 * INVOICES, infra)
+    elapsed_s = time.monotonic() - started
+    fake_xero.fault_rates = {}
+
+    assert sum(fake_xero.faults_injected.values()) > 0
+    assert fake_xero.rate_limited == [], fake_xero.rate_limited[:5]
+    for n, invoice in enumerate(invoices):
+        tenant = tenants[(n % len(accounts)) % ORGANISATIONS]
+        found = fake_xero.invoices_numbered(tenant, invoice.number)
+        assert len(found) == 1, (invoice.number, len(found))
+        xero_invoice = found[0]
+        assert xero_invoice["Type"] == "ACCREC"
+        assert Decimal(str(xero_invoice["Total"])) == \
+            Decimal(invoice.total).quantize(Decimal("0.01"))
+        assert xero_invoice["Status"] == "PAID", xero_invoice["InvoiceNumber"]
+        assert len(xero_invoice["Payments"]) == 1
+        sms = xero_invoice["LineItems"][1]
+        assert (sms["ItemCode"], sms["AccountCode"], sms["TaxType"]) == \
+            ("SMS-UK", "201", "OUTPUT2")
+    for tenant in tenants:
+        numbers = [c["ContactNumber"] for c in fake_xero.contacts[tenant].values()]
+        assert len(numbers) == len(set(numbers)) == len(accounts) // ORGANISATIONS
+    assert xero["dead_letters"] == 0 and xero["failures"] == 0 and xero["backlog"] == 0
+    for connection in xero["connections"]:
+        assert connection["connected"] and connection["last_success_at"] is not None
+    # Pacing: the whole push within reach of the organisations' combined limit.
+    calls = sum(fake_xero.api_calls.values())
+    assert calls / elapsed_s <= ORGANISATIONS * CALLS_PER_WINDOW / WINDOW_S
+
+
+async def test_ten_concurrent_pushes_on_an_expired_token_refresh_once(
+    service: ServiceProcess, fake_xero: FakeXero, nc: nats.NATS, infra: Infra
+) -> None:
+    tenant = fake_xero.organisations[0]["tenantId"]
+    account = uuid.uuid4()
+    assign(service, account, tenant)
+    before = fake_xero.refresh_count()
+    fake_xero.expire_access_tokens()
+    invoices = [invoice_message(10_000 + n, account) for n in range(10)]
+    for invoice in invoices:
+        await publish(nc, "invoicing.v1.issued", invoice, invoice.event_id)
+    await asyncio.to_thread(wait_until_drained, service, 60, 2 * INVOICES + 10, infra)
+    assert fake_xero.refresh_count() - before == 1
+    for invoice in invoices:
+        assert len(fake_xero.invoices_numbered(tenant, invoice.number)) == 1
+
+
+async def test_a_validation_error_is_a_dead_letter_that_can_be_redriven(
+    service: ServiceProcess, fake_xero: FakeXero, nc: nats.NATS, infra: Infra
+) -> None:
+    tenant = fake_xero.organisations[1]["tenantId"]
+    account = uuid.uuid4()
+    assign(service, account, tenant)
+    bad = httpx.put(f"{service.url}/v1/sync/mappings/products/platform",
+                    json={"tax_type": "BOGUS", "connection_id": tenant}, headers=AUTH)
+    assert bad.status_code == 204
+    invoice = invoice_message(20_000, account)
+    await publish(nc, "invoicing.v1.issued", invoice, invoice.event_id)
+    deadline = time.monotonic() + 30
+    letters: list[dict[str, Any]] = []
+    while time.monotonic() < deadline and not letters:
+        letters = [d for d in httpx.get(f"{service.url}/v1/sync/dead-letters", headers=AUTH)
+                   .json()["dead_letters"] if d["subject_id"] == invoice.invoice_id]
+        await asyncio.sleep(0.3)
+    assert letters, "no dead letter"
+    assert "BOGUS" in letters[0]["last_error"]
+    assert status(service)["xero"]["dead_letters"] == 1
+    fixed = httpx.put(f"{service.url}/v1/sync/mappings/products/platform",
+                      json={"tax_type": "OUTPUT2", "connection_id": tenant}, headers=AUTH)
+    assert fixed.status_code == 204
+    retried = httpx.post(
+        f"{service.url}/v1/sync/dead-letters/{letters[0]['dead_letter_id']}/retry",
+        headers=AUTH)
+    assert retried.status_code == 202, retried.text
+    await asyncio.to_thread(wait_until_drained, service, 30, 2 * INVOICES + 11, infra)
+    assert len(fake_xero.invoices_numbered(tenant, invoice.number)) == 1
+    assert status(service)["xero"]["dead_letters"] == 0
+    missing = httpx.post(f"{service.url}/v1/sync/dead-letters/999999/retry", headers=AUTH)
+    assert missing.status_code == 404
+
+
+# -- webhooks -------------------------------------------------------------------------------------
+
+
+def test_webhook_signatures_and_intent_to_receive(service: ServiceProcess) -> None:
+    body = json.dumps({"events": [], "firstEventSequence": 0, "lastEventSequence": 0,
+                       "entropy": "S0m3r4Nd0mt3xt"}).encode()
+    url = f"{service.url}/v1/webhooks/xero"
+    good = httpx.post(url, content=body, headers={"x-xero-signature": sign_webhook(body)})
+    assert (good.status_code, good.content) == (200, b"")
+    bad = httpx.post(url, content=body,
+                     headers={"x-xero-signature": sign_webhook(body, "not-the-key")})
+    assert (bad.status_code, bad.content) == (401, b"")
+    assert httpx.post(url, content=body).status_code == 401
+
+
+async def test_a_payment_recorded_in_xero_becomes_payments_received_once(
+    service: ServiceProcess, fake_xero: FakeXero, nc: nats.NATS, infra: Infra
+) -> None:
+    tenant = fake_xero.organisations[2]["tenantId"]
+    account = uuid.uuid4()
+    assign(service, account, tenant)
+    invoice = invoice_message(30_000, account)
+    await publish(nc, "invoicing.v1.issued", invoice, invoice.event_id)
+    await asyncio.to_thread(wait_until_drained, service, 30, 2 * INVOICES + 12, infra)
+    xero_invoice = fake_xero.invoices_numbered(tenant, invoice.number)[0]
+    fake_xero.record_payment(tenant, xero_invoice["InvoiceID"], "60.00")
+    body = fake_xero.webhook_body(tenant, xero_invoice["InvoiceID"])
+    for _ in range(2):  # Xero retries; the same event twice
+        response = httpx.post(f"{service.url}/v1/webhooks/xero", content=body,
+                              headers={"x-xero-signature": sign_webhook(body)})
+        assert response.status_code == 200
+    again = fake_xero.webhook_body(tenant, xero_invoice["InvoiceID"])  # a later event
+    httpx.post(f"{service.url}/v1/webhooks/xero", content=again,
+               headers={"x-xero-signature": sign_webhook(again)})
+    found: list[dict[str, Any]] = []
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        found = [p for s, p, _ in await stream_messages(nc, "PAYMENTS")
+                 if s == "payments.v1.received" and p["provider"] == "xero"]
+        if found:
+            await asyncio.sleep(1.0)  # would a second one come?
+            found = [p for s, p, _ in await stream_messages(nc, "PAYMENTS")
+                     if s == "payments.v1.received" and p["provider"] == "xero"]
+            break
+        await asyncio.sleep(0.3)
+    assert len(found) == 1, found
+    payment = found[0]
+    assert payment["purpose"] == "invoice" and payment["invoice_id"] == invoice.invoice_id
+    assert payment["account_id"] == str(account)
+    assert Decimal(payment["amount"]) + Decimal(payment["vat_amount"]) == Decimal("60.00")
+    assert Decimal(payment["vat_amount"]) == Decimal("10.00")
+    # Our own pushed payments are never announced back.
+    assert all(p["provider_reference"] != "" for p in found)
+
+
+# -- a broken grant -------------------------------------------------------------------------------
+
+
+async def test_invalid_grant_marks_the_connection_broken_and_keeps_its_changes(
+    service: ServiceProcess, fake_xero: FakeXero, nc: nats.NATS, infra: Infra
+) -> None:
+    tenant = fake_xero.organisations[3]["tenantId"]
+    account = uuid.uuid4()
+    assign(service, account, tenant)
+    for grant in fake_xero._grants.values():
+        grant.revoked = True  # the organisation removed our app
+    fake_xero.expire_access_tokens()
+    invoice = invoice_message(40_000, account)
+    await publish(nc, "invoicing.v1.issued", invoice, invoice.event_id)
+    deadline = time.monotonic() + 20
+    connection: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        connection = next(c for c in status(service)["xero"]["connections"]
+                          if c["connection_id"] == tenant)
+        if connection["state"] == "broken":
+            break
+        await asyncio.sleep(0.3)
+    assert connection["state"] == "broken" and connection["connected"] is False
+    assert connection["backlog"] == 1
+    assert not fake_xero.invoices_numbered(tenant, invoice.number)
+    # Reconnecting picks the change up again.
+    assert connect(service).status_code == 200
+    await asyncio.to_thread(wait_until_drained, service, 30, 2 * INVOICES + 13, infra)
+    assert len(fake_xero.invoices_numbered(tenant, invoice.number)) == 1
+
+
+def test_disconnect_revokes_the_grant(service: ServiceProcess, fake_xero: FakeXero) -> None:
+    revoked_before = len(fake_xero.revoked_tokens)
+    for organisation in fake_xero.organisations:
+        response = httpx.delete(
+            f"{service.url}/v1/connections/xero/{organisation['tenantId']}", headers=AUTH)
+        assert response.status_code == 204, response.text
+    assert len(fake_xero.revoked_tokens) == revoked_before + 1
+    xero = status(service)["xero"]
+    assert xero["connected"] is False
+    assert {c["state"] for c in xero["connections"]} == {"disconnected"}
