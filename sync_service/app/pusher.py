@@ -257,10 +257,17 @@ class XeroPusher:
                                         f'Reference=="{payment.payment_id}"')
             attempt.unknown = False
         if existing is None:
-            gross = to_micros(payment.amount) + to_micros(payment.vat_amount)
+            async with self._pool.connection() as conn:
+                totals = await (await conn.execute(
+                    "SELECT subtotal_micros, vat_total_micros FROM invoices WHERE invoice_id = %s",
+                    (payment.invoice_id,))).fetchone()
+            amount = docs.payment_cents(
+                to_micros(payment.amount), to_micros(payment.vat_amount),
+                invoice_subtotal_micros=totals[0] if totals else None,
+                invoice_vat_micros=totals[1] if totals else None)
             body = docs.payment_payload(invoice_xero_id=invoice_xero_id,
                                         account_code=self._payment_account_code,
-                                        gross_micros=gross, reference=payment.payment_id,
+                                        amount=amount, reference=payment.payment_id,
                                         on=payment.received_at)
             key = docs.idempotency_key("payment", connection_id, payment.payment_id)
             answer = await self._create(attempt, "PUT", "/Payments", {"Payments": [body]}, key)

@@ -189,10 +189,20 @@ def allocation_payload(invoice_xero_id: str, amount_micros: int, on: datetime) -
                              "Amount": money(cents(amount_micros)), "Date": _date(on)}]}
 
 
-def payment_payload(*, invoice_xero_id: str, account_code: str, gross_micros: int,
+def payment_cents(net_micros: int, vat_micros: int, *, invoice_subtotal_micros: int | None,
+                  invoice_vat_micros: int | None) -> Decimal:
+    """What a payment is in Xero: its net and VAT each to the cent, as the invoice's lines
+    were, so that paying an invoice in full pays exactly Xero's total; never more than it."""
+    amount = cents(net_micros) + cents(vat_micros)
+    if invoice_subtotal_micros is not None and invoice_vat_micros is not None:
+        amount = min(amount, cents(invoice_subtotal_micros) + cents(invoice_vat_micros))
+    return amount
+
+
+def payment_payload(*, invoice_xero_id: str, account_code: str, amount: Decimal,
                     reference: str, on: datetime) -> dict[str, Any]:
     return {"Invoice": {"InvoiceID": invoice_xero_id}, "Account": {"Code": account_code},
-            "Date": _date(on), "Amount": money(cents(gross_micros)), "Reference": reference}
+            "Date": _date(on), "Amount": money(amount), "Reference": reference}
 
 
 def split_gross(gross_micros: int, total_micros: int, vat_total_micros: int) -> tuple[int, int]:

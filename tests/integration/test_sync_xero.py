@@ -50,6 +50,7 @@ AUTH = {"Authorization": f"Bearer {OPERATOR}"}
 # service is told the same limit, as it would be told Xero's 60 per minute.
 CALLS_PER_WINDOW = 25
 WINDOW_S = 1.0
+CENT = Decimal("0.01")
 
 
 @pytest.fixture(scope="module")
@@ -176,7 +177,7 @@ def test_oauth_dance_with_pkce_connects_every_organisation(
 
 
 def test_a_stolen_state_is_refused(service: ServiceProcess) -> None:
-    url, binding = start_authorization(service)
+    url, _owner_binding = start_authorization(service)
     code, state = consent(url)
     # The attacker's browser has no binding cookie, or its own.
     assert callback(service, code, state, None).status_code == 400
@@ -309,8 +310,9 @@ async def test_invoices_and_payments_exist_exactly_once_through_faults(
         assert len(found) == 1, (invoice.number, len(found))
         xero_invoice = found[0]
         assert xero_invoice["Type"] == "ACCREC"
+        # Net and VAT each to the cent, as a VAT invoice shows them.
         assert Decimal(str(xero_invoice["Total"])) == \
-            Decimal(invoice.total).quantize(Decimal("0.01"))
+            Decimal(invoice.subtotal).quantize(CENT) + Decimal(invoice.vat_total).quantize(CENT)
         assert xero_invoice["Status"] == "PAID", xero_invoice["InvoiceNumber"]
         assert len(xero_invoice["Payments"]) == 1
         sms = xero_invoice["LineItems"][1]
