@@ -27,7 +27,13 @@ import nats
 import psycopg
 import pytest
 
-from contracts.invoicing import InvoiceIssued, InvoiceLine, VatBreakdown
+from contracts.invoicing import (
+    CreditNoteIssued,
+    InvoiceIssued,
+    InvoiceLine,
+    InvoiceVoided,
+    VatBreakdown,
+)
 from contracts.payments import PaymentReceived
 from services.database import conninfo
 from services.embedded import free_port
@@ -378,6 +384,56 @@ async def test_a_validation_error_is_a_dead_letter_that_can_be_redriven(
     assert status(service)["xero"]["dead_letters"] == 0
     missing = httpx.post(f"{service.url}/v1/sync/dead-letters/999999/retry", headers=AUTH)
     assert missing.status_code == 404
+
+
+def eventually(check: Any, timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        time.sleep(0.3)
+
+
+async def test_credit_notes_are_allocated_and_voids_reach_xero_after_their_invoice(
+    service: ServiceProcess, fake_xero: FakeXero, nc: nats.NATS
+) -> None:
+    tenant = fake_xero.organisations[1]["tenantId"]
+    account = uuid.uuid4()
+    assign(service, account, tenant)
+    credited, voided = invoice_message(50_000, account), invoice_message(50_001, account)
+    first_line = credited.lines[0]
+    note = CreditNoteIssued(
+        event_id="evt-cn-1", credit_note_id="cn-50000", number="CN-2026-000001",
+        invoice_id=credited.invoice_id, account_id=account, currency="GBP",
+        lines=[InvoiceLine(description="Goodwill", product="platform", quantity=1,
+                           unit_price="10.00", net_amount="10.00", vat_rate="20",
+                           vat_treatment="standard", vat_amount="2.00")],
+        vat_breakdown=[], subtotal="10.00", vat_total="2.00", total="12.00",
+        reason="Service credit", issued_at=credited.issued_at)
+    assert first_line.product == "platform"
+    void = InvoiceVoided(event_id="evt-void-1", invoice_id=voided.invoice_id,
+                         number=voided.number, account_id=account, reason="Issued in error",
+                         voided_at=datetime.now(UTC))
+    # The credit note and the void arrive before their invoices.
+    await publish(nc, "invoicing.v1.credit_note_issued", note, note.event_id)
+    await publish(nc, "invoicing.v1.voided", void, void.event_id)
+    await publish(nc, "invoicing.v1.issued", credited, credited.event_id)
+    await publish(nc, "invoicing.v1.issued", voided, voided.event_id)
+
+    def settled() -> bool:
+        notes = list(fake_xero.credit_notes[tenant].values())
+        found = fake_xero.invoices_numbered(tenant, voided.number)
+        return bool(notes) and bool(notes[0]["Allocations"]) and bool(found) \
+            and found[0]["Status"] == "VOIDED"
+
+    await asyncio.to_thread(eventually, settled)
+    notes = [n for n in fake_xero.credit_notes[tenant].values()
+             if n["CreditNoteNumber"] == note.number]
+    assert len(notes) == 1 and notes[0]["Type"] == "ACCRECCREDIT"
+    assert notes[0]["RemainingCredit"] == 0.0
+    invoice = fake_xero.invoices_numbered(tenant, credited.number)[0]
+    assert Decimal(str(invoice["AmountCredited"])) == Decimal("12.00")
+    assert len(fake_xero.invoices_numbered(tenant, voided.number)) == 1
 
 
 # -- webhooks -------------------------------------------------------------------------------------
