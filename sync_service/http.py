@@ -38,6 +38,8 @@ EXCEPTION_STATUSES: Final[dict[type[Exception], tuple[int, str]]] = {
     errors.ConnectionNotFound: (404, "not-found"),
     errors.DeadLetterNotFound: (404, "not-found"),
     errors.TargetNotConfigured: (409, "target-not-configured"),
+    errors.ProviderUnauthorized: (503, "provider-refused-credentials"),
+    errors.ProviderError: (503, "provider-unavailable"),
 }
 BINDING_COOKIE: Final = "sync_xero_oauth"
 CALLBACK_PATH: Final = "/v1/connections/xero"
@@ -191,6 +193,26 @@ async def resync_invoice(
     return {"requeued": requeued}
 
 
+class CataloguePullView(msgspec.Struct, frozen=True, kw_only=True):
+    version: str | None
+    changed: bool
+    products: int
+    rejected: list[str]
+
+
+@post("/v1/sync/hubspot/catalog/pull", summary="Pull the HubSpot product catalogue now",
+      description="Publishes catalog.v1.prices_updated with a new version only if the "
+      "validated list changed; rejected rows are listed.",
+      responses=problem_responses(401, 403, 409, 503), tags=["sync"], guards=_OPERATOR,
+      security=BEARER_SECURITY, status_code=200)
+async def pull_hubspot_catalogue(sync: SyncApp) -> CataloguePullView:
+    if sync.hubspot_catalogue is None:
+        raise errors.TargetNotConfigured("HubSpot is not configured (HUBSPOT_ACCESS_TOKEN)")
+    result = await sync.hubspot_catalogue.pull()
+    return CataloguePullView(version=result.version, changed=result.changed,
+                             products=result.products, rejected=result.rejected[:100])
+
+
 # -- mappings ---------------------------------------------------------------------------------
 
 
@@ -244,6 +266,6 @@ def create_router(sync: SyncApp) -> Router:
         route_handlers=[authorize_xero, xero_callback, disconnect_xero, disconnect_xero_post,
                         set_default_connection, sync_status, list_dead_letters,
                         retry_dead_letter, resync_invoice, map_product, map_tax_type,
-                        assign_account, receive_xero_webhook],
+                        assign_account, receive_xero_webhook, pull_hubspot_catalogue],
         dependencies={"sync": Provide(provide_sync)},
     )

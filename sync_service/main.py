@@ -10,6 +10,7 @@ from sync_service.app import SyncApp
 from sync_service.app.connections import XeroConnections
 from sync_service.app.credentials import load_key_ring
 from sync_service.app.grants import Grants
+from sync_service.app.hubspot_catalog import HubSpotCatalogue
 from sync_service.app.mappings import MappingBook
 from sync_service.app.pacing import Limits, Pacer
 from sync_service.app.pusher import OUTBOX_CHANNEL, XeroPusher
@@ -18,6 +19,7 @@ from sync_service.app.scheduler import Scheduler
 from sync_service.app.status import SyncStatusReader
 from sync_service.app.xero_api import XeroClient
 from sync_service.app.xero_webhooks import XeroWebhooks
+from sync_service.domain.catalogue import PropertyNames
 from sync_service.http import EXCEPTION_STATUSES, create_router
 from sync_service.messaging import subscribe
 from sync_service.settings import SyncSettings
@@ -56,8 +58,21 @@ def build(runtime: Runtime) -> ServiceParts:
                             payment_account_code=settings.xero_payment_account_code,
                             sales_account_code=settings.xero_sales_account_code,
                             on_announce=relay.wake)
-        scheduler = Scheduler(queue, pusher, workers_per_connection=settings.xero_concurrent_max,
+        scheduler = Scheduler(queue, pusher, pacer, workers_per_connection=settings.xero_concurrent_max,
                               poll_interval_s=settings.poll_interval_s)
+
+    catalogue: HubSpotCatalogue | None = None
+    if settings.hubspot_access_token:
+        catalogue = HubSpotCatalogue(
+            runtime.pool, base_url=settings.hubspot_api_base,
+            access_token=settings.hubspot_access_token,
+            pacer=Pacer(Limits(calls_per_window=settings.hubspot_calls_per_window,
+                               window_s=settings.hubspot_window_s, calls_per_day=250_000,
+                               concurrent_max=4, share=settings.xero_pacing_share)),
+            names=PropertyNames(key=settings.hubspot_product_key_property,
+                                tier=settings.hubspot_tier_property),
+            interval_s=settings.hubspot_catalog_interval_s, timeout_s=settings.hubspot_timeout_s,
+            outbox_channel=OUTBOX_CHANNEL, on_publish=relay.wake)
 
     def wake() -> None:
         if scheduler is not None:
@@ -66,10 +81,12 @@ def build(runtime: Runtime) -> ServiceParts:
     sync = SyncApp(
         connections=XeroConnections(runtime.pool, keys, xero, grants, on_connected=wake),
         webhooks=XeroWebhooks(runtime.pool, settings.xero_webhook_key, on_queued=wake),
-        status=SyncStatusReader(runtime.pool, xero_configured=settings.xero_configured),
+        status=SyncStatusReader(runtime.pool, xero_configured=settings.xero_configured,
+                                hubspot_configured=catalogue is not None),
         queue=queue,
         mappings=MappingBook(runtime.pool),
         wake=wake,
+        hubspot_catalogue=catalogue,
     )
     subscribe(runtime.broker, runtime.pool, wake)
 
@@ -77,10 +94,14 @@ def build(runtime: Runtime) -> ServiceParts:
         await relay.start()
         if scheduler is not None:
             await scheduler.start()
+        if catalogue is not None:
+            await catalogue.start()
 
     async def stop(_: Runtime) -> None:
         if scheduler is not None:
             await scheduler.stop()
+        if catalogue is not None:
+            await catalogue.stop()
         await relay.stop()
         if xero is not None:
             await xero.aclose()

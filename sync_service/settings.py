@@ -55,12 +55,23 @@ class SyncSettings(ServiceSettings, frozen=True, kw_only=True):
     lease_s: Seconds = 120.0
     poll_interval_s: Seconds = 1.0
     outbox_poll_interval_s: Seconds = 1.0
+    # HubSpot (private app token): without it HubSpot is "not connected".
+    hubspot_access_token: str | None = None
+    hubspot_api_base: str = "https://api.hubapi.com"
+    hubspot_catalog_interval_s: Seconds = 300.0
+    hubspot_calls_per_window: Annotated[int, msgspec.Meta(ge=1, le=1_000)] = 100
+    hubspot_window_s: Seconds = 10.0
+    hubspot_timeout_s: Seconds = 10.0
+    # The product properties holding our product key and tier (custom properties in HubSpot).
+    hubspot_product_key_property: str = "billing_product_key"
+    hubspot_tier_property: str = "billing_tier"
 
     def __post_init__(self) -> None:
         for name, url in (("XERO_LOGIN_BASE", self.xero_login_base),
                           ("XERO_IDENTITY_BASE", self.xero_identity_base),
                           ("XERO_API_BASE", self.xero_api_base),
-                          ("XERO_REDIRECT_URI", self.xero_redirect_uri)):
+                          ("XERO_REDIRECT_URI", self.xero_redirect_uri),
+                          ("HUBSPOT_API_BASE", self.hubspot_api_base)):
             if not url.startswith(("http://", "https://")):
                 raise SettingsError(f"{name} must be an http(s) URL")
 

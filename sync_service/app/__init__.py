@@ -6,6 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from sync_service.app.connections import XeroConnections
+from sync_service.app.hubspot_catalog import HubSpotCatalogue
 from sync_service.app.mappings import MappingBook
 from sync_service.app.queue import SyncQueue
 from sync_service.app.status import SyncStatusReader
@@ -20,3 +21,4 @@ class SyncApp:
     queue: SyncQueue
     mappings: MappingBook
     wake: Callable[[], None]
+    hubspot_catalogue: HubSpotCatalogue | None = None

@@ -14,6 +14,7 @@ import contextlib
 
 import structlog
 
+from sync_service.app.pacing import Pacer
 from sync_service.app.pusher import XeroPusher
 from sync_service.app.queue import SyncQueue
 
@@ -21,10 +22,11 @@ log = structlog.get_logger(__name__)
 
 
 class Scheduler:
-    def __init__(self, queue: SyncQueue, pusher: XeroPusher, *, workers_per_connection: int,
-                 poll_interval_s: float) -> None:
+    def __init__(self, queue: SyncQueue, pusher: XeroPusher, pacer: Pacer, *,
+                 workers_per_connection: int, poll_interval_s: float) -> None:
         self._queue = queue
         self._pusher = pusher
+        self._pacer = pacer
         self._workers = workers_per_connection
         self._poll_interval_s = poll_interval_s
         self._lanes: dict[str, asyncio.Task[None]] = {}
@@ -71,6 +73,11 @@ class Scheduler:
 
     async def _work(self, connection_id: str) -> None:
         while not self._stopping.is_set():
+            # An organisation paused by a 429 claims nothing meanwhile: a change held past its
+            # lease would be claimed a second time.
+            if (paused_s := self._pacer.paused_for_s(connection_id)) > 0:
+                await asyncio.sleep(min(paused_s, self._poll_interval_s * 10))
+                continue
             try:
                 job = await self._queue.claim(connection_id)
                 if job is None:

@@ -31,9 +31,11 @@ SELECT c.connection_id, c.name, c.status, c.is_default, c.last_success_at, c.las
 
 
 class SyncStatusReader:
-    def __init__(self, pool: AsyncConnectionPool, *, xero_configured: bool) -> None:
+    def __init__(self, pool: AsyncConnectionPool, *, xero_configured: bool,
+                 hubspot_configured: bool = False) -> None:
         self._pool = pool
         self._xero_configured = xero_configured
+        self._hubspot_configured = hubspot_configured
 
     async def status(self) -> SyncStatus:
         async with self._pool.connection() as conn:
@@ -41,6 +43,9 @@ class SyncStatusReader:
             unassigned_row = await (await conn.execute(
                 "SELECT count(*) FROM sync_jobs WHERE connection_id IS NULL"
                 " AND status IN ('pending', 'running')")).fetchone()
+            hubspot_row = await (await conn.execute(
+                "SELECT last_success_at, last_error, credentials_refused FROM target_health"
+                " WHERE target = 'hubspot'")).fetchone()
         unassigned = int(unassigned_row[0]) if unassigned_row else 0
         connections = [
             ConnectionStatus(connection_id=r[0], name=r[1], state=r[2], is_default=r[3],
@@ -61,9 +66,14 @@ class SyncStatusReader:
             connections=connections,
             unassigned=unassigned,
         )
-        # HubSpot sync is not built in this service yet: honestly "not connected".
-        hubspot = TargetStatus(target="hubspot", connected=False, last_success_at=None,
-                               backlog=0, failures=0, dead_letters=0)
+        # HubSpot: the catalogue pull only; without a token, honestly "not connected".
+        hubspot = TargetStatus(
+            target="hubspot",
+            connected=self._hubspot_configured and hubspot_row is not None
+            and hubspot_row[0] is not None and not hubspot_row[2],
+            last_success_at=hubspot_row[0] if hubspot_row else None,
+            backlog=0, failures=0 if hubspot_row is None or hubspot_row[1] is None else 1,
+            dead_letters=0, last_error=hubspot_row[1] if hubspot_row else None)
         return SyncStatus(targets=[xero, hubspot], as_of=datetime.now(UTC))
 
     async def dead_letters(self, limit: int = 100) -> list[DeadLetterView]:

@@ -39,6 +39,8 @@ from services.database import conninfo
 from services.embedded import free_port
 from services.http import DEVELOPMENT_JWT_SECRET, mint_token
 from tests.conftest import Infra
+from tests.fakes.hubspot import ACCESS_TOKEN as HUBSPOT_TOKEN
+from tests.fakes.hubspot import FakeHubSpot
 from tests.fakes.xero import WEBHOOK_KEY, FakeXero, sign_webhook
 from tests.integration.service_process import ServiceProcess
 from tests.integration.streams import stream_messages
@@ -71,9 +73,31 @@ def fake_xero() -> Iterator[FakeXero]:
         yield fake
 
 
+HUBSPOT_PRODUCTS = 150
+
+
 @pytest.fixture(scope="module")
-def service(infra: Infra, fake_xero: FakeXero, tmp_path_factory: pytest.TempPathFactory
-            ) -> Iterator[ServiceProcess]:
+def fake_hubspot() -> Iterator[FakeHubSpot]:
+    fake = FakeHubSpot()
+    for n in range(HUBSPOT_PRODUCTS):
+        fake.add_product(billing_product_key=f"product_{n}", hs_sku=f"SKU-{n}",
+                         billing_tier="starter" if n % 2 else "Enterprise",
+                         hs_price_gbp=f"0.{n:04d}", hs_price_eur="0.05", name=f"Product {n}")
+    fake.add_product(billing_product_key="gold_sms", hs_sku="SKU-G", billing_tier="gold",
+                     hs_price_gbp="1")
+    fake.add_product(billing_product_key="bad_price", hs_sku="SKU-B", billing_tier="starter",
+                     hs_price_gbp="about 3")
+    fake.add_product(billing_product_key="twice", hs_sku="SKU-T1", billing_tier="starter",
+                     hs_price_usd="1")
+    fake.add_product(billing_product_key="twice", hs_sku="SKU-T2", billing_tier="starter",
+                     hs_price_usd="2")
+    with fake:
+        yield fake
+
+
+@pytest.fixture(scope="module")
+def service(infra: Infra, fake_xero: FakeXero, fake_hubspot: FakeHubSpot,
+            tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
     port = free_port()
     env = infra.service_env(
         XERO_CLIENT_ID=fake_xero.client_id,
@@ -86,6 +110,8 @@ def service(infra: Infra, fake_xero: FakeXero, tmp_path_factory: pytest.TempPath
         XERO_TIMEOUT_S="1", SYNC_RETRY_WAIT_INITIAL_S="0.1", SYNC_RETRY_WAIT_MAX_S="1",
         SYNC_ATTEMPTS_MAX="30", SYNC_POLL_INTERVAL_S="0.2", SYNC_LEASE_S="10",
         OUTBOX_POLL_INTERVAL_S="0.2", LOG_LEVEL="DEBUG",
+        HUBSPOT_ACCESS_TOKEN=HUBSPOT_TOKEN, HUBSPOT_API_BASE=fake_hubspot.url,
+        HUBSPOT_CATALOG_INTERVAL_S="3600",
     )
     process = ServiceProcess("sync_service", env, port=port)
     process.start(tmp_path_factory.mktemp("sync"))
@@ -96,8 +122,8 @@ def service(infra: Infra, fake_xero: FakeXero, tmp_path_factory: pytest.TempPath
         code = process.stop()
         assert code == 0, process.logs()[-5000:]
     logs = process.logs()
-    leaked = [s for s in fake_xero.secrets_seen | {ENCRYPTION_KEY.split(":")[1], WEBHOOK_KEY}
-              if s in logs]
+    leaked = [s for s in fake_xero.secrets_seen | {ENCRYPTION_KEY.split(":")[1], WEBHOOK_KEY,
+                                                   HUBSPOT_TOKEN} if s in logs]
     assert not leaked, f"{len(leaked)} secrets reached the logs"
 
 
@@ -153,7 +179,54 @@ def status(service: ServiceProcess) -> dict[str, Any]:
 def test_authorize_needs_an_operator(service: ServiceProcess) -> None:
     assert httpx.get(f"{service.url}/v1/connections/xero/authorize").status_code == 401
     assert status(service)["xero"]["connected"] is False
-    assert status(service)["hubspot"]["connected"] is False
+
+
+# -- HubSpot catalogue ----------------------------------------------------------------------------
+
+
+async def catalog_messages(nc: nats.NATS) -> list[dict[str, Any]]:
+    try:
+        return [p for s, p, _ in await stream_messages(nc, "CATALOG")
+                if s == "catalog.v1.prices_updated"]
+    except nats.js.errors.NotFoundError:
+        return []
+
+
+async def test_the_hubspot_catalogue_is_published_only_when_it_changes(
+    service: ServiceProcess, fake_hubspot: FakeHubSpot, nc: nats.NATS
+) -> None:
+    deadline = time.monotonic() + 20
+    published: list[dict[str, Any]] = []
+    while time.monotonic() < deadline and not published:
+        published = await catalog_messages(nc)
+        await asyncio.sleep(0.3)
+    assert len(published) == 1, "the pull at start-up publishes the catalogue"
+    first = published[0]
+    assert first["source"] == "hubspot"
+    assert len(first["products"]) == HUBSPOT_PRODUCTS
+    keys = {p["key"] for p in first["products"]}
+    assert not keys & {"gold_sms", "bad_price", "twice"}
+    assert {p["tier"] for p in first["products"]} == {"starter", "enterprise"}
+    hubspot = status(service)["hubspot"]
+    assert hubspot["connected"] is True and hubspot["last_success_at"] is not None
+
+    url = f"{service.url}/v1/sync/hubspot/catalog/pull"
+    unchanged = httpx.post(url, headers=AUTH)
+    assert unchanged.status_code == 200, unchanged.text
+    assert unchanged.json()["changed"] is False
+    assert unchanged.json()["version"] == first["version"]
+    assert len(unchanged.json()["rejected"]) == 4
+    product = next(p for p in fake_hubspot.products.values()
+                   if p["properties"]["billing_product_key"] == "product_3")
+    product["properties"]["hs_price_gbp"] = "0.0400"
+    changed = httpx.post(url, headers=AUTH).json()
+    assert changed["changed"] is True and changed["version"] != first["version"]
+    await asyncio.sleep(1.0)
+    published = await catalog_messages(nc)
+    assert [m["version"] for m in published] == [first["version"], changed["version"]]
+    price = next(p for p in published[1]["products"] if p["key"] == "product_3")
+    assert price["unit_prices"]["GBP"] == "0.04"
+    assert fake_hubspot.rate_limited == []
 
 
 def test_oauth_dance_with_pkce_connects_every_organisation(
