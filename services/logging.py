@@ -24,8 +24,8 @@ _REDACTED_KEYS = frozenset(
 )
 # Secrets inside free text (an exception message quoting a URL or a form body).
 _SECRET_IN_TEXT: Final = re.compile(
-    r"(?i)(bearer\s+|basic\s+|(?:access_token|refresh_token|id_token|code|code_verifier|"
-    r"client_secret|token)=)[^\s&\"',;]+"
+    r"(?i)(bearer\s+|basic\s+|(?<![a-z0-9_])(?:access_token|refresh_token|id_token|code|"
+    r"code_verifier|client_secret|token)=)[^\s&\"',;]+"
 )
 # Values a process registered as secret (tokens it holds): replaced wherever they appear.
 _KNOWN_SECRETS: OrderedDict[str, None] = OrderedDict()

@@ -564,6 +564,45 @@ async def test_a_payment_recorded_in_xero_becomes_payments_received_once(
     assert all(p["provider_reference"] != "" for p in found)
 
 
+async def test_a_killed_sync_process_loses_nothing_and_doubles_nothing(
+    service: ServiceProcess, fake_xero: FakeXero, nc: nats.NATS, infra: Infra,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    tenant = fake_xero.organisations[0]["tenantId"]
+    accounts = [uuid.uuid4() for _ in range(5)]
+    for account in accounts:
+        assign(service, account, tenant)
+    invoices = [invoice_message(60_000 + n, accounts[n % 5]) for n in range(80)]
+    fake_xero.fault_rates = {"slow": 0.1}  # answers in flight when the process dies
+    for invoice in invoices:
+        await publish(nc, "invoicing.v1.issued", invoice, invoice.event_id)
+        await publish(nc, "payments.v1.received", payment_message(invoice),
+                      f"pay-{invoice.invoice_id}")
+
+    def some_pushed() -> bool:
+        return sum(bool(fake_xero.invoices_numbered(tenant, i.number)) for i in invoices) >= 20
+
+    await asyncio.to_thread(eventually, some_pushed)
+    assert service.process is not None
+    service.process.kill()  # no drain, no acks, leases left behind
+    service.process.wait()
+    fake_xero.fault_rates = {}
+    service.start(tmp_path_factory.mktemp("sync-restarted"))
+    await asyncio.to_thread(service.wait_ready)
+
+    def all_paid() -> bool:
+        return all(
+            (found := fake_xero.invoices_numbered(tenant, i.number))
+            and found[0]["Status"] == "PAID" for i in invoices)
+
+    await asyncio.to_thread(eventually, all_paid, 60.0)
+    for invoice in invoices:
+        found = fake_xero.invoices_numbered(tenant, invoice.number)
+        assert len(found) == 1 and len(found[0]["Payments"]) == 1, invoice.number
+    numbers = [c["ContactNumber"] for c in fake_xero.contacts[tenant].values()]
+    assert len(numbers) == len(set(numbers))
+
+
 # -- a broken grant -------------------------------------------------------------------------------
 
 

@@ -36,3 +36,7 @@ def test_logged_secrets_never_reach_the_output(capsys: pytest.CaptureFixture[str
                    "xat.registered-access-token-value", "auth-code-6", "rt-secret-7"):
         assert secret not in err, secret
     assert "[redacted]" in err
+
+
+def test_ordinary_words_ending_like_a_secret_parameter_stay() -> None:
+    assert scrub("exit_code=1 status_code=500") == "exit_code=1 status_code=500"
