@@ -133,3 +133,29 @@ class FakeHubSpot:
             handler.wfile.write(data)
         except (BrokenPipeError, ConnectionResetError):
             pass
+
+
+def main() -> None:
+    """Serve the fake with a small demo catalogue for local use (see docs/sync.md)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description="A local fake of HubSpot's products API.")
+    parser.add_argument("--port", type=int, default=8091)
+    args = parser.parse_args()
+    fake = FakeHubSpot()
+    for key, sku, gbp, eur in (("sms", "SMS-UK-001", "0.0395", "0.0450"),
+                               ("rcs_basic", "RCS-B-001", "0.0300", "0.0350"),
+                               ("vmn", "VMN-UK-001", "10.00", "12.00")):
+        for tier in ("starter", "enterprise"):
+            fake.add_product(billing_product_key=key, hs_sku=sku, billing_tier=tier,
+                             hs_price_gbp=gbp, hs_price_eur=eur, name=key.upper())
+    fake.start(args.port)
+    print(f"fake HubSpot on {fake.url} (token {fake.access_token})", flush=True)
+    try:
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        fake.stop()
+
+
+if __name__ == "__main__":
+    main()

@@ -146,6 +146,8 @@ class FakeXero:
     revoked_tokens: list[str] = field(default_factory=list)
     rate_limited: list[tuple[str, str]] = field(default_factory=list)  # (tenant, problem)
     api_calls: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    # When each invoice was created, per tenant (monotonic clock), for fairness figures.
+    invoice_times: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
     faults_injected: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     # -- internals -----------------------------------------------------------------------------
     _codes: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -661,6 +663,7 @@ class FakeXero:
                    "AmountCredited": 0.0, "Payments": [], "CreditNotes": [],
                    "UpdatedDateUTC": ms_date()}
         self.invoices[tenant][invoice["InvoiceID"]] = invoice
+        self.invoice_times[tenant].append(time.monotonic())
         return invoice
 
     def _update_invoice(self, tenant: str, invoice_id: str, body: dict[str, Any]
