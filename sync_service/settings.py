@@ -22,7 +22,9 @@ class SyncSettings(ServiceSettings, frozen=True, kw_only=True):
     """Read from SYNC_<NAME> or <NAME> (e.g. SYNC_ENCRYPTION_KEYS, XERO_CLIENT_ID)."""
 
     encryption_keys: str | None = None
-    dev_key_path: str = ".run/sync-dev.key"
+    # Where `make run` keeps its data (RUN_DIR); the development key is generated there.
+    run_dir: str = ".run"
+    dev_key_path: str | None = None
     xero_client_id: str | None = None
     # A PKCE app has no secret; a confidential app sends it with Basic auth.
     xero_client_secret: str | None = None
@@ -74,6 +76,10 @@ class SyncSettings(ServiceSettings, frozen=True, kw_only=True):
                           ("HUBSPOT_API_BASE", self.hubspot_api_base)):
             if not url.startswith(("http://", "https://")):
                 raise SettingsError(f"{name} must be an http(s) URL")
+
+    @property
+    def development_key_path(self) -> str:
+        return self.dev_key_path or f"{self.run_dir.rstrip('/')}/sync-dev.key"
 
     @property
     def xero_configured(self) -> bool:

@@ -84,7 +84,7 @@ def load_key_ring(settings: SyncSettings) -> KeyRing:
         return KeyRing(parse_keys(settings.encryption_keys))
     if settings.is_production:
         raise SettingsError("APP_ENV=production needs SYNC_ENCRYPTION_KEYS")
-    return KeyRing(parse_keys(development_key(Path(settings.dev_key_path))))
+    return KeyRing(parse_keys(development_key(Path(settings.development_key_path))))
 
 
 def development_key(path: Path) -> str:

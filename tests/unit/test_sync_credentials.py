@@ -77,3 +77,9 @@ def test_development_generates_a_private_key_once(tmp_path: Path) -> None:
     key_id, sealed = first.encrypt("token", "ctx")
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
     assert load_key_ring(dev).decrypt(key_id, sealed, "ctx") == "token"
+
+
+def test_the_development_key_lives_in_the_stack_run_directory(tmp_path: Path) -> None:
+    dev = settings(RUN_DIR=str(tmp_path / "stack"))
+    load_key_ring(dev)
+    assert (tmp_path / "stack" / "sync-dev.key").exists()
