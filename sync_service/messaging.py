@@ -21,12 +21,13 @@ from faststream.nats.annotations import NatsMessage
 from nats.js.api import ConsumerConfig, DeliverPolicy
 from psycopg_pool import AsyncConnectionPool
 
-from contracts.invoicing import CreditNoteIssued, InvoiceIssued, InvoiceVoided
+from contracts.invoicing import CreditNoteIssued, InvoiceIssued, InvoicePaid, InvoiceVoided
 from contracts.payments import PaymentReceived
 from contracts.subjects import (
     DEADLETTER_PREFIX,
     INVOICING_CREDIT_NOTE_ISSUED,
     INVOICING_ISSUED,
+    INVOICING_PAID,
     INVOICING_VOIDED,
     PAYMENTS_RECEIVED,
 )
@@ -48,6 +49,7 @@ _INVOICING: Final[dict[str, tuple[type[msgspec.Struct], _Intake]]] = {
     INVOICING_ISSUED: (InvoiceIssued, queue.add_invoice),
     INVOICING_CREDIT_NOTE_ISSUED: (CreditNoteIssued, queue.add_credit_note),
     INVOICING_VOIDED: (InvoiceVoided, queue.add_void),
+    INVOICING_PAID: (InvoicePaid, queue.add_paid),  # HubSpot's status; Xero's from payments
 }
 
 
@@ -77,7 +79,7 @@ def subscribe(broker: NatsBroker, pool: AsyncConnectionPool, on_queued: Callable
         subject = message.raw_message.subject
         found = _INVOICING.get(subject)
         if found is None:
-            return  # paid (payments.v1.received carries the payment), overdue: not pushed
+            return  # overdue: not pushed
         kind, intake = found
         await _take(broker, pool, message, kind, intake, INVOICES_DURABLE, on_queued)
 

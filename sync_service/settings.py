@@ -67,6 +67,8 @@ class SyncSettings(ServiceSettings, frozen=True, kw_only=True):
     # The product properties holding our product key and tier (custom properties in HubSpot).
     hubspot_product_key_property: str = "billing_product_key"
     hubspot_tier_property: str = "billing_tier"
+    # Push issued invoices (and their paid / void status) to HubSpot's invoices object.
+    hubspot_push_invoices: bool = True
 
     def __post_init__(self) -> None:
         for name, url in (("XERO_LOGIN_BASE", self.xero_login_base),

@@ -16,24 +16,15 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
 
-import httpx
-import stamina
 import structlog
 from psycopg_pool import AsyncConnectionPool
 
 from contracts.catalog import PricesUpdated
 from contracts.subjects import CATALOG_PRICES_UPDATED
-from services.logging import register_secret
 from services.outbox import enqueue
-from sync_service.app.pacing import Pacer
+from sync_service.app.hubspot_api import HubSpotClient
 from sync_service.domain.catalogue import PropertyNames, read_catalogue, version_of
-from sync_service.domain.errors import (
-    ProviderError,
-    ProviderRateLimited,
-    ProviderRejected,
-    ProviderUnauthorized,
-    ProviderUnavailable,
-)
+from sync_service.domain.errors import ProviderError, ProviderRejected, ProviderUnauthorized
 
 log = structlog.get_logger(__name__)
 
@@ -52,20 +43,15 @@ class PullResult:
 
 
 class HubSpotCatalogue:
-    def __init__(self, pool: AsyncConnectionPool, *, base_url: str, access_token: str,
-                 pacer: Pacer, names: PropertyNames, interval_s: float, timeout_s: float,
-                 outbox_channel: str, on_publish: Any = None) -> None:
+    def __init__(self, pool: AsyncConnectionPool, hubspot: HubSpotClient, *,
+                 names: PropertyNames, interval_s: float, outbox_channel: str,
+                 on_publish: Any = None) -> None:
         self._pool = pool
-        self._pacer = pacer
+        self._hubspot = hubspot
         self._names = names
         self._interval_s = interval_s
         self._channel = outbox_channel
         self._on_publish = on_publish
-        register_secret(access_token)
-        self._http = httpx.AsyncClient(base_url=base_url.rstrip("/"),
-                                       timeout=httpx.Timeout(timeout_s),
-                                       headers={"Authorization": f"Bearer {access_token}",
-                                                "Accept": "application/json"})
         self._lock = asyncio.Lock()
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -80,7 +66,6 @@ class HubSpotCatalogue:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._task
-        await self._http.aclose()
 
     async def _run(self) -> None:
         while not self._stopping.is_set():
@@ -142,47 +127,12 @@ class HubSpotCatalogue:
                       "archived": "false"}
             if after:
                 params["after"] = after
-            body = await self._get(PRODUCTS_PATH, params)
+            body = await self._hubspot.get(PRODUCTS_PATH, params)
             rows.extend(r for r in body.get("results") or [] if isinstance(r, dict))
             after = (((body.get("paging") or {}).get("next")) or {}).get("after")
             if not after:
                 return rows
         raise ProviderRejected(f"more than {PAGES_MAX} pages of products")
-
-    async def _get(self, path: str, params: dict[str, str]) -> dict[str, Any]:
-        async for attempt in stamina.retry_context(
-            on=lambda exc: isinstance(exc, ProviderUnavailable | ProviderRateLimited),
-            attempts=5, timeout=None, wait_initial=0.5, wait_max=10.0,
-        ):
-            with attempt:
-                return await self._get_once(path, params)
-        raise AssertionError("unreachable: stamina re-raises the last error")
-
-    async def _get_once(self, path: str, params: dict[str, str]) -> dict[str, Any]:
-        async with self._pacer.call("hubspot"):
-            try:
-                response = await self._http.get(path, params=params)
-            except httpx.TransportError as exc:
-                raise ProviderUnavailable(f"HubSpot unreachable: {type(exc).__name__}") \
-                    from None
-        if response.status_code == 200:
-            body = response.json()
-            return body if isinstance(body, dict) else {}
-        if response.status_code == 401:
-            raise ProviderUnauthorized("HubSpot refused the access token", status=401)
-        if response.status_code == 429:
-            # No reliable Retry-After: the 10-second window, unless HubSpot says otherwise.
-            try:
-                wait_s = float(response.headers.get("Retry-After", "10"))
-            except ValueError:
-                wait_s = 10.0
-            self._pacer.pause("hubspot", wait_s)
-            raise ProviderRateLimited("HubSpot rate limit", retry_after_s=wait_s)
-        if response.status_code >= 500:
-            raise ProviderUnavailable(f"HubSpot answered {response.status_code}",
-                                      status=response.status_code)
-        raise ProviderRejected(f"HubSpot answered {response.status_code}",
-                               status=response.status_code)
 
     async def _record(self, *, error: str | None, rejected: int, refused: bool = False) -> None:
         async with self._pool.connection() as conn:

@@ -20,7 +20,7 @@ import psycopg
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
-from contracts.invoicing import CreditNoteIssued, InvoiceIssued, InvoiceVoided
+from contracts.invoicing import CreditNoteIssued, InvoiceIssued, InvoicePaid, InvoiceVoided
 from contracts.money import to_micros
 from contracts.payments import PaymentReceived
 
@@ -30,7 +30,7 @@ ERROR_CHARS_MAX: Final = 500
 # the other's success wakes it at once anyway.
 DEPENDENCY_WAIT_MAX_S: Final = 30.0
 
-_KINDS_AFTER_INVOICE: Final = ("payment", "void", "credit_note")
+_KINDS_AFTER_INVOICE: Final = ("payment", "void", "credit_note", "hubspot_status")
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,9 +88,32 @@ async def add_invoice(conn: Conn, invoice: InvoiceIssued) -> bool:
         (invoice.invoice_id, invoice.number, invoice.account_id, invoice.currency,
          to_micros(invoice.subtotal), to_micros(invoice.vat_total), to_micros(invoice.total),
          Jsonb(_builtins(invoice))))
-    return await _add(conn, kind="invoice", account_id=invoice.account_id,
-                      subject_id=invoice.invoice_id, source_key=f"invoice:{invoice.invoice_id}",
-                      payload=_builtins(invoice), invoice_id=None)
+    to_hubspot = await _add_hubspot(conn, kind="hubspot_invoice", subject_id=invoice.invoice_id,
+                                    source_key=f"hubspot-invoice:{invoice.invoice_id}",
+                                    payload=_builtins(invoice))
+    to_xero = await _add(conn, kind="invoice", account_id=invoice.account_id,
+                         subject_id=invoice.invoice_id,
+                         source_key=f"invoice:{invoice.invoice_id}",
+                         payload=_builtins(invoice), invoice_id=None)
+    return to_xero or to_hubspot
+
+
+async def _add_hubspot(conn: Conn, *, kind: str, subject_id: str, source_key: str,
+                       payload: dict[str, Any]) -> bool:
+    """A HubSpot job, when HubSpot is connected (its connection row is active)."""
+    cursor = await conn.execute(
+        "INSERT INTO sync_jobs (connection_id, kind, subject_id, source_key, payload)"
+        " SELECT 'hubspot', %s, %s, %s, %s WHERE EXISTS (SELECT 1 FROM connections"
+        " WHERE connection_id = 'hubspot' AND status = 'active')"
+        " ON CONFLICT (source_key) DO NOTHING",
+        (kind, subject_id, source_key, Jsonb(payload)))
+    return cursor.rowcount == 1
+
+
+async def add_paid(conn: Conn, paid: InvoicePaid) -> bool:
+    return await _add_hubspot(conn, kind="hubspot_status", subject_id=paid.invoice_id,
+                              source_key=f"hubspot-paid:{paid.invoice_id}",
+                              payload={"invoice_id": paid.invoice_id, "status": "paid"})
 
 
 async def add_credit_note(conn: Conn, note: CreditNoteIssued) -> bool:
@@ -101,7 +124,11 @@ async def add_credit_note(conn: Conn, note: CreditNoteIssued) -> bool:
 
 
 async def add_void(conn: Conn, voided: InvoiceVoided) -> bool:
-    return await _add(conn, kind="void", account_id=voided.account_id,
+    to_hubspot = await _add_hubspot(conn, kind="hubspot_status", subject_id=voided.invoice_id,
+                                    source_key=f"hubspot-void:{voided.invoice_id}",
+                                    payload={"invoice_id": voided.invoice_id,
+                                             "status": "voided"})
+    return to_hubspot | await _add(conn, kind="void", account_id=voided.account_id,
                       subject_id=voided.invoice_id, source_key=f"void:{voided.invoice_id}",
                       payload=_builtins(voided), invoice_id=voided.invoice_id)
 
@@ -174,7 +201,7 @@ class SyncQueue:
                 await conn.execute(
                     "UPDATE sync_jobs SET next_attempt_at = now() WHERE status = 'pending'"
                     " AND connection_id = %s AND kind = ANY(%s)"
-                    " AND payload->>'invoice_id' = %s",
+                    " AND coalesce(payload->>'invoice_id', subject_id) = %s",
                     (job.connection_id, list(_KINDS_AFTER_INVOICE), invoice_synced))
 
     async def wait(self, job: Job, *, seconds: float | None = None, unknown: bool,

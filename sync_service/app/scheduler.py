@@ -11,22 +11,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Awaitable, Callable
 
 import structlog
 
-from sync_service.app.pacing import Pacer
-from sync_service.app.pusher import XeroPusher
-from sync_service.app.queue import SyncQueue
+from sync_service.app.queue import Job, SyncQueue
 
 log = structlog.get_logger(__name__)
 
 
 class Scheduler:
-    def __init__(self, queue: SyncQueue, pusher: XeroPusher, pacer: Pacer, *,
-                 workers_per_connection: int, poll_interval_s: float) -> None:
+    def __init__(self, queue: SyncQueue, push: Callable[[Job], Awaitable[None]],
+                 paused_for_s: Callable[[str], float], *, workers_per_connection: int,
+                 poll_interval_s: float) -> None:
         self._queue = queue
-        self._pusher = pusher
-        self._pacer = pacer
+        self._push = push
+        self._paused_for_s = paused_for_s
         self._workers = workers_per_connection
         self._poll_interval_s = poll_interval_s
         self._lanes: dict[str, asyncio.Task[None]] = {}
@@ -75,14 +75,14 @@ class Scheduler:
         while not self._stopping.is_set():
             # An organisation paused by a 429 claims nothing meanwhile: a change held past its
             # lease would be claimed a second time.
-            if (paused_s := self._pacer.paused_for_s(connection_id)) > 0:
+            if (paused_s := self._paused_for_s(connection_id)) > 0:
                 await asyncio.sleep(min(paused_s, self._poll_interval_s * 10))
                 continue
             try:
                 job = await self._queue.claim(connection_id)
                 if job is None:
                     return
-                await self._pusher.push(job)
+                await self._push(job)
             except Exception as exc:
                 # A bug or the database away: the lease brings the change back.
                 log.exception("sync.worker_failed", connection_id=connection_id,

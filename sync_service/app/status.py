@@ -46,6 +46,13 @@ class SyncStatusReader:
             hubspot_row = await (await conn.execute(
                 "SELECT last_success_at, last_error, credentials_refused FROM target_health"
                 " WHERE target = 'hubspot'")).fetchone()
+            pushes = await (await conn.execute(
+                "SELECT c.last_success_at, c.last_error,"
+                " count(j.job_id) FILTER (WHERE j.status IN ('pending', 'running')),"
+                " count(j.job_id) FILTER (WHERE j.status IN ('pending', 'running')"
+                " AND j.failures > 0), count(j.job_id) FILTER (WHERE j.status = 'dead')"
+                " FROM connections c LEFT JOIN sync_jobs j ON j.connection_id = c.connection_id"
+                " WHERE c.connection_id = 'hubspot' GROUP BY c.connection_id")).fetchone()
         unassigned = int(unassigned_row[0]) if unassigned_row else 0
         connections = [
             ConnectionStatus(connection_id=r[0], name=r[1], state=r[2], is_default=r[3],
@@ -66,14 +73,21 @@ class SyncStatusReader:
             connections=connections,
             unassigned=unassigned,
         )
-        # HubSpot: the catalogue pull only; without a token, honestly "not connected".
+        # HubSpot: the catalogue pull and the invoice pushes; without a token, honestly
+        # "not connected".
+        successes_hs = [t for t in (hubspot_row[0] if hubspot_row else None,
+                                    pushes[0] if pushes else None) if t is not None]
         hubspot = TargetStatus(
             target="hubspot",
-            connected=self._hubspot_configured and hubspot_row is not None
-            and hubspot_row[0] is not None and not hubspot_row[2],
-            last_success_at=hubspot_row[0] if hubspot_row else None,
-            backlog=0, failures=0 if hubspot_row is None or hubspot_row[1] is None else 1,
-            dead_letters=0, last_error=hubspot_row[1] if hubspot_row else None)
+            connected=self._hubspot_configured and bool(successes_hs)
+            and not (hubspot_row is not None and hubspot_row[2]),
+            last_success_at=max(successes_hs) if successes_hs else None,
+            backlog=pushes[2] if pushes else 0,
+            failures=(pushes[3] if pushes else 0)
+            + (0 if hubspot_row is None or hubspot_row[1] is None else 1),
+            dead_letters=pushes[4] if pushes else 0,
+            last_error=(hubspot_row[1] if hubspot_row and hubspot_row[1] else None)
+            or (pushes[1] if pushes else None))
         return SyncStatus(targets=[xero, hubspot], as_of=datetime.now(UTC))
 
     async def dead_letters(self, limit: int = 100) -> list[DeadLetterView]:
@@ -83,6 +97,8 @@ class SyncStatusReader:
                 "SELECT job_id, connection_id, kind, subject_id, attempts, failures, last_error,"
                 " updated_at FROM sync_jobs WHERE status = 'dead' ORDER BY job_id LIMIT %s",
                 (limit,))).fetchall()
-        return [DeadLetterView(dead_letter_id=r[0], target="xero", connection_id=r[1],
+        return [DeadLetterView(dead_letter_id=r[0],
+                               target="hubspot" if r[1] == "hubspot" else "xero",
+                               connection_id=r[1],
                                kind=r[2], subject_id=r[3], attempts=r[4], failures=r[5],
                                last_error=r[6], updated_at=r[7]) for r in rows]

@@ -42,6 +42,7 @@ from tests.conftest import Infra
 from tests.fakes.hubspot import ACCESS_TOKEN as HUBSPOT_TOKEN
 from tests.fakes.hubspot import FakeHubSpot
 from tests.fakes.xero import WEBHOOK_KEY, FakeXero, sign_webhook
+from tests.integration.own_database import own_database
 from tests.integration.service_process import ServiceProcess
 from tests.integration.streams import stream_messages
 
@@ -96,10 +97,16 @@ def fake_hubspot() -> Iterator[FakeHubSpot]:
 
 
 @pytest.fixture(scope="module")
-def service(infra: Infra, fake_xero: FakeXero, fake_hubspot: FakeHubSpot,
+def database(infra: Infra) -> Iterator[Infra]:
+    with own_database(infra, "sync_xero") as own:
+        yield own
+
+
+@pytest.fixture(scope="module")
+def service(database: Infra, fake_xero: FakeXero, fake_hubspot: FakeHubSpot,
             tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
     port = free_port()
-    env = infra.service_env(
+    env = database.service_env(
         XERO_CLIENT_ID=fake_xero.client_id,
         XERO_LOGIN_BASE=fake_xero.url, XERO_IDENTITY_BASE=fake_xero.url,
         XERO_API_BASE=fake_xero.url,
@@ -111,7 +118,7 @@ def service(infra: Infra, fake_xero: FakeXero, fake_hubspot: FakeHubSpot,
         SYNC_ATTEMPTS_MAX="30", SYNC_POLL_INTERVAL_S="0.2", SYNC_LEASE_S="10",
         OUTBOX_POLL_INTERVAL_S="0.2", LOG_LEVEL="DEBUG",
         HUBSPOT_ACCESS_TOKEN=HUBSPOT_TOKEN, HUBSPOT_API_BASE=fake_hubspot.url,
-        HUBSPOT_CATALOG_INTERVAL_S="3600",
+        HUBSPOT_CATALOG_INTERVAL_S="3600", HUBSPOT_PUSH_INVOICES="false",
     )
     process = ServiceProcess("sync_service", env, port=port)
     process.start(tmp_path_factory.mktemp("sync"))
@@ -230,7 +237,7 @@ async def test_the_hubspot_catalogue_is_published_only_when_it_changes(
 
 
 def test_oauth_dance_with_pkce_connects_every_organisation(
-    service: ServiceProcess, fake_xero: FakeXero, infra: Infra
+    service: ServiceProcess, fake_xero: FakeXero, database: Infra
 ) -> None:
     url, binding = start_authorization(service)
     query = parse_qs(urlparse(url).query)
@@ -247,7 +254,7 @@ def test_oauth_dance_with_pkce_connects_every_organisation(
     assert xero["connected"] is True
     assert len(xero["connections"]) == ORGANISATIONS
     # Tokens are stored encrypted: no token the fake issued is readable in the database.
-    with db(infra) as conn:
+    with db(database) as conn:
         rows = conn.execute("SELECT key_id, access_token_enc, refresh_token_enc"
                             " FROM xero_grants").fetchall()
     assert rows and all(r[0] == "t1" for r in rows)
@@ -355,7 +362,7 @@ def map_products(service: ServiceProcess) -> None:
 
 
 async def test_invoices_and_payments_exist_exactly_once_through_faults(
-    service: ServiceProcess, fake_xero: FakeXero, nc: nats.NATS, infra: Infra
+    service: ServiceProcess, fake_xero: FakeXero, nc: nats.NATS, database: Infra
 ) -> None:
     tenants = [o["tenantId"] for o in fake_xero.organisations]
     accounts = [uuid.uuid4() for _ in range(4 * ORGANISATIONS)]
@@ -377,7 +384,7 @@ async def test_invoices_and_payments_exist_exactly_once_through_faults(
         await publish(nc, "payments.v1.received", payment_message(invoice),
                       f"pay-{invoice.invoice_id}")
     xero = await asyncio.to_thread(wait_until_drained, service, 60 + INVOICES * 0.3,
-                                   2 * INVOICES, infra)
+                                   2 * INVOICES, database)
     elapsed_s = time.monotonic() - started
     fake_xero.fault_rates = {}
 
@@ -409,7 +416,7 @@ async def test_invoices_and_payments_exist_exactly_once_through_faults(
 
 
 async def test_ten_concurrent_pushes_on_an_expired_token_refresh_once(
-    service: ServiceProcess, fake_xero: FakeXero, nc: nats.NATS, infra: Infra
+    service: ServiceProcess, fake_xero: FakeXero, nc: nats.NATS, database: Infra
 ) -> None:
     tenant = fake_xero.organisations[0]["tenantId"]
     account = uuid.uuid4()
@@ -419,14 +426,14 @@ async def test_ten_concurrent_pushes_on_an_expired_token_refresh_once(
     invoices = [invoice_message(10_000 + n, account) for n in range(10)]
     for invoice in invoices:
         await publish(nc, "invoicing.v1.issued", invoice, invoice.event_id)
-    await asyncio.to_thread(wait_until_drained, service, 60, 2 * INVOICES + 10, infra)
+    await asyncio.to_thread(wait_until_drained, service, 60, 2 * INVOICES + 10, database)
     assert fake_xero.refresh_count() - before == 1
     for invoice in invoices:
         assert len(fake_xero.invoices_numbered(tenant, invoice.number)) == 1
 
 
 async def test_a_validation_error_is_a_dead_letter_that_can_be_redriven(
-    service: ServiceProcess, fake_xero: FakeXero, nc: nats.NATS, infra: Infra
+    service: ServiceProcess, fake_xero: FakeXero, nc: nats.NATS, database: Infra
 ) -> None:
     tenant = fake_xero.organisations[1]["tenantId"]
     account = uuid.uuid4()
@@ -452,7 +459,7 @@ async def test_a_validation_error_is_a_dead_letter_that_can_be_redriven(
         f"{service.url}/v1/sync/dead-letters/{letters[0]['dead_letter_id']}/retry",
         headers=AUTH)
     assert retried.status_code == 202, retried.text
-    await asyncio.to_thread(wait_until_drained, service, 30, 2 * INVOICES + 11, infra)
+    await asyncio.to_thread(wait_until_drained, service, 30, 2 * INVOICES + 11, database)
     assert len(fake_xero.invoices_numbered(tenant, invoice.number)) == 1
     assert status(service)["xero"]["dead_letters"] == 0
     missing = httpx.post(f"{service.url}/v1/sync/dead-letters/999999/retry", headers=AUTH)
@@ -525,14 +532,14 @@ def test_webhook_signatures_and_intent_to_receive(service: ServiceProcess) -> No
 
 
 async def test_a_payment_recorded_in_xero_becomes_payments_received_once(
-    service: ServiceProcess, fake_xero: FakeXero, nc: nats.NATS, infra: Infra
+    service: ServiceProcess, fake_xero: FakeXero, nc: nats.NATS, database: Infra
 ) -> None:
     tenant = fake_xero.organisations[2]["tenantId"]
     account = uuid.uuid4()
     assign(service, account, tenant)
     invoice = invoice_message(30_000, account)
     await publish(nc, "invoicing.v1.issued", invoice, invoice.event_id)
-    await asyncio.to_thread(wait_until_drained, service, 30, 2 * INVOICES + 12, infra)
+    await asyncio.to_thread(wait_until_drained, service, 30, 2 * INVOICES + 12, database)
     xero_invoice = fake_xero.invoices_numbered(tenant, invoice.number)[0]
     fake_xero.record_payment(tenant, xero_invoice["InvoiceID"], "60.00")
     body = fake_xero.webhook_body(tenant, xero_invoice["InvoiceID"])
@@ -565,7 +572,7 @@ async def test_a_payment_recorded_in_xero_becomes_payments_received_once(
 
 
 async def test_a_killed_sync_process_loses_nothing_and_doubles_nothing(
-    service: ServiceProcess, fake_xero: FakeXero, nc: nats.NATS, infra: Infra,
+    service: ServiceProcess, fake_xero: FakeXero, nc: nats.NATS, database: Infra,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
     tenant = fake_xero.organisations[0]["tenantId"]
@@ -607,7 +614,7 @@ async def test_a_killed_sync_process_loses_nothing_and_doubles_nothing(
 
 
 async def test_invalid_grant_marks_the_connection_broken_and_keeps_its_changes(
-    service: ServiceProcess, fake_xero: FakeXero, nc: nats.NATS, infra: Infra
+    service: ServiceProcess, fake_xero: FakeXero, nc: nats.NATS, database: Infra
 ) -> None:
     tenant = fake_xero.organisations[3]["tenantId"]
     account = uuid.uuid4()
@@ -630,7 +637,7 @@ async def test_invalid_grant_marks_the_connection_broken_and_keeps_its_changes(
     assert not fake_xero.invoices_numbered(tenant, invoice.number)
     # Reconnecting picks the change up again.
     assert connect(service).status_code == 200
-    await asyncio.to_thread(wait_until_drained, service, 30, 2 * INVOICES + 13, infra)
+    await asyncio.to_thread(wait_until_drained, service, 30, 2 * INVOICES + 13, database)
     assert len(fake_xero.invoices_numbered(tenant, invoice.number)) == 1
 
 
