@@ -190,3 +190,10 @@ def assign(ctx: typer.Context, account_id: UUID, connection_id: str) -> None:
     """Send an account's documents to one Xero organisation."""
     _run(ctx, lambda pool: MappingBook(pool).assign_account(account_id, connection_id))
     out.print(f"account {account_id} -> {connection_id}")
+
+
+@app.command("link-company")
+def link_company(ctx: typer.Context, account_id: UUID, company_id: str) -> None:
+    """Link an account to its HubSpot company (by HubSpot's company id)."""
+    _run(ctx, lambda pool: MappingBook(pool).link_company(account_id, company_id))
+    out.print(f"account {account_id} -> HubSpot company {company_id}")

@@ -74,6 +74,10 @@ class TaxMappingBody(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     connection_id: str = "*"
 
 
+class CompanyLinkBody(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    company_id: Annotated[str, msgspec.Meta(pattern=r"^[0-9]{1,20}$")]
+
+
 class AccountConnectionBody(msgspec.Struct, frozen=True, kw_only=True,
                             forbid_unknown_fields=True):
     connection_id: str
@@ -241,6 +245,15 @@ async def assign_account(account_id: UUID, data: AccountConnectionBody, sync: Sy
     await sync.mappings.assign_account(account_id, data.connection_id)
 
 
+@put("/v1/sync/accounts/{account_id:uuid}/hubspot-company", summary="Link an account to its "
+     "HubSpot company", description="Its invoices are associated with that company instead "
+     "of one found or created by `billing_account_id`.",
+     responses=problem_responses(401, 403, 422), tags=["mappings"], guards=_OPERATOR,
+     security=BEARER_SECURITY, status_code=204)
+async def link_hubspot_company(account_id: UUID, data: CompanyLinkBody, sync: SyncApp) -> None:
+    await sync.mappings.link_company(account_id, data.company_id)
+
+
 # -- webhooks ---------------------------------------------------------------------------------
 
 
@@ -266,6 +279,7 @@ def create_router(sync: SyncApp) -> Router:
         route_handlers=[authorize_xero, xero_callback, disconnect_xero, disconnect_xero_post,
                         set_default_connection, sync_status, list_dead_letters,
                         retry_dead_letter, resync_invoice, map_product, map_tax_type,
-                        assign_account, receive_xero_webhook, pull_hubspot_catalogue],
+                        assign_account, link_hubspot_company, receive_xero_webhook,
+                        pull_hubspot_catalogue],
         dependencies={"sync": Provide(provide_sync)},
     )

@@ -36,6 +36,9 @@ INVOICE_TO_COMPANY: Final = 179
 INVOICE_PROPERTY: Final = "billing_invoice_id"
 ACCOUNT_PROPERTY: Final = "billing_account_id"
 LINE_PROPERTY: Final = "billing_line_index"
+# HubSpot's search finds an object only some seconds after its creation: a retry whose
+# create may have landed waits this long before it searches.
+SEARCH_INDEXING_S: Final = 15.0
 
 
 class HubSpotPusher:
@@ -64,7 +67,8 @@ class HubSpotPusher:
             await self._queue.bury(job, str(exc), unknown=state.unknown)
         except ProviderError as exc:
             dead = await self._queue.fail(job, f"{type(exc).__name__}: {exc}",
-                                          unknown=state.unknown)
+                                          unknown=state.unknown,
+                                          delay_min_s=SEARCH_INDEXING_S if state.unknown else 0)
             log.warning("sync.hubspot_failed", job_id=job.job_id, dead=dead, error=str(exc))
         else:
             await self._queue.done(job, invoice_synced=synced)

@@ -68,3 +68,14 @@ class MappingBook:
             await conn.execute("UPDATE connections SET is_default = false WHERE is_default")
             await conn.execute("UPDATE connections SET is_default = true"
                                " WHERE connection_id = %s", (connection_id,))
+
+    async def link_company(self, account_id: UUID, company_id: str) -> None:
+        """The account is this HubSpot company: its invoices are associated with it."""
+        if not company_id.isdigit():
+            raise InvalidMapping("a HubSpot company id is a number")
+        async with self._pool.connection() as conn:
+            await conn.execute(
+                "INSERT INTO external_refs (connection_id, kind, our_id, external_id)"
+                " VALUES ('hubspot', 'company', %s, %s) ON CONFLICT (connection_id, kind, our_id)"
+                " DO UPDATE SET external_id = EXCLUDED.external_id",
+                (str(account_id), company_id))

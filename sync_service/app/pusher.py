@@ -11,6 +11,7 @@ A payment, a void or a credit note waits until its invoice is in Xero.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -44,6 +45,9 @@ log = structlog.get_logger(__name__)
 
 OUTBOX_CHANNEL: Final = "sync_outbox"
 BROKEN_RECHECK_S: Final = 60.0
+# Mappings and a connection's grant are read at most this often per connection: an operator's
+# change applies within it, and a busy organisation does not pay two reads per document.
+READ_CACHE_S: Final = 5.0
 Conn = psycopg.AsyncConnection[Any]
 
 
@@ -70,6 +74,8 @@ class XeroPusher:
         self._sales_account_code = sales_account_code
         self._on_announce = on_announce
         self._contact_locks: dict[tuple[str, str], asyncio.Lock] = {}
+        self._mappings_read: dict[str, tuple[float, docs.Mappings]] = {}
+        self._grants_read: dict[str, tuple[float, str | None]] = {}
 
     async def push(self, job: Job) -> None:
         grant_id = await self._grant_of(job.connection_id)
@@ -83,6 +89,7 @@ class XeroPusher:
         except ProviderRateLimited as exc:
             await self._queue.wait(job, seconds=exc.retry_after_s, unknown=attempt.unknown)
         except GrantBroken as exc:
+            self._grants_read.pop(job.connection_id, None)
             await self._queue.wait(job, seconds=BROKEN_RECHECK_S, unknown=attempt.unknown,
                                    reason=str(exc))
         except ProviderRejected as exc:
@@ -167,6 +174,14 @@ class XeroPusher:
                 (connection_id, kind, our_id, external_id))
 
     async def _grant_of(self, connection_id: str) -> str | None:
+        cached = self._grants_read.get(connection_id)
+        if cached is not None and time.monotonic() - cached[0] < READ_CACHE_S:
+            return cached[1]
+        grant_id = await self._read_grant_of(connection_id)
+        self._grants_read[connection_id] = (time.monotonic(), grant_id)
+        return grant_id
+
+    async def _read_grant_of(self, connection_id: str) -> str | None:
         async with self._pool.connection() as conn:
             row = await (await conn.execute(
                 "SELECT c.grant_id FROM connections c JOIN xero_grants g USING (grant_id)"
@@ -175,6 +190,14 @@ class XeroPusher:
         return None if row is None else str(row[0])
 
     async def _mappings(self, connection_id: str) -> docs.Mappings:
+        cached = self._mappings_read.get(connection_id)
+        if cached is not None and time.monotonic() - cached[0] < READ_CACHE_S:
+            return cached[1]
+        mappings = await self._read_mappings(connection_id)
+        self._mappings_read[connection_id] = (time.monotonic(), mappings)
+        return mappings
+
+    async def _read_mappings(self, connection_id: str) -> docs.Mappings:
         async with self._pool.connection() as conn:
             products = await (await conn.execute(
                 "SELECT product, item_code, account_code, tax_type FROM mappings"

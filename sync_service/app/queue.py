@@ -212,15 +212,16 @@ class SyncQueue:
         await self._set(job, "pending", delay_s=delay_s, unknown=unknown, error=reason,
                         failed=False)
 
-    async def fail(self, job: Job, error: str, *, unknown: bool) -> bool:
+    async def fail(self, job: Job, error: str, *, unknown: bool, delay_min_s: float = 0.0
+                   ) -> bool:
         """A transient failure: retried with back-off and jitter, or dead once too many.
         Returns True when it became a dead letter."""
         failures = job.failures + 1
         if failures >= self.attempts_max:
             await self._set(job, "dead", delay_s=0.0, unknown=unknown, error=error, failed=True)
             return True
-        await self._set(job, "pending", delay_s=self.backoff_s(failures), unknown=unknown,
-                        error=error, failed=True)
+        await self._set(job, "pending", delay_s=max(delay_min_s, self.backoff_s(failures)),
+                        unknown=unknown, error=error, failed=True)
         return False
 
     async def bury(self, job: Job, error: str, *, unknown: bool) -> None:

@@ -121,7 +121,7 @@ async def test_invoices_reach_hubspot_once_with_company_lines_and_status(
                   for m in (paid, voided, dropped)]
         return states == [["paid"], ["voided"], ["open"]]
 
-    await asyncio.to_thread(eventually, settled, 60.0)
+    await asyncio.to_thread(eventually, settled, 120.0)
     companies = [c for c in fake_hubspot.of_type("companies")
                  if c["properties"].get("billing_account_id") == str(account)]
     assert len(companies) == 1
@@ -140,3 +140,27 @@ async def test_invoices_reach_hubspot_once_with_company_lines_and_status(
                                                   headers=AUTH).json()["targets"]}["hubspot"]
     assert hubspot["connected"] is True and hubspot["backlog"] == 0
     assert hubspot["dead_letters"] == 0
+
+
+async def test_an_account_linked_to_a_company_has_its_invoices_there(
+    service: ServiceProcess, fake_hubspot: FakeHubSpot, nc: nats.NATS
+) -> None:
+    with fake_hubspot._lock:
+        existing = fake_hubspot._create("companies", {"properties": {"name": "Acme Ltd"}})
+    account = uuid.uuid4()
+    refused = httpx.put(f"{service.url}/v1/sync/accounts/{account}/hubspot-company",
+                        json={"company_id": "not-a-number"}, headers=AUTH)
+    assert refused.status_code == 400
+    linked = httpx.put(f"{service.url}/v1/sync/accounts/{account}/hubspot-company",
+                       json={"company_id": existing["id"]}, headers=AUTH)
+    assert linked.status_code == 204, linked.text
+    message = invoice(10, account)
+    await publish(nc, "invoicing.v1.issued", message, message.event_id)
+
+    def pushed() -> list[dict[str, Any]]:
+        return [i for i in fake_hubspot.of_type("invoices")
+                if i["properties"].get("billing_invoice_id") == message.invoice_id]
+
+    await asyncio.to_thread(eventually, lambda: bool(pushed()))
+    assert fake_hubspot.associated("invoices", pushed()[0]["id"], "companies") == \
+        [existing["id"]]
