@@ -27,8 +27,12 @@ _SECRET_IN_TEXT: Final = re.compile(
     r"(?i)(bearer\s+|basic\s+|(?<![a-z0-9_])(?:access_token|refresh_token|id_token|code|"
     r"code_verifier|client_secret|token)=)[^\s&\"',;]+"
 )
+_DELIMITERS: Final = re.compile(r"[\s\"'&,;=:()\[\]{}<>]+")
 # Values a process registered as secret (tokens it holds): replaced wherever they appear.
 _KNOWN_SECRETS: OrderedDict[str, None] = OrderedDict()
+# The few that contain a delimiter themselves (base64 padding, a colon): matched as substrings.
+_SPLIT_SECRETS: OrderedDict[str, None] = OrderedDict()
+_SPLIT_SECRETS_MAX: Final = 100
 _KNOWN_SECRETS_MAX: Final = 10_000
 _SECRET_LENGTH_MIN: Final = 8
 
@@ -36,6 +40,12 @@ _SECRET_LENGTH_MIN: Final = 8
 def register_secret(value: str | None) -> None:
     """Never log `value`, whatever key or text it hides in (bounded; oldest forgotten)."""
     if not value or len(value) < _SECRET_LENGTH_MIN:
+        return
+    if _DELIMITERS.search(value):
+        _SPLIT_SECRETS[value] = None
+        _SPLIT_SECRETS.move_to_end(value)
+        while len(_SPLIT_SECRETS) > _SPLIT_SECRETS_MAX:
+            _SPLIT_SECRETS.popitem(last=False)
         return
     _KNOWN_SECRETS[value] = None
     _KNOWN_SECRETS.move_to_end(value)
@@ -45,9 +55,17 @@ def register_secret(value: str | None) -> None:
 
 def scrub(text: str) -> str:
     """`text` with known secrets and secret-looking parameters replaced."""
-    for secret in _KNOWN_SECRETS:
+    if _KNOWN_SECRETS:
+        # A secret inside text stands between delimiters: look each piece up in the set, so
+        # the cost is the text's length, not the number of secrets.
+        found = [piece for piece in _DELIMITERS.split(text) if piece in _KNOWN_SECRETS]
+        for secret in found:
+            text = text.replace(secret, "[redacted]")
+    for secret in _SPLIT_SECRETS:
         if secret in text:
             text = text.replace(secret, "[redacted]")
+    if "=" not in text and " " not in text:
+        return text  # most values: an id, a path, a name
     return _SECRET_IN_TEXT.sub(lambda m: m.group(1) + "[redacted]", text)
 
 

@@ -40,3 +40,11 @@ def test_logged_secrets_never_reach_the_output(capsys: pytest.CaptureFixture[str
 
 def test_ordinary_words_ending_like_a_secret_parameter_stay() -> None:
     assert scrub("exit_code=1 status_code=500") == "exit_code=1 status_code=500"
+
+
+def test_registered_secrets_are_found_inside_text_with_or_without_delimiters() -> None:
+    register_secret("plain-secret-token-0123")
+    register_secret("padded/base64+secret==")
+    text = scrub('{"a": "x plain-secret-token-0123 y", "b": "padded/base64+secret=="}')
+    assert "plain-secret-token-0123" not in text and "padded/base64+secret==" not in text
+    assert scrub("no secret here") == "no secret here"
