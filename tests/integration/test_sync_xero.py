@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import os
 import time
@@ -519,6 +520,23 @@ async def test_credit_notes_are_allocated_and_voids_reach_xero_after_their_invoi
     invoice = fake_xero.invoices_numbered(tenant, credited.number)[0]
     assert Decimal(str(invoice["AmountCredited"])) == Decimal("12.00")
     assert len(fake_xero.invoices_numbered(tenant, voided.number)) == 1
+
+
+async def test_an_unreadable_message_is_dead_lettered_not_retried_for_ever(
+    service: ServiceProcess, nc: nats.NATS
+) -> None:
+    await nc.jetstream().publish("invoicing.v1.issued", b'{"invoice_id": 12',
+                                 headers={"Nats-Msg-Id": "garbage-1"})
+    deadline = time.monotonic() + 20
+    letters: list[dict[str, Any]] = []
+    while time.monotonic() < deadline and not letters:
+        with contextlib.suppress(nats.js.errors.NotFoundError):
+            letters = [p for s, p, _ in await stream_messages(nc, "DEADLETTER")
+                       if s == "deadletter.v1.invoicing.v1.issued"
+                       and p.get("consumer") == "sync-invoicing"]
+        await asyncio.sleep(0.3)
+    assert len(letters) == 1
+    assert letters[0]["reason"] == "invalid_payload"
 
 
 # -- webhooks -------------------------------------------------------------------------------------
