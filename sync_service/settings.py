@@ -78,6 +78,11 @@ class SyncSettings(ServiceSettings, frozen=True, kw_only=True):
                           ("HUBSPOT_API_BASE", self.hubspot_api_base)):
             if not url.startswith(("http://", "https://")):
                 raise SettingsError(f"{name} must be an http(s) URL")
+        if self.encryption_keys:
+            # Checked at start-up, with a message naming the variable, never the value.
+            from sync_service.app.credentials import parse_keys
+
+            parse_keys(self.encryption_keys)
 
     @property
     def development_key_path(self) -> str:

@@ -83,3 +83,9 @@ def test_the_development_key_lives_in_the_stack_run_directory(tmp_path: Path) ->
     dev = settings(RUN_DIR=str(tmp_path / "stack"))
     load_key_ring(dev)
     assert (tmp_path / "stack" / "sync-dev.key").exists()
+
+
+def test_malformed_keys_stop_the_start_with_a_message_naming_the_variable() -> None:
+    with pytest.raises(SettingsError, match="SYNC_ENCRYPTION_KEYS") as refused:
+        settings(SYNC_ENCRYPTION_KEYS="CHANGE_ME")
+    assert "CHANGE_ME" not in str(refused.value)
