@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import account_load, authorize, infra, intake_e2e, projections
+from bench import account_load, authorize, infra, intake_e2e, projections, sync_xero
 from bench.cpu import machine_busy_s
 from bench.options import RunOptions
 from services.embedded import nats_server_binary
@@ -36,6 +36,7 @@ BENCHMARKS: dict[str, Benchmark] = {
     authorize.NAME: authorize.run,
     account_load.NAME: account_load.run,
     projections.NAME: projections.run,
+    sync_xero.NAME: sync_xero.run,
 }
 
 

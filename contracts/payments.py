@@ -15,7 +15,7 @@ from contracts.money import Amount, Currency
 from contracts.text import Text, text_meta
 from contracts.timestamps import Timestamp
 
-PaymentProvider = Literal["stripe", "hubspot", "manual"]
+PaymentProvider = Literal["stripe", "hubspot", "manual", "xero"]
 PaymentPurpose = Literal["topup", "invoice"]
 
 ProviderReference = Annotated[

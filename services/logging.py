@@ -7,8 +7,10 @@ request or a message causes carries it, whichever module writes the line.
 from __future__ import annotations
 
 import logging
+import re
 import sys
-from typing import Any, Literal
+from collections import OrderedDict
+from typing import Any, Final, Literal
 
 import structlog
 
@@ -16,14 +18,64 @@ import structlog
 # mistake must still not reach the log.
 _REDACTED_KEYS = frozenset(
     {"authorization", "password", "secret", "token", "jwt_secret", "api_key", "signature",
-     "stripe_secret_key", "webhook_secret", "access_token", "refresh_token", "client_secret"}
+     "stripe_secret_key", "webhook_secret", "access_token", "refresh_token", "client_secret",
+     "id_token", "code", "code_verifier", "authorization_code", "encryption_keys",
+     "xero_client_secret", "xero_webhook_key", "webhook_key", "cookie", "set-cookie"}
 )
+# Secrets inside free text (an exception message quoting a URL or a form body).
+_SECRET_IN_TEXT: Final = re.compile(
+    r"(?i)(bearer\s+|basic\s+|(?<![a-z0-9_])(?:access_token|refresh_token|id_token|code|"
+    r"code_verifier|client_secret|token)=)[^\s&\"',;]+"
+)
+_DELIMITERS: Final = re.compile(r"[\s\"'&,;=:()\[\]{}<>]+")
+# Values a process registered as secret (tokens it holds): replaced wherever they appear.
+_KNOWN_SECRETS: OrderedDict[str, None] = OrderedDict()
+# The few that contain a delimiter themselves (base64 padding, a colon): matched as substrings.
+_SPLIT_SECRETS: OrderedDict[str, None] = OrderedDict()
+_SPLIT_SECRETS_MAX: Final = 100
+_KNOWN_SECRETS_MAX: Final = 10_000
+_SECRET_LENGTH_MIN: Final = 8
+
+
+def register_secret(value: str | None) -> None:
+    """Never log `value`, whatever key or text it hides in (bounded; oldest forgotten)."""
+    if not value or len(value) < _SECRET_LENGTH_MIN:
+        return
+    if _DELIMITERS.search(value):
+        _SPLIT_SECRETS[value] = None
+        _SPLIT_SECRETS.move_to_end(value)
+        while len(_SPLIT_SECRETS) > _SPLIT_SECRETS_MAX:
+            _SPLIT_SECRETS.popitem(last=False)
+        return
+    _KNOWN_SECRETS[value] = None
+    _KNOWN_SECRETS.move_to_end(value)
+    while len(_KNOWN_SECRETS) > _KNOWN_SECRETS_MAX:
+        _KNOWN_SECRETS.popitem(last=False)
+
+
+def scrub(text: str) -> str:
+    """`text` with known secrets and secret-looking parameters replaced."""
+    if _KNOWN_SECRETS:
+        # A secret inside text stands between delimiters: look each piece up in the set, so
+        # the cost is the text's length, not the number of secrets.
+        found = [piece for piece in _DELIMITERS.split(text) if piece in _KNOWN_SECRETS]
+        for secret in found:
+            text = text.replace(secret, "[redacted]")
+    for secret in _SPLIT_SECRETS:
+        if secret in text:
+            text = text.replace(secret, "[redacted]")
+    if "=" not in text and " " not in text:
+        return text  # most values: an id, a path, a name
+    return _SECRET_IN_TEXT.sub(lambda m: m.group(1) + "[redacted]", text)
 
 
 def _redact(_: Any, __: str, event_dict: dict[str, Any]) -> dict[str, Any]:
     for key in list(event_dict):
+        value = event_dict[key]
         if key.lower() in _REDACTED_KEYS:
             event_dict[key] = "[redacted]"
+        elif isinstance(value, str):
+            event_dict[key] = scrub(value)
     return event_dict
 
 
@@ -56,6 +108,7 @@ def configure_logging(
         *shared,
         structlog.processors.StackInfoRenderer(),
         _identity if use_console else structlog.processors.format_exc_info,
+        _redact,  # again: a formatted traceback may quote a secret
         structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
     ]
     structlog.configure(

@@ -4,11 +4,152 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from services.outbox import OutboxRelay, jetstream_publisher
 from services.runtime import Runtime, ServiceParts, ServiceSpec
+from sync_service.app import SyncApp
+from sync_service.app.connections import XeroConnections
+from sync_service.app.credentials import load_key_ring
+from sync_service.app.grants import Grants
+from sync_service.app.hubspot_api import BUCKET as HUBSPOT_BUCKET
+from sync_service.app.hubspot_api import HubSpotClient
+from sync_service.app.hubspot_catalog import HubSpotCatalogue
+from sync_service.app.hubspot_pusher import CONNECTION_ID as HUBSPOT_CONNECTION
+from sync_service.app.hubspot_pusher import HubSpotPusher
+from sync_service.app.mappings import MappingBook
+from sync_service.app.pacing import Limits, Pacer
+from sync_service.app.pusher import OUTBOX_CHANNEL, XeroPusher
+from sync_service.app.queue import Job, SyncQueue
+from sync_service.app.scheduler import Scheduler
+from sync_service.app.status import SyncStatusReader
+from sync_service.app.xero_api import XeroClient
+from sync_service.app.xero_webhooks import XeroWebhooks
+from sync_service.domain.catalogue import PropertyNames
+from sync_service.http import EXCEPTION_STATUSES, create_router
+from sync_service.messaging import subscribe
+from sync_service.settings import SyncSettings
+
+# A change for a target no longer configured looks again this late (it stays in the status).
+UNCONFIGURED_RECHECK_S = 60.0
 
 
 def build(runtime: Runtime) -> ServiceParts:
-    return ServiceParts()
+    settings = runtime.settings
+    assert isinstance(settings, SyncSettings)
+    keys = load_key_ring(settings)
+    relay = OutboxRelay(
+        runtime.pool,
+        jetstream_publisher(lambda: runtime.broker.connection),
+        channel=OUTBOX_CHANNEL,
+        poll_interval_s=settings.outbox_poll_interval_s,
+        name="sync-outbox",
+    )
+    queue = SyncQueue(runtime.pool, lease_s=settings.lease_s, attempts_max=settings.attempts_max,
+                      wait_initial_s=settings.retry_wait_initial_s,
+                      wait_max_s=settings.retry_wait_max_s)
+
+    xero: XeroClient | None = None
+    grants: Grants | None = None
+    xero_pusher: XeroPusher | None = None
+    xero_pacer: Pacer | None = None
+    if settings.xero_client_id:
+        xero_pacer = Pacer(Limits(calls_per_window=settings.xero_calls_per_minute,
+                                  window_s=settings.xero_minute_s,
+                                  calls_per_day=settings.xero_calls_per_day,
+                                  concurrent_max=settings.xero_concurrent_max,
+                                  share=settings.xero_pacing_share))
+        xero = XeroClient(
+            client_id=settings.xero_client_id, client_secret=settings.xero_client_secret,
+            redirect_uri=settings.xero_redirect_uri, scopes=settings.xero_scopes,
+            login_base=settings.xero_login_base, identity_base=settings.xero_identity_base,
+            api_base=settings.xero_api_base, timeout_s=settings.xero_timeout_s,
+            pacer=xero_pacer)
+        grants = Grants(runtime.pool, keys, xero, refresh_margin_s=settings.xero_refresh_margin_s)
+        xero_pusher = XeroPusher(runtime.pool, xero, grants, queue,
+                                 payment_account_code=settings.xero_payment_account_code,
+                                 sales_account_code=settings.xero_sales_account_code,
+                                 on_announce=relay.wake)
+
+    hubspot: HubSpotClient | None = None
+    catalogue: HubSpotCatalogue | None = None
+    hubspot_pusher: HubSpotPusher | None = None
+    if settings.hubspot_access_token:
+        hubspot = HubSpotClient(
+            base_url=settings.hubspot_api_base, access_token=settings.hubspot_access_token,
+            pacer=Pacer(Limits(calls_per_window=settings.hubspot_calls_per_window,
+                               window_s=settings.hubspot_window_s, calls_per_day=250_000,
+                               concurrent_max=4, share=settings.xero_pacing_share)),
+            search_pacer=Pacer(Limits(calls_per_window=4, window_s=1.0, calls_per_day=250_000,
+                                      concurrent_max=4, share=settings.xero_pacing_share)),
+            timeout_s=settings.hubspot_timeout_s)
+        catalogue = HubSpotCatalogue(
+            runtime.pool, hubspot,
+            names=PropertyNames(key=settings.hubspot_product_key_property,
+                                tier=settings.hubspot_tier_property),
+            interval_s=settings.hubspot_catalog_interval_s, outbox_channel=OUTBOX_CHANNEL,
+            on_publish=relay.wake)
+        hubspot_pusher = HubSpotPusher(runtime.pool, hubspot, queue)
+
+    async def push(job: Job) -> None:
+        if job.connection_id == HUBSPOT_CONNECTION and hubspot_pusher is not None:
+            await hubspot_pusher.push(job)
+        elif job.connection_id != HUBSPOT_CONNECTION and xero_pusher is not None:
+            await xero_pusher.push(job)
+        else:
+            await queue.wait(job, seconds=UNCONFIGURED_RECHECK_S, unknown=job.outcome_unknown,
+                             reason="target not configured")
+
+    def paused_for_s(connection_id: str) -> float:
+        if connection_id == HUBSPOT_CONNECTION:
+            return hubspot.pacer.paused_for_s(HUBSPOT_BUCKET) if hubspot else 0.0
+        return xero_pacer.paused_for_s(connection_id) if xero_pacer else 0.0
+
+    scheduler = Scheduler(queue, push, paused_for_s,
+                          workers_per_connection=settings.xero_concurrent_max,
+                          poll_interval_s=settings.poll_interval_s)
+
+    sync = SyncApp(
+        connections=XeroConnections(runtime.pool, keys, xero, grants, on_connected=scheduler.wake),
+        webhooks=XeroWebhooks(runtime.pool, settings.xero_webhook_key, on_queued=scheduler.wake),
+        status=SyncStatusReader(runtime.pool, xero_configured=settings.xero_configured,
+                                hubspot_configured=hubspot is not None),
+        queue=queue,
+        mappings=MappingBook(runtime.pool),
+        wake=scheduler.wake,
+        hubspot_catalogue=catalogue,
+    )
+    subscribe(runtime.broker, runtime.pool, scheduler.wake)
+
+    async def start(_: Runtime) -> None:
+        async with runtime.pool.connection() as conn:
+            # HubSpot is a connection of its own while its invoices are pushed; intake queues
+            # HubSpot changes only while it is active.
+            await conn.execute(
+                "INSERT INTO connections (connection_id, target, name, status) VALUES"
+                " (%s, 'hubspot', 'HubSpot', %s) ON CONFLICT (connection_id) DO UPDATE"
+                " SET status = EXCLUDED.status",
+                (HUBSPOT_CONNECTION, "active" if hubspot and settings.hubspot_push_invoices
+                 else "disconnected"))
+        await relay.start()
+        await scheduler.start()
+        if catalogue is not None:
+            await catalogue.start()
+
+    async def stop(_: Runtime) -> None:
+        await scheduler.stop()
+        if catalogue is not None:
+            await catalogue.stop()
+        await relay.stop()
+        if xero is not None:
+            await xero.aclose()
+        if hubspot is not None:
+            await hubspot.aclose()
+
+    return ServiceParts(
+        route_handlers=[create_router(sync)],
+        exception_statuses=EXCEPTION_STATUSES,
+        on_startup=[start],
+        on_shutdown=[stop],
+    )
 
 
 SPEC = ServiceSpec(
@@ -19,4 +160,5 @@ SPEC = ServiceSpec(
     http_port_default=8004,
     migrations=Path(__file__).parent / "migrations",
     build=build,
+    settings_class=SyncSettings,
 )

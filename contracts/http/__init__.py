@@ -42,6 +42,8 @@ BODIES: Final[tuple[type[Struct], ...]] = (
     invoicing.CreditNoteView,
     # sync_service
     sync.SyncStatus,
+    sync.DeadLettersPage,
+    sync.RetryAccepted,
     # every service
     problem.Problem,
 )

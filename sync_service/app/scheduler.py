@@ -1,0 +1,91 @@
+"""Draining the sync queue: one lane per connection with work, so that every organisation
+advances at its own pace and one organisation's backlog never starves another's.
+
+The supervisor looks for connections with due work every poll interval (or at once when
+woken) and starts a lane for each that has none. A lane runs up to the organisation's
+concurrency in workers; each claims one change at a time and pushes it through the
+organisation's pacer. A lane ends when its connection has nothing due.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
+
+import structlog
+
+from sync_service.app.queue import Job, SyncQueue
+
+log = structlog.get_logger(__name__)
+
+
+class Scheduler:
+    def __init__(self, queue: SyncQueue, push: Callable[[Job], Awaitable[None]],
+                 paused_for_s: Callable[[str], float], *, workers_per_connection: int,
+                 poll_interval_s: float) -> None:
+        self._queue = queue
+        self._push = push
+        self._paused_for_s = paused_for_s
+        self._workers = workers_per_connection
+        self._poll_interval_s = poll_interval_s
+        self._lanes: dict[str, asyncio.Task[None]] = {}
+        self._wake = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def start(self) -> None:
+        self._stopping.clear()
+        self._task = asyncio.create_task(self._supervise(), name="sync-scheduler")
+
+    async def stop(self, timeout_s: float = 10.0) -> None:
+        self._stopping.set()
+        self._wake.set()
+        tasks = [t for t in (self._task, *self._lanes.values()) if t is not None]
+        if not tasks:
+            return
+        _, pending = await asyncio.wait(tasks, timeout=timeout_s)
+        for task in pending:
+            task.cancel()  # its lease expires; the change comes back as outcome unknown
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+    async def _supervise(self) -> None:
+        while not self._stopping.is_set():
+            self._wake.clear()
+            try:
+                for connection_id in await self._queue.due_connections():
+                    lane = self._lanes.get(connection_id)
+                    if lane is None or lane.done():
+                        self._lanes[connection_id] = asyncio.create_task(
+                            self._lane(connection_id), name=f"sync-lane:{connection_id}")
+            except Exception as exc:  # the database away: try again next round
+                log.warning("sync.scheduler_failed", error=str(exc))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=self._poll_interval_s)
+
+    async def _lane(self, connection_id: str) -> None:
+        await asyncio.gather(*(self._work(connection_id) for _ in range(self._workers)))
+
+    async def _work(self, connection_id: str) -> None:
+        while not self._stopping.is_set():
+            # An organisation paused by a 429 claims nothing meanwhile: a change held past its
+            # lease would be claimed a second time.
+            if (paused_s := self._paused_for_s(connection_id)) > 0:
+                await asyncio.sleep(min(paused_s, self._poll_interval_s * 10))
+                continue
+            try:
+                job = await self._queue.claim(connection_id)
+                if job is None:
+                    return
+                await self._push(job)
+            except Exception as exc:
+                # A bug or the database away: the lease brings the change back.
+                log.exception("sync.worker_failed", connection_id=connection_id,
+                              error=str(exc))
+                await asyncio.sleep(self._poll_interval_s)
+                return

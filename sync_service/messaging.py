@@ -1,0 +1,120 @@
+"""NATS: invoicing.v1.* and payments.v1.received become sync jobs.
+
+Durable JetStream subscribers; each message is written to the sync queue in one transaction
+and acknowledged only after that commit (FastStream acks when the handler returns, and naks
+when it raises, so a database outage redelivers). A message that cannot be decoded will not
+improve on redelivery: it is set aside on `deadletter.v1.<subject>` (services.consumer's
+shape) and acknowledged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any, Final
+
+import msgspec
+import psycopg
+import structlog
+from faststream.middlewares import AckPolicy
+from faststream.nats import JStream, NatsBroker, PullSub
+from faststream.nats.annotations import NatsMessage
+from nats.js.api import ConsumerConfig, DeliverPolicy
+from psycopg_pool import AsyncConnectionPool
+
+from contracts.invoicing import CreditNoteIssued, InvoiceIssued, InvoicePaid, InvoiceVoided
+from contracts.payments import PaymentReceived
+from contracts.subjects import (
+    DEADLETTER_PREFIX,
+    INVOICING_CREDIT_NOTE_ISSUED,
+    INVOICING_ISSUED,
+    INVOICING_PAID,
+    INVOICING_VOIDED,
+    PAYMENTS_RECEIVED,
+)
+from services.consumer import dead_letter
+from sync_service.app import queue
+
+log = structlog.get_logger(__name__)
+
+INVOICES_DURABLE: Final = "sync-invoicing"
+PAYMENTS_DURABLE: Final = "sync-payments"
+_PULL_BATCH: Final = 64
+_DELIVERIES_MAX: Final = 20
+_encoder = msgspec.json.Encoder()
+
+Conn = psycopg.AsyncConnection[Any]
+_Intake = Callable[[Conn, Any], Awaitable[bool]]
+
+_INVOICING: Final[dict[str, tuple[type[msgspec.Struct], _Intake]]] = {
+    INVOICING_ISSUED: (InvoiceIssued, queue.add_invoice),
+    INVOICING_CREDIT_NOTE_ISSUED: (CreditNoteIssued, queue.add_credit_note),
+    INVOICING_VOIDED: (InvoiceVoided, queue.add_void),
+    INVOICING_PAID: (InvoicePaid, queue.add_paid),  # HubSpot's status; Xero's from payments
+}
+
+
+async def _bury(broker: NatsBroker, message: NatsMessage, detail: str, durable: str) -> None:
+    raw = message.raw_message
+    letter = dead_letter(raw, "invalid_payload", detail, consumer=durable)
+    await broker.connection.jetstream().publish(
+        DEADLETTER_PREFIX + raw.subject, _encoder.encode(letter),
+        headers={"Nats-Msg-Id": letter.dead_letter_id})
+    log.warning("sync.message_dead_lettered", subject=raw.subject, detail=detail[:200])
+
+
+def subscribe(broker: NatsBroker, pool: AsyncConnectionPool, on_queued: Callable[[], None]
+              ) -> None:
+    @broker.subscriber(
+        "invoicing.v1.>",
+        stream=JStream("INVOICING", declare=False),
+        durable=INVOICES_DURABLE,
+        pull_sub=PullSub(batch_size=_PULL_BATCH, timeout=5.0),
+        deliver_policy=DeliverPolicy.ALL,
+        config=ConsumerConfig(max_deliver=_DELIVERIES_MAX),
+        ack_policy=AckPolicy.NACK_ON_ERROR,
+        title="sync:invoicing",
+        description="Queues invoices, credit notes and voids for the accounting systems.",
+    )
+    async def on_invoicing_event(message: NatsMessage) -> None:
+        subject = message.raw_message.subject
+        found = _INVOICING.get(subject)
+        if found is None:
+            return  # overdue: not pushed
+        kind, intake = found
+        await _take(broker, pool, message, kind, intake, INVOICES_DURABLE, on_queued)
+
+    @broker.subscriber(
+        PAYMENTS_RECEIVED,
+        stream=JStream("PAYMENTS", declare=False),
+        durable=PAYMENTS_DURABLE,
+        pull_sub=PullSub(batch_size=_PULL_BATCH, timeout=5.0),
+        deliver_policy=DeliverPolicy.ALL,
+        config=ConsumerConfig(max_deliver=_DELIVERIES_MAX),
+        ack_policy=AckPolicy.NACK_ON_ERROR,
+        title="sync:payments",
+        description="Queues invoice payments for the accounting systems.",
+    )
+    async def on_payment(message: NatsMessage) -> None:
+        await _take(broker, pool, message, PaymentReceived, _add_invoice_payment,
+                    PAYMENTS_DURABLE, on_queued)
+
+
+async def _add_invoice_payment(conn: Conn, payment: PaymentReceived) -> bool:
+    # Top-ups are not invoice payments; a payment read from Xero is already there.
+    if payment.purpose != "invoice" or payment.provider == "xero":
+        return False
+    return await queue.add_payment(conn, payment)
+
+
+async def _take(broker: NatsBroker, pool: AsyncConnectionPool, message: NatsMessage,
+                kind: type[msgspec.Struct], intake: _Intake, durable: str,
+                on_queued: Callable[[], None]) -> None:
+    try:
+        event = msgspec.json.decode(message.body, type=kind)
+    except (msgspec.DecodeError, ValueError) as exc:
+        await _bury(broker, message, f"{type(exc).__name__}: {exc}", durable)
+        return
+    async with pool.connection() as conn, conn.transaction():
+        added = await intake(conn, event)
+    if added:
+        on_queued()
