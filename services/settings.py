@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar, overload
 
 import msgspec
 
@@ -170,8 +170,17 @@ class ToolSettings(msgspec.Struct, frozen=True, kw_only=True):
 ToolSettingsT = TypeVar("ToolSettingsT", bound=ToolSettings)
 
 
+@overload
+def load_tool_settings(service_name: str, environ: Mapping[str, str] | None = None) -> ToolSettings: ...
+
+
+@overload
+def load_tool_settings(service_name: str, environ: Mapping[str, str] | None = None, *,
+                       cls: type[ToolSettingsT]) -> ToolSettingsT: ...
+
+
 def load_tool_settings(service_name: str, environ: Mapping[str, str] | None = None,
-                       cls: type[ToolSettingsT] = ToolSettings) -> ToolSettingsT:  # type: ignore[assignment]
+                       cls: type[Any] = ToolSettings) -> Any:
     """Read ToolSettings (or a tool's subclass of it); ``LEDGER_DATABASE_URL`` wins over
     ``DATABASE_URL`` as for services."""
     return read_environment(cls, environ, prefix=service_prefix(service_name))
