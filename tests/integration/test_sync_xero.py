@@ -541,17 +541,21 @@ async def test_an_unreadable_message_is_dead_lettered_not_retried_for_ever(
 
 # -- webhooks -------------------------------------------------------------------------------------
 
+JSON = {"content-type": "application/json"}
+
 
 def test_webhook_signatures_and_intent_to_receive(service: ServiceProcess) -> None:
     body = json.dumps({"events": [], "firstEventSequence": 0, "lastEventSequence": 0,
                        "entropy": "S0m3r4Nd0mt3xt"}).encode()
     url = f"{service.url}/v1/webhooks/xero"
-    good = httpx.post(url, content=body, headers={"x-xero-signature": sign_webhook(body)})
+    # Xero labels its deliveries JSON; unlabelled bodies are refused (415) before any route.
+    good = httpx.post(url, content=body, headers={"x-xero-signature": sign_webhook(body),
+                                                  **JSON})
     assert (good.status_code, good.content) == (200, b"")
     bad = httpx.post(url, content=body,
-                     headers={"x-xero-signature": sign_webhook(body, "not-the-key")})
+                     headers={"x-xero-signature": sign_webhook(body, "not-the-key"), **JSON})
     assert (bad.status_code, bad.content) == (401, b"")
-    assert httpx.post(url, content=body).status_code == 401
+    assert httpx.post(url, content=body, headers=JSON).status_code == 401
 
 
 async def test_a_payment_recorded_in_xero_becomes_payments_received_once(
@@ -574,11 +578,11 @@ async def test_a_payment_recorded_in_xero_becomes_payments_received_once(
     body = fake_xero.webhook_body(tenant, xero_invoice["InvoiceID"])
     for _ in range(2):  # Xero retries; the same event twice
         response = httpx.post(f"{service.url}/v1/webhooks/xero", content=body,
-                              headers={"x-xero-signature": sign_webhook(body)})
+                              headers={"x-xero-signature": sign_webhook(body), **JSON})
         assert response.status_code == 200
     again = fake_xero.webhook_body(tenant, xero_invoice["InvoiceID"])  # a later event
     httpx.post(f"{service.url}/v1/webhooks/xero", content=again,
-               headers={"x-xero-signature": sign_webhook(again)})
+               headers={"x-xero-signature": sign_webhook(again), **JSON})
     found: list[dict[str, Any]] = []
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
