@@ -24,6 +24,7 @@ from contracts.invoicing import (
 )
 from contracts.ledger import (
     AccountOverdrawn,
+    AccountUpdated,
     AuthorizeReply,
     AuthorizeRequest,
     BalanceLow,
@@ -43,6 +44,7 @@ LEDGER_BALANCE_LOW: Final = LEDGER_EVENTS + "balance_low"
 LEDGER_ACCOUNT_OVERDRAWN: Final = LEDGER_EVENTS + "account_overdrawn"
 LEDGER_GRANTS_EXPIRED: Final = LEDGER_EVENTS + "grants_expired"
 LEDGER_HOLD_EXPIRED: Final = LEDGER_EVENTS + "hold_expired"
+LEDGER_ACCOUNT_UPDATED: Final = LEDGER_EVENTS + "account_updated"
 
 PAYMENTS_RECEIVED: Final = "payments.v1.received"
 PAYMENTS_REFUNDED: Final = "payments.v1.refunded"
@@ -77,6 +79,7 @@ EVENTS: Final[dict[str, type[msgspec.Struct]]] = {
     LEDGER_ACCOUNT_OVERDRAWN: AccountOverdrawn,
     LEDGER_GRANTS_EXPIRED: GrantsExpired,
     LEDGER_HOLD_EXPIRED: HoldExpired,
+    LEDGER_ACCOUNT_UPDATED: AccountUpdated,
     PAYMENTS_RECEIVED: PaymentReceived,
     PAYMENTS_REFUNDED: PaymentRefunded,
     PAYMENTS_FAILED: PaymentFailed,
@@ -107,6 +110,7 @@ NATS_MSG_ID_FIELD: Final[dict[str, str]] = {
     LEDGER_ACCOUNT_OVERDRAWN: "event_id",
     LEDGER_GRANTS_EXPIRED: "event_id",
     LEDGER_HOLD_EXPIRED: "event_id",
+    LEDGER_ACCOUNT_UPDATED: "event_id",
     PAYMENTS_RECEIVED: "payment_id",
     PAYMENTS_REFUNDED: "event_id",
     PAYMENTS_FAILED: "event_id",
