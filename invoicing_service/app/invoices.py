@@ -81,9 +81,24 @@ PaymentOutcome = Literal["applied", "duplicate", "not_found"]
 
 
 class Invoices:
-    def __init__(self, app: InvoicingApplication, clock: Callable[[], datetime] = utcnow) -> None:
-        self.app = app
+    def __init__(self, app: InvoicingApplication | None = None,
+                 clock: Callable[[], datetime] = utcnow) -> None:
+        self._app = app
         self.clock = clock
+
+    @property
+    def app(self) -> InvoicingApplication:
+        if self._app is None:
+            raise RuntimeError("the invoicing event store is not open yet")
+        return self._app
+
+    def attach(self, app: InvoicingApplication) -> None:
+        """The event store, opened at start-up once the migrations have run."""
+        self._app = app
+
+    def close(self) -> None:
+        if self._app is not None:
+            self._app.close()
 
     # ------------------------------------------------------------------ issuing
 
@@ -211,7 +226,7 @@ class Invoices:
 
     def find(self, invoice_id: UUID) -> Invoice | None:
         try:
-            invoice = self.app.repository.get(invoice_id)
+            invoice: object = self.app.repository.get(invoice_id)
         except AggregateNotFoundError:
             return None
         assert isinstance(invoice, Invoice)
