@@ -10,8 +10,8 @@ from typing import Annotated, Final, Literal
 
 from msgspec import Meta, Struct
 
-from contracts.deadletter import DeadLetter as DeadLetter  # re-exported: briefs name it here
 from contracts.catalog import Tier
+from contracts.deadletter import DeadLetter as DeadLetter  # re-exported: briefs name it here
 from contracts.ids import (
     AccountId,
     EntryId,

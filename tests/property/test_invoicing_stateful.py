@@ -104,7 +104,7 @@ class InvoiceMachine(RuleBasedStateMachine):
         try:
             self.numbers.append(self.series.take("CN", self.now, issue))
         except errors.CreditExceedsInvoice:
-            assert net is not None and net > left or left <= 0
+            assert (net is not None and net > left) or left <= 0
             return
         except errors.InvoiceNotCreditable:
             assert invoice.status == "void"
