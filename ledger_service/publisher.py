@@ -348,7 +348,7 @@ class EventPublisher:
             currency = self._currency_of(event)
             outgoing.extend(messages_for(event, currency))
             if is_settings_event(event):
-                account = await asyncio.to_thread(
+                account: BillingAccount = await asyncio.to_thread(
                     self.ledger.app.repository.get, event.originator_id,
                     version=event.originator_version)
                 outgoing.append(account_updated(event, account))
