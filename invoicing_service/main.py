@@ -11,12 +11,11 @@ from invoicing_service.app.documents import Documents, Party
 from invoicing_service.app.invoices import Invoices
 from invoicing_service.app.payments import PaymentIntake
 from invoicing_service.app.queries import InvoiceQueries
-from invoicing_service.app.store import OUTBOX_CHANNEL, InvoicingApplication, invoicing_env
+from invoicing_service.app.store import OUTBOX_CHANNEL, InvoicingApplication, open_event_store
 from invoicing_service.app.sweeper import Periodic, request_previous_month, sweep_overdue
 from invoicing_service.http import EXCEPTION_STATUSES, Services, create_router
 from invoicing_service.messaging import subscribe_ledger, subscribe_payments
 from invoicing_service.settings import InvoicingSettings
-from services.database import eventsourcing_env
 from services.outbox import OutboxRelay, jetstream_publisher
 from services.runtime import Runtime, ServiceParts, ServiceSpec
 
@@ -24,8 +23,7 @@ SCHEMA = "invoicing"
 
 
 def open_application(database_url: str) -> InvoicingApplication:
-    """The event store; its tables are created (if missing) when it is constructed."""
-    return InvoicingApplication(env=invoicing_env(eventsourcing_env(database_url, SCHEMA)))
+    return open_event_store(database_url, SCHEMA)
 
 
 def build(runtime: Runtime) -> ServiceParts:

@@ -18,6 +18,7 @@ from typing import Any
 from uuid import UUID
 
 import msgspec
+import psycopg
 from eventsourcing.application import Application
 from eventsourcing.persistence import JSONTranscoder, StoredEvent, Transcoding
 from eventsourcing.postgres import PostgresApplicationRecorder
@@ -28,6 +29,7 @@ from psycopg.types.json import Jsonb
 
 from invoicing_service.domain.invoice import Invoice
 from invoicing_service.domain.lines import Line
+from services.database import conninfo, eventsourcing_env
 from services.outbox import message_id
 
 OUTBOX_CHANNEL = "invoicing_outbox"
@@ -218,3 +220,17 @@ def invoicing_env(base: Mapping[str, str]) -> dict[str, str]:
         "APPLICATION_RECORDER_TOPIC": "invoicing_service.app.store:InvoicingRecorder",
         "IS_SNAPSHOTTING_ENABLED": "y",
     }
+
+
+EVENT_STORE_LOCK = "invoicing:event-store"
+
+
+def open_event_store(database_url: str, schema: str = "invoicing") -> InvoicingApplication:
+    """The event store; its tables are created if missing, one process at a time (two
+    processes starting together would otherwise race on CREATE TABLE IF NOT EXISTS)."""
+    with psycopg.connect(conninfo(database_url), autocommit=True) as conn:
+        conn.execute("SELECT pg_advisory_lock(hashtext(%s))", (EVENT_STORE_LOCK,))
+        try:
+            return InvoicingApplication(env=invoicing_env(eventsourcing_env(database_url, schema)))
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(hashtext(%s))", (EVENT_STORE_LOCK,))
