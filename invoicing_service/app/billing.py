@@ -87,6 +87,14 @@ class BillingRuns:
 
     async def request(self, period: str) -> tuple[BillingRunView, bool]:
         """The run of `period`, created if new (True) and started in the background."""
+        run_id, created = await self.create(period)
+        view = await self.view(run_id)
+        if view.status in ("pending", "running"):
+            self.spawn(run_id)
+        return view, created
+
+    async def create(self, period: str) -> tuple[str, bool]:
+        """The run of a finished period: (its id, whether this call created it)."""
         check_billable(period, self.clock())
         run_id = run_id_of(period)
         async with self.pool.connection() as conn:
@@ -94,11 +102,7 @@ class BillingRuns:
                 "INSERT INTO billing_runs (billing_run_id, period, status, started_at)"
                 " VALUES (%s, %s, 'pending', %s) ON CONFLICT (period) DO NOTHING",
                 (run_id, period, self.clock()))
-            created = cur.rowcount == 1
-        view = await self.view(run_id)
-        if view.status in ("pending", "running"):
-            self.spawn(run_id)
-        return view, created
+            return run_id, cur.rowcount == 1
 
     def spawn(self, run_id: str) -> None:
         """Run in the background unless this process already runs it."""

@@ -30,7 +30,8 @@ def contract_lines(lines: tuple[Line, ...] | list[Line]) -> list[InvoiceLine]:
                         unit_price=format_micros(line.unit_price_micros),
                         net_amount=format_micros(line.net_micros), vat_rate=line.vat_rate,
                         vat_treatment=line.vat_treatment,  # type: ignore[arg-type]
-                        vat_amount=format_micros(line.vat_micros))
+                        vat_amount=format_micros(line.vat_micros), period=line.period,
+                        correction=line.correction)
             for line in lines]
 
 

@@ -43,6 +43,7 @@ CREATE TABLE IF NOT EXISTS usage_lines (
     amount_micros     bigint      NOT NULL,
     occurred_at       timestamptz NOT NULL,
     period            text        NOT NULL CHECK (period ~ '^[0-9]{4}-(0[1-9]|1[0-2])$'),
+    received_at       timestamptz NOT NULL DEFAULT now(),
     invoiced_on       uuid
 );
 CREATE INDEX IF NOT EXISTS usage_lines_unbilled ON usage_lines (account_id, period)

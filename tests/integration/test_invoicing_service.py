@@ -10,6 +10,7 @@ account invoiced twice and none skipped, and invoice numbers without a gap.
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import uuid
 from collections.abc import Iterator
@@ -304,3 +305,55 @@ async def test_a_run_killed_half_way_finishes_after_a_restart_without_doubles_or
         await nc.close()
         if process.process is not None and process.process.poll() is None:
             process.stop()
+
+
+async def test_net_terms_come_from_the_billing_profile_and_overdue_is_published_once(
+    service: ServiceProcess, infra: Infra,
+) -> None:
+    customer = uuid.uuid4()
+    sept = datetime(2026, 9, 20, tzinfo=UTC)
+    nc = await nats.connect(infra.nats_url)
+    try:
+        async with httpx.AsyncClient(base_url=service.url, timeout=10) as client:
+            profile = {"legal_name": "Due Now Ltd", "address_lines": ["1 High Street", "Leeds"],
+                       "billing_email": "accounts@due-now.example", "po_number": "PO-77",
+                       "net_terms_days": 0}
+            put = await client.put(f"/v1/accounts/{customer}/billing-profile", json=profile,
+                                   headers=operator())
+            assert put.status_code == 200, put.text
+            mine = await client.get(f"/v1/accounts/{customer}/billing-profile",
+                                    headers=portal(customer))
+            assert mine.json()["po_number"] == "PO-77" and mine.json()["net_terms_days"] == 0
+            assert (await client.get(f"/v1/accounts/{customer}/billing-profile",
+                                     headers=portal(uuid.uuid4()))).status_code == 404
+            assert (await client.put(f"/v1/accounts/{customer}/billing-profile", json=profile,
+                                     headers=portal(customer))).status_code == 403
+
+            await publish_account(nc, customer, at=sept)
+            await publish_usage(nc, customer, product="sms", quantity=1000, unit_price="0.0395",
+                                at=sept)
+            await eventually(lambda: query(infra.database_url,
+                                           "SELECT count(*) FROM invoicing.usage_lines"
+                                           " WHERE account_id = %s", (customer,))[0][0] == 1,
+                             what="the usage line")
+            await run_billing(client, "2026-09")
+
+            async def overdue() -> bool:
+                page = (await client.get("/v1/invoices", params={"account_id": str(customer)},
+                                         headers=operator())).json()
+                return bool(page["items"]) and page["items"][0]["status"] == "overdue"
+
+            await eventually(overdue, what="the invoice overdue")
+            page = (await client.get("/v1/invoices", params={"status": "overdue"},
+                                     headers=portal(customer))).json()
+            assert page["totals"] == [{"status": "overdue", "currency": "GBP", "count": 1,
+                                       "total": "47.40", "amount_due": "47.40"}]
+        await asyncio.sleep(2.5)  # more sweeps: still one overdue message
+
+        overdue_messages = [m for m in await stream_messages(nc, "INVOICING")
+                            if m[0] == "invoicing.v1.overdue"
+                            and m[1]["account_id"] == str(customer)]
+        assert len(overdue_messages) == 1
+        assert overdue_messages[0][1]["amount_due"] == "47.40"
+    finally:
+        await nc.close()
