@@ -357,3 +357,36 @@ async def test_net_terms_come_from_the_billing_profile_and_overdue_is_published_
         assert overdue_messages[0][1]["amount_due"] == "47.40"
     finally:
         await nc.close()
+
+
+async def test_malformed_and_refused_messages_go_to_dead_letters_and_the_rest_applies(
+    service: ServiceProcess, infra: Infra,
+) -> None:
+    account = uuid.uuid4()
+    nc = await nats.connect(infra.nats_url)
+    try:
+        js = nc.jetstream()
+        await js.publish("ledger.v1.events.entry_posted", b'{"entry_id": "not-a-whole-entry"}',
+                         headers={"Nats-Msg-Id": f"bad-{account}"})
+        await publish_payment(nc, PaymentReceived(
+            payment_id=f"pay-unknown-{account}", provider="stripe", provider_reference="pi_x",
+            account_id=account, purpose="invoice", amount="1.00", vat_amount="0.20",
+            currency="GBP", invoice_id=str(uuid.uuid4()), received_at=NOV))
+        await publish_account(nc, account, at=OCT)
+        await publish_usage(nc, account, product="sms", quantity=1, unit_price="0.0395", at=NOV)
+        await eventually(lambda: query(infra.database_url,
+                                       "SELECT count(*) FROM invoicing.usage_lines"
+                                       " WHERE account_id = %s", (account,))[0][0] == 1,
+                         what="the valid message after the malformed one")
+
+        async def buried() -> bool:
+            letters = [payload for subject, payload, _ in await stream_messages(nc, "DEADLETTER")
+                       if payload.get("consumer", "").startswith("invoicing-")]
+            reasons = {(letter["subject"], letter["reason"]) for letter in letters
+                       if str(account) in letter["payload"] or "not-a-whole-entry" in letter["payload"]}
+            return reasons == {("ledger.v1.events.entry_posted", "invalid_payload"),
+                               ("payments.v1.received", "rejected")}
+
+        await eventually(buried, what="two dead letters")
+    finally:
+        await nc.close()
