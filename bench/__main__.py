@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import account_load, authorize, infra, intake_e2e, projections
+from bench import account_load, authorize, billing_run, infra, intake_e2e, projections
 from bench.cpu import machine_busy_s
 from bench.options import RunOptions
 from services.embedded import nats_server_binary
@@ -36,6 +36,7 @@ BENCHMARKS: dict[str, Benchmark] = {
     authorize.NAME: authorize.run,
     account_load.NAME: account_load.run,
     projections.NAME: projections.run,
+    billing_run.NAME: billing_run.run,
 }
 
 

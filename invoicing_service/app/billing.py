@@ -2,11 +2,12 @@
 
 A run is one row per period (its primary key is `run-YYYY-MM`, the period unique), so two
 requests for the same period make one run. The run walks postpay accounts with unbilled
-usage in account-id order, a page at a time (never all accounts in memory), and records the
-last account of each finished page. Each invoice's id is derived from (run, account,
-currency) and its usage lines are marked billed in the issue's own transaction, so a run
-restarted after a crash re-visits at most one page: the invoices that page already issued
-are found by id and not issued again, and no account is skipped.
+usage in account-id order, a page at a time (never all accounts in memory): a page's
+invoices are issued in one transaction (consecutive numbers, usage lines marked billed, read
+model and outbox rows), then the run records the page's last account. Each invoice's id is
+derived from (run, account, currency), so a run restarted after a crash re-visits at most
+one page, whose invoices, if they committed, are found by id and not issued again; no
+account is skipped.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
 from uuid import NAMESPACE_URL, UUID, uuid5
@@ -24,7 +24,7 @@ from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
 from contracts.http.invoicing import BillingRunView
-from invoicing_service.app.customers import Customers
+from invoicing_service.app.customers import Customer, Customers
 from invoicing_service.app.invoices import InvoiceOrder, Invoices, utcnow
 from invoicing_service.domain import errors
 from invoicing_service.domain.lines import UsageTotal, price, usage_drafts
@@ -57,13 +57,6 @@ def previous_period(now: datetime) -> str:
     utc = now.astimezone(UTC)
     year, month = (utc.year, utc.month - 1) if utc.month > 1 else (utc.year - 1, 12)
     return f"{year:04d}-{month:02d}"
-
-
-@dataclass(frozen=True, slots=True)
-class AccountBill:
-    """What one account's invoices of a run came to."""
-
-    invoices_issued: int
 
 
 ProgressHook = Callable[[int], Awaitable[None]]
@@ -166,13 +159,11 @@ class BillingRuns:
         issued = 0
         while True:
             page = await self._accounts_page(period, after)
-            for account_id in page:
-                bill = await self.bill_account(run_id, period, account_id)
-                issued += bill.invoices_issued
-                if on_progress is not None:
-                    await on_progress(1)
             if not page:
                 break
+            issued += await self.bill_page(run_id, period, page)
+            if on_progress is not None:
+                await on_progress(len(page))
             after = page[-1]
             async with self.pool.connection() as conn:
                 await conn.execute(
@@ -203,40 +194,48 @@ class BillingRuns:
                 " ORDER BY a.account_id LIMIT %s", (after, period, self.page_size))
             return [row[0] for row in await cur.fetchall()]
 
-    async def bill_account(self, run_id: str, period: str, account_id: UUID) -> AccountBill:
-        """One invoice per currency of the account's unbilled usage up to the period."""
-        customer = await self.customers.customer(account_id)
-        if customer is None:
-            return AccountBill(0)
-        terms = await asyncio.to_thread(terms_for, customer.tax, self.registry)
-        by_currency: dict[str, tuple[list[UsageTotal], list[UUID]]] = {}
+    async def bill_page(self, run_id: str, period: str, account_ids: list[UUID]) -> int:
+        """One invoice per account and currency of the page's unbilled usage up to the
+        period, all issued in one transaction; returns how many were issued now."""
+        customers = await self.customers.customers(account_ids)
+        usage: dict[tuple[UUID, str], tuple[list[UsageTotal], list[UUID]]] = {}
         async with self.pool.connection() as conn:
             cur = conn.cursor(row_factory=dict_row)
             await cur.execute(
-                "SELECT currency, product, unit_price_micros, period, sum(quantity) AS quantity,"
-                " sum(amount_micros) AS amount_micros, array_agg(entry_id) AS entry_ids"
-                " FROM usage_lines WHERE account_id = %s AND invoiced_on IS NULL"
-                " AND period <= %s GROUP BY currency, product, unit_price_micros, period",
-                (account_id, period))
+                "SELECT account_id, currency, product, unit_price_micros, period,"
+                " sum(quantity) AS quantity, sum(amount_micros) AS amount_micros,"
+                " array_agg(entry_id) AS entry_ids FROM usage_lines"
+                " WHERE account_id = ANY(%s) AND invoiced_on IS NULL AND period <= %s"
+                " GROUP BY account_id, currency, product, unit_price_micros, period",
+                (account_ids, period))
             for row in await cur.fetchall():
-                totals, entries = by_currency.setdefault(row["currency"], ([], []))
+                totals, entries = usage.setdefault((row["account_id"], row["currency"]), ([], []))
                 totals.append(UsageTotal(product=row["product"],
                                          unit_price_micros=int(row["unit_price_micros"]),
                                          period=row["period"], quantity=int(row["quantity"]),
                                          amount_micros=int(row["amount_micros"])))
                 entries.extend(row["entry_ids"])
-        issued = 0
-        for currency, (totals, entries) in sorted(by_currency.items()):
-            lines = price(usage_drafts(totals, period), terms)
+        orders = await asyncio.to_thread(self._orders, run_id, period, customers, usage)
+        issued = await asyncio.to_thread(self.invoices.issue_batch, orders)
+        return len(issued)
+
+    def _orders(self, run_id: str, period: str, customers: dict[UUID, Customer],
+                usage: dict[tuple[UUID, str], tuple[list[UsageTotal], list[UUID]]],
+                ) -> list[InvoiceOrder]:
+        """In a worker thread: the VAT registry check may wait on the network."""
+        orders = []
+        for (account_id, currency), (totals, entries) in sorted(usage.items()):
+            customer = customers.get(account_id)
+            if customer is None:
+                continue
+            lines = price(usage_drafts(totals, period), terms_for(customer.tax, self.registry))
             if sum(line.net_micros for line in lines) <= 0:
-                continue  # nothing to bill: no invoice
-            order = InvoiceOrder(
+                continue  # nothing to bill: no invoice (the usage waits until it adds up)
+            orders.append(InvoiceOrder(
                 invoice_id=invoice_id_for(run_id, account_id, currency), account_id=account_id,
                 currency=currency, period=period, lines=lines, billing_run_id=run_id,
-                net_terms_days=customer.net_terms_days, billed_usage=entries)
-            await asyncio.to_thread(self.invoices.issue, order)
-            issued += 1
-        return AccountBill(issued)
+                net_terms_days=customer.net_terms_days, billed_usage=entries))
+        return orders
 
     # ------------------------------------------------------------------- reading
 

@@ -145,6 +145,30 @@ class Customers:
             row = await cur.fetchone()
         return None if row is None else BillingProfile(**row)
 
+    async def customers(self, account_ids: list[UUID]) -> dict[UUID, Customer]:
+        """Accounts with their billing profiles, in one query (a billing run's page)."""
+        async with self.pool.connection() as conn:
+            cur = conn.cursor(row_factory=dict_row)
+            await cur.execute(
+                "SELECT a.account_id, a.account_type, a.currency, a.country, a.vat_number,"
+                " a.closed, a.name, p.legal_name, p.address_lines, p.country AS profile_country,"
+                " p.billing_email, p.po_number, p.net_terms_days, p.vat_exemption"
+                " FROM accounts a LEFT JOIN billing_profiles p USING (account_id)"
+                " WHERE a.account_id = ANY(%s)", (account_ids,))
+            rows = await cur.fetchall()
+        found = {}
+        for row in rows:
+            profile = None if row["legal_name"] is None else BillingProfile(
+                legal_name=row["legal_name"], address_lines=row["address_lines"],
+                country=row["profile_country"], billing_email=row["billing_email"],
+                po_number=row["po_number"], net_terms_days=row["net_terms_days"],
+                vat_exemption=row["vat_exemption"])
+            found[row["account_id"]] = Customer(account=Account(
+                account_id=row["account_id"], account_type=row["account_type"],
+                currency=row["currency"], country=row["country"], vat_number=row["vat_number"],
+                closed=row["closed"], name=row["name"]), profile=profile)
+        return found
+
     async def customer(self, account_id: UUID) -> Customer | None:
         async with self.pool.connection() as conn:
             cur = conn.cursor(row_factory=dict_row)

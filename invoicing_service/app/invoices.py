@@ -48,6 +48,8 @@ from invoicing_service.domain.numbering import SeriesKind, document_number, seri
 log = structlog.get_logger(__name__)
 
 SAVE_ATTEMPTS_MAX = 20
+# Invoices issued in one transaction: a billing run's page at most.
+ISSUE_BATCH_MAX = 1_000
 T = TypeVar("T")
 
 
@@ -104,32 +106,52 @@ class Invoices:
 
     def issue(self, order: InvoiceOrder) -> Invoice:
         """Draft and issue in one save; an invoice id already issued returns that invoice."""
+        self.issue_batch([order])
+        invoice = self.find(order.invoice_id)
+        assert invoice is not None
+        return invoice
 
-        def attempt() -> Invoice:
-            existing = self.find(order.invoice_id)
-            if existing is not None:
-                return existing
+    def issue_batch(self, orders: Sequence[InvoiceOrder]) -> list[Invoice]:
+        """Draft and issue many invoices in one transaction with consecutive numbers (a
+        billing run's page). Orders whose invoice exists already are skipped; returns the
+        invoices issued now."""
+        assert len(orders) <= ISSUE_BATCH_MAX, "one transaction holds a bounded batch"
+
+        def attempt() -> list[Invoice]:
+            issued = self.app.issued_among([order.invoice_id for order in orders])
+            todo = [order for order in orders if order.invoice_id not in issued]
+            if not todo:
+                return []
             now = self.clock()
-            invoice = Invoice.draft(order.invoice_id, account_id=str(order.account_id),
-                                    currency=order.currency, period=order.period,
-                                    lines=order.lines, now=now, kind=order.kind,
-                                    billing_run_id=order.billing_run_id,
-                                    net_terms_days=order.net_terms_days)
-            rows = InvoicingRows(billed_usage=list(order.billed_usage))
-            self._number(invoice, "INV", now, rows)
-            invoice.issue(self._claimed(rows), now)
-            rows.outbox.append((INVOICING_ISSUED, views.issued_message(invoice)))
-            if order.payment_id is not None:
-                invoice.pay(order.payment_id, order.payment_micros, now)
-                rows.keys.append(KeyRow("payment", order.payment_id))
-            if invoice.status == "paid":
-                rows.outbox.append((INVOICING_PAID, views.paid_message(invoice, order.payment_id)))
-            rows.emails.append(EmailRequest(key=f"invoice:{invoice.id}", account_id=order.account_id,
-                                            document="invoice", document_id=invoice.id))
-            self._save(invoice, rows)
-            return invoice
+            series = series_of("INV", now)
+            first = self.app.next_sequence(series)
+            rows = InvoicingRows(number=NumberClaim(series, first, len(todo)))
+            invoices = [self._issued(order, document_number(series, first + n), now, rows)
+                        for n, order in enumerate(todo)]
+            rows.invoices = [record_of(invoice) for invoice in invoices]
+            self.app.save(*invoices, invoicing_rows=rows)
+            return invoices
 
         return self._retrying(attempt)
+
+    @staticmethod
+    def _issued(order: InvoiceOrder, number: str, now: datetime,
+                rows: InvoicingRows) -> Invoice:
+        invoice = Invoice.draft(order.invoice_id, account_id=str(order.account_id),
+                                currency=order.currency, period=order.period, lines=order.lines,
+                                now=now, kind=order.kind, billing_run_id=order.billing_run_id,
+                                net_terms_days=order.net_terms_days)
+        invoice.issue(number, now)
+        rows.billed_usage.extend((entry, invoice.id) for entry in order.billed_usage)
+        rows.outbox.append((INVOICING_ISSUED, views.issued_message(invoice)))
+        if order.payment_id is not None:
+            invoice.pay(order.payment_id, order.payment_micros, now)
+            rows.keys.append(KeyRow("payment", order.payment_id))
+        if invoice.status == "paid":
+            rows.outbox.append((INVOICING_PAID, views.paid_message(invoice, order.payment_id)))
+        rows.emails.append(EmailRequest(key=f"invoice:{invoice.id}", account_id=order.account_id,
+                                        document="invoice", document_id=invoice.id))
+        return invoice
 
     # ----------------------------------------------------------------- payments
 
@@ -267,7 +289,7 @@ class Invoices:
         return bytes(row["response"])
 
     def _save(self, invoice: Invoice, rows: InvoicingRows) -> None:
-        rows.invoice = record_of(invoice)
+        rows.invoices = [record_of(invoice)]
         self.app.save(invoice, invoicing_rows=rows)
 
     def _retrying(self, attempt: Callable[[], T]) -> T:

@@ -55,8 +55,11 @@ class LineAsDict(Transcoding):
 
 @dataclass(frozen=True, slots=True)
 class NumberClaim:
+    """Numbers `sequence` .. `sequence + count - 1` of a series, expected to be its next."""
+
     series: str
     sequence: int
+    count: int = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,9 +117,10 @@ class InvoicingRows:
 
     number: NumberClaim | None = None
     keys: list[KeyRow] = field(default_factory=list)
-    invoice: InvoiceRecord | None = None
+    invoices: list[InvoiceRecord] = field(default_factory=list)
     credit_notes: list[CreditNoteRecord] = field(default_factory=list)
-    billed_usage: list[UUID] = field(default_factory=list)
+    # (usage line, the invoice billing it)
+    billed_usage: list[tuple[UUID, UUID]] = field(default_factory=list)
     outbox: list[tuple[str, msgspec.Struct]] = field(default_factory=list)
     emails: list[EmailRequest] = field(default_factory=list)
 
@@ -144,22 +148,25 @@ class InvoicingRecorder(PostgresApplicationRecorder):
         schema = Identifier(self.datastore.schema)
         if rows.number is not None:
             # Fails the whole save (unique violation) unless this is the series' next number.
-            curs.execute(SQL("SELECT {}.claim_document_number(%s, %s)").format(schema),
-                         (rows.number.series, rows.number.sequence))
+            curs.execute(SQL("SELECT {}.claim_document_numbers(%s, %s, %s)").format(schema),
+                         (rows.number.series, rows.number.sequence, rows.number.count))
         for key in rows.keys:
             curs.execute(SQL("INSERT INTO {}.idempotency_keys (scope, key, request_hash, response)"
                              " VALUES (%s, %s, %s, %s)").format(schema),
                          (key.scope, key.key, key.request_hash, key.response))
         if rows.billed_usage:
-            assert rows.invoice is not None
+            entries = [entry for entry, _ in rows.billed_usage]
+            invoices = [invoice for _, invoice in rows.billed_usage]
+            # The primary key of invoiced_usage is what bills a line at most once.
             curs.execute(SQL("INSERT INTO {}.invoiced_usage (entry_id, invoice_id)"
-                             " SELECT unnest(%s::uuid[]), %s").format(schema),
-                         (rows.billed_usage, rows.invoice.invoice_id))
-            curs.execute(SQL("UPDATE {}.usage_lines SET invoiced_on = %s"
-                             " WHERE entry_id = ANY(%s::uuid[])").format(schema),
-                         (rows.invoice.invoice_id, rows.billed_usage))
-        if rows.invoice is not None:
-            self._upsert_invoice(curs, schema, rows.invoice)
+                             " SELECT * FROM unnest(%s::uuid[], %s::uuid[])").format(schema),
+                         (entries, invoices))
+            curs.execute(SQL("UPDATE {}.usage_lines u SET invoiced_on = b.invoice_id"
+                             " FROM unnest(%s::uuid[], %s::uuid[]) AS b(entry_id, invoice_id)"
+                             " WHERE u.entry_id = b.entry_id").format(schema),
+                         (entries, invoices))
+        for record in rows.invoices:
+            self._upsert_invoice(curs, schema, record)
         for note in rows.credit_notes:
             curs.execute(SQL("INSERT INTO {}.credit_notes (credit_note_id, invoice_id, account_id,"
                              " number, currency, issued_at, view)"
@@ -201,6 +208,15 @@ class InvoicingApplication(Application[UUID]):
     def register_transcodings(self, transcoder: JSONTranscoder) -> None:
         super().register_transcodings(transcoder)
         transcoder.register(LineAsDict())
+
+    def issued_among(self, invoice_ids: Sequence[UUID]) -> set[UUID]:
+        """Which of these invoices exist (the read model commits with their events)."""
+        recorder = self.recorder
+        assert isinstance(recorder, InvoicingRecorder)
+        with recorder.datastore.transaction(commit=False) as curs:
+            curs.execute(SQL("SELECT invoice_id FROM {}.invoices WHERE invoice_id = ANY(%s)")
+                         .format(Identifier(recorder.datastore.schema)), (list(invoice_ids),))
+            return {row["invoice_id"] for row in curs.fetchall()}
 
     def next_sequence(self, series: str) -> int:
         """The number the series would give next (claimed for real in the save)."""

@@ -64,21 +64,21 @@ CREATE TABLE IF NOT EXISTS number_series (
     last_number bigint NOT NULL CHECK (last_number >= 0)
 );
 
--- Claims the number the caller expects (read before the transaction). Another issuer that
--- took it first makes this fail as a unique violation, so the save rolls back whole and the
--- application retries with the next number.
-CREATE OR REPLACE FUNCTION claim_document_number(p_series text, p_expected bigint)
+-- Claims `p_count` numbers from the one the caller expects (read before the transaction).
+-- Another issuer that took any of them first makes this fail as a unique violation, so the
+-- save rolls back whole and the application retries with the next numbers.
+CREATE OR REPLACE FUNCTION claim_document_numbers(p_series text, p_first bigint, p_count integer)
 RETURNS bigint LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
 DECLARE
     claimed bigint;
 BEGIN
     INSERT INTO number_series (series, last_number) VALUES (p_series, 0)
         ON CONFLICT (series) DO NOTHING;
-    UPDATE number_series SET last_number = last_number + 1 WHERE series = p_series
+    UPDATE number_series SET last_number = last_number + p_count WHERE series = p_series
         RETURNING last_number INTO claimed;
-    IF claimed IS DISTINCT FROM p_expected THEN
-        RAISE EXCEPTION 'number % of series % is taken; the next is %', p_expected, p_series,
-            claimed USING ERRCODE = 'unique_violation';
+    IF claimed IS DISTINCT FROM p_first + p_count - 1 THEN
+        RAISE EXCEPTION 'numbers % to % of series % are taken; the last is %', p_first,
+            p_first + p_count - 1, p_series, claimed USING ERRCODE = 'unique_violation';
     END IF;
     RETURN claimed;
 END
