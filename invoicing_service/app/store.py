@@ -157,13 +157,8 @@ class InvoicingRecorder(PostgresApplicationRecorder):
         if rows.billed_usage:
             entries = [entry for entry, _ in rows.billed_usage]
             invoices = [invoice for _, invoice in rows.billed_usage]
-            # The primary key of invoiced_usage is what bills a line at most once.
-            curs.execute(SQL("INSERT INTO {}.invoiced_usage (entry_id, invoice_id)"
-                             " SELECT * FROM unnest(%s::uuid[], %s::uuid[])").format(schema),
-                         (entries, invoices))
-            curs.execute(SQL("UPDATE {}.usage_lines u SET invoiced_on = b.invoice_id"
-                             " FROM unnest(%s::uuid[], %s::uuid[]) AS b(entry_id, invoice_id)"
-                             " WHERE u.entry_id = b.entry_id").format(schema),
+            # Fails the save if any line was billed already: billed at most once.
+            curs.execute(SQL("SELECT {}.bill_usage(%s::uuid[], %s::uuid[])").format(schema),
                          (entries, invoices))
         for record in rows.invoices:
             self._upsert_invoice(curs, schema, record)

@@ -50,12 +50,25 @@ CREATE INDEX IF NOT EXISTS usage_lines_unbilled ON usage_lines (account_id, peri
     WHERE invoiced_on IS NULL;
 CREATE INDEX IF NOT EXISTS usage_lines_period ON usage_lines (period, account_id);
 
--- Which invoice billed each usage line (with the events): the primary key is what makes a
--- line billed at most once, even by two runs racing.
-CREATE TABLE IF NOT EXISTS invoiced_usage (
-    entry_id   uuid PRIMARY KEY,
-    invoice_id uuid NOT NULL
-);
+-- Marks usage lines billed by invoices (with the events). A line already billed (by another
+-- run racing this one) is not marked again and fails the whole save as a unique violation:
+-- a usage line is billed at most once.
+CREATE OR REPLACE FUNCTION bill_usage(p_entries uuid[], p_invoices uuid[])
+RETURNS bigint LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
+DECLARE
+    marked bigint;
+BEGIN
+    UPDATE usage_lines u SET invoiced_on = b.invoice_id
+        FROM unnest(p_entries, p_invoices) AS b(entry_id, invoice_id)
+        WHERE u.entry_id = b.entry_id AND u.invoiced_on IS NULL;
+    GET DIAGNOSTICS marked = ROW_COUNT;
+    IF marked <> cardinality(p_entries) THEN
+        RAISE EXCEPTION '% of % usage lines were billed already', cardinality(p_entries) - marked,
+            cardinality(p_entries) USING ERRCODE = 'unique_violation';
+    END IF;
+    RETURN marked;
+END
+$$;
 
 -- Gap-free document numbers: one counter row per series (INV-2026, CN-2026), claimed with
 -- the issue event (claim_document_number); a concurrent issuer waits on the row.

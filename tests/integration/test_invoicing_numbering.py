@@ -127,3 +127,32 @@ def test_the_same_invoice_issued_twice_is_issued_once(invoices: Invoices) -> Non
     same = order()
     first, second = invoices.issue(same), invoices.issue(same)
     assert first.number == second.number and second.version == first.version
+
+
+def test_a_usage_line_is_billed_at_most_once_and_a_refused_issue_takes_no_number(
+    invoices: Invoices, database_url: str,
+) -> None:
+    from invoicing_service.domain import errors
+
+    entry, account = uuid.uuid4(), uuid.uuid4()
+    query(database_url, "INSERT INTO invoicing.usage_lines (entry_id, account_id, currency,"
+          " product, quantity, unit_price_micros, amount_micros, occurred_at, period)"
+          " VALUES (%s, %s, 'GBP', 'sms', 10, 39500, 395000, '2026-10-02Z', '2026-10')"
+          " RETURNING 1", (entry, account))
+    first = order(account)
+    issued = invoices.issue(_with_usage(first, entry))
+    assert query(database_url, "SELECT invoiced_on FROM invoicing.usage_lines"
+                 " WHERE entry_id = %s", (entry,)) == [(issued.id,)]
+    again = _with_usage(order(account), entry)
+    with pytest.raises(errors.InvoicingError):
+        invoices.issue(again)
+    assert invoices.find(again.invoice_id) is None
+    following = invoices.issue(order())
+    assert issued.number is not None and following.number is not None
+    assert sequence_of(following.number)[1] == sequence_of(issued.number)[1] + 1
+
+
+def _with_usage(base: InvoiceOrder, entry: uuid.UUID) -> InvoiceOrder:
+    from dataclasses import replace
+
+    return replace(base, billed_usage=[entry])
