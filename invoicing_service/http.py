@@ -201,21 +201,9 @@ async def issue_credit_note(invoice_id: str, data: CreditNoteRequest, services: 
 async def request_billing_run(data: BillingRunRequest, services: Services,
                               idempotency_key: IdempotencyKey = None) -> Response[BillingRunView]:
     if idempotency_key is not None:
-        await remember_key(services, "billing-run", idempotency_key, request_hash(data.period))
+        await services.runs.claim_request_key(idempotency_key, request_hash(data.period))
     view, created = await services.runs.request(data.period)
     return Response(view, status_code=202 if created else 200)
-
-
-async def remember_key(services: Services, scope: str, key: str, digest: str) -> None:
-    """A key names one request: the same key with another body is refused (409)."""
-    async with services.customers.pool.connection() as conn:
-        await conn.execute("INSERT INTO idempotency_keys (scope, key, request_hash)"
-                           " VALUES (%s, %s, %s) ON CONFLICT DO NOTHING", (scope, key, digest))
-        cur = await conn.execute("SELECT request_hash FROM idempotency_keys"
-                                 " WHERE scope = %s AND key = %s", (scope, key))
-        row = await cur.fetchone()
-    if row is None or row[0] != digest:
-        raise errors.IdempotencyKeyReused(f"Idempotency-Key {key!r} was used with another request")
 
 
 @get("/v1/billing-runs/{billing_run_id:str}", summary="Status and progress of a billing run",

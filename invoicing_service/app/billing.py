@@ -97,6 +97,20 @@ class BillingRuns:
                 (run_id, period, self.clock()))
             return run_id, cur.rowcount == 1
 
+    async def claim_request_key(self, key: str, digest: str) -> None:
+        """An Idempotency-Key names one request: the same key with another period is 409.
+        (The run itself is idempotent per period whatever the key.)"""
+        async with self.pool.connection() as conn:
+            await conn.execute("INSERT INTO idempotency_keys (scope, key, request_hash)"
+                               " VALUES ('billing-run', %s, %s) ON CONFLICT DO NOTHING",
+                               (key, digest))
+            cur = await conn.execute("SELECT request_hash FROM idempotency_keys"
+                                     " WHERE scope = 'billing-run' AND key = %s", (key,))
+            row = await cur.fetchone()
+        if row is None or row[0] != digest:
+            raise errors.IdempotencyKeyReused(
+                f"Idempotency-Key {key!r} was used with another request")
+
     def spawn(self, run_id: str) -> None:
         """Run in the background unless this process already runs it."""
         task = self._tasks.get(run_id)

@@ -123,6 +123,9 @@ async def test_a_months_billing_invoices_gb_and_german_business_customers(
             again = await client.post("/v1/billing-runs", json={"period": "2026-10"},
                                       headers=operator())
             assert again.status_code == 200 and again.json()["billing_run_id"] == run["billing_run_id"]
+            reused = await client.post("/v1/billing-runs", json={"period": "2026-09"},
+                                       headers=operator("run-2026-10"))
+            assert reused.status_code == 409
 
             gb_page = (await client.get("/v1/invoices", params={"account_id": str(gb)},
                                         headers=operator())).json()
@@ -372,12 +375,15 @@ async def test_malformed_and_refused_messages_go_to_dead_letters_and_the_rest_ap
             payment_id=f"pay-unknown-{account}", provider="stripe", provider_reference="pi_x",
             account_id=account, purpose="invoice", amount="1.00", vat_amount="0.20",
             currency="GBP", invoice_id=str(uuid.uuid4()), received_at=NOV))
-        await publish_account(nc, account, at=OCT)
+        await publish_account(nc, account, version=3, country="FR", at=OCT)
+        await publish_account(nc, account, version=2, at=OCT)  # older: ignored
         await publish_usage(nc, account, product="sms", quantity=1, unit_price="0.0395", at=NOV)
         await eventually(lambda: query(infra.database_url,
                                        "SELECT count(*) FROM invoicing.usage_lines"
                                        " WHERE account_id = %s", (account,))[0][0] == 1,
                          what="the valid message after the malformed one")
+        assert query(infra.database_url, "SELECT version, country FROM invoicing.accounts"
+                     " WHERE account_id = %s", (account,)) == [(3, "FR")]
 
         async def buried() -> bool:
             letters = [payload for subject, payload, _ in await stream_messages(nc, "DEADLETTER")
