@@ -39,8 +39,8 @@ from tests.integration.streams import stream_messages
 pytestmark = pytest.mark.integration
 
 OPERATOR = mint_token(DEVELOPMENT_JWT_SECRET, sub="ops@example.test", scopes=["operator"])
-OCT = datetime(2026, 10, 15, 12, 0, tzinfo=UTC)
-NOV = datetime(2026, 11, 3, 8, 0, tzinfo=UTC)
+OCT = datetime(2025, 10, 15, 12, 0, tzinfo=UTC)
+NOV = datetime(2025, 11, 3, 8, 0, tzinfo=UTC)
 
 
 def portal(account_id: uuid.UUID) -> dict[str, str]:
@@ -118,13 +118,13 @@ async def test_a_months_billing_invoices_gb_and_german_business_customers(
             assert refused.status_code == 422
             assert refused.headers["content-type"].startswith("application/problem+json")
 
-            run = await run_billing(client, "2026-10")
-            assert run["invoices_issued"] == 2
-            again = await client.post("/v1/billing-runs", json={"period": "2026-10"},
+            run = await run_billing(client, "2025-10")
+            assert run["invoices_issued"] >= 2  # the session's other tests may add theirs
+            again = await client.post("/v1/billing-runs", json={"period": "2025-10"},
                                       headers=operator())
             assert again.status_code == 200 and again.json()["billing_run_id"] == run["billing_run_id"]
-            reused = await client.post("/v1/billing-runs", json={"period": "2026-09"},
-                                       headers=operator("run-2026-10"))
+            reused = await client.post("/v1/billing-runs", json={"period": "2025-09"},
+                                       headers=operator("run-2025-10"))
             assert reused.status_code == 409
 
             gb_page = (await client.get("/v1/invoices", params={"account_id": str(gb)},
@@ -139,7 +139,8 @@ async def test_a_months_billing_invoices_gb_and_german_business_customers(
                                                     "net_amount": "11.88", "vat_amount": "2.38"}]
             assert (gb_invoice["subtotal"], gb_invoice["vat_total"], gb_invoice["total"]) == \
                 ("11.88", "2.38", "14.26")
-            assert gb_invoice["status"] == "open" and gb_invoice["number"].startswith("INV-2026-")
+            assert gb_invoice["status"] == "open"
+            assert gb_invoice["number"].startswith(f"INV-{datetime.now(UTC).year}-")
 
             de_page = (await client.get("/v1/invoices", params={"account_id": str(de)},
                                         headers=operator())).json()
@@ -196,7 +197,7 @@ async def test_a_months_billing_invoices_gb_and_german_business_customers(
                                        json={"amount": "3.00", "reason": "goodwill"},
                                        headers=operator("cn-1"))
             assert replay.json() == note.json()
-            assert note.json()["number"].startswith("CN-2026-")
+            assert note.json()["number"].startswith(f"CN-{datetime.now(UTC).year}-")
             view = (await client.get(f"/v1/invoices/{de_invoice['invoice_id']}",
                                      headers=operator())).json()
             assert view["amount_due"] == "10.00"
@@ -211,16 +212,16 @@ async def test_a_months_billing_invoices_gb_and_german_business_customers(
                                            "SELECT count(*) FROM invoicing.usage_lines"
                                            " WHERE account_id = %s", (gb,))[0][0] == 6,
                              what="the late line")
-            await run_billing(client, "2026-11")
+            await run_billing(client, "2025-11")
             nov_page = (await client.get("/v1/invoices", params={"account_id": str(gb),
                                                                  "status": "open"},
                                          headers=operator())).json()
             nov = (await client.get(f"/v1/invoices/{nov_page['items'][0]['invoice_id']}",
                                     headers=operator())).json()
-            assert nov["period"] == "2026-11"
+            assert nov["period"] == "2025-11"
             descriptions = [line["description"] for line in nov["lines"]]
             assert descriptions[0].startswith("sms: 7 x 0.0395")
-            assert descriptions[1].startswith("Correction: usage of 2026-10")
+            assert descriptions[1].startswith("Correction: usage of 2025-10")
             assert nov["subtotal"] == "0.48"  # 0.2765 -> 0.28 and 0.1975 -> 0.20
 
             # a top-up yields a paid receipt with the VAT paid
@@ -255,7 +256,7 @@ async def test_a_run_killed_half_way_finishes_after_a_restart_without_doubles_or
     infra: Infra, tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
     accounts = [uuid.uuid4() for _ in range(400)]
-    june = datetime(2026, 6, 10, tzinfo=UTC)
+    june = datetime(2025, 6, 10, tzinfo=UTC)
     nc = await nats.connect(infra.nats_url)
     log_dir = tmp_path_factory.mktemp("invoicing-crash")
     process = start_service(infra, log_dir, BILLING_RUN_PAGE_SIZE="5")
@@ -268,14 +269,15 @@ async def test_a_run_killed_half_way_finishes_after_a_restart_without_doubles_or
                                        "SELECT count(*) FROM invoicing.usage_lines"
                                        " WHERE account_id = ANY(%s)", (accounts,))[0][0] == 400,
                          what="usage lines", timeout_s=60)
-        answer = httpx.post(f"{process.url}/v1/billing-runs", json={"period": "2026-06"},
+        answer = httpx.post(f"{process.url}/v1/billing-runs", json={"period": "2025-06"},
                             headers=operator(), timeout=10)
         assert answer.status_code == 202
         run_id = answer.json()["billing_run_id"]
 
         def issued() -> int:
             return int(query(infra.database_url, "SELECT count(*) FROM invoicing.invoices"
-                             " WHERE billing_run_id = %s", (run_id,))[0][0])
+                             " WHERE billing_run_id = %s AND account_id = ANY(%s)",
+                             (run_id, accounts))[0][0])
 
         await eventually(lambda: issued() >= 40, what="part of the run", timeout_s=60)
         assert process.process is not None
@@ -290,14 +292,16 @@ async def test_a_run_killed_half_way_finishes_after_a_restart_without_doubles_or
                          what="the resumed run", timeout_s=120)
         per_account = query(infra.database_url,
                             "SELECT account_id, count(*) FROM invoicing.invoices"
-                            " WHERE billing_run_id = %s GROUP BY account_id", (run_id,))
+                            " WHERE billing_run_id = %s AND account_id = ANY(%s)"
+                            " GROUP BY account_id", (run_id, accounts))
         assert len(per_account) == 400 and all(count == 1 for _, count in per_account)
         assert {row[0] for row in per_account} == set(accounts)
         assert query(infra.database_url, "SELECT count(*) FROM invoicing.usage_lines"
                      " WHERE account_id = ANY(%s) AND invoiced_on IS NULL", (accounts,)) == [(0,)]
         totals = {row[0] for row in query(infra.database_url,
                                           "SELECT total_micros FROM invoicing.invoices"
-                                          " WHERE billing_run_id = %s", (run_id,))}
+                                          " WHERE billing_run_id = %s AND account_id = ANY(%s)",
+                                          (run_id, accounts))}
         assert totals == {int(Decimal("0.14") * 1_000_000)}  # 0.1185 -> 0.12 + VAT 0.02
         numbers = [row[0] for row in query(infra.database_url,
                                            "SELECT number FROM invoicing.invoices"
@@ -314,7 +318,7 @@ async def test_net_terms_come_from_the_billing_profile_and_overdue_is_published_
     service: ServiceProcess, infra: Infra,
 ) -> None:
     customer = uuid.uuid4()
-    sept = datetime(2026, 9, 20, tzinfo=UTC)
+    sept = datetime(2025, 9, 20, tzinfo=UTC)
     nc = await nats.connect(infra.nats_url)
     try:
         async with httpx.AsyncClient(base_url=service.url, timeout=10) as client:
@@ -339,7 +343,7 @@ async def test_net_terms_come_from_the_billing_profile_and_overdue_is_published_
                                            "SELECT count(*) FROM invoicing.usage_lines"
                                            " WHERE account_id = %s", (customer,))[0][0] == 1,
                              what="the usage line")
-            await run_billing(client, "2026-09")
+            await run_billing(client, "2025-09")
 
             async def overdue() -> bool:
                 page = (await client.get("/v1/invoices", params={"account_id": str(customer)},

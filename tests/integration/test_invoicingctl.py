@@ -135,3 +135,55 @@ def test_a_current_period_is_refused_and_export_lists_the_months_documents(
     issued = {r[0] for r in query(database_url, "SELECT number FROM invoicing.invoices WHERE"
                                   " issued_at >= date_trunc('month', now())")}
     assert numbers == issued and numbers
+
+
+def test_a_documents_parties_come_from_the_billing_profile_and_the_supplier_settings(
+    database_url: str,
+) -> None:
+    from invoicing_service.app.billing import run_id_of
+    from invoicing_service.app.customers import BillingProfile
+    from invoicing_service.app.documents import Documents, Party
+    from invoicing_service.app.queries import InvoiceQueries
+
+    period = next(_periods)
+    account_id = uuid.uuid4()
+    feed(database_url, period, [(account_id, ("postpay", ("DE", "DE136695976", "EUR"),
+                                             [("sms", 1000, 52_000)]))])
+    supplier = Party(name="Supplier Ltd", address_lines=("1 Road", "London"), country="GB",
+                     vat_number="GB123456789")
+
+    async def set_profile() -> None:
+        pool = create_pool(database_url, "invoicing", max_size=2, name="test")
+        await pool.open(wait=True)
+        try:
+            await Customers(pool).set_profile(account_id, BillingProfile(
+                legal_name="Acme GmbH", address_lines=["Hauptstr. 1", "10115 Berlin"],
+                billing_email="rechnung@acme.example", po_number="PO-9"))
+        finally:
+            await pool.close()
+
+    asyncio.run(set_profile())
+    assert CliRunner().invoke(app, ["--database-url", database_url, "billing-run",
+                                    period]).exit_code == 0
+
+    async def main() -> tuple[object, object]:
+        pool = create_pool(database_url, "invoicing", max_size=2, name="test")
+        await pool.open(wait=True)
+        try:
+            customers = Customers(pool)
+            documents = Documents(InvoiceQueries(pool), customers, supplier)
+            [(invoice_id,)] = query(database_url, "SELECT invoice_id FROM invoicing.invoices"
+                                    " WHERE billing_run_id = %s", (run_id_of(period),))
+            document = await documents.invoice(invoice_id, tenant_id=account_id)
+            with pytest.raises(Exception, match="not found"):
+                await documents.invoice(invoice_id, tenant_id=uuid.uuid4())
+            return document.customer, document
+        finally:
+            await pool.close()
+
+    customer, document = asyncio.run(main())
+    assert customer == Party(name="Acme GmbH", address_lines=("Hauptstr. 1", "10115 Berlin"),
+                             country="DE", vat_number="DE136695976",
+                             email="rechnung@acme.example", po_number="PO-9")
+    assert document.supplier == supplier  # type: ignore[attr-defined]
+    assert document.view.vat_breakdown[0].vat_treatment == "reverse_charge"  # type: ignore[attr-defined]
