@@ -348,14 +348,23 @@ class EventPublisher:
             currency = self._currency_of(event)
             outgoing.extend(messages_for(event, currency))
             if is_settings_event(event):
-                account: BillingAccount = await asyncio.to_thread(
-                    self.ledger.app.repository.get, event.originator_id,
-                    version=event.originator_version)
-                outgoing.append(account_updated(event, account))
+                outgoing.append(account_updated(event, await self._account_after(event)))
         await self._acks.publish(self.nc, outgoing, self.puback_timeout_s)
         last = notifications[-1].id
         await asyncio.to_thread(self._store_position, last)
         return int(last), len(notifications)
+
+    async def _account_after(self, event: Any) -> BillingAccount:
+        """The account as it stood right after a settings event: an opening is the whole
+        account (no read); a later change loads the account at that version (rare events)."""
+        if isinstance(event, BillingAccount.Opened):
+            account = event.mutate(None)
+            assert isinstance(account, BillingAccount)
+            return account
+        loaded: BillingAccount = await asyncio.to_thread(
+            self.ledger.app.repository.get, event.originator_id,
+            version=event.originator_version)
+        return loaded
 
     def _currency_of(self, event: Any) -> str | None:
         account_id = event.originator_id

@@ -373,8 +373,10 @@ async def test_malformed_and_refused_messages_go_to_dead_letters_and_the_rest_ap
     nc = await nats.connect(infra.nats_url)
     try:
         js = nc.jetstream()
-        await js.publish("ledger.v1.events.entry_posted", b'{"entry_id": "not-a-whole-entry"}',
-                         headers={"Nats-Msg-Id": f"bad-{account}"})
+        # account_updated: no other consumer reads it, so the bad message disturbs nobody else
+        await js.publish("ledger.v1.events.account_updated",
+                         b'{"event_id": "not-a-whole-message", "account_id": "%s"}'
+                         % str(account).encode(), headers={"Nats-Msg-Id": f"bad-{account}"})
         await publish_payment(nc, PaymentReceived(
             payment_id=f"pay-unknown-{account}", provider="stripe", provider_reference="pi_x",
             account_id=account, purpose="invoice", amount="1.00", vat_amount="0.20",
@@ -393,8 +395,8 @@ async def test_malformed_and_refused_messages_go_to_dead_letters_and_the_rest_ap
             letters = [payload for subject, payload, _ in await stream_messages(nc, "DEADLETTER")
                        if payload.get("consumer", "").startswith("invoicing-")]
             reasons = {(letter["subject"], letter["reason"]) for letter in letters
-                       if str(account) in letter["payload"] or "not-a-whole-entry" in letter["payload"]}
-            return reasons == {("ledger.v1.events.entry_posted", "invalid_payload"),
+                       if str(account) in letter["payload"]}
+            return reasons == {("ledger.v1.events.account_updated", "invalid_payload"),
                                ("payments.v1.received", "rejected")}
 
         await eventually(buried, what="two dead letters")
