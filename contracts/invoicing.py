@@ -62,6 +62,12 @@ class InvoiceLine(Struct, frozen=True, kw_only=True):
     vat_rate: VatRate
     vat_treatment: VatTreatment
     vat_amount: Amount
+    period: Annotated[
+        BillingPeriod | None, Meta(description="The usage period the line bills")
+    ] = None
+    correction: Annotated[
+        bool, Meta(description="Usage of an earlier, already invoiced period")
+    ] = False
 
 
 class VatBreakdown(Struct, frozen=True, kw_only=True):

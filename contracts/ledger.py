@@ -10,6 +10,7 @@ from typing import Annotated, Final, Literal
 
 from msgspec import Meta, Struct
 
+from contracts.catalog import Tier
 from contracts.deadletter import DeadLetter as DeadLetter  # re-exported: briefs name it here
 from contracts.ids import (
     AccountId,
@@ -205,3 +206,30 @@ class LedgerAnchor(Struct, frozen=True, kw_only=True):
     created_at: Timestamp
     public_key: Base64
     signature: Base64
+
+
+class AccountTax(Struct, frozen=True, kw_only=True):
+    """An account's tax profile as the ledger holds it."""
+
+    country: Annotated[str, Meta(pattern=r"^[A-Z]{2}$(?!\n)", description="ISO 3166-1 alpha-2",
+                                 examples=["GB"])]
+    vat_number: Annotated[str, Meta(max_length=32)] | None = None
+    reverse_charge: bool = False
+
+
+class AccountUpdated(Struct, frozen=True, kw_only=True):
+    """An account's full settings after it was opened, changed, converted or closed.
+    Nats-Msg-Id: `event_id` (account and version); `version` orders them per account."""
+
+    event_id: EventId
+    account_id: AccountId
+    version: Annotated[int, Meta(ge=1, description="The account's event version")]
+    account_type: Literal["trial", "prepay", "postpay", "system"]
+    currency: Currency
+    tier: Tier
+    billing_basis: Literal["submitted", "delivered"]
+    credit_limit: Amount
+    tax: AccountTax
+    closed: bool
+    name: Annotated[str, Meta(max_length=200)] | None = None
+    occurred_at: Timestamp

@@ -24,6 +24,7 @@ from contracts.invoicing import (
 )
 from contracts.ledger import (
     AccountOverdrawn,
+    AccountUpdated,
     AuthorizeReply,
     AuthorizeRequest,
     BalanceLow,
@@ -46,6 +47,7 @@ LEDGER_GRANTS_EXPIRED: Final = LEDGER_EVENTS + "grants_expired"
 LEDGER_HOLD_EXPIRED: Final = LEDGER_EVENTS + "hold_expired"
 # Beside ledger.v1.events, in a stream of its own with its own retention (kept for years).
 LEDGER_ANCHORS: Final = "ledger.v1.anchors"
+LEDGER_ACCOUNT_UPDATED: Final = LEDGER_EVENTS + "account_updated"
 
 PAYMENTS_RECEIVED: Final = "payments.v1.received"
 PAYMENTS_REFUNDED: Final = "payments.v1.refunded"
@@ -82,6 +84,7 @@ EVENTS: Final[dict[str, type[msgspec.Struct]]] = {
     LEDGER_GRANTS_EXPIRED: GrantsExpired,
     LEDGER_HOLD_EXPIRED: HoldExpired,
     LEDGER_ANCHORS: LedgerAnchor,
+    LEDGER_ACCOUNT_UPDATED: AccountUpdated,
     PAYMENTS_RECEIVED: PaymentReceived,
     PAYMENTS_REFUNDED: PaymentRefunded,
     PAYMENTS_FAILED: PaymentFailed,
@@ -113,6 +116,7 @@ NATS_MSG_ID_FIELD: Final[dict[str, str]] = {
     LEDGER_GRANTS_EXPIRED: "event_id",
     LEDGER_HOLD_EXPIRED: "event_id",
     LEDGER_ANCHORS: "anchor_id",
+    LEDGER_ACCOUNT_UPDATED: "event_id",
     PAYMENTS_RECEIVED: "payment_id",
     PAYMENTS_REFUNDED: "event_id",
     PAYMENTS_FAILED: "event_id",

@@ -23,6 +23,8 @@ from nats.aio.client import Client as NATS
 
 from contracts.ledger import (
     AccountOverdrawn,
+    AccountTax,
+    AccountUpdated,
     BalanceLow,
     EntryPosted,
     ExpiredGrant,
@@ -32,6 +34,7 @@ from contracts.ledger import (
 from contracts.money import format_micros
 from contracts.subjects import (
     LEDGER_ACCOUNT_OVERDRAWN,
+    LEDGER_ACCOUNT_UPDATED,
     LEDGER_BALANCE_LOW,
     LEDGER_ENTRY_POSTED,
     LEDGER_GRANTS_EXPIRED,
@@ -116,6 +119,33 @@ def messages_for(event: Any, currency: str | None) -> Iterator[Outgoing]:
             credit_limit=format_micros(-event.floor_micros) if event.floor_micros < 0 else None,
             occurred_at=occurred_at,
         )
+
+
+# The events after which an account's settings may differ: each publishes account_updated.
+SETTINGS_EVENTS = frozenset({"Opened", "TypeChanged", "SettingsChanged", "Closed"})
+
+
+def is_settings_event(event: Any) -> bool:
+    return type(event).__qualname__.startswith("BillingAccount.") \
+        and type(event).__name__ in SETTINGS_EVENTS
+
+
+def account_updated(event: Any, account: BillingAccount) -> Outgoing:
+    """ledger.v1.events.account_updated for a settings event, from the account as it stood
+    right after it (loaded at the event's version)."""
+    assert account.version == event.originator_version, "the account at the event's version"
+    settings = account.settings
+    event_id = f"account_updated:{event.originator_id}:{event.originator_version}"
+    return LEDGER_ACCOUNT_UPDATED, event_id, AccountUpdated(
+        event_id=event_id, account_id=event.originator_id, version=event.originator_version,
+        account_type=settings.account_type,  # type: ignore[arg-type]
+        currency=settings.currency, tier=settings.tier,  # type: ignore[arg-type]
+        billing_basis=settings.billing_basis,  # type: ignore[arg-type]
+        credit_limit=format_micros(settings.credit_limit_micros),
+        tax=AccountTax(country=settings.tax.country, vat_number=settings.tax.vat_number,
+                       reverse_charge=settings.tax.reverse_charge),
+        closed=settings.closed, name=account.name, occurred_at=event.timestamp,
+    )
 
 
 def _grant_kind(kind: str) -> str:
@@ -317,10 +347,24 @@ class EventPublisher:
             event = self.ledger.app.mapper.to_domain_event(notification)
             currency = self._currency_of(event)
             outgoing.extend(messages_for(event, currency))
+            if is_settings_event(event):
+                outgoing.append(account_updated(event, await self._account_after(event)))
         await self._acks.publish(self.nc, outgoing, self.puback_timeout_s)
         last = notifications[-1].id
         await asyncio.to_thread(self._store_position, last)
         return int(last), len(notifications)
+
+    async def _account_after(self, event: Any) -> BillingAccount:
+        """The account as it stood right after a settings event: an opening is the whole
+        account (no read); a later change loads the account at that version (rare events)."""
+        if isinstance(event, BillingAccount.Opened):
+            account = event.mutate(None)
+            assert isinstance(account, BillingAccount)
+            return account
+        loaded: BillingAccount = await asyncio.to_thread(
+            self.ledger.app.repository.get, event.originator_id,
+            version=event.originator_version)
+        return loaded
 
     def _currency_of(self, event: Any) -> str | None:
         account_id = event.originator_id

@@ -42,6 +42,7 @@ def test_subject_names_are_those_of_the_contract() -> None:
         "ledger.v1.events.account_overdrawn",
         "ledger.v1.events.grants_expired",
         "ledger.v1.events.hold_expired",
+        "ledger.v1.events.account_updated",
     }
     assert {s for s in EVENTS if s.startswith("payments.")} == {
         "payments.v1.received",

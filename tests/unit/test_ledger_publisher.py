@@ -84,3 +84,34 @@ def test_an_invoice_payment_is_an_invoice_payment_entry_that_settles_the_deficit
                if k == "entry_posted"]
     assert entries == [("usage", "-3.95"), ("invoice_payment", "0.00")]
     assert account.deficit_micros == 0
+
+
+def test_each_settings_event_publishes_the_accounts_full_settings_after_it() -> None:
+    from ledger_service.domain.values import TaxProfile
+    from ledger_service.publisher import account_updated, is_settings_event
+
+    account_id = uuid4()
+    account = BillingAccount.open(account_id, T0, account_type="prepay", currency="EUR",
+                                  tax=TaxProfile(country="DE", vat_number="DE136695976",
+                                                 reverse_charge=True), name="Acme GmbH")
+    account.grant("g1", "purchased", POUND, T0)
+    account.change_type("postpay", T0, credit_limit_micros=50 * POUND)
+    account.close(T0, reason="gone")
+    events = account.collect_events()
+    replayed: BillingAccount | None = None
+    published_settings = []
+    for event in events:
+        replayed = event.mutate(replayed)  # the account as it stood right after the event
+        if is_settings_event(event):
+            assert replayed is not None
+            subject, msg_id, message = account_updated(event, replayed)
+            raw = msgspec.json.encode(message)
+            decoded = msgspec.json.decode(raw, type=MESSAGES[subject])
+            assert msg_id == decoded.event_id == f"account_updated:{account_id}:{event.originator_version}"
+            published_settings.append(decoded)
+    assert [(m.account_type, m.credit_limit, m.closed) for m in published_settings] == [
+        ("prepay", "0.00", False), ("postpay", "50.00", False), ("postpay", "50.00", True)]
+    assert all(m.currency == "EUR" and m.tax.country == "DE" and m.tax.reverse_charge
+               and m.tax.vat_number == "DE136695976" and m.name == "Acme GmbH"
+               for m in published_settings)
+    assert [m.version for m in published_settings] == sorted(m.version for m in published_settings)

@@ -1,0 +1,271 @@
+"""Billing runs: a month's invoices for every postpay account, resumable after a crash.
+
+A run is one row per period (its primary key is `run-YYYY-MM`, the period unique), so two
+requests for the same period make one run. The run walks postpay accounts with unbilled
+usage in account-id order, a page at a time (never all accounts in memory): a page's
+invoices are issued in one transaction (consecutive numbers, usage lines marked billed, read
+model and outbox rows), then the run records the page's last account. Each invoice's id is
+derived from (run, account, currency), so a run restarted after a crash re-visits at most
+one page, whose invoices, if they committed, are found by id and not issued again; no
+account is skipped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any, Final
+from uuid import NAMESPACE_URL, UUID, uuid5
+
+import structlog
+from psycopg.rows import dict_row
+from psycopg_pool import AsyncConnectionPool
+
+from contracts.http.invoicing import BillingRunView
+from invoicing_service.app.customers import Customer, Customers
+from invoicing_service.app.invoices import InvoiceOrder, Invoices, utcnow
+from invoicing_service.domain import errors
+from invoicing_service.domain.lines import UsageTotal, price, usage_drafts
+from invoicing_service.domain.vat import NoRegistryCheck, VatNumberCheck, terms_for
+
+log = structlog.get_logger(__name__)
+
+RUN_NAMESPACE: Final = uuid5(NAMESPACE_URL, "https://billing.example/invoicing/billing-runs")
+ACCOUNTS_PAGE_SIZE: Final = 200
+NO_ACCOUNT: Final = UUID(int=0)
+
+
+def run_id_of(period: str) -> str:
+    return f"run-{period}"
+
+
+def invoice_id_for(run_id: str, account_id: UUID, currency: str) -> UUID:
+    return uuid5(RUN_NAMESPACE, f"{run_id}:{account_id}:{currency}")
+
+
+def check_billable(period: str, now: datetime) -> None:
+    """A run bills a finished month only: the current month (or a later one) is refused."""
+    current = f"{now.astimezone(UTC).year:04d}-{now.astimezone(UTC).month:02d}"
+    if period >= current:
+        raise errors.PeriodNotBillable(
+            f"period {period} is not finished (the current period is {current})")
+
+
+def previous_period(now: datetime) -> str:
+    utc = now.astimezone(UTC)
+    year, month = (utc.year, utc.month - 1) if utc.month > 1 else (utc.year - 1, 12)
+    return f"{year:04d}-{month:02d}"
+
+
+ProgressHook = Callable[[int], Awaitable[None]]
+
+
+class BillingRuns:
+    def __init__(self, pool: AsyncConnectionPool, customers: Customers, invoices: Invoices, *,
+                 registry: VatNumberCheck | None = None,
+                 clock: Callable[[], datetime] = utcnow,
+                 page_size: int = ACCOUNTS_PAGE_SIZE) -> None:
+        assert 1 <= page_size <= 10_000
+        self.pool = pool
+        self.customers = customers
+        self.invoices = invoices
+        self.registry = registry or NoRegistryCheck()
+        self.clock = clock
+        self.page_size = page_size
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+
+    # ------------------------------------------------------------------ commands
+
+    async def request(self, period: str) -> tuple[BillingRunView, bool]:
+        """The run of `period`, created if new (True) and started in the background."""
+        run_id, created = await self.create(period)
+        view = await self.view(run_id)
+        if view.status in ("pending", "running"):
+            self.spawn(run_id)
+        return view, created
+
+    async def create(self, period: str) -> tuple[str, bool]:
+        """The run of a finished period: (its id, whether this call created it)."""
+        check_billable(period, self.clock())
+        run_id = run_id_of(period)
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(
+                "INSERT INTO billing_runs (billing_run_id, period, status, started_at)"
+                " VALUES (%s, %s, 'pending', %s) ON CONFLICT (period) DO NOTHING",
+                (run_id, period, self.clock()))
+            return run_id, cur.rowcount == 1
+
+    async def claim_request_key(self, key: str, digest: str) -> None:
+        """An Idempotency-Key names one request: the same key with another period is 409.
+        (The run itself is idempotent per period whatever the key.)"""
+        async with self.pool.connection() as conn:
+            await conn.execute("INSERT INTO idempotency_keys (scope, key, request_hash)"
+                               " VALUES ('billing-run', %s, %s) ON CONFLICT DO NOTHING",
+                               (key, digest))
+            cur = await conn.execute("SELECT request_hash FROM idempotency_keys"
+                                     " WHERE scope = 'billing-run' AND key = %s", (key,))
+            row = await cur.fetchone()
+        if row is None or row[0] != digest:
+            raise errors.IdempotencyKeyReused(
+                f"Idempotency-Key {key!r} was used with another request")
+
+    def spawn(self, run_id: str) -> None:
+        """Run in the background unless this process already runs it."""
+        task = self._tasks.get(run_id)
+        if task is not None and not task.done():
+            return
+        self._tasks[run_id] = asyncio.create_task(self._run_logged(run_id),
+                                                  name=f"billing-run:{run_id}")
+
+    async def resume_unfinished(self) -> list[str]:
+        """On start-up: continue every run a previous process left pending or running."""
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(
+                "SELECT billing_run_id FROM billing_runs WHERE status IN ('pending', 'running')"
+                " ORDER BY period")
+            run_ids = [row[0] for row in await cur.fetchall()]
+        for run_id in run_ids:
+            self.spawn(run_id)
+        return run_ids
+
+    async def stop(self) -> None:
+        for task in self._tasks.values():
+            task.cancel()
+        for task in self._tasks.values():
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._tasks.clear()
+
+    async def wait(self, run_id: str) -> None:
+        task = self._tasks.get(run_id)
+        if task is not None:
+            await asyncio.shield(task)
+
+    # ------------------------------------------------------------------ the run
+
+    async def _run_logged(self, run_id: str) -> None:
+        try:
+            await self.execute(run_id)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            # Left 'running': the next start resumes it; an operator sees the error.
+            log.exception("invoicing.billing_run_failed", billing_run_id=run_id)
+            async with self.pool.connection() as conn:
+                await conn.execute("UPDATE billing_runs SET error = %s WHERE billing_run_id = %s",
+                                   (f"{type(exc).__name__}: {exc}"[:500], run_id))
+
+    async def execute(self, run_id: str, on_progress: ProgressHook | None = None) -> int:
+        """Bill every postpay account of the run's period; returns invoices issued now."""
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(
+                "UPDATE billing_runs SET status = 'running', error = NULL"
+                " WHERE billing_run_id = %s AND status IN ('pending', 'running')"
+                " RETURNING period, last_account", (run_id,))
+            row = await cur.fetchone()
+        if row is None:
+            return 0  # completed already (or unknown)
+        period, after = row[0], row[1] or NO_ACCOUNT
+        log.info("invoicing.billing_run_started", billing_run_id=run_id, period=period,
+                 after=str(after))
+        issued = 0
+        while True:
+            page = await self._accounts_page(period, after)
+            if not page:
+                break
+            issued += await self.bill_page(run_id, period, page)
+            if on_progress is not None:
+                await on_progress(len(page))
+            after = page[-1]
+            async with self.pool.connection() as conn:
+                await conn.execute(
+                    "UPDATE billing_runs SET last_account = %s, accounts_done = accounts_done + %s"
+                    " WHERE billing_run_id = %s", (after, len(page), run_id))
+        async with self.pool.connection() as conn:
+            await conn.execute(
+                "UPDATE billing_runs SET status = 'completed', completed_at = %s"
+                " WHERE billing_run_id = %s", (self.clock(), run_id))
+        log.info("invoicing.billing_run_completed", billing_run_id=run_id, issued_now=issued)
+        return issued
+
+    async def accounts_to_bill(self, period: str) -> int:
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(
+                "SELECT count(*) FROM accounts a WHERE a.account_type = 'postpay' AND EXISTS"
+                " (SELECT 1 FROM usage_lines u WHERE u.account_id = a.account_id"
+                " AND u.invoiced_on IS NULL AND u.period <= %s)", (period,))
+            row = await cur.fetchone()
+        return int(row[0]) if row else 0
+
+    async def _accounts_page(self, period: str, after: UUID) -> list[UUID]:
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(
+                "SELECT a.account_id FROM accounts a WHERE a.account_type = 'postpay'"
+                " AND a.account_id > %s AND EXISTS (SELECT 1 FROM usage_lines u"
+                " WHERE u.account_id = a.account_id AND u.invoiced_on IS NULL AND u.period <= %s)"
+                " ORDER BY a.account_id LIMIT %s", (after, period, self.page_size))
+            return [row[0] for row in await cur.fetchall()]
+
+    async def bill_page(self, run_id: str, period: str, account_ids: list[UUID]) -> int:
+        """One invoice per account and currency of the page's unbilled usage up to the
+        period, all issued in one transaction; returns how many were issued now."""
+        customers = await self.customers.customers(account_ids)
+        usage: dict[tuple[UUID, str], tuple[list[UsageTotal], list[UUID]]] = {}
+        async with self.pool.connection() as conn:
+            cur = conn.cursor(row_factory=dict_row)
+            await cur.execute(
+                "SELECT account_id, currency, product, unit_price_micros, period,"
+                " sum(quantity) AS quantity, sum(amount_micros) AS amount_micros,"
+                " array_agg(entry_id) AS entry_ids FROM usage_lines"
+                " WHERE account_id = ANY(%s) AND invoiced_on IS NULL AND period <= %s"
+                " GROUP BY account_id, currency, product, unit_price_micros, period",
+                (account_ids, period))
+            for row in await cur.fetchall():
+                totals, entries = usage.setdefault((row["account_id"], row["currency"]), ([], []))
+                totals.append(UsageTotal(product=row["product"],
+                                         unit_price_micros=int(row["unit_price_micros"]),
+                                         period=row["period"], quantity=int(row["quantity"]),
+                                         amount_micros=int(row["amount_micros"])))
+                entries.extend(row["entry_ids"])
+        orders = await asyncio.to_thread(self._orders, run_id, period, customers, usage)
+        issued = await asyncio.to_thread(self.invoices.issue_batch, orders)
+        return len(issued)
+
+    def _orders(self, run_id: str, period: str, customers: dict[UUID, Customer],
+                usage: dict[tuple[UUID, str], tuple[list[UsageTotal], list[UUID]]],
+                ) -> list[InvoiceOrder]:
+        """In a worker thread: the VAT registry check may wait on the network."""
+        orders = []
+        for (account_id, currency), (totals, entries) in sorted(usage.items()):
+            customer = customers.get(account_id)
+            if customer is None:
+                continue
+            lines = price(usage_drafts(totals, period), terms_for(customer.tax, self.registry))
+            if sum(line.net_micros for line in lines) <= 0:
+                continue  # nothing to bill: no invoice (the usage waits until it adds up)
+            orders.append(InvoiceOrder(
+                invoice_id=invoice_id_for(run_id, account_id, currency), account_id=account_id,
+                currency=currency, period=period, lines=lines, billing_run_id=run_id,
+                net_terms_days=customer.net_terms_days, billed_usage=entries))
+        return orders
+
+    # ------------------------------------------------------------------- reading
+
+    async def view(self, run_id: str) -> BillingRunView:
+        async with self.pool.connection() as conn:
+            cur = conn.cursor(row_factory=dict_row)
+            await cur.execute(
+                "SELECT r.billing_run_id, r.period, r.status, r.started_at, r.completed_at,"
+                " (SELECT count(*) FROM invoices i WHERE i.billing_run_id = r.billing_run_id)"
+                " AS invoices_issued FROM billing_runs r WHERE r.billing_run_id = %s", (run_id,))
+            row: dict[str, Any] | None = await cur.fetchone()
+        if row is None:
+            raise errors.BillingRunNotFound(f"billing run {run_id} not found")
+        return BillingRunView(
+            billing_run_id=row["billing_run_id"], period=row["period"], status=row["status"],
+            invoices_issued=int(row["invoices_issued"]),
+            started_at=row["started_at"].astimezone(UTC),
+            completed_at=row["completed_at"].astimezone(UTC) if row["completed_at"] else None)
+
