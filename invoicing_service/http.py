@@ -11,8 +11,10 @@ from typing import Annotated, Final
 from uuid import UUID
 
 import msgspec
+import structlog
 from litestar import Response, Router, get, post, put
 from litestar.di import Provide
+from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import Parameter
 
 from contracts.http.invoicing import (
@@ -30,9 +32,11 @@ from contracts.ids import KEY_LENGTH_MAX, KEY_PATTERN
 from contracts.money import to_micros
 from invoicing_service.app.billing import BillingRuns
 from invoicing_service.app.customers import BillingProfile, Customers
-from invoicing_service.app.documents import Documents
+from invoicing_service.app.documents import CreditNoteDocument, Documents, InvoiceDocument
 from invoicing_service.app.invoices import Invoices, request_hash
+from invoicing_service.app.issued_documents import DocumentIssuer, render
 from invoicing_service.app.queries import PAGE_SIZE_DEFAULT, InvoiceFilter, InvoiceQueries
+from invoicing_service.documents import document_sha256
 from invoicing_service.domain import errors
 from services.http import (
     BEARER_SECURITY,
@@ -59,6 +63,8 @@ EXCEPTION_STATUSES: Final[dict[type[Exception], tuple[int, str]]] = {
     errors.IdempotencyKeyReused: (409, "idempotency-key-reused"),
 }
 
+log = structlog.get_logger(__name__)
+
 IdempotencyKey = Annotated[
     str | None,
     Parameter(header="Idempotency-Key", required=False, min_length=1,
@@ -78,6 +84,7 @@ class Services:
     runs: BillingRuns
     customers: Customers
     documents: Documents
+    issuer: DocumentIssuer
 
 
 class BillingProfileBody(msgspec.Struct, frozen=True, kw_only=True):
@@ -152,6 +159,51 @@ async def list_invoices(
 async def read_invoice(invoice_id: str, principal: CurrentPrincipal,
                        services: Services) -> InvoiceView:
     return await services.queries.invoice(invoice_uuid(invoice_id), tenant_id=tenant_of(principal))
+
+
+@get("/v1/invoices/{invoice_id:str}/pdf", summary="The invoice as a PDF (a UK VAT invoice)",
+     description="Renders the same bytes every time; X-Document-SHA256 is the hash recorded"
+     " when the invoice was issued (absent until the document task has rendered it, moments"
+     " after issue). A draft is marked 'not a VAT invoice'.",
+     responses={200: ResponseSpec(None, media_type="application/pdf",
+                                  description="application/pdf"),
+                **problem_responses(401, 403, 404)},
+     tags=["invoices"], guards=_READERS, security=BEARER_SECURITY)
+async def invoice_pdf(invoice_id: str, principal: CurrentPrincipal,
+                      services: Services) -> Response[bytes]:
+    document = await services.documents.invoice(invoice_uuid(invoice_id),
+                                                tenant_id=tenant_of(principal))
+    return await pdf_response(services, document, document.view.invoice_id,
+                              document.view.number or f"draft-{document.view.invoice_id}")
+
+
+@get("/v1/credit-notes/{credit_note_id:str}/pdf", summary="A credit note as a PDF",
+     responses={200: ResponseSpec(None, media_type="application/pdf",
+                                  description="application/pdf"),
+                **problem_responses(401, 403, 404)},
+     tags=["invoices"], guards=_READERS, security=BEARER_SECURITY)
+async def credit_note_pdf(credit_note_id: str, principal: CurrentPrincipal,
+                          services: Services) -> Response[bytes]:
+    document = await services.documents.credit_note(invoice_uuid(credit_note_id),
+                                                    tenant_id=tenant_of(principal))
+    return await pdf_response(services, document, document.view.credit_note_id,
+                              document.view.number)
+
+
+async def pdf_response(services: Services, document: InvoiceDocument | CreditNoteDocument,
+                       document_id: str, number: str) -> Response[bytes]:
+    pdf = await asyncio.to_thread(render, document)
+    sha256 = document_sha256(pdf)
+    recorded = await services.issuer.recorded_sha256(UUID(document_id))
+    if recorded is not None and recorded != sha256:
+        # The renderer or the data changed since issue: say so rather than serve it silently.
+        log.error("document renders differently from when it was issued", number=number,
+                  recorded=recorded, rendered=sha256)
+    headers = {"Content-Disposition": f'inline; filename="{number}.pdf"',
+               "X-Document-SHA256": sha256}
+    if recorded is not None:
+        headers["X-Document-SHA256-Issued"] = recorded
+    return Response(pdf, media_type="application/pdf", headers=headers)
 
 
 @get("/v1/invoices/{invoice_id:str}/credit-notes", summary="Credit notes of an invoice",
@@ -261,7 +313,8 @@ def create_router(services: Services) -> Router:
 
     return Router(
         path="/",
-        route_handlers=[list_invoices, read_invoice, list_credit_notes, void_invoice,
+        route_handlers=[list_invoices, read_invoice, invoice_pdf, credit_note_pdf,
+                        list_credit_notes, void_invoice,
                         issue_credit_note, request_billing_run, read_billing_run,
                         set_billing_profile, read_billing_profile],
         dependencies={"services": Provide(provide_services)},

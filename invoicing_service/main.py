@@ -7,13 +7,16 @@ from pathlib import Path
 
 from invoicing_service.app.billing import BillingRuns
 from invoicing_service.app.customers import Customers
-from invoicing_service.app.documents import Documents, Party
+from invoicing_service.app.documents import Documents
 from invoicing_service.app.invoices import Invoices
+from invoicing_service.app.issued_documents import DocumentIssuer
 from invoicing_service.app.payments import PaymentIntake
 from invoicing_service.app.queries import InvoiceQueries
 from invoicing_service.app.store import OUTBOX_CHANNEL, InvoicingApplication, open_event_store
 from invoicing_service.app.sweeper import Periodic, request_previous_month, sweep_overdue
+from invoicing_service.documents import Party
 from invoicing_service.http import EXCEPTION_STATUSES, Services, create_router
+from invoicing_service.mail.relay import EmailRelay
 from invoicing_service.messaging import subscribe_ledger, subscribe_payments
 from invoicing_service.settings import InvoicingSettings
 from services.outbox import OutboxRelay, jetstream_publisher
@@ -42,6 +45,8 @@ def build(runtime: Runtime) -> ServiceParts:
         name=settings.supplier_name, address_lines=tuple(settings.supplier_address_lines),
         country=settings.supplier_country, vat_number=settings.supplier_vat_number,
         email=settings.supplier_email))
+    mail = EmailRelay.from_settings(runtime.pool, settings)
+    issuer = DocumentIssuer(runtime.pool, documents, wake_mail=mail.wake)
     subscribe_ledger(runtime.broker, customers)
     subscribe_payments(runtime.broker, intake)
     overdue = Periodic("invoicing-overdue", settings.overdue_sweep_interval_s,
@@ -52,6 +57,8 @@ def build(runtime: Runtime) -> ServiceParts:
     async def start(_: Runtime) -> None:
         invoices.attach(await asyncio.to_thread(open_application, settings.database_url))
         await relay.start()
+        await mail.start()
+        issuer.start()
         await runs.resume_unfinished()
         overdue.start()
         if settings.billing_schedule_enabled:
@@ -61,11 +68,13 @@ def build(runtime: Runtime) -> ServiceParts:
         await schedule.stop()
         await overdue.stop()
         await runs.stop()
+        await issuer.stop()
+        await mail.stop()
         await relay.stop()
         await asyncio.to_thread(invoices.close)
 
     services = Services(invoices=invoices, queries=queries, runs=runs, customers=customers,
-                        documents=documents)
+                        documents=documents, issuer=issuer)
     return ServiceParts(route_handlers=[create_router(services)],
                         exception_statuses=EXCEPTION_STATUSES,
                         on_startup=[start], on_shutdown=[stop])

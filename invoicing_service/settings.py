@@ -7,14 +7,15 @@ from typing import Annotated, Final
 
 import msgspec
 
-from services.settings import ServiceSettings, SettingsError
+from invoicing_service.mail.settings import MailSettings
+from services.settings import SettingsError
 
 DEVELOPMENT_SUPPLIER_VAT_NUMBER: Final = "GB000000000"
 
 Seconds = Annotated[float, msgspec.Meta(gt=0, le=86_400)]
 
 
-class InvoicingSettings(ServiceSettings, frozen=True, kw_only=True):
+class InvoicingSettings(MailSettings, frozen=True, kw_only=True):
     # Who issues the invoices (HMRC: the supplier's name, address and VAT number).
     supplier_name: str = "Billing Ledger Development Ltd"
     # Lines of the supplier's postal address, separated by "|".

@@ -9,18 +9,7 @@ from uuid import UUID
 from contracts.http.invoicing import CreditNoteView, InvoiceView
 from invoicing_service.app.customers import Customers
 from invoicing_service.app.queries import InvoiceQueries
-
-
-@dataclass(frozen=True, slots=True)
-class Party:
-    """Supplier or customer as printed: the same fields as documents.Party."""
-
-    name: str
-    address_lines: tuple[str, ...]
-    country: str
-    vat_number: str | None = None
-    email: str | None = None
-    po_number: str | None = None
+from invoicing_service.documents import Party
 
 
 @dataclass(frozen=True, slots=True)

@@ -57,6 +57,9 @@ def test_production_refuses_the_development_supplier_vat_number() -> None:
 
     env = {"DATABASE_URL": "postgresql://x@localhost/db", "NATS_URL": "nats://localhost:4222",
            "APP_ENV": "production", "JWT_SECRET": "s" * 40}
+    with pytest.raises(SettingsError, match="SMTP_HOST"):  # invoices must be emailed
+        load(SPEC, env)
+    env |= {"SMTP_HOST": "smtp.example.com", "MAIL_FROM": "invoices@example.com"}
     with pytest.raises(SettingsError, match="SUPPLIER_VAT_NUMBER"):
         load(SPEC, env)
     settings = load(SPEC, {**env, "SUPPLIER_VAT_NUMBER": "GB123456789"})
