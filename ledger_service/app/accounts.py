@@ -118,6 +118,7 @@ def account_view(account: BillingAccount) -> AccountView:
         tax=Tax(country=tax.country, vat_number=tax.vat_number,
                 reverse_charge=tax.reverse_charge),
         opened_at=account.created_on,
+        closed_at=account.closed_at,
     )
 
 

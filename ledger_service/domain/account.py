@@ -118,6 +118,7 @@ class BillingAccount(Aggregate):
         _billing_basis: str
         _tax: dict[str, Any]
         _closed: bool
+        _closed_at: datetime | None
         _balance_micros: int
         _held_micros: int
         _deficit_micros: int
@@ -165,6 +166,7 @@ class BillingAccount(Aggregate):
             account._billing_basis = self.billing_basis
             account._tax = dict(self.tax)
             account._closed = False
+            account._closed_at = None
             account._balance_micros = 0
             account._held_micros = 0
             account._deficit_micros = 0
@@ -399,6 +401,7 @@ class BillingAccount(Aggregate):
 
         def apply_to(self, account: "BillingAccount") -> None:
             account._closed = True
+            account._closed_at = self.timestamp
             for hold in self.released_holds:
                 account._holds.pop(hold["hold_id"])
                 account._held_micros -= hold["amount_micros"]
@@ -488,6 +491,13 @@ class BillingAccount(Aggregate):
     @property
     def is_closed(self) -> bool:
         return self._closed
+
+    @property
+    def closed_at(self) -> datetime | None:
+        """When the account was closed. Snapshots taken before this field existed lack the
+        attribute; their accounts' Closed event still holds the time, so a closed account
+        whose snapshot predates it reads None until its next snapshot (see docs)."""
+        return getattr(self, "_closed_at", None)
 
     @property
     def chain_hash(self) -> str:
