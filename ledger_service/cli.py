@@ -37,6 +37,7 @@ from ledger_service.app.ledger import LedgerApplication, ledger_env
 from ledger_service.domain.account import BillingAccount
 from ledger_service.domain.chain import GENESIS_HASH, event_payload
 from ledger_service.domain.times import format_time
+from ledger_service.lag import LAG_ALERT_S_DEFAULT, FollowerLag, read_lags
 from ledger_service.projections.builders import PROJECTION_NAMES
 from ledger_service.projections.decoding import ROW_COLUMNS, EventDecoder, StoredRow, stored_row
 from ledger_service.projections.replay import replay_account
@@ -46,7 +47,6 @@ from ledger_service.projections.runner import (
     RebuildInProgress,
     account_loader,
     connector,
-    head_position,
     rebuild,
 )
 from ledger_service.projections.verify import VerifyReport, verify
@@ -313,13 +313,17 @@ def verify_command(
     account: Annotated[str | None, typer.Option(
         "--account", help="Check this account only (default: the whole log)")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON")] = False,
+    lag_max_s: Annotated[float, typer.Option(
+        "--lag-max-s", min=0, help="Exit 3 when a projection has had events waiting longer"
+        " than this at the time of checking")] = LAG_ALERT_S_DEFAULT,
 ) -> None:
     """Recompute everything from the log and report every divergence: hash chains (an edited,
     removed or re-ordered event), postings that do not sum to zero per currency, stated
     balances that differ from the replay, projection rows (balances, statement, usage,
     holds) that differ from what the replay says they should be, and snapshots (which
     loading an account starts from) that differ from the replay at their version. Exits 1
-    on any divergence."""
+    on any divergence; else 3 when a projection is behind by more than --lag-max-s (its rows
+    are checked at its own position, so a stuck projection would otherwise pass)."""
 
     def command() -> int:
         account_id = parse_account(account) if account else None
@@ -335,11 +339,19 @@ def verify_command(
 
                 report = verify(conn, t.decoder, account_id=account_id, progress=advance)
                 bar.update(task, completed=total)
+            lags = read_lags(conn)
+        # the projections only: their rows are what verify checks (status shows the publisher)
+        behind = [lag for lag in lags if lag.kind == "projection" and lag.stuck(lag_max_s)]
         if as_json:
-            out.print_json(data=report_json(report))
+            out.print_json(data={**report_json(report),
+                                 "lag": [lag_json(lag) for lag in lags],
+                                 "behind": [lag.name for lag in behind]})
         else:
             print_report(report)
-        return 0 if report.ok else 1
+            print_behind(behind, lag_max_s)
+        if not report.ok:
+            return 1
+        return 3 if behind else 0
 
     run(command, ctx)
 
@@ -389,6 +401,15 @@ def print_report(report: VerifyReport) -> None:
     if len(report.divergences) > DIVERGENCES_SHOWN_MAX:
         out.print(f"... and {len(report.divergences) - DIVERGENCES_SHOWN_MAX} more (--json for all)")
     out.print("[red]DIVERGENT[/red]: the log or a projection does not agree with the replay.")
+
+
+def print_behind(behind: list[FollowerLag], lag_max_s: float) -> None:
+    if not behind:
+        return
+    err.print(f"[yellow]WARNING[/yellow]: events have waited more than {lag_max_s:g} s for: "
+              + ", ".join(f"{lag.name} ({lag.behind_events} events, oldest {lag.lag_s:.0f} s)"
+                          for lag in behind)
+              + ". Is the ledger service (its follower process) running? `ledgerctl status`.")
 
 
 # ------------------------------------------------------------------ projections
@@ -464,23 +485,39 @@ def catch_up_command(
     run(command, ctx)
 
 
-@app.command("status", epilog="Example:\n\n  ledgerctl status")
-def status_command(ctx: typer.Context) -> None:
-    """Each projection's position against the head of the log, and when it last moved."""
+@app.command("status", epilog="Example:\n\n  ledgerctl status\n\n  ledgerctl status --json")
+def status_command(
+    ctx: typer.Context,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the lags as JSON")] = False,
+) -> None:
+    """Each follower of the log (the projections and the publisher of ledger.v1.events): its
+    position against the head of the log, the events it has not applied yet and the age of
+    the oldest of them (its lag), and when a projection last moved."""
 
     def command() -> None:
         with tools(ctx).connect() as conn:
-            head = head_position(conn)
-            rows = conn.execute("SELECT name, position, updated_at FROM projection_positions"
-                                " ORDER BY name").fetchall()
+            lags = read_lags(conn)
+            moved = dict(conn.execute("SELECT name, updated_at FROM projection_positions")
+                         .fetchall())
+        if as_json:
+            out.print_json(data={"followers": [lag_json(lag) for lag in lags]})
+            return
+        head = max((lag.head for lag in lags), default=0)
         table = Table(title=f"Log head: position {head}", title_justify="left")
-        for column in ("projection", "position", "behind", "updated at"):
+        for column in ("follower", "kind", "position", "behind", "lag", "updated at"):
             table.add_column(column)
-        for name, position, updated_at in rows:
-            table.add_row(name, str(position), str(head - position), format_time(updated_at))
+        for lag in lags:
+            updated_at = moved.get(lag.name) if lag.kind == "projection" else None
+            table.add_row(lag.name, lag.kind, str(lag.position), str(lag.behind_events),
+                          f"{lag.lag_s:.1f} s", format_time(updated_at) if updated_at else "")
         out.print(table)
 
     run(command, ctx)
+
+
+def lag_json(lag: FollowerLag) -> dict[str, Any]:
+    return {"kind": lag.kind, "name": lag.name, "position": lag.position, "head": lag.head,
+            "behind_events": lag.behind_events, "lag_s": round(lag.lag_s, 3)}
 
 
 # ------------------------------------------------------------------ raw events

@@ -19,7 +19,7 @@ from services.http.auth import (
     verifier_state,
 )
 from services.http.health import READINESS_TIMEOUT_S_DEFAULT, ReadinessCheck, health_handlers
-from services.http.metrics import metrics_handler
+from services.http.metrics import ScrapeCollector, metrics_handler
 from services.http.middleware import RequestContextMiddleware
 from services.http.problems import ExceptionStatuses, exception_handlers
 
@@ -49,6 +49,7 @@ def create_app(
     debug: bool = False,
     readiness_timeout_s: float = READINESS_TIMEOUT_S_DEFAULT,
     request_body_bytes_max: int = REQUEST_BODY_BYTES_MAX,
+    metrics_collectors: Sequence[ScrapeCollector] = (),
 ) -> Litestar:
     """A service's HTTP application with health, metrics, OpenAPI, auth and problem+json.
 
@@ -59,7 +60,7 @@ def create_app(
         route_handlers=[
             *route_handlers,
             *health_handlers(readiness_checks, readiness_timeout_s),
-            metrics_handler(),
+            metrics_handler(metrics_collectors),
         ],
         lifespan=list(lifespan),
         dependencies={"principal": provide_principal, **(dependencies or {})},
