@@ -65,10 +65,6 @@ class ServiceSettings(msgspec.Struct, frozen=True, kw_only=True):
 
 SettingsT = TypeVar("SettingsT", bound=ServiceSettings)
 
-# Variables whose values must never appear in an error message or a log line.
-SECRET_FIELDS = frozenset({"jwt_secret", "database_url"})
-
-
 def load_settings(
     cls: type[SettingsT],
     *,
