@@ -33,6 +33,9 @@ FollowerKind = Literal["projection", "publisher"]
 
 # The oldest waiting event's time is read from its stored state (the event store has no time
 # column); the timestamp is the one typed value the transcoder writes ({"_type_", "_data_"}).
+# A pattern, not PostgreSQL's JSON operators: those refuse a whole document holding an
+# escaped NUL (\u0000) anywhere, and a payload's free text may hold one.
+TIMESTAMP_PATTERN: Final = r'"timestamp":\{"_type_":"datetime_iso","_data_":"([^"]+)"'
 LAG_SQL: Final = """
 WITH head AS (SELECT coalesce(max(notification_id), 0) AS position FROM ledger_events),
 followers AS (
@@ -43,12 +46,15 @@ followers AS (
 )
 SELECT f.kind, f.name, f.position, head.position,
        coalesce(extract(epoch FROM clock_timestamp() - (
-           SELECT (convert_from(e.state, 'UTF8')::json -> 'timestamp' ->> '_data_')::timestamptz
+           SELECT substring(convert_from(e.state, 'UTF8') FROM %(stamp)s)::timestamptz
            FROM ledger_events AS e WHERE e.notification_id > f.position
            ORDER BY e.notification_id LIMIT 1)), 0)::float8
 FROM followers AS f, head
 ORDER BY f.kind, f.name
 """
+
+
+PARAMS: Final = {"publisher": PUBLISHER_NAME, "stamp": TIMESTAMP_PATTERN}
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,13 +81,13 @@ def _lags(rows: Sequence[tuple[Any, ...]]) -> list[FollowerLag]:
 
 def read_lags(conn: psycopg.Connection[Any]) -> list[FollowerLag]:
     """For tools (ledgerctl): a connection whose search path has the ledger schema."""
-    return _lags(conn.execute(LAG_SQL, {"publisher": PUBLISHER_NAME}).fetchall())
+    return _lags(conn.execute(LAG_SQL, PARAMS).fetchall())
 
 
 async def read_lags_async(pool: AsyncConnectionPool) -> list[FollowerLag]:
     """For the service: its pool's connections have the ledger schema on the search path."""
     async with pool.connection() as conn:
-        cursor = await conn.execute(LAG_SQL, {"publisher": PUBLISHER_NAME})
+        cursor = await conn.execute(LAG_SQL, PARAMS)
         return _lags(await cursor.fetchall())
 
 

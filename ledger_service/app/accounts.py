@@ -295,10 +295,14 @@ def refund(ledger: Ledger, account_id: UUID, body: RefundRequest, actor: str,
 
 def find_debit(ledger: Ledger, account_id: UUID, entry_id: str) -> DebitRef:
     """The debit line an entry id names, read from the event that recorded it."""
+    try:
+        entry_uuid = UUID(entry_id)
+    except ValueError:  # entry ids are UUIDs: any other text names no entry
+        raise EntryNotFound(f"no entry {entry_id} on account {account_id}") from None
     rows = ledger.query(
         "SELECT originator_version FROM {schema}.entry_index"
         " WHERE entry_id = %s AND account_id = %s",
-        (UUID(entry_id), account_id),
+        (entry_uuid, account_id),
     )
     if not rows:
         raise EntryNotFound(f"no entry {entry_id} on account {account_id}")

@@ -21,7 +21,10 @@ from services.http.auth import (
 from services.http.health import READINESS_TIMEOUT_S_DEFAULT, ReadinessCheck, health_handlers
 from services.http.metrics import ScrapeCollector, metrics_handler
 from services.http.middleware import RequestContextMiddleware
+from services.http.openapi_components import complete_openapi_document
+from services.http.options import answer_options_for_every_method
 from services.http.problems import ExceptionStatuses, exception_handlers
+from services.http.strict_bodies import strict_json_body
 
 # No endpoint takes more than a webhook or a JSON command; Litestar's default is 10 MB.
 REQUEST_BODY_BYTES_MAX = 1024 * 1024
@@ -63,6 +66,7 @@ def create_app(
             metrics_handler(metrics_collectors),
         ],
         lifespan=list(lifespan),
+        guards=[strict_json_body],
         dependencies={"principal": provide_principal, **(dependencies or {})},
         exception_handlers=exception_handlers(exception_statuses or {}),
         openapi_config=openapi_config(title, version),
@@ -73,6 +77,8 @@ def create_app(
         logging_config=None,
         debug=debug,
     )
+    answer_options_for_every_method(app)
+    complete_openapi_document(app)
     # Outermost layer, so that 404 and 405 (raised while routing) carry request ids too.
     app.asgi_handler = RequestContextMiddleware(app.asgi_handler)
     return app

@@ -93,13 +93,23 @@ def stack(infra: Infra, tmp_path: Path) -> Iterator[RunningStack]:
     try:
         yield running
     finally:
+        # Nothing of the stack outlives the test: the services run in sessions of their own,
+        # so killing the runner alone would leave them behind.
+        leftovers = children(process.pid)
         if process.poll() is None:
             process.kill()
             process.wait()
-        for pids in running.started().values():  # nothing of the stack outlives the test
-            for pid in pids:
-                if alive(pid):
-                    os.kill(pid, signal.SIGKILL)
+        for pid in leftovers:
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+def children(pid: int) -> list[int]:
+    try:
+        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    except OSError:
+        return []
+    return [int(child) for child in text.split()]
 
 
 def test_a_killed_service_is_restarted_and_the_others_never_stop(stack: RunningStack) -> None:
