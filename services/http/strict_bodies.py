@@ -41,9 +41,12 @@ async def strict_json_body(connection: ASGIConnection[Any, Any, Any, Any],
     try:
         decoder.decode(body)
     except msgspec.ValidationError as exc:
-        message = str(exc)
-        field = message.rsplit("`$.", 1)[1].rstrip("`") if "`$." in message else "body"
-        raise ValidationException(detail=f"Validation failed: {message}"[:500], extra=[
-            {"key": field, "message": message[:500], "source": "body"}]) from None
+        # As Litestar words it: msgspec's message, and the field as a dotted path ("tax.country";
+        # None at the top, where the message names the field, or the body itself).
+        message, _, where = str(exc).partition(" - at `$")
+        path = where.rstrip("`").lstrip(".") or None
+        raise ValidationException(
+            detail=f"Validation failed for {connection.scope.get('method')} {connection.url.path}",
+            extra=[{"key": path, "message": message, "source": "body"}]) from None
     except msgspec.DecodeError:
         return  # not JSON: Litestar's own decoding answers it

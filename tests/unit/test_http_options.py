@@ -4,18 +4,19 @@ and PATCH) share one path, which Litestar alone answered with the first one's on
 from __future__ import annotations
 
 from litestar import Litestar, Router, get, patch
+from litestar.params import FromPath
 from litestar.testing import TestClient
 
 from services.http import JwtVerifier, create_app
 
 
 @get("/{thing_id:int}", sync_to_thread=False)
-def read(thing_id: int) -> str:
+def read(thing_id: FromPath[int]) -> str:
     return "read"
 
 
 @patch("/{thing_id:int}", sync_to_thread=False)
-def change(thing_id: int) -> str:
+def change(thing_id: FromPath[int]) -> str:
     return "changed"
 
 
