@@ -216,7 +216,7 @@ class Stack:
                                                                       uptime_s)
         delay_s = self.restart_policy.delay_s(service.fast_crashes)
         exit_fields = {"service": service.entry.package, "code": code,
-                       "signal": signal.Signals(-code).name if code < 0 else None,
+                       "signal": signal_name(code),
                        "uptime_s": round(uptime_s, 1), "fast_crashes": service.fast_crashes}
         if delay_s is None:
             raise GaveUp(
@@ -245,6 +245,16 @@ class Stack:
             log.info("stopping embedded PostgreSQL")
             self.postgres.cleanup()  # type: ignore[attr-defined]
         log.info("stack stopped")
+
+
+def signal_name(code: int) -> str | None:
+    """SIGKILL for a process killed by signal 9 (Popen's returncode -9); None for an exit."""
+    if code >= 0:
+        return None
+    try:
+        return signal.Signals(-code).name
+    except ValueError:
+        return f"signal {-code}"
 
 
 def acquire_run_lock(run_dir: Path) -> TextIO | None:
