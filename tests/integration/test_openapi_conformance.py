@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import httpx
@@ -31,9 +32,19 @@ CONFIG = Path(__file__).with_name("schemathesis.toml")
 EXAMPLES = os.environ.get("SCHEMATHESIS_EXAMPLES", "4")
 SEED = os.environ.get("SCHEMATHESIS_SEED", "20261204")
 RUN_TIMEOUT_S = 240
-# An operator may call every route; portal-only behaviour is tested in test_portal_api.py.
-OPERATOR_TOKEN = mint_token(DEVELOPMENT_JWT_SECRET, sub="schemathesis", scopes=["operator"],
-                            ttl_s=3600)
+OPERATOR_TOKEN = mint_token(DEVELOPMENT_JWT_SECRET, sub="schemathesis", scopes=["operator"])
+PORTAL_TOKEN = mint_token(DEVELOPMENT_JWT_SECRET, sub="schemathesis-portal", scopes=["portal"],
+                          tenant_id=str(uuid.UUID(int=1)))
+PORTAL_ONLY_READS = ["--include-method", "GET", "--max-examples", "2"]
+
+
+def schemathesis(schema_url: str, token: str, extra: list[str]) -> tuple[str, int]:
+    result = subprocess.run(
+        [sys.executable, "-m", "schemathesis.cli", "--config-file", str(CONFIG), "--no-color",
+         "run", schema_url, "--max-examples", EXAMPLES, "--seed", SEED, "--workers", "1",
+         "--request-timeout", "10", "--header", f"Authorization: Bearer {token}", *extra],
+        capture_output=True, text=True, timeout=RUN_TIMEOUT_S, check=False)
+    return result.stdout + result.stderr, result.returncode
 
 
 @pytest.mark.parametrize("package", [entry.package for entry in SERVICES])
@@ -52,14 +63,14 @@ def run_schemathesis(package: str, env: dict[str, str], tmp_path: Path) -> None:
         document = httpx.get(f"{service.url}/schema/openapi.json", timeout=10).json()
         if not document.get("paths"):
             pytest.skip(f"{package} documents no operations yet")
-        result = subprocess.run(
-            [sys.executable, "-m", "schemathesis.cli", "--config-file", str(CONFIG),
-             "--no-color", "run", f"{service.url}/schema/openapi.json",
-             "--max-examples", EXAMPLES, "--seed", SEED,
-             "--workers", "1", "--request-timeout", "10",
-             "--header", f"Authorization: Bearer {OPERATOR_TOKEN}"],
-            capture_output=True, text=True, timeout=RUN_TIMEOUT_S, check=False)
-        output = result.stdout + result.stderr
-        assert result.returncode == 0, f"{package}:\n{output[-15000:]}\n{service.logs()[-3000:]}"
+        # An operator may call every route; a portal backend reads (its own account only:
+        # any other is 404, operator routes 403), so the readers are run with its token too.
+        runs: list[tuple[str, list[str]]] = [(OPERATOR_TOKEN, [])]
+        if any(op.get("security") for item in document["paths"].values()
+               for op in item.values() if isinstance(op, dict)):
+            runs.append((PORTAL_TOKEN, PORTAL_ONLY_READS))
+        for token, extra in runs:
+            output, code = schemathesis(f"{service.url}/schema/openapi.json", token, extra)
+            assert code == 0, f"{package}:\n{output[-15000:]}\n{service.logs()[-3000:]}"
     finally:
         assert service.stop() == 0, service.logs()[-3000:]
