@@ -159,8 +159,7 @@ async def open_account(
      responses=problem_responses(401, 403, 404))
 async def get_account(account_id: FromPath[UUID], svc: Services, principal: CurrentPrincipal) -> AccountView:
     check_may_read(principal, account_id)
-    account = await svc.writer.call(svc.ledger.read, account_id)
-    return accounts.account_view(account)
+    return await svc.writer.call(accounts.read_account, svc.ledger, account_id)
 
 
 @patch("/{account_id:uuid}", summary="Change type, limits, threshold, basis, tier or tax",

@@ -494,9 +494,8 @@ class BillingAccount(Aggregate):
 
     @property
     def closed_at(self) -> datetime | None:
-        """When the account was closed. Snapshots taken before this field existed lack the
-        attribute; their accounts' Closed event still holds the time, so a closed account
-        whose snapshot predates it reads None until its next snapshot (see docs)."""
+        """When the account was closed. A snapshot taken before the aggregate kept this lacks
+        it (None here); the app reads the Closed event's time then (accounts.closed_at_of)."""
         return getattr(self, "_closed_at", None)
 
     @property
