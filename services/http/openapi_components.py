@@ -5,9 +5,8 @@ an optional field whose type is itself an annotated alias (`Annotated[PositiveAm
 Meta(description=...)]`) is documented as a bare string, without the pattern the service
 enforces, and `forbid_unknown_fields` is not documented at all. Clients and schemathesis then
 send what the document allows and the service refuses. msgspec's JSON Schema of the same
-Struct is exactly what it validates, so every component Litestar generated for a contract
-Struct is replaced by msgspec's (with the components it refers to), once, when the app is
-built.
+Struct is exactly what it validates, so every component Litestar generated for a
+Struct a handler takes or answers is replaced by msgspec's, once, when the app is built.
 
 And an operation with a path parameter documents 404: the router itself answers it for a
 value that is not one (an account id that is not a UUID), whatever the handler declares.
@@ -15,7 +14,6 @@ value that is not one (an account id that is not a UUID), whatever the handler d
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import msgspec
@@ -23,22 +21,24 @@ from litestar import Litestar
 from litestar._openapi.plugin import OpenAPIPlugin
 
 REF_TEMPLATE = "#/components/schemas/{name}"
-CONTRACT_MODULES = ("contracts.",)
 
 
-def _structs(cls: type[msgspec.Struct] = msgspec.Struct) -> Iterator[type[msgspec.Struct]]:
-    for sub in cls.__subclasses__():
-        yield sub
-        yield from _structs(sub)
-
-
-def contract_structs() -> dict[str, type[msgspec.Struct]]:
-    """Every loaded contract Struct by its name (the name Litestar gives its component)."""
-    found: dict[str, type[msgspec.Struct]] = {}
-    for cls in _structs():
-        if cls.__module__.startswith(CONTRACT_MODULES) and not getattr(cls, "__parameters__", ()):
-            found.setdefault(cls.__name__, cls)
-    return found
+def handler_structs(app: Litestar) -> list[type[msgspec.Struct]]:
+    """The Struct types the app's handlers take or answer (bodies, return types, documented
+    responses); msgspec adds the ones they refer to."""
+    found: dict[type[msgspec.Struct], None] = {}
+    for route in app.routes:
+        for handler in getattr(route, "route_handlers", ()):
+            signature = handler.parsed_fn_signature
+            data = signature.parameters.get("data")
+            candidates: list[Any] = [data.annotation if data else None,
+                                     signature.return_type.annotation]
+            candidates += [spec.data_container
+                           for spec in (getattr(handler, "responses", None) or {}).values()]
+            for candidate in candidates:
+                if isinstance(candidate, type) and issubclass(candidate, msgspec.Struct):
+                    found[candidate] = None
+    return list(found)
 
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
@@ -47,7 +47,7 @@ HTTP_METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "tra
 
 def complete_openapi_document(app: Litestar) -> None:
     document: dict[str, Any] = app.plugins.get(OpenAPIPlugin).provide_openapi_schema()
-    use_msgspec_component_schemas(document)
+    use_msgspec_component_schemas(document, handler_structs(app))
     document_not_found_on_path_parameters(document)
 
 
@@ -69,15 +69,15 @@ def document_not_found_on_path_parameters(document: dict[str, Any]) -> None:
             })
 
 
-def use_msgspec_component_schemas(document: dict[str, Any]) -> None:
-    components = document.get("components", {}).setdefault("schemas", {})
-    structs = contract_structs()
-    wanted = [structs[name] for name in components if name in structs]
-    if not wanted:
+def use_msgspec_component_schemas(document: dict[str, Any],
+                                  structs: list[type[msgspec.Struct]]) -> None:
+    """Each component Litestar named after one of `structs` (or a Struct they refer to)
+    becomes msgspec's schema of it. Two Structs of one name get names of msgspec's own,
+    which Litestar's document does not use: those components are left as they are."""
+    components = document.setdefault("components", {}).setdefault("schemas", {})
+    if not structs:
         return
-    _, schemas = msgspec.json.schema_components(wanted, ref_template=REF_TEMPLATE)
+    _, schemas = msgspec.json.schema_components(structs, ref_template=REF_TEMPLATE)
     for name, schema in schemas.items():
-        if name in components or name in {cls.__name__ for cls in wanted}:
+        if name in components:
             components[name] = schema
-        else:
-            components.setdefault(name, schema)
