@@ -18,11 +18,13 @@ import pytest
 from typer.testing import CliRunner
 
 from ledger_service.cli import app as ledgerctl
+from ledger_service.lag import read_lags
 from ledger_service.projections.runner import LOCK_NAME
 from services.database import conninfo
 from services.http import DEVELOPMENT_JWT_SECRET, mint_token
 from tests.conftest import Infra
 from tests.integration.service_process import ServiceProcess
+from tests.integration.test_projections_workload import Clock, build, scratch_database
 
 pytestmark = pytest.mark.integration
 OPERATOR = {"Authorization": "Bearer " + mint_token(DEVELOPMENT_JWT_SECRET, sub="lag-test",
@@ -137,3 +139,20 @@ def test_a_held_back_projection_shows_in_metrics_health_status_and_verify(
     wait_for(lambda: lag_status(ledger) == 200, "200 once caught up")
     code, output = ledgerctl_run(infra, "verify", "--account", account, "--lag-max-s", "1")
     assert code == 0, output
+
+
+def test_lag_is_read_when_a_waiting_event_holds_an_escaped_nul(infra: Infra) -> None:
+    """PostgreSQL's JSON operators refuse a document holding \\u0000 anywhere; the lag query
+    reads only the timestamp, so free text with one cannot break /metrics or the health
+    route (it did: a fuzzed account name)."""
+    with scratch_database(infra, "lagnul") as database_url:
+        build(database_url, Clock()).app.close()  # the event store's tables and migrations
+        state = (b'{"timestamp":{"_type_":"datetime_iso","_data_":"2026-01-01T00:00:00+00:00"},'
+                 b'"name":"a\\u0000b","originator_topic":"x"}')
+        with psycopg.connect(conninfo(database_url, options="-c search_path=ledger"),
+                             autocommit=True) as conn:
+            conn.execute("INSERT INTO ledger_events (originator_id, originator_version, topic,"
+                         " state) VALUES (%s, 1, 'not-an-event', %s)", (uuid.uuid4(), state))
+            lags = read_lags(conn)
+    assert {lag.name for lag in lags} == {*PROJECTIONS, "ledger.v1.events"}
+    assert all(lag.behind_events == 1 and lag.lag_s > 86_400 for lag in lags)
