@@ -18,7 +18,7 @@ from ledger_service.lag import lag_metrics, read_lags_async
 from ledger_service.messaging import Authorizer, Sweeper, Writer, consumers
 from ledger_service.settings import LedgerSettings
 from services.database import eventsourcing_env
-from services.http.metrics import ScrapeCollector
+from services.http.metrics import ScrapeCollector, named
 from services.runtime import Runtime, ServiceParts, ServiceSpec
 from services.stream_metrics import consumer_metrics, dead_letter_metrics
 
@@ -92,7 +92,8 @@ def metrics(runtime: Runtime) -> list[ScrapeCollector]:
         return [(c.stream, c.durable) for c in runtime.state.get("consumers", ())]
 
     connection = lambda: runtime.broker.connection  # noqa: E731 (connected after build)
-    return [followers, consumer_metrics(connection, durables), dead_letter_metrics(connection)]
+    return [named("ledger-followers", followers), consumer_metrics(connection, durables),
+            dead_letter_metrics(connection)]
 
 
 SPEC = ServiceSpec(

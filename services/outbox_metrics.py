@@ -10,7 +10,7 @@ from typing import Final
 from prometheus_client.core import GaugeMetricFamily, Metric
 from psycopg_pool import AsyncConnectionPool
 
-from services.http.metrics import ScrapeCollector
+from services.http.metrics import ScrapeCollector, named
 
 # outbox_unsent (a partial index on unsent rows) makes both figures an index scan of the
 # backlog only.
@@ -33,4 +33,4 @@ def outbox_metrics(pool: AsyncConnectionPool) -> ScrapeCollector:
         age.add_metric([], max(oldest_s, 0.0))
         return [backlog, age]
 
-    return collect
+    return named("outbox", collect)

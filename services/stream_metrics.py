@@ -17,7 +17,7 @@ from nats.js.errors import NotFoundError
 from prometheus_client.core import GaugeMetricFamily, Metric
 
 from contracts.subjects import DEADLETTER_PREFIX
-from services.http.metrics import ScrapeCollector
+from services.http.metrics import ScrapeCollector, named
 
 DEADLETTER_STREAM: Final = "DEADLETTER"
 NATS_REQUEST_TIMEOUT_S: Final = 2.0
@@ -56,7 +56,7 @@ def consumer_metrics(connection: Callable[[], NATS],
             redelivered.add_metric([stream, durable], info.num_redelivered or 0)
         return [pending, ack_pending, redelivered]
 
-    return collect
+    return named("nats-consumers", collect)
 
 
 def dead_letter_metrics(connection: Callable[[], NATS]) -> ScrapeCollector:
@@ -77,4 +77,4 @@ def dead_letter_metrics(connection: Callable[[], NATS]) -> ScrapeCollector:
         total.add_metric([], info.state.messages)
         return [letters, total]
 
-    return collect
+    return named("nats-dead-letters", collect)

@@ -17,6 +17,7 @@ Two kinds of figures share `/metrics`:
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 
@@ -44,6 +45,7 @@ ScrapeCollector = Callable[[], Awaitable[Sequence[Metric]]]
 MULTIPROCESS_DIR_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
 
 _log = structlog.get_logger(__name__)
+SCRAPE_COLLECTOR_TIMEOUT_S = 3.0
 
 # Requests that matched no route share one label value, so scanners cannot explode cardinality.
 UNMATCHED_ROUTE = "unmatched"
@@ -92,12 +94,20 @@ def process_registry() -> CollectorRegistry:
     return registry
 
 
+def named(name: str, collector: ScrapeCollector) -> ScrapeCollector:
+    """`collector`, called `name` in metrics_scrape_collector_failed and the log."""
+    collector.__qualname__ = name
+    return collector
+
+
 async def scrape(collectors: Sequence[ScrapeCollector]) -> bytes:
     families: list[Metric] = []
     for collector in collectors:
         name = getattr(collector, "__qualname__", repr(collector))
         try:
-            families.extend(await collector())
+            # A scrape is not worth waiting long for: a stuck database or NATS shows as a
+            # failed collector, and the request figures are still served.
+            families.extend(await asyncio.wait_for(collector(), SCRAPE_COLLECTOR_TIMEOUT_S))
         except Exception as exc:  # a dead dependency must not hide the other figures
             _log.warning("metrics collector failed", collector=name, error=str(exc)[:200])
             SCRAPE_ERRORS.labels(collector=name).set(1)
