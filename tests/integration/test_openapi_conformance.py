@@ -38,12 +38,14 @@ PORTAL_TOKEN = mint_token(DEVELOPMENT_JWT_SECRET, sub="schemathesis-portal", sco
 PORTAL_ONLY_READS = ["--include-method", "GET", "--max-examples", "2"]
 
 
-def schemathesis(schema_url: str, token: str, extra: list[str]) -> tuple[str, int]:
+def schemathesis(schema_url: str, token: str, extra: list[str], workdir: Path,
+                 ) -> tuple[str, int]:
+    # In the test's own directory: schemathesis keeps a cache (.schemathesis/) where it runs.
     result = subprocess.run(
         [sys.executable, "-m", "schemathesis.cli", "--config-file", str(CONFIG), "--no-color",
          "run", schema_url, "--max-examples", EXAMPLES, "--seed", SEED, "--workers", "1",
          "--request-timeout", "10", "--header", f"Authorization: Bearer {token}", *extra],
-        capture_output=True, text=True, timeout=RUN_TIMEOUT_S, check=False)
+        capture_output=True, text=True, timeout=RUN_TIMEOUT_S, check=False, cwd=workdir)
     return result.stdout + result.stderr, result.returncode
 
 
@@ -70,7 +72,8 @@ def run_schemathesis(package: str, env: dict[str, str], tmp_path: Path) -> None:
                for op in item.values() if isinstance(op, dict)):
             runs.append((PORTAL_TOKEN, PORTAL_ONLY_READS))
         for token, extra in runs:
-            output, code = schemathesis(f"{service.url}/schema/openapi.json", token, extra)
+            output, code = schemathesis(f"{service.url}/schema/openapi.json", token, extra,
+                                        tmp_path)
             assert code == 0, f"{package}:\n{output[-15000:]}\n{service.logs()[-3000:]}"
     finally:
         assert service.stop() == 0, service.logs()[-3000:]
