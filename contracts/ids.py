@@ -56,7 +56,12 @@ EventId = Annotated[
 ]
 HoldId = Annotated[str, _key_meta("Id of a hold placed by ledger.v1.authorize", "hold-8c1e")]
 EntryId = Annotated[str, _key_meta("Id of a ledger entry", "ent-5f3a9c")]
-GrantId = Annotated[str, _key_meta("Id of a credit grant", "grant-71b2")]
+# A grant id is minted from the write that made it: "grant:" or "adjustment:" and the
+# caller's Idempotency-Key (up to KEY_LENGTH_MAX), so it may be that much longer than a key.
+GRANT_ID_LENGTH_MAX: Final = KEY_LENGTH_MAX + len("adjustment:")
+GrantId = Annotated[str, msgspec.Meta(
+    min_length=1, max_length=GRANT_ID_LENGTH_MAX, pattern=KEY_PATTERN,
+    description="Id of a credit grant", examples=["grant-71b2"])]
 PaymentId = Annotated[str, _key_meta("Id of a payment", "pay-3d9e")]
 RefundId = Annotated[str, _key_meta("Id of a payment refund", "re-4411")]
 InvoiceId = Annotated[str, _key_meta("Id of an invoice", "inv-2a07")]

@@ -41,6 +41,7 @@ from ledger_service.csv_cells import spreadsheet_row
 from ledger_service.domain.account import BillingAccount
 from ledger_service.domain.chain import GENESIS_HASH, configure_chain_keys, event_payload
 from ledger_service.domain.times import format_time
+from ledger_service.lag import LAG_ALERT_S_DEFAULT, FollowerLag, read_lags
 from ledger_service.projections.builders import PROJECTION_NAMES
 from ledger_service.projections.decoding import ROW_COLUMNS, EventDecoder, StoredRow, stored_row
 from ledger_service.projections.replay import replay_account
@@ -50,7 +51,6 @@ from ledger_service.projections.runner import (
     RebuildInProgress,
     account_loader,
     connector,
-    head_position,
     quarantined_events,
     rebuild,
 )
@@ -328,6 +328,9 @@ def verify_command(
         show_default=False)] = None,
     allow_unkeyed: Annotated[bool, typer.Option(
         "--allow-unkeyed", help="Accept events hashed before the chain was keyed")] = False,
+    lag_max_s: Annotated[float, typer.Option(
+        "--lag-max-s", min=0, help="Exit 3 when a projection has had events waiting longer"
+        " than this at the time of checking")] = LAG_ALERT_S_DEFAULT,
 ) -> None:
     """Recompute everything from the log and report every divergence: keyed hash chains (an
     edited, removed or re-ordered event), signed anchors (history changed, truncated or
@@ -335,7 +338,9 @@ def verify_command(
     not sum to zero per currency, stated balances that differ from the replay, projection rows
     (balances, statement, usage, holds) that differ from what the replay says they should be,
     and snapshots (which loading an account starts from) that differ from the replay at their
-    version. Exits 1 on any divergence."""
+    version. Exits 1 on any divergence; else 3 when a projection is behind by more than
+    --lag-max-s (its rows are checked at its own position, so a stuck projection would
+    otherwise pass)."""
 
     def command() -> int:
         account_id = parse_account(account) if account else None
@@ -357,11 +362,19 @@ def verify_command(
                 verify_anchors(conn, archived, t.keys.trusted_anchor_key(), report)
                 if report.anchors_checked:
                     err.print(f"Checked {report.anchors_checked} anchors from {source}.")
+            lags = read_lags(conn)
+        # the projections only: their rows are what verify checks (status shows the publisher)
+        behind = [lag for lag in lags if lag.kind == "projection" and lag.stuck(lag_max_s)]
         if as_json:
-            out.print_json(data=report_json(report))
+            out.print_json(data={**report_json(report),
+                                 "lag": [lag_json(lag) for lag in lags],
+                                 "behind": [lag.name for lag in behind]})
         else:
             print_report(report)
-        return 0 if report.ok else 1
+            print_behind(behind, lag_max_s)
+        if not report.ok:
+            return 1
+        return 3 if behind else 0
 
     run(command, ctx)
 
@@ -451,6 +464,15 @@ def print_report(report: VerifyReport) -> None:
     out.print("[red]DIVERGENT[/red]: the log or a projection does not agree with the replay.")
 
 
+def print_behind(behind: list[FollowerLag], lag_max_s: float) -> None:
+    if not behind:
+        return
+    err.print(f"[yellow]WARNING[/yellow]: events have waited more than {lag_max_s:g} s for: "
+              + ", ".join(f"{lag.name} ({lag.behind_events} events, oldest {lag.lag_s:.0f} s)"
+                          for lag in behind)
+              + ". Is the ledger service (its follower process) running? `ledgerctl status`.")
+
+
 # ------------------------------------------------------------------ projections
 
 
@@ -524,22 +546,33 @@ def catch_up_command(
     run(command, ctx)
 
 
-@app.command("status", epilog="Example:\n\n  ledgerctl status")
-def status_command(ctx: typer.Context) -> None:
-    """Each projection's position against the head of the log, when it last moved, and the
-    events a projection quarantined (could not apply, and skipped)."""
+@app.command("status", epilog="Example:\n\n  ledgerctl status\n\n  ledgerctl status --json")
+def status_command(
+    ctx: typer.Context,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the lags as JSON")] = False,
+) -> None:
+    """Each follower of the log (the projections and the publisher of ledger.v1.events): its
+    position against the head of the log, the events it has not applied yet and the age of
+    the oldest of them (its lag), when a projection last moved, and the events a projection
+    quarantined (could not apply, and skipped)."""
 
     def command() -> None:
         with tools(ctx).connect() as conn:
-            head = head_position(conn)
-            rows = conn.execute("SELECT name, position, updated_at FROM projection_positions"
-                                " ORDER BY name").fetchall()
+            lags = read_lags(conn)
+            moved = dict(conn.execute("SELECT name, updated_at FROM projection_positions")
+                         .fetchall())
             quarantined = quarantined_events(conn)
+        if as_json:
+            out.print_json(data={"followers": [lag_json(lag) for lag in lags]})
+            return
+        head = max((lag.head for lag in lags), default=0)
         table = Table(title=f"Log head: position {head}", title_justify="left")
-        for column in ("projection", "position", "behind", "updated at"):
+        for column in ("follower", "kind", "position", "behind", "lag", "updated at"):
             table.add_column(column)
-        for name, position, updated_at in rows:
-            table.add_row(name, str(position), str(head - position), format_time(updated_at))
+        for lag in lags:
+            updated_at = moved.get(lag.name) if lag.kind == "projection" else None
+            table.add_row(lag.name, lag.kind, str(lag.position), str(lag.behind_events),
+                          f"{lag.lag_s:.1f} s", format_time(updated_at) if updated_at else "")
         out.print(table)
         if not quarantined:
             out.print("No quarantined events.")
@@ -555,6 +588,11 @@ def status_command(ctx: typer.Context) -> None:
         out.print(held)
 
     run(command, ctx)
+
+
+def lag_json(lag: FollowerLag) -> dict[str, Any]:
+    return {"kind": lag.kind, "name": lag.name, "position": lag.position, "head": lag.head,
+            "behind_events": lag.behind_events, "lag_s": round(lag.lag_s, 3)}
 
 
 # ------------------------------------------------------------------ raw events

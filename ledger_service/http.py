@@ -17,7 +17,7 @@ from litestar import Request, Response, Router, get, patch, post, put
 from litestar.di import NamedDependency, Provide
 from litestar.exceptions import NotFoundException, ValidationException
 from litestar.openapi import ResponseSpec
-from litestar.params import FromPath, HeaderParameter, JSONBody, QueryParameter
+from litestar.params import FromPath, HeaderParameter, JSONBody, Parameter
 from psycopg_pool import AsyncConnectionPool
 
 from contracts.http.ledger import (
@@ -57,14 +57,32 @@ from services.http import (
     requires_scope,
 )
 from services.http.auth import CurrentPrincipal
+from services.http.parameters import instant_parameter, parse_instant
 
 JSON = "application/json"
 _KEY = re.compile(rf"[\x21-\x7e]{{1,{KEY_LENGTH_MAX}}}")
 IdempotencyKey = Annotated[
     str | None,
-    HeaderParameter(name="Idempotency-Key", required=False,
-                    description="Makes the write safe to retry: 1-128 visible ASCII characters"),
+    HeaderParameter(name="Idempotency-Key", required=False, pattern=_KEY.pattern,
+                    min_length=1, max_length=KEY_LENGTH_MAX,
+                    description="Makes the write safe to retry: 1-128 visible ASCII characters."
+                                " A repeat with the same key and body answers the first"
+                                " response again (Idempotent-Replayed: true); the same key"
+                                " with another body is 409."),
 ]
+
+
+def written(model: type[Any], status: int = 200, description: str = "Written") -> dict[int, ResponseSpec]:
+    """The 2xx body of a write (the handler answers encoded bytes, so Litestar cannot see
+    it), documented with the header a replay carries."""
+    return {status: ResponseSpec(model, generate_examples=False, description=(
+        f"{description}. A replay of an Idempotency-Key answers the first response again,"
+        " with Idempotent-Replayed: true"))}
+# The product as the price override documents it (contracts.ids.ProductKey): a path that is
+# not a product key is 400, never an override the response schema would not allow.
+ProductPath = Annotated[str, Parameter(
+    pattern=r"^[a-z][a-z0-9_]*$", min_length=1, max_length=64,
+    description="Catalogue product key: lower-case letters, digits and underscores")]
 EXCEPTION_STATUSES: dict[type[Exception], tuple[int, str]] = {
     AccountNotFound: (404, "account-not-found"),
     AccountExists: (409, "account-exists"),
@@ -130,7 +148,7 @@ READERS = {"guards": [requires_any_scope(PORTAL, OPERATOR)], "security": BEARER_
 
 
 @post("/", summary="Open a billing account", status_code=201, **OPERATOR_ONLY,  # type: ignore[arg-type]
-      responses=problem_responses(400, 401, 403, 409, 422))
+      responses={**written(AccountView, 201, "Opened"), **problem_responses(400, 401, 403, 409, 422)})
 async def open_account(
     request: Request[Any, Any, Any], data: JSONBody[OpenAccount], svc: Services,
     idempotency_key: IdempotencyKey = None,
@@ -143,12 +161,12 @@ async def open_account(
      responses=problem_responses(401, 403, 404))
 async def get_account(account_id: FromPath[UUID], svc: Services, principal: CurrentPrincipal) -> AccountView:
     check_may_read(principal, account_id)
-    account = await svc.reader.account(account_id)
-    return accounts.account_view(account)
+    return await svc.reader.call(accounts.read_account, svc.reader.ledger, account_id)
 
 
 @patch("/{account_id:uuid}", summary="Change type, limits, threshold, basis, tier or tax",
-       **OPERATOR_ONLY, responses=problem_responses(400, 401, 403, 404, 409, 422))  # type: ignore[arg-type]
+       **OPERATOR_ONLY, responses={**written(AccountView),  # type: ignore[arg-type]
+                                   **problem_responses(400, 401, 403, 404, 409, 422)})
 async def patch_account(
     request: Request[Any, Any, Any], account_id: FromPath[UUID], data: JSONBody[PatchAccount], svc: Services,
     principal: CurrentPrincipal, idempotency_key: IdempotencyKey = None,
@@ -158,7 +176,9 @@ async def patch_account(
 
 
 @post("/{account_id:uuid}/close", summary="Close: no new debits or authorizations",
-      status_code=200, **OPERATOR_ONLY, responses=problem_responses(401, 403, 404))  # type: ignore[arg-type]
+      status_code=200, **OPERATOR_ONLY, responses={  # type: ignore[arg-type]
+          **written(AccountView, 200, "Closed (closing a closed account changes nothing)"),
+          **problem_responses(400, 401, 403, 404, 409, 422)})
 async def close_account(
     request: Request[Any, Any, Any], account_id: FromPath[UUID], svc: Services,
     principal: CurrentPrincipal, idempotency_key: IdempotencyKey = None,
@@ -174,15 +194,12 @@ async def close_account(
          " write")), **problem_responses(400, 401, 403, 404)})
 async def get_balance(
     account_id: FromPath[UUID], svc: Services, principal: CurrentPrincipal,
-    as_of: Annotated[datetime | None, QueryParameter(
-        description="Answer from the event log for this past instant (RFC 3339)")] = None,
+    as_of_text: Annotated[str | None, instant_parameter(
+        "Answer from the event log for this past instant", name="as_of")] = None,
 ) -> Response[bytes]:
     check_may_read(principal, account_id)
+    as_of = parse_instant(as_of_text, "as_of")
     if as_of is not None:
-        if as_of.tzinfo is None:
-            raise ValidationException(detail="as_of needs a UTC offset",
-                                      extra=[{"key": "as_of", "message": "timezone required",
-                                              "source": "query"}])
         account = await svc.reader.account_as_of(account_id, as_of)
         return respond_view(accounts.balance_view(account, as_of.astimezone(UTC)),
                             {"X-Account-Version": str(account.version)})
@@ -211,7 +228,8 @@ def respond_view(view: Any, headers: dict[str, str]) -> Response[bytes]:
 
 
 @post("/{account_id:uuid}/credits", summary="Grant credit", status_code=201, **OPERATOR_ONLY,  # type: ignore[arg-type]
-      responses=problem_responses(400, 401, 403, 404, 409, 422))
+      responses={**written(GrantView, 201, "Granted"),
+                 **problem_responses(400, 401, 403, 404, 409, 422)})
 async def grant_credit(
     request: Request[Any, Any, Any], account_id: FromPath[UUID], data: JSONBody[GrantCredit], svc: Services,
     principal: CurrentPrincipal, idempotency_key: IdempotencyKey = None,
@@ -222,7 +240,8 @@ async def grant_credit(
 
 @post("/{account_id:uuid}/adjustments", summary="Adjust (credit or debit) with a memo",
       status_code=201, **OPERATOR_ONLY,  # type: ignore[arg-type]
-      responses=problem_responses(400, 401, 403, 404, 409, 422))
+      responses={**written(PostedView, 201, "Posted"),
+                 **problem_responses(400, 401, 403, 404, 409, 422)})
 async def adjust(
     request: Request[Any, Any, Any], account_id: FromPath[UUID], data: JSONBody[Adjustment], svc: Services,
     principal: CurrentPrincipal, idempotency_key: IdempotencyKey = None,
@@ -232,7 +251,8 @@ async def adjust(
 
 
 @post("/{account_id:uuid}/refunds", summary="Refund (part of) a debit", status_code=201,
-      **OPERATOR_ONLY, responses=problem_responses(400, 401, 403, 404, 409, 422))  # type: ignore[arg-type]
+      **OPERATOR_ONLY, responses={**written(PostedView, 201, "Refunded"),  # type: ignore[arg-type]
+                                  **problem_responses(400, 401, 403, 404, 409, 422)})
 async def refund(
     request: Request[Any, Any, Any], account_id: FromPath[UUID], data: JSONBody[RefundRequest], svc: Services,
     principal: CurrentPrincipal, idempotency_key: IdempotencyKey = None,
@@ -242,18 +262,15 @@ async def refund(
 
 
 @put("/{account_id:uuid}/prices/{product:str}", summary="Per-account unit price override",
-     **OPERATOR_ONLY, responses=problem_responses(400, 401, 403, 404, 422))  # type: ignore[arg-type]
+     **OPERATOR_ONLY, responses={**written(PriceOverrideView),  # type: ignore[arg-type]
+                                 **problem_responses(400, 401, 403, 404, 409, 422)})
 async def set_price(
-    request: Request[Any, Any, Any], account_id: FromPath[UUID], product: FromPath[str],
+    request: Request[Any, Any, Any], account_id: FromPath[UUID], product: ProductPath,
     data: JSONBody[PriceOverride], svc: Services, principal: CurrentPrincipal,
     idempotency_key: IdempotencyKey = None,
 ) -> Response[bytes]:
     return await write(request, svc, f"http:price:{account_id}:{product}", idempotency_key, 200,
                        accounts.set_price, account_id, product, data, actor_of(principal))
-
-
-# Documented response bodies for the OpenAPI document (handlers return encoded bytes).
-RESPONSE_MODELS = (AccountView, GrantView, PostedView, PriceOverrideView, BalanceView)
 
 
 def router(services: LedgerServices) -> Router:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncGenerator
-from datetime import UTC, date, datetime
+from datetime import UTC, date
 from typing import Annotated, Any, Final, Literal, get_args
 from uuid import UUID
 
@@ -50,6 +50,7 @@ from ledger_service.projections import reads
 from ledger_service.projections.decoding import EventDecoder, stored_row
 from services.http import Principal, problem_responses
 from services.http.auth import CurrentPrincipal
+from services.http.parameters import cursor_parameter, instant_parameter, parse_instant
 
 JSON: Final = "application/json"
 CSV: Final = "text/csv"
@@ -87,14 +88,6 @@ def tenant_of(principal: Principal, account_id: UUID) -> UUID:
     if principal.is_operator or principal.tenant_id is None:
         return account_id
     return UUID(principal.tenant_id)
-
-
-def _aware(value: datetime | None, name: str) -> datetime | None:
-    if value is not None and value.tzinfo is None:
-        raise ValidationException(
-            detail=f"{name} needs a UTC offset (RFC 3339)",
-            extra=[{"key": name, "message": "timezone required", "source": "query"}])
-    return value
 
 
 def _kinds(values: list[str] | None) -> tuple[str, ...]:
@@ -136,18 +129,17 @@ async def get_entries(
     principal: CurrentPrincipal,
     kind: Annotated[list[str] | None, QueryParameter(
         description="Only these kinds (repeat, or comma-separate)")] = None,
-    occurred_from: Annotated[datetime | None, QueryParameter(
-        name="from", description="Entries at or after this instant (RFC 3339)")] = None,
-    occurred_to: Annotated[datetime | None, QueryParameter(
-        name="to", description="Entries before this instant (RFC 3339)")] = None,
+    occurred_from: Annotated[str | None, instant_parameter(
+        "Entries at or after this instant", name="from")] = None,
+    occurred_to: Annotated[str | None, instant_parameter(
+        "Entries before this instant", name="to")] = None,
     limit: Annotated[int, QueryParameter(
         ge=1, le=ENTRIES_PAGE_MAX, description="Entries per page")] = ENTRIES_PAGE_DEFAULT,
-    cursor: Annotated[str | None, QueryParameter(
-        max_length=512, description="next_cursor of the previous page")] = None,
+    cursor: Annotated[str | None, cursor_parameter(512)] = None,
 ) -> Response[Any]:
     check_may_read(principal, account_id)
-    where = reads.EntryFilter(_kinds(kind), _aware(occurred_from, "from"),
-                              _aware(occurred_to, "to"))
+    where = reads.EntryFilter(_kinds(kind), parse_instant(occurred_from, "from"),
+                              parse_instant(occurred_to, "to"))
     tenant = tenant_of(principal, account_id)
     if request.accept.best_match([JSON, CSV], default=JSON) == CSV:
         return await _entries_csv(q, account_id, tenant, where)
@@ -229,8 +221,7 @@ async def get_usage(
      media_type=JSON)
 async def get_audit_events(
     account_id: FromPath[UUID], q: Queries,
-    cursor: Annotated[str | None, QueryParameter(
-        max_length=32, description="next_cursor of the previous page")] = None,
+    cursor: Annotated[str | None, cursor_parameter(32)] = None,
     limit: Annotated[int, QueryParameter(ge=1, le=AUDIT_PAGE_MAX)] = AUDIT_PAGE_DEFAULT,
 ) -> Response[Any]:
     """Oldest first. `hash` is the event's chain hash: sha256 of the previous hash, the event

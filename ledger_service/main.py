@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 from pathlib import Path
+from typing import Any
 
 import structlog
 
@@ -13,11 +14,15 @@ from ledger_service.app.ledger import Ledger, LedgerApplication, ledger_env
 from ledger_service.domain.chain import configure_chain_keys
 from ledger_service.followers import FollowerConfig, Followers
 from ledger_service.http import EXCEPTION_STATUSES, LedgerServices, router
+from ledger_service.http_lag import lag_router
+from ledger_service.lag import lag_metrics, read_lags_async
 from ledger_service.messaging import Authorizer, Sweeper, Writer, consumers
 from ledger_service.reader import Reader
 from ledger_service.settings import LedgerSettings
 from services.database import eventsourcing_env
+from services.http.metrics import ScrapeCollector, named
 from services.runtime import Runtime, ServiceParts, ServiceSpec
+from services.stream_metrics import consumer_metrics, dead_letter_metrics
 
 log = structlog.get_logger(__name__)
 SCHEMA = "ledger"
@@ -73,12 +78,31 @@ def build(runtime: Runtime) -> ServiceParts:
         services.reader.close()
         rt.state["ledger"].app.close()
 
+    settings = runtime.settings
+    assert isinstance(settings, LedgerSettings)
     return ServiceParts(
-        route_handlers=[router(services), *http_queries.routers(queries)],
+        route_handlers=[router(services), *http_queries.routers(queries),
+                        lag_router(runtime.pool, settings.lag_alert_s)],
         exception_statuses={**EXCEPTION_STATUSES, **http_queries.EXCEPTION_STATUSES},
         on_startup=[start],
         on_shutdown=[stop],
+        metrics=metrics(runtime),
     )
+
+
+def metrics(runtime: Runtime) -> list[ScrapeCollector]:
+    """Lag of the followers (a process of their own: read from the database positions),
+    of the durable consumers and the dead letters (asked of NATS), at each scrape."""
+
+    async def followers() -> list[Any]:
+        return lag_metrics(await read_lags_async(runtime.pool))
+
+    def durables() -> list[tuple[str, str]]:
+        return [(c.stream, c.durable) for c in runtime.state.get("consumers", ())]
+
+    connection = lambda: runtime.broker.connection  # noqa: E731 (connected after build)
+    return [named("ledger-followers", followers), consumer_metrics(connection, durables),
+            dead_letter_metrics(connection)]
 
 
 SPEC = ServiceSpec(

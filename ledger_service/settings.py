@@ -17,6 +17,7 @@ import msgspec
 
 from ledger_service.anchors import public_key_of
 from ledger_service.domain.chain import ChainKeyError, ChainKeyring
+from ledger_service.lag import LAG_ALERT_S_DEFAULT
 from services.settings import ServiceSettings, SettingsError, ToolSettings
 
 # Development only (documented in docs/design.md, "Tamper evidence"); refused in production.
@@ -67,7 +68,7 @@ class LedgerToolSettings(ToolSettings, frozen=True, kw_only=True):
 
 
 class LedgerSettings(ServiceSettings, frozen=True, kw_only=True):
-    """Read from CHAIN_KEYS, ANCHOR_SIGNING_KEY, ... (or LEDGER_<NAME>)."""
+    """Read from CHAIN_KEYS, ANCHOR_SIGNING_KEY, LAG_ALERT_S, ... (or LEDGER_<NAME>)."""
 
     # `kid=base64key,kid2=base64key`: the first keys new events, all verify (rotation).
     chain_keys: str = DEVELOPMENT_CHAIN_KEYS
@@ -77,6 +78,8 @@ class LedgerSettings(ServiceSettings, frozen=True, kw_only=True):
     anchor_interval_s: Annotated[float, msgspec.Meta(ge=1, le=86_400)] = 600.0
     # Where each anchor is also appended as a line of JSON, for an operator to archive.
     anchor_dir: str = ".run/anchors"
+    # GET /v1/health/lag answers 503 once a follower's oldest waiting event is this old.
+    lag_alert_s: Annotated[float, msgspec.Meta(gt=0, le=86_400)] = LAG_ALERT_S_DEFAULT
 
     def keyring(self) -> ChainKeyring:
         return parse_keyring(self.chain_keys)

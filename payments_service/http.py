@@ -7,14 +7,13 @@ another account's payment, answers 404.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC
 from typing import Annotated, Any, Final
 from uuid import UUID
 
 import msgspec
 from litestar import Request, Router, get, post, put
 from litestar.di import Provide
-from litestar.exceptions import ValidationException
 from litestar.params import Parameter
 
 from contracts.http.payments import (
@@ -43,6 +42,7 @@ from services.http import (
     requires_any_scope,
     requires_scope,
 )
+from services.http.parameters import cursor_parameter, instant_parameter, parse_instant
 
 # Domain errors -> (status, problem type); the kernel turns them into problem+json.
 EXCEPTION_STATUSES: Final[dict[type[Exception], tuple[int, str]]] = {
@@ -321,15 +321,6 @@ def _visible_account(principal: Principal, account_id: UUID | None) -> UUID | No
     return own
 
 
-def _aware(name: str, value: datetime | None) -> datetime | None:
-    if value is not None and value.tzinfo is None:
-        raise ValidationException(
-            detail=f"{name} needs a UTC offset (RFC 3339)",
-            extra=[{"key": name, "message": "needs a UTC offset", "source": "query"}],
-        )
-    return value
-
-
 @get(
     "/v1/payments",
     summary="Payments, refunds and failures, newest first",
@@ -345,16 +336,18 @@ async def list_payments(
     payments: PaymentsApp,
     account_id: UUID | None = None,
     status: PaymentStatus | None = None,
-    created_from: Annotated[datetime | None, Parameter(query="from")] = None,
-    created_to: Annotated[datetime | None, Parameter(query="to")] = None,
+    created_from: Annotated[str | None, instant_parameter(
+        "Payments recorded at or after this instant", name="from")] = None,
+    created_to: Annotated[str | None, instant_parameter(
+        "Payments recorded before this instant", name="to")] = None,
     limit: Annotated[int, Parameter(ge=1, le=PAYMENTS_PAGE_MAX)] = PAGE_SIZE_DEFAULT,
-    cursor: Annotated[str | None, Parameter(min_length=1, max_length=512)] = None,
+    cursor: Annotated[str | None, cursor_parameter(512)] = None,
 ) -> PaymentsPage:
     where = PaymentFilter(
         account_id=_visible_account(principal, account_id),
         status=status,
-        created_from=_aware("from", created_from),
-        created_to=_aware("to", created_to),
+        created_from=parse_instant(created_from, "from"),
+        created_to=parse_instant(created_to, "to"),
     )
     rows, next_cursor = await payments.records.page(where, limit=limit, cursor=cursor)
     return PaymentsPage(items=[payment_view(row) for row in rows], next_cursor=next_cursor)

@@ -14,10 +14,12 @@ from payments_service.app.queries import PaymentRecords
 from payments_service.app.stripe_api import SessionLinks, StripeClient
 from payments_service.app.stripe_webhooks import StripeWebhooks
 from payments_service.http import EXCEPTION_STATUSES, create_router
-from payments_service.messaging import subscribe_invoices
+from payments_service.messaging import INVOICES_DURABLE, subscribe_invoices
 from payments_service.settings import PaymentsSettings
 from services.outbox import OutboxRelay, jetstream_publisher
+from services.outbox_metrics import outbox_metrics
 from services.runtime import Runtime, ServiceParts, ServiceSpec
+from services.stream_metrics import consumer_metrics
 
 
 def build(runtime: Runtime) -> ServiceParts:
@@ -78,6 +80,9 @@ def build(runtime: Runtime) -> ServiceParts:
         exception_statuses=EXCEPTION_STATUSES,
         on_startup=[start_relay],
         on_shutdown=[stop_clients],
+        metrics=[outbox_metrics(runtime.pool),
+                 consumer_metrics(lambda: runtime.broker.connection,
+                                  lambda: [("INVOICING", INVOICES_DURABLE)])],
     )
 
 

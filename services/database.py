@@ -12,10 +12,10 @@ import hashlib
 import time
 import weakref
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import urlsplit
 
 import psycopg
 import structlog
@@ -31,6 +31,11 @@ class MigrationError(RuntimeError):
     """A migration failed, or an applied migration file was changed afterwards."""
 
 
+# What a URL that names none of them means, as it did before every libpq parameter was kept.
+URL_DEFAULTS: Mapping[str, str] = {"host": "127.0.0.1", "port": "5432", "user": "postgres",
+                                   "dbname": "postgres"}
+
+
 @dataclass(frozen=True, slots=True)
 class ConnectionParts:
     host: str
@@ -38,61 +43,80 @@ class ConnectionParts:
     user: str
     password: str
     dbname: str
+    # Every other libpq parameter of the URL (sslmode, sslrootcert, target_session_attrs,
+    # options, application_name, ...), as libpq names them.
+    params: Mapping[str, str] = field(default_factory=dict)
+
+
+def url_parameters(url: str) -> dict[str, str]:
+    """Every libpq parameter of a ``postgresql://`` URL, as psycopg (libpq) parses it, with
+    our defaults for host, port, user and database.
+
+    The query-string ``host`` form is how a unix-socket server (the embedded one) is named;
+    every other query parameter (``sslmode=verify-full``, ``target_session_attrs``, ...) is
+    kept, so nothing a deployment configures is dropped on the way to the connection."""
+    if urlsplit(url).scheme not in ("postgresql", "postgres"):
+        raise ValueError("DATABASE_URL must start with postgresql://")
+    try:
+        parsed = psycopg.conninfo.conninfo_to_dict(url)
+    except psycopg.ProgrammingError as exc:
+        raise ValueError(f"DATABASE_URL is not a valid PostgreSQL URL: {exc}") from None
+    values = {key: str(value) for key, value in parsed.items() if value is not None}
+    return {**URL_DEFAULTS, **values}
 
 
 def parse_database_url(url: str) -> ConnectionParts:
-    """Split a ``postgresql://user:pass@host:port/db?host=/socket/dir`` URL.
-
-    The query-string ``host`` form is how a unix-socket server (the embedded one) is named.
-    """
-    parts = urlsplit(url)
-    if parts.scheme not in ("postgresql", "postgres"):
-        raise ValueError("DATABASE_URL must start with postgresql://")
-    query = parse_qs(parts.query)
-    host = query.get("host", [parts.hostname or "127.0.0.1"])[0]
+    """The URL's connection parts; ``params`` holds every other libpq parameter."""
+    values = url_parameters(url)
+    named = {"host", "port", "user", "password", "dbname"}
     return ConnectionParts(
-        host=unquote(host),
-        port=parts.port or int(query.get("port", ["5432"])[0]),
-        user=unquote(parts.username or query.get("user", ["postgres"])[0]),
-        password=unquote(parts.password or ""),
-        dbname=unquote(parts.path.lstrip("/") or "postgres"),
+        host=values["host"],
+        port=int(values["port"].split(",")[0]),  # the first of a multi-host URL's
+        user=values["user"],
+        password=values.get("password", ""),
+        dbname=values["dbname"],
+        params={key: value for key, value in values.items() if key not in named},
     )
 
 
 def conninfo(url: str, **overrides: Any) -> str:
-    parts = parse_database_url(url)
-    values: dict[str, Any] = {
-        "host": parts.host,
-        "port": parts.port,
-        "user": parts.user,
-        "dbname": parts.dbname,
-        "connect_timeout": CONNECT_TIMEOUT_S,
-    }
-    if parts.password:
-        values["password"] = parts.password
+    """A libpq connection string for ``url`` with ``overrides`` applied.
+
+    An ``options`` override (our ``-c search_path=...``) is appended to the URL's own
+    ``options`` rather than replacing them, so a deployment's ``-c statement_timeout=...``
+    survives; libpq applies them in order, so ours win where both set the same setting."""
+    values: dict[str, Any] = {"connect_timeout": CONNECT_TIMEOUT_S, **url_parameters(url)}
+    extra_options = overrides.pop("options", None)
+    if extra_options:
+        values["options"] = " ".join(filter(None, (values.get("options"), extra_options)))
     values.update(overrides)
     return psycopg.conninfo.make_conninfo(**values)
 
 
 def redact_url(url: str) -> str:
-    """The URL without its password, for logs and error messages."""
+    """The URL without its password (in the authority or the query), for logs and errors."""
     parts = urlsplit(url)
-    if not parts.password:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-    return parts._replace(netloc=netloc).geturl()
+    if parts.password:
+        parts = parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@"))
+    if "password=" in parts.query:
+        query = "&".join("password=***" if pair.startswith("password=") else pair
+                         for pair in parts.query.split("&"))
+        parts = parts._replace(query=query)
+    return parts.geturl()
 
 
 def eventsourcing_env(url: str, schema: str, **extra: str) -> dict[str, str]:
     """The environment the eventsourcing library reads, derived from DATABASE_URL."""
-    parts = parse_database_url(url)
+    values = url_parameters(url)  # strings as libpq has them: "h1,h2" for two hosts
     env = {
-        "PERSISTENCE_MODULE": "eventsourcing.postgres",
-        "POSTGRES_DBNAME": parts.dbname,
-        "POSTGRES_HOST": parts.host,
-        "POSTGRES_PORT": str(parts.port),
-        "POSTGRES_USER": parts.user,
-        "POSTGRES_PASSWORD": parts.password,
+        # eventsourcing's own factory knows five parameters; ours hands the pool the rest
+        "PERSISTENCE_MODULE": "services.event_store:PostgresFactory",
+        "POSTGRES_CONNINFO": conninfo(url),
+        "POSTGRES_DBNAME": values["dbname"],
+        "POSTGRES_HOST": values["host"],
+        "POSTGRES_PORT": values["port"],
+        "POSTGRES_USER": values["user"],
+        "POSTGRES_PASSWORD": values.get("password", ""),
         "POSTGRES_SCHEMA": schema,
         "POSTGRES_CONNECT_TIMEOUT": str(CONNECT_TIMEOUT_S),
         "CREATE_TABLE": "y",

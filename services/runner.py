@@ -3,6 +3,11 @@
 1. PostgreSQL and NATS: the ones in DATABASE_URL / NATS_URL, or embedded ones under .run/.
 2. Each service's migrations, one after another (``python -m <service> migrate``).
 3. The four services as separate processes, each waited for until /readyz answers 200.
+4. Supervision: a service that exits on its own is restarted with exponential back-off
+   (`RestartPolicy`: 1 s, 2 s, 4 s ... capped at 30 s), each restart logged with the service,
+   its exit code and the delay. A service that stayed up 60 s has its back-off reset; after 8
+   crashes in a row, each within 60 s of its start, the runner gives up and stops the stack
+   with exit code 1 (RESTART_* settings change the numbers). The other services never stop.
 Ctrl-C or SIGTERM stops the services in reverse order (each drains its in-flight requests and
 messages), then NATS, then PostgreSQL. Running it again reuses the data under .run/.
 """
@@ -18,7 +23,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
@@ -57,11 +62,51 @@ SERVICES = (
 STOP_TIMEOUT_S = 20
 
 
+@dataclass(frozen=True, slots=True)
+class RestartPolicy:
+    """When to restart a crashed service, and when to stop trying.
+
+    A crash is fast when the service ran less than `stable_s`; the n-th fast crash in a row
+    waits `delay_initial_s * 2**(n-1)`, capped at `delay_max_s`, and the crash after
+    `fast_crashes_max` of them gives up. A slow crash (a service that had been up a while)
+    starts the count again, so a crash a day never escalates."""
+
+    delay_initial_s: float = 1.0
+    delay_max_s: float = 30.0
+    stable_s: float = 60.0
+    fast_crashes_max: int = 8
+
+    @classmethod
+    def of(cls, settings: StackSettings) -> RestartPolicy:
+        return cls(delay_initial_s=settings.restart_delay_initial_s,
+                   delay_max_s=settings.restart_delay_max_s,
+                   stable_s=settings.restart_stable_s,
+                   fast_crashes_max=settings.restart_fast_crashes_max)
+
+    def fast_crashes_after(self, fast_crashes: int, uptime_s: float) -> int:
+        """The count of fast crashes in a row once a process that ran `uptime_s` exited."""
+        return fast_crashes + 1 if uptime_s < self.stable_s else 1
+
+    def delay_s(self, fast_crashes: int) -> float | None:
+        """The wait before the restart that follows `fast_crashes` crashes in a row; None:
+        give up."""
+        if fast_crashes > self.fast_crashes_max:
+            return None
+        return min(self.delay_initial_s * 2 ** (fast_crashes - 1), self.delay_max_s)
+
+
 @dataclass(slots=True)
 class Running:
     entry: ServiceEntry
     port: int
     process: subprocess.Popen[bytes]
+    started_at: float = field(default_factory=time.monotonic)
+    fast_crashes: int = 0
+    restart_at: float | None = None  # set while a crashed service waits for its restart
+
+
+class GaveUp(RuntimeError):
+    """A service crashed too often in a row; the stack stops."""
 
 
 class Stack:
@@ -73,6 +118,7 @@ class Stack:
         self.postgres: object | None = None
         self.running: list[Running] = []
         self.stop_requested = threading.Event()
+        self.restart_policy = RestartPolicy.of(settings)
 
     def start_infrastructure(self) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -109,15 +155,19 @@ class Stack:
                 [sys.executable, "-m", entry.package, "migrate"], env=self.env, check=True
             )
 
+    def spawn(self, entry: ServiceEntry) -> subprocess.Popen[bytes]:
+        process = subprocess.Popen(
+            [sys.executable, "-m", entry.package, "serve"],
+            env=self.env,
+            start_new_session=True,  # the runner, not the terminal, decides when it stops
+        )
+        log.info("service process started", service=entry.package, pid=process.pid)
+        return process
+
     def start_services(self) -> None:
         for entry in SERVICES:
             port = int(self.env.get(entry.port_variable, entry.port_default))
-            process = subprocess.Popen(
-                [sys.executable, "-m", entry.package, "serve"],
-                env=self.env,
-                start_new_session=True,  # the runner, not the terminal, decides when it stops
-            )
-            self.running.append(Running(entry, port, process))
+            self.running.append(Running(entry, port, self.spawn(entry)))
         for service in self.running:
             self.wait_ready(service)
 
@@ -152,15 +202,41 @@ class Stack:
         print("\n".join(lines), flush=True)
 
     def supervise(self) -> int:
-        """Wait for a stop signal or for a service to die; a dead service stops the stack."""
-        while not self.stop_requested.wait(0.5):
-            for service in self.running:
-                code = service.process.poll()
-                if code is not None:
-                    log.error("service exited; stopping the stack",
-                              service=service.entry.package, code=code)
-                    return 1
+        """Wait for a stop signal; restart a service that exits (`RestartPolicy`). Returns the
+        stack's exit code: 0 when stopped on request, 1 when a service kept crashing."""
+        while not self.stop_requested.wait(0.2):
+            try:
+                for service in self.running:
+                    self.check(service, time.monotonic())
+            except GaveUp as exc:
+                log.error("giving up; stopping the stack", reason=str(exc))
+                return 1
         return 0
+
+    def check(self, service: Running, now: float) -> None:
+        """One supervision step for one service: notice an exit, or restart when due."""
+        if service.restart_at is not None:
+            if now >= service.restart_at and not self.stop_requested.is_set():
+                service.process = self.spawn(service.entry)
+                service.started_at, service.restart_at = now, None
+            return
+        code = service.process.poll()
+        if code is None:
+            return
+        uptime_s = now - service.started_at
+        service.fast_crashes = self.restart_policy.fast_crashes_after(service.fast_crashes,
+                                                                      uptime_s)
+        delay_s = self.restart_policy.delay_s(service.fast_crashes)
+        exit_fields = {"service": service.entry.package, "code": code,
+                       "signal": signal_name(code),
+                       "uptime_s": round(uptime_s, 1), "fast_crashes": service.fast_crashes}
+        if delay_s is None:
+            raise GaveUp(
+                f"{service.entry.package} crashed {service.fast_crashes} times in a row, each "
+                f"within {self.restart_policy.stable_s:g} s of its start (last exit code "
+                f"{code}); see its log above")
+        log.warning("service exited; restarting", delay_s=delay_s, **exit_fields)
+        service.restart_at = now + delay_s
 
     def stop(self) -> None:
         for service in reversed(self.running):
@@ -181,6 +257,16 @@ class Stack:
             log.info("stopping embedded PostgreSQL")
             self.postgres.cleanup()  # type: ignore[attr-defined]
         log.info("stack stopped")
+
+
+def signal_name(code: int) -> str | None:
+    """SIGKILL for a process killed by signal 9 (Popen's returncode -9); None for an exit."""
+    if code >= 0:
+        return None
+    try:
+        return signal.Signals(-code).name
+    except ValueError:
+        return f"signal {-code}"
 
 
 def acquire_run_lock(run_dir: Path) -> TextIO | None:

@@ -36,6 +36,7 @@ from services.database import (
     redact_url,
 )
 from services.http import JwtVerifier, create_app
+from services.http.metrics import ScrapeCollector
 from services.logging import configure_logging
 from services.settings import ServiceSettings, SettingsError, load_settings
 
@@ -63,6 +64,8 @@ class ServiceParts:
     exception_statuses: Mapping[type[Exception], tuple[int, str]] = field(default_factory=dict)
     on_startup: Sequence[Hook] = ()
     on_shutdown: Sequence[Hook] = ()
+    # Figures `/metrics` reads when scraped (lag, backlogs): services/http/metrics.py
+    metrics: Sequence[ScrapeCollector] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,6 +149,7 @@ def build_app(spec: ServiceSpec, settings: ServiceSettings) -> Litestar:
         auth=runtime.verifier,
         lifespan=[lifespan],
         exception_statuses=dict(parts.exception_statuses),
+        metrics_collectors=parts.metrics,
     )
     app.state.runtime = runtime
     return app

@@ -65,10 +65,6 @@ class ServiceSettings(msgspec.Struct, frozen=True, kw_only=True):
 
 SettingsT = TypeVar("SettingsT", bound=ServiceSettings)
 
-# Variables whose values must never appear in an error message or a log line.
-SECRET_FIELDS = frozenset({"jwt_secret", "database_url"})
-
-
 StructT = TypeVar("StructT", bound=msgspec.Struct)
 
 
@@ -142,6 +138,14 @@ class StackSettings(msgspec.Struct, frozen=True, kw_only=True):
     log_format: Literal["auto", "json", "console"] = "auto"
     # CLUSTER=3 (or 5): the embedded NATS as a JetStream cluster of that many nodes.
     cluster: Annotated[int, msgspec.Meta(ge=1, le=5)] = 1
+    # A crashed service is restarted after restart_delay_initial_s, doubling per crash up to
+    # restart_delay_max_s; a service that stayed up restart_stable_s has its back-off reset;
+    # after restart_fast_crashes_max crashes in a row, each within restart_stable_s of its
+    # start, the runner gives up and stops the stack (services/runner.py, RestartPolicy).
+    restart_delay_initial_s: Annotated[float, msgspec.Meta(gt=0, le=60)] = 1.0
+    restart_delay_max_s: Annotated[float, msgspec.Meta(gt=0, le=600)] = 30.0
+    restart_stable_s: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 60.0
+    restart_fast_crashes_max: Annotated[int, msgspec.Meta(ge=1, le=100)] = 8
 
 
 def load_stack_settings(environ: Mapping[str, str] | None = None) -> StackSettings:

@@ -100,7 +100,8 @@ def tax_profile(tax: Tax) -> TaxProfile:
                       reverse_charge=bool(tax.reverse_charge))
 
 
-def account_view(account: BillingAccount) -> AccountView:
+def account_view(account: BillingAccount, closed_at: datetime | None = None) -> AccountView:
+    """`closed_at` for an account loaded from a snapshot older than the field (closed_at_of)."""
     settings = account.settings
     tax = settings.tax
     return AccountView(
@@ -118,7 +119,29 @@ def account_view(account: BillingAccount) -> AccountView:
         tax=Tax(country=tax.country, vat_number=tax.vat_number,
                 reverse_charge=tax.reverse_charge),
         opened_at=account.created_on,
+        closed_at=account.closed_at or closed_at,
     )
+
+
+def closed_at_of(ledger: Ledger, account: BillingAccount) -> datetime | None:
+    """When the account was closed: its own state, or, where it was loaded from a snapshot
+    taken before the aggregate kept the time, the timestamp of its Closed event (found
+    through the entry index, which names every event's kind)."""
+    if not account.is_closed or account.closed_at is not None:
+        return account.closed_at
+    rows = ledger.query("SELECT originator_version FROM {schema}.entry_index"
+                        " WHERE account_id = %s AND kind = 'Closed'", (account.id,))
+    if not rows:
+        return None
+    version = int(rows[0][0])
+    for event in ledger.app.events.get(account.id, gt=version - 1, lte=version):
+        return event.timestamp  # type: ignore[attr-defined]
+    return None
+
+
+def read_account(ledger: Ledger, account_id: UUID) -> AccountView:
+    account = ledger.read(account_id)
+    return account_view(account, closed_at_of(ledger, account))
 
 
 def balance_view(account: BillingAccount, as_of: datetime) -> BalanceView:
@@ -241,7 +264,7 @@ def close_account(ledger: Ledger, account_id: UUID, reason: str, actor: str,
     def command(work: UnitOfWork, _: str) -> AccountView:
         account = work.touch(ledger.load(account_id))
         account.close(ledger.clock(), reason=reason, actor=actor)
-        return account_view(account)
+        return account_view(account, closed_at_of(ledger, account))
 
     return idempotent(ledger, idem, account_id, command)
 
@@ -294,10 +317,14 @@ def refund(ledger: Ledger, account_id: UUID, body: RefundRequest, actor: str,
 
 def find_debit(ledger: Ledger, account_id: UUID, entry_id: str) -> DebitRef:
     """The debit line an entry id names, read from the event that recorded it."""
+    try:
+        entry_uuid = UUID(entry_id)
+    except ValueError:  # entry ids are UUIDs: any other text names no entry
+        raise EntryNotFound(f"no entry {entry_id} on account {account_id}") from None
     rows = ledger.query(
         "SELECT originator_version FROM {schema}.entry_index"
         " WHERE entry_id = %s AND account_id = %s",
-        (UUID(entry_id), account_id),
+        (entry_uuid, account_id),
     )
     if not rows:
         raise EntryNotFound(f"no entry {entry_id} on account {account_id}")

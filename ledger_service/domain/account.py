@@ -119,6 +119,7 @@ class BillingAccount(Aggregate):
         _billing_basis: str
         _tax: dict[str, Any]
         _closed: bool
+        _closed_at: datetime | None
         _balance_micros: int
         _held_micros: int
         _deficit_micros: int
@@ -167,6 +168,7 @@ class BillingAccount(Aggregate):
             account._billing_basis = self.billing_basis
             account._tax = dict(self.tax)
             account._closed = False
+            account._closed_at = None
             account._balance_micros = 0
             account._held_micros = 0
             account._deficit_micros = 0
@@ -418,6 +420,7 @@ class BillingAccount(Aggregate):
 
         def apply_to(self, account: "BillingAccount") -> None:
             account._closed = True
+            account._closed_at = self.timestamp
             for hold in self.released_holds:
                 account._holds.pop(hold["hold_id"])
                 account._held_micros -= hold["amount_micros"]
@@ -507,6 +510,12 @@ class BillingAccount(Aggregate):
     @property
     def is_closed(self) -> bool:
         return self._closed
+
+    @property
+    def closed_at(self) -> datetime | None:
+        """When the account was closed. A snapshot taken before the aggregate kept this lacks
+        it (None here); the app reads the Closed event's time then (accounts.closed_at_of)."""
+        return getattr(self, "_closed_at", None)
 
     @property
     def chain_hash(self) -> str:

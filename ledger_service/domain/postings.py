@@ -44,10 +44,6 @@ def cash_account(provider: str) -> str:
     return f"system:cash:{provider}"
 
 
-def is_customer_account(ledger_account: str) -> bool:
-    return ledger_account.startswith("customer:")
-
-
 def posting(ledger_account: str, amount_micros: int, currency: str) -> Posting:
     return {"ledger_account": ledger_account, "amount_micros": amount_micros, "currency": currency}
 

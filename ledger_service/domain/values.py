@@ -19,7 +19,6 @@ USAGE_STATUSES: Final = ("submitted", "delivered", "failed")
 AccountType = Literal["trial", "prepay", "postpay", "system"]
 Tier = Literal["starter", "enterprise", "bespoke"]
 BillingBasis = Literal["submitted", "delivered"]
-Direction = Literal["credit", "debit"]
 LineOutcomeKind = Literal["billed", "released", "ignored", "rejected"]
 
 

@@ -29,7 +29,6 @@ ENTRY_KINDS: Final = {
     "PaymentReversed": "payment_refund",
     "GrantsExpired": "grant_expiry",
 }
-ENTRY_EVENT_NAMES: Final = frozenset({*ENTRY_KINDS, "UsageRecorded"})
 DESCRIPTION_LENGTH_MAX: Final = 500
 # An event's entries are ordered by line; a usage event holds at most 5,000 lines
 # (USAGE_LINES_PER_COMMAND_MAX), so 2**13 line slots per event position never collide.

@@ -144,8 +144,3 @@ def _index_names(cur: Cursor[Any], table: str) -> dict[tuple[bool, str], str]:
     return {(unique, definition.split(" USING ", 1)[1]): name
             for name, unique, definition in rows}
 
-
-def table_exists(cur: Cursor[Any], table: str) -> bool:
-    row = cur.execute("SELECT to_regclass(%s) IS NOT NULL", (table,)).fetchone()
-    return bool(row and row[0])
-

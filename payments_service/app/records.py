@@ -183,10 +183,6 @@ async def received_payment_for_intent(conn: Conn, payment_intent: str) -> Paymen
     )
 
 
-async def payment_by_id(conn: Conn, payment_id: str) -> PaymentRow | None:
-    return await _one_payment(conn, "payment_id = %s", (payment_id,))
-
-
 @dataclass(frozen=True, slots=True)
 class NewPayment:
     payment_id: str

@@ -23,6 +23,12 @@ from payments_service.domain.errors import ProviderRejected, ProviderUnavailable
 log = structlog.get_logger(__name__)
 
 CHECKOUT_SESSIONS_PATH: Final = "/v1/checkout/sessions"
+# The Stripe API version every request names (`Stripe-Version`), so an upgrade of the account's
+# default version in Stripe's dashboard cannot change the shapes we send and parse. 2024-10-28
+# (acacia) is the version /work/shared/reference/external-apis.md describes: from it, Stripe
+# sends refund.* events for every refund, which the refund webhooks rely on. Set the webhook
+# endpoint's API version to the same value, since event payloads follow the endpoint's version.
+STRIPE_API_VERSION: Final = "2024-10-28.acacia"
 # Stripe's response to a checkout session is a few kilobytes; anything far larger is not it.
 _RESPONSE_BYTES_MAX: Final = 1024 * 1024
 
@@ -97,7 +103,8 @@ class StripeClient:
         self._http = httpx.AsyncClient(
             base_url=base_url,
             timeout=httpx.Timeout(timeout_s),
-            headers={"Authorization": f"Bearer {secret_key}"},
+            headers={"Authorization": f"Bearer {secret_key}",
+                     "Stripe-Version": STRIPE_API_VERSION},
             transport=transport,
         )
         self._attempts_max = attempts_max

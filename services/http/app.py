@@ -20,9 +20,12 @@ from services.http.auth import (
 )
 from services.http.bodies import JsonBodyMiddleware
 from services.http.health import READINESS_TIMEOUT_S_DEFAULT, ReadinessCheck, health_handlers
-from services.http.metrics import metrics_handler
+from services.http.metrics import ScrapeCollector, metrics_handler
 from services.http.middleware import RequestContextMiddleware
+from services.http.openapi_components import complete_openapi_document
+from services.http.options import answer_options_for_every_method
 from services.http.problems import ExceptionStatuses, exception_handlers
+from services.http.strict_bodies import strict_json_body
 
 # No endpoint takes more than a webhook or a JSON command; Litestar's default is 10 MB.
 REQUEST_BODY_BYTES_MAX = 1024 * 1024
@@ -50,6 +53,7 @@ def create_app(
     debug: bool = False,
     readiness_timeout_s: float = READINESS_TIMEOUT_S_DEFAULT,
     request_body_bytes_max: int = REQUEST_BODY_BYTES_MAX,
+    metrics_collectors: Sequence[ScrapeCollector] = (),
 ) -> Litestar:
     """A service's HTTP application with health, metrics, OpenAPI, auth and problem+json.
 
@@ -60,9 +64,10 @@ def create_app(
         route_handlers=[
             *route_handlers,
             *health_handlers(readiness_checks, readiness_timeout_s),
-            metrics_handler(),
+            metrics_handler(metrics_collectors),
         ],
         lifespan=list(lifespan),
+        guards=[strict_json_body],
         dependencies={"principal": provide_principal, **(dependencies or {})},
         exception_handlers=exception_handlers(exception_statuses or {}),
         # Bodies are JSON, UTF-8 and shallow before any handler parses them (bodies.py).
@@ -75,6 +80,8 @@ def create_app(
         logging_config=None,
         debug=debug,
     )
+    answer_options_for_every_method(app)
+    complete_openapi_document(app)
     # Outermost layer, so that 404 and 405 (raised while routing) carry request ids too.
     app.asgi_handler = RequestContextMiddleware(app.asgi_handler)
     return app

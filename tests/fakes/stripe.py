@@ -14,6 +14,8 @@ Faithful where our code depends on Stripe's behaviour (docs.stripe.com/api/idemp
   500 during execution (stored, `Stripe-Should-Retry: false`), a 429 with `Retry-After`, a
   slow response (the session is created, the answer comes late).
 - `GET /v1/checkout/sessions/{id}`.
+- `Stripe-Version`: recorded for every request (`versions`; None where the header is
+  missing, when Stripe would use the account's default version).
 
 Webhook payloads are signed with `sign_payload`, Stripe's documented algorithm (as in
 stripe-python's tests), so that the service's verifier is checked against an independent
@@ -71,6 +73,8 @@ class FakeStripe:
     line_items: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     # Every POST as received: (idempotency key, status answered, replayed?)
     requests: list[tuple[str | None, int, bool]] = field(default_factory=list)
+    # The Stripe-Version header of every request, GET and POST, in order of arrival.
+    versions: list[str | None] = field(default_factory=list)
     _faults: deque[Fault] = field(default_factory=deque)
     _idempotency: dict[str, _Stored] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -138,6 +142,7 @@ class FakeStripe:
         with self._lock:
             self._faults.clear()
             self.requests.clear()
+            self.versions.clear()
 
     # -- test helpers --------------------------------------------------------------------------
 
@@ -156,6 +161,7 @@ class FakeStripe:
     # -- HTTP ----------------------------------------------------------------------------------
 
     def _handle_get(self, handler: BaseHTTPRequestHandler) -> None:
+        self._record_version(handler)
         if not self._authorized(handler):
             return
         prefix = "/v1/checkout/sessions/"
@@ -169,6 +175,7 @@ class FakeStripe:
     def _handle_post(self, handler: BaseHTTPRequestHandler) -> None:
         length = int(handler.headers.get("Content-Length") or 0)
         raw = handler.rfile.read(length)
+        self._record_version(handler)
         if not self._authorized(handler):
             return
         if handler.path != "/v1/checkout/sessions":
@@ -284,6 +291,10 @@ class FakeStripe:
             self.sessions[session_id] = session
             self.line_items[session_id] = lines
         return 200, session
+
+    def _record_version(self, handler: BaseHTTPRequestHandler) -> None:
+        with self._lock:
+            self.versions.append(handler.headers.get("Stripe-Version"))
 
     def _authorized(self, handler: BaseHTTPRequestHandler) -> bool:
         if handler.headers.get("Authorization") == f"Bearer {self.secret_key}":

@@ -1,0 +1,60 @@
+"""The stack runner's restart policy: exponential back-off per crash, capped, reset by a
+stable run, and a give-up after repeated fast crashes (which stops the stack with code 1)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from services.runner import SERVICES, RestartPolicy, Running, ServiceEntry, Stack
+from services.settings import load_stack_settings
+
+POLICY = RestartPolicy(delay_initial_s=1, delay_max_s=30, stable_s=60, fast_crashes_max=8)
+
+
+def test_fast_crashes_double_the_delay_up_to_the_cap_then_give_up() -> None:
+    delays = []
+    fast = 0
+    for _ in range(9):
+        fast = POLICY.fast_crashes_after(fast, uptime_s=2)
+        delays.append(POLICY.delay_s(fast))
+    assert delays == [1, 2, 4, 8, 16, 30, 30, 30, None]
+
+
+def test_a_service_that_stayed_up_starts_its_back_off_again() -> None:
+    fast = 0
+    for _ in range(5):
+        fast = POLICY.fast_crashes_after(fast, uptime_s=1)
+    assert POLICY.delay_s(fast) == 16
+    fast = POLICY.fast_crashes_after(fast, uptime_s=60)
+    assert (fast, POLICY.delay_s(fast)) == (1, 1)
+
+
+def test_the_numbers_come_from_the_stack_settings() -> None:
+    settings = load_stack_settings({"RESTART_DELAY_INITIAL_S": "0.5", "RESTART_DELAY_MAX_S": "4",
+                                    "RESTART_STABLE_S": "10", "RESTART_FAST_CRASHES_MAX": "3"})
+    assert RestartPolicy.of(settings) == RestartPolicy(0.5, 4, 10, 3)
+    assert RestartPolicy.of(load_stack_settings({})) == POLICY
+
+
+def test_a_service_that_keeps_crashing_is_restarted_then_the_stack_gives_up(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    settings = load_stack_settings({"RUN_DIR": str(tmp_path), "RESTART_DELAY_INITIAL_S": "0.01",
+                                    "RESTART_FAST_CRASHES_MAX": "3"})
+    stack = Stack(settings)
+    spawned: list[subprocess.Popen[bytes]] = []
+
+    def crashing(entry: ServiceEntry) -> subprocess.Popen[bytes]:
+        process = subprocess.Popen([sys.executable, "-c", "raise SystemExit(3)"])
+        spawned.append(process)
+        return process
+
+    monkeypatch.setattr(stack, "spawn", crashing)
+    stack.running.append(Running(SERVICES[0], 8001, crashing(SERVICES[0])))
+    assert stack.supervise() == 1
+    assert len(spawned) == 4  # the first run and three restarts
+    assert all(p.wait() == 3 for p in spawned)
