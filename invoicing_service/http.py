@@ -51,6 +51,7 @@ from services.http import (
 
 EXCEPTION_STATUSES: Final[dict[type[Exception], tuple[int, str]]] = {
     errors.InvalidRequest: (422, "invalid-request"),
+    errors.BadCursor: (400, "bad-cursor"),
     errors.InvoiceNotFound: (404, "not-found"),
     errors.BillingRunNotFound: (404, "not-found"),
     errors.AccountNotVisible: (404, "not-found"),
@@ -248,7 +249,9 @@ async def issue_credit_note(invoice_id: str, data: CreditNoteRequest, services: 
       description="Creates the period's run (202) or returns the existing one (200); it runs in "
       "the background: poll GET /v1/billing-runs/{id}. The current or a future month is "
       "refused (422).",
-      responses=problem_responses(400, 401, 403, 409, 422), tags=["billing-runs"],
+      status_code=202,
+      responses={200: ResponseSpec(BillingRunView, description="The period's run existed"),
+                 **problem_responses(400, 401, 403, 409, 422)}, tags=["billing-runs"],
       guards=_OPERATORS, security=BEARER_SECURITY)
 async def request_billing_run(data: BillingRunRequest, services: Services,
                               idempotency_key: IdempotencyKey = None) -> Response[BillingRunView]:

@@ -227,7 +227,7 @@ class Stack:
         service.fast_crashes = self.restart_policy.fast_crashes_after(service.fast_crashes,
                                                                       uptime_s)
         delay_s = self.restart_policy.delay_s(service.fast_crashes)
-        exit_fields = {"service": service.entry.package, "code": code,
+        exit_fields = {"service": service.entry.package, "exit_code": code,
                        "signal": signal_name(code),
                        "uptime_s": round(uptime_s, 1), "fast_crashes": service.fast_crashes}
         if delay_s is None:

@@ -16,6 +16,7 @@ import msgspec
 from litestar import Request, Response, Router, delete, get, post, put
 from litestar.datastructures import Cookie
 from litestar.di import Provide
+from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import Parameter
 from litestar.response import Redirect
 
@@ -91,7 +92,7 @@ class AccountConnectionBody(msgspec.Struct, frozen=True, kw_only=True,
      "state is bound to the operator and to this browser (a cookie) and expires in 10 "
      "minutes. With `?redirect=false` the URL is returned as JSON instead (the cookie is "
      "still set).",
-     responses=problem_responses(401, 403, 409), tags=["connections"], guards=_OPERATOR,
+     responses=problem_responses(400, 401, 403, 409), tags=["connections"], guards=_OPERATOR,
      security=BEARER_SECURITY, status_code=302)
 async def authorize_xero(principal: CurrentPrincipal, sync: SyncApp,
                          redirect: bool = True) -> Response[Any]:
@@ -133,21 +134,21 @@ TenantId = Annotated[str, Parameter(min_length=1, max_length=64)]
 @delete("/v1/connections/xero/{tenant_id:str}", summary="Disconnect a Xero organisation",
         description="Removes the organisation from our Xero app and revokes the grant once "
         "none of its organisations remains. Queued changes stay, visible in the status.",
-        responses=problem_responses(401, 403, 404), tags=["connections"], guards=_OPERATOR,
-        security=BEARER_SECURITY, status_code=204)
+        responses=problem_responses(400, 401, 403, 404, 409), tags=["connections"],
+        guards=_OPERATOR, security=BEARER_SECURITY, status_code=204)
 async def disconnect_xero(tenant_id: TenantId, sync: SyncApp) -> None:
     await sync.connections.disconnect(tenant_id)
 
 
 @post("/v1/connections/xero/{tenant_id:str}/disconnect", summary="Disconnect (POST form)",
-      responses=problem_responses(401, 403, 404), tags=["connections"], guards=_OPERATOR,
-      security=BEARER_SECURITY, status_code=204)
+      responses=problem_responses(400, 401, 403, 404, 409), tags=["connections"],
+      guards=_OPERATOR, security=BEARER_SECURITY, status_code=204)
 async def disconnect_xero_post(tenant_id: TenantId, sync: SyncApp) -> None:
     await sync.connections.disconnect(tenant_id)
 
 
 @put("/v1/connections/xero/{tenant_id:str}/default", summary="Make it the default connection",
-     responses=problem_responses(401, 403, 404), tags=["connections"], guards=_OPERATOR,
+     responses=problem_responses(400, 401, 403, 404), tags=["connections"], guards=_OPERATOR,
      security=BEARER_SECURITY, status_code=204)
 async def set_default_connection(tenant_id: TenantId, sync: SyncApp) -> None:
     await sync.mappings.set_default(tenant_id)
@@ -157,14 +158,14 @@ async def set_default_connection(tenant_id: TenantId, sync: SyncApp) -> None:
 
 
 @get("/v1/sync/status", summary="How synchronisation with each target is doing",
-     responses=problem_responses(401, 403), tags=["sync"], guards=_OPERATOR,
+     responses=problem_responses(400, 401, 403), tags=["sync"], guards=_OPERATOR,
      security=BEARER_SECURITY)
 async def sync_status(sync: SyncApp) -> SyncStatus:
     return await sync.status.status()
 
 
 @get("/v1/sync/dead-letters", summary="Changes given up on",
-     responses=problem_responses(401, 403), tags=["sync"], guards=_OPERATOR,
+     responses=problem_responses(400, 401, 403), tags=["sync"], guards=_OPERATOR,
      security=BEARER_SECURITY)
 async def list_dead_letters(sync: SyncApp, limit: int = 100) -> DeadLettersPage:
     return DeadLettersPage(dead_letters=await sync.status.dead_letters(limit))
@@ -173,7 +174,7 @@ async def list_dead_letters(sync: SyncApp, limit: int = 100) -> DeadLettersPage:
 @post("/v1/sync/dead-letters/{dead_letter_id:int}/retry", summary="Re-drive one dead letter",
       description="Queues the change again; an earlier attempt whose outcome is unknown is "
       "looked up in Xero before anything is created.",
-      responses=problem_responses(401, 403, 404), tags=["sync"], guards=_OPERATOR,
+      responses=problem_responses(400, 401, 403, 404), tags=["sync"], guards=_OPERATOR,
       security=BEARER_SECURITY, status_code=202)
 async def retry_dead_letter(dead_letter_id: int, sync: SyncApp) -> RetryAccepted:
     if not await sync.queue.redrive(dead_letter_id):
@@ -183,7 +184,7 @@ async def retry_dead_letter(dead_letter_id: int, sync: SyncApp) -> RetryAccepted
 
 
 @post("/v1/sync/invoices/{invoice_id:str}/resync", summary="Push an invoice again",
-      responses=problem_responses(401, 403, 404), tags=["sync"], guards=_OPERATOR,
+      responses=problem_responses(400, 401, 403, 404), tags=["sync"], guards=_OPERATOR,
       security=BEARER_SECURITY, status_code=202)
 async def resync_invoice(
     invoice_id: Annotated[str, Parameter(min_length=1, max_length=KEY_LENGTH_MAX,
@@ -207,7 +208,7 @@ class CataloguePullView(msgspec.Struct, frozen=True, kw_only=True):
 @post("/v1/sync/hubspot/catalog/pull", summary="Pull the HubSpot product catalogue now",
       description="Publishes catalog.v1.prices_updated with a new version only if the "
       "validated list changed; rejected rows are listed.",
-      responses=problem_responses(401, 403, 409, 503), tags=["sync"], guards=_OPERATOR,
+      responses=problem_responses(400, 401, 403, 409, 503), tags=["sync"], guards=_OPERATOR,
       security=BEARER_SECURITY, status_code=200)
 async def pull_hubspot_catalogue(sync: SyncApp) -> CataloguePullView:
     if sync.hubspot_catalogue is None:
@@ -222,7 +223,7 @@ async def pull_hubspot_catalogue(sync: SyncApp) -> CataloguePullView:
 
 @put("/v1/sync/mappings/products/{product:str}", summary="Map a product to Xero codes",
      description="`*` is the fallback product; `connection_id` `*` applies to every "
-     "organisation.", responses=problem_responses(401, 403, 422), tags=["mappings"],
+     "organisation.", responses=problem_responses(400, 401, 403, 422), tags=["mappings"],
      guards=_OPERATOR, security=BEARER_SECURITY, status_code=204)
 async def map_product(product: str, data: ProductMappingBody, sync: SyncApp) -> None:
     await sync.mappings.set_product(product=product, connection_id=data.connection_id,
@@ -231,7 +232,7 @@ async def map_product(product: str, data: ProductMappingBody, sync: SyncApp) -> 
 
 
 @put("/v1/sync/mappings/tax-types/{vat_treatment:str}", summary="Map a VAT treatment to a "
-     "Xero TaxType", responses=problem_responses(401, 403, 422), tags=["mappings"],
+     "Xero TaxType", responses=problem_responses(400, 401, 403, 422), tags=["mappings"],
      guards=_OPERATOR, security=BEARER_SECURITY, status_code=204)
 async def map_tax_type(vat_treatment: str, data: TaxMappingBody, sync: SyncApp) -> None:
     await sync.mappings.set_tax_type(vat_treatment=vat_treatment, tax_type=data.tax_type,
@@ -239,7 +240,7 @@ async def map_tax_type(vat_treatment: str, data: TaxMappingBody, sync: SyncApp) 
 
 
 @put("/v1/sync/accounts/{account_id:uuid}/connection", summary="Send an account's documents "
-     "to one organisation", responses=problem_responses(401, 403, 404), tags=["mappings"],
+     "to one organisation", responses=problem_responses(400, 401, 403, 404), tags=["mappings"],
      guards=_OPERATOR, security=BEARER_SECURITY, status_code=204)
 async def assign_account(account_id: UUID, data: AccountConnectionBody, sync: SyncApp) -> None:
     await sync.mappings.assign_account(account_id, data.connection_id)
@@ -248,7 +249,7 @@ async def assign_account(account_id: UUID, data: AccountConnectionBody, sync: Sy
 @put("/v1/sync/accounts/{account_id:uuid}/hubspot-company", summary="Link an account to its "
      "HubSpot company", description="Its invoices are associated with that company instead "
      "of one found or created by `billing_account_id`.",
-     responses=problem_responses(401, 403, 422), tags=["mappings"], guards=_OPERATOR,
+     responses=problem_responses(400, 401, 403, 422), tags=["mappings"], guards=_OPERATOR,
      security=BEARER_SECURITY, status_code=204)
 async def link_hubspot_company(account_id: UUID, data: CompanyLinkBody, sync: SyncApp) -> None:
     await sync.mappings.link_company(account_id, data.company_id)
@@ -260,6 +261,9 @@ async def link_hubspot_company(account_id: UUID, data: CompanyLinkBody, sync: Sy
 @post("/v1/webhooks/xero", summary="Receive Xero webhook events",
       description="x-xero-signature verified on the raw body: 200 with an empty body when "
       "valid (intent-to-receive included), 401 with an empty body otherwise.",
+      responses={401: ResponseSpec(None, media_type="text/plain",
+                                   description="Signature missing or wrong; empty body"),
+                 **problem_responses(400, 415)},
       tags=["webhooks"], status_code=200)
 async def receive_xero_webhook(request: Request[Any, Any, Any], sync: SyncApp) -> Response[bytes]:
     body = await request.body()

@@ -52,7 +52,12 @@ UsagePeriod = Annotated[
         examples=["2026-11-22", "2026-11"],
     ),
 ]
-Sha256 = Annotated[str, Meta(pattern=r"^[0-9a-f]{64}$(?!\n)", description="SHA-256, hex")]
+# The chain's link: "<key id>:" + HMAC-SHA256 hex (keyed), or a bare SHA-256 hex for events
+# hashed before the chain was keyed (docs/design.md, "Tamper evidence").
+Sha256 = Annotated[str, Meta(
+    pattern=r"^([A-Za-z0-9_-]{1,32}:)?[0-9a-f]{64}$(?!\n)",
+    description="The hash chain link: `<key id>:` + HMAC-SHA256 hex, or SHA-256 hex (unkeyed,"
+                " events from before keying)", examples=["k2026:" + "0" * 64])]
 
 
 class Tax(Struct, frozen=True, kw_only=True):

@@ -50,7 +50,7 @@ def decode_cursor(cursor: str) -> int:
             raise ValueError(kind)
         return int(seq)
     except (ValueError, binascii.Error, UnicodeDecodeError):
-        raise errors.InvalidRequest("cursor is not one this API returned") from None
+        raise errors.BadCursor("cursor is not one this API returned") from None
 
 
 class InvoiceQueries:

@@ -11,6 +11,10 @@ class InvalidRequest(InvoicingError):
     pass
 
 
+class BadCursor(InvoicingError):
+    """A paging cursor this API did not issue (a malformed request: 400)."""
+
+
 class InvoiceNotFound(InvoicingError):
     pass
 

@@ -124,7 +124,7 @@ def test_a_killed_service_is_restarted_and_the_others_never_stop(stack: RunningS
     wait_until(lambda: stack.ready(victim), 60, "restarted service ready", stack)
     exits = [r for r in stack.records() if r.get("event") == "service exited; restarting"]
     assert len(exits) == 1
-    assert (exits[0]["service"], exits[0]["code"], exits[0]["signal"], exits[0]["delay_s"]) == (
+    assert (exits[0]["service"], exits[0]["exit_code"], exits[0]["signal"], exits[0]["delay_s"]) == (
         victim, -signal.SIGKILL, "SIGKILL", 0.5)
     others = {package: pids for package, pids in stack.started().items() if package != victim}
     assert others == {package: pids for package, pids in first.items() if package != victim}
