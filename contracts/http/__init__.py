@@ -24,6 +24,8 @@ BODIES: Final[tuple[type[Struct], ...]] = (
     ledger.Adjustment,
     ledger.RefundRequest,
     ledger.PostedView,
+    ledger.ChargeFee,
+    ledger.FeeView,
     ledger.PriceOverride,
     ledger.PriceOverrideView,
     ledger.AuditEventsPage,

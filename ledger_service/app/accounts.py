@@ -20,7 +20,10 @@ from contracts.http.ledger import (
     AccountView,
     Adjustment,
     BalanceView,
+    ChargeFee,
     CreditView,
+    FeeProration,
+    FeeView,
     GrantCredit,
     GrantView,
     OpenAccount,
@@ -43,6 +46,7 @@ from ledger_service.app.ledger import (
 from ledger_service.app.recorder import IdempotencyRow
 from ledger_service.domain.account import BillingAccount
 from ledger_service.domain.errors import EntryNotFound
+from ledger_service.domain.fees import FeeCharge
 from ledger_service.domain.times import parse_time
 from ledger_service.domain.values import DebitRef, TaxProfile
 
@@ -68,7 +72,7 @@ def idempotent(
     ledger: Ledger,
     idem: Idempotency,
     account_id: UUID | None,
-    command: Callable[[UnitOfWork, str], msgspec.Struct],
+    command: Callable[[UnitOfWork, str], msgspec.Struct],  # _Charged: replay that
 ) -> Outcome:
     """Run ``command`` once per key. It receives the unit of work and a stable operation id
     (the key, or a fresh id when the caller sent none) to name what it creates."""
@@ -83,7 +87,10 @@ def idempotent(
                         "this Idempotency-Key was used with a different request")
                 return Outcome(response or b"{}", replayed=True)
         operation_id = idem.key or uuid.uuid4().hex
-        response = _encoder.encode(command(work, operation_id))
+        result = command(work, operation_id)
+        if isinstance(result, _Charged):
+            return Outcome(result.response, replayed=True)
+        response = _encoder.encode(result)
         if idem.key is not None:
             work.rows.keys.append(IdempotencyRow(idem.scope, idem.key, account_id,
                                                  idem.body_hash, response))
@@ -275,6 +282,62 @@ def adjust(ledger: Ledger, account_id: UUID, body: Adjustment, actor: str,
                            result.balance_after_micros, now)
 
     return idempotent(ledger, idem, account_id, command)
+
+
+FEE_SCOPE = "fee"
+
+
+def charge_fee(ledger: Ledger, account_id: UUID, body: ChargeFee, idem: Idempotency) -> Outcome:
+    """Charge a fee once per charge key, whatever Idempotency-Key the caller sends: a repeat
+    of a charge key answers with the first charge (replayed) and writes nothing. A refusal
+    (insufficient funds) writes nothing either, so the same key may succeed later."""
+
+    def command(work: UnitOfWork, _: str) -> FeeView:
+        account = work.touch(ledger.load(account_id))
+        now = ledger.clock()
+        unit_price = account.unit_price_for(body.product, ledger.catalogue())
+        proration = body.proration
+        fee = FeeCharge(
+            charge_key=body.charge_key, product=body.product, quantity=body.quantity,
+            unit_price_micros=unit_price, reference=body.reference, period=body.period,
+            days=proration.days if proration else None,
+            days_in_period=proration.days_in_period if proration else None,
+            description=body.description or "",
+        )
+        result = account.charge_fee(fee, now)
+        view = FeeView(
+            entry_id=result.entry_id, account_id=account.id, charge_key=body.charge_key,
+            kind="fee", product=body.product, quantity=body.quantity,
+            unit_price=format_micros(unit_price), amount=format_micros(-result.amount_micros),
+            currency=account.currency, reference=body.reference,  # type: ignore[arg-type]
+            period=body.period,
+            proration=FeeProration(days=proration.days,
+                                   days_in_period=proration.days_in_period)
+            if proration else None,
+            balance_after=format_micros(result.balance_after_micros), occurred_at=now,
+        )
+        work.rows.keys.append(IdempotencyRow(f"{FEE_SCOPE}:{account_id}", body.charge_key,
+                                             account.id, None, _encoder.encode(view)))
+        return view
+
+    scope = f"{FEE_SCOPE}:{account_id}"
+
+    def once(work: UnitOfWork, operation_id: str) -> FeeView | _Charged:
+        # Inside the transaction's retry loop: a concurrent save of the same key fails as a
+        # whole and the retry finds the first charge here.
+        first = ledger.stored_key(scope, body.charge_key)
+        if first is not None and first[1] is not None:
+            return _Charged(first[1])
+        return command(work, operation_id)
+
+    outcome = idempotent(ledger, idem, account_id, once)
+    return outcome
+
+
+class _Charged(msgspec.Struct):
+    """Marker: the charge key was charged before; `response` is that first charge."""
+
+    response: bytes
 
 
 def refund(ledger: Ledger, account_id: UUID, body: RefundRequest, actor: str,
