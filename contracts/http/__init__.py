@@ -42,6 +42,15 @@ BODIES: Final[tuple[type[Struct], ...]] = (
     invoicing.VoidRequest,
     invoicing.CreditNoteRequest,
     invoicing.CreditNoteView,
+    invoicing.CreateRecurringItem,
+    invoicing.CancelRecurringItem,
+    invoicing.RecurringItemView,
+    invoicing.RecurringItemsPage,
+    invoicing.RecurringRunRequest,
+    invoicing.RecurringRunView,
+    invoicing.AlertsPage,
+    invoicing.NotificationSettings,
+    invoicing.NotificationSettingsView,
     # sync_service
     sync.SyncStatus,
     # every service
