@@ -86,7 +86,7 @@ CREATE TABLE recurring_charges (
     status           text NOT NULL DEFAULT 'pending'
                      CHECK (status IN ('pending', 'charged', 'refused', 'failed')),
     attempts         integer NOT NULL DEFAULT 0,
-    next_attempt_at  timestamptz NOT NULL DEFAULT '-infinity',
+    next_attempt_at  timestamptz NOT NULL DEFAULT '2000-01-01T00:00:00Z',
     entry_id         text,
     amount           text,
     currency         text,

@@ -98,6 +98,8 @@ class DueCharge:
     days: int | None
     days_in_period: int | None
     attempts: int
+    status: str
+    next_attempt_at: datetime
 
 
 @dataclass(slots=True)
@@ -263,25 +265,27 @@ class Renewals:
         """Charge the due charges of locked `items` (calls concurrent across items, in period
         order within one), then record every outcome in the caller's transaction."""
         cursor = await conn.execute(
-            "SELECT item_id, period, product, quantity, days, days_in_period, attempts"
-            " FROM recurring_charges WHERE item_id = ANY(%s) AND status = ANY(%s)"
+            "SELECT item_id, period, product, quantity, days, days_in_period, attempts,"
+            " status, next_attempt_at FROM recurring_charges WHERE item_id = ANY(%s) AND status = ANY(%s)"
             " AND due_on <= %s ORDER BY item_id, (period = 'setup') DESC, period",
             ([item.item_id for item in items], list(statuses), today))
         due: dict[UUID, list[DueCharge]] = {}
         for row in await cursor.fetchall():
             due.setdefault(row[0], []).append(DueCharge(*row))
-        results = await asyncio.gather(*(self._charge_item(item, due.get(item.item_id, []))
-                                         for item in items))
+        results = await asyncio.gather(*(self._charge_item(item, due.get(item.item_id, []),
+                                                           now) for item in items))
         counts = RunCounts()
         for item, outcomes in zip(items, results, strict=True):
             await self._record_item(conn, item, outcomes, len(due.get(item.item_id, [])),
                                     now, counts)
         return counts
 
-    async def _charge_item(self, item: Item, charges: Sequence[DueCharge]
+    async def _charge_item(self, item: Item, charges: Sequence[DueCharge], now: datetime
                            ) -> list[tuple[DueCharge, ChargeOutcome]]:
         outcomes: list[tuple[DueCharge, ChargeOutcome]] = []
         for charge in charges:
+            if charge.status == "pending" and charge.next_attempt_at > now:
+                break  # the ledger was away for this one: it and later periods wait
             async with self._calls:
                 outcome = await self.ledger.charge(FeeRequest(
                     account_id=item.account_id,
@@ -322,15 +326,20 @@ class Renewals:
                 wait_s = min(UNAVAILABLE_WAIT_S_INITIAL * 2 ** charge.attempts,
                              UNAVAILABLE_WAIT_S_MAX)
                 await conn.execute(
-                    "UPDATE recurring_charges SET attempts = attempts + 1, last_error = %s,"
-                    " next_attempt_at = %s WHERE item_id = %s AND period = %s",
-                    (outcome.detail[:ERROR_TEXT_MAX], now + timedelta(seconds=wait_s),
-                     item.item_id, charge.period))
+                    "UPDATE recurring_charges SET attempts = attempts + 1, last_error = %s"
+                    " WHERE item_id = %s AND period = %s",
+                    (outcome.detail[:ERROR_TEXT_MAX], item.item_id, charge.period))
+                # The item's later periods wait with it: charged in order, and the next
+                # run does not pick the item again before then.
+                await conn.execute(
+                    "UPDATE recurring_charges SET next_attempt_at = GREATEST(next_attempt_at,"
+                    " %s) WHERE item_id = %s AND status = 'pending'",
+                    (now + timedelta(seconds=wait_s), item.item_id))
                 log.warning("recurring.ledger_unavailable", item_id=str(item.item_id),
                             period=charge.period, detail=outcome.detail)
         if item.status not in ("past_due", "suspended"):
             return
-        settled = len(outcomes) == due_count and all(
+        settled = len(outcomes) == due_count and all(  # every owed charge went through
             isinstance(outcome, Charged) for _, outcome in outcomes)
         if settled:
             await self._resume(conn, item, now)
