@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
@@ -16,7 +15,6 @@ from typing import Any
 from uuid import UUID
 
 import psycopg
-import pytest
 from psycopg import sql
 from psycopg_pool import AsyncConnectionPool
 
@@ -109,15 +107,6 @@ async def fresh_pool(infra: Infra, schema: str, max_size: int = 8) -> AsyncConne
     pool = create_pool(infra.database_url, schema, max_size=max_size, name="recurring-test")
     await pool.open(wait=True)
     return pool
-
-
-@pytest.fixture
-async def pool(infra: Infra) -> AsyncIterator[AsyncConnectionPool]:
-    built = await fresh_pool(infra, "recurring_test")
-    try:
-        yield built
-    finally:
-        await built.close()
 
 
 def renewals(pool: AsyncConnectionPool, ledger: Any, clock: ManualClock, *,

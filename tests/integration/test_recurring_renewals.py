@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import AsyncIterator
 from datetime import date, datetime
 from typing import Any
 from uuid import UUID
@@ -25,12 +26,20 @@ from tests.integration.recurring_fixtures import (
     fetch,
     fresh_pool,
     items,
-    pool,  # noqa: F401 (fixture)
     renewals,
 )
 
 pytestmark = pytest.mark.integration
 POUND = 1_000_000
+
+
+@pytest.fixture
+async def pool(infra: Infra) -> AsyncIterator[AsyncConnectionPool]:
+    built = await fresh_pool(infra, "recurring_test")
+    try:
+        yield built
+    finally:
+        await built.close()
 
 
 def new_item(product: str = "vmn", reference: str | None = None, *, quantity: int = 1,
@@ -307,5 +316,3 @@ async def test_a_ledger_that_is_away_leaves_the_renewal_pending_for_a_later_run(
     assert (await run.run()).charged == 2
     assert (await run.run()).charged == 0
 
-
-_ = fresh_pool  # re-exported for other modules' fixtures
