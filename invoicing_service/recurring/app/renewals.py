@@ -266,8 +266,12 @@ class Renewals:
         order within one), then record every outcome in the caller's transaction."""
         cursor = await conn.execute(
             "SELECT item_id, period, product, quantity, days, days_in_period, attempts,"
-            " status, next_attempt_at FROM recurring_charges WHERE item_id = ANY(%s) AND status = ANY(%s)"
-            " AND due_on <= %s ORDER BY item_id, (period = 'setup') DESC, period",
+            " status, next_attempt_at FROM recurring_charges"
+            " WHERE item_id = ANY(%s) AND status = ANY(%s)"
+            # a refused charge was due when it was refused: always retried, so an item
+            # resumes only once none is left
+            " AND (status = 'refused' OR due_on <= %s)"
+            " ORDER BY item_id, (period = 'setup') DESC, period",
             ([item.item_id for item in items], list(statuses), today))
         due: dict[UUID, list[DueCharge]] = {}
         for row in await cursor.fetchall():
