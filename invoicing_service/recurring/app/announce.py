@@ -1,5 +1,6 @@
 """invoicing.v1.recurring.* into the outbox, and the item's history row, in the transaction
-that changes the item: what is announced and what is recorded never disagree."""
+that changes the item: what is announced and what is recorded never disagree. (Charges are
+announced in bulk by renewals.Renewals._record_charged, into the same outbox.)"""
 
 from __future__ import annotations
 
@@ -11,13 +12,11 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from contracts.invoicing import (
-    RecurringCharged,
     RecurringPastDue,
     RecurringResumed,
     RecurringSuspended,
 )
 from contracts.subjects import (
-    INVOICING_RECURRING_CHARGED,
     INVOICING_RECURRING_PAST_DUE,
     INVOICING_RECURRING_RESUMED,
     INVOICING_RECURRING_SUSPENDED,
@@ -37,10 +36,6 @@ async def record(conn: Conn, item_id: UUID, account_id: UUID, kind: str, at: dat
         "INSERT INTO recurring_item_events (item_id, account_id, kind, data, occurred_at)"
         " VALUES (%s, %s, %s, %s, %s)",
         (item_id, account_id, kind, Jsonb(data), at))
-
-
-async def announce_charged(conn: Conn, message: RecurringCharged) -> None:
-    await enqueue(conn, INVOICING_RECURRING_CHARGED, message, channel=OUTBOX_CHANNEL)
 
 
 async def announce_past_due(conn: Conn, message: RecurringPastDue) -> None:

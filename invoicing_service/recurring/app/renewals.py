@@ -20,9 +20,11 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any, Final, Protocol
 from uuid import UUID
 
+import msgspec
 import psycopg
 import structlog
 from psycopg import sql
+from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
 from contracts.invoicing import (
@@ -31,6 +33,7 @@ from contracts.invoicing import (
     RecurringResumed,
     RecurringSuspended,
 )
+from contracts.subjects import INVOICING_RECURRING_CHARGED
 from invoicing_service.recurring.app import announce
 from invoicing_service.recurring.app.ledger import (
     Charged,
@@ -47,6 +50,7 @@ from invoicing_service.recurring.domain import (
     period_of,
     suspend_after,
 )
+from services.outbox import message_id
 
 log = structlog.get_logger(__name__)
 
@@ -279,6 +283,12 @@ class Renewals:
         results = await asyncio.gather(*(self._charge_item(item, due.get(item.item_id, []),
                                                            now) for item in items))
         counts = RunCounts()
+        # The common outcome in bulk (a few statements for the whole batch), then the rest
+        # (refusals, failures, resumptions) one by one, after: an item's history stays in order.
+        charged = [(item, charge, outcome) for item, outcomes in zip(items, results, strict=True)
+                   for charge, outcome in outcomes if isinstance(outcome, Charged)]
+        await self._record_charged(conn, charged, now)
+        counts.charged = len(charged)
         for item, outcomes in zip(items, results, strict=True):
             await self._record_item(conn, item, outcomes, len(due.get(item.item_id, [])),
                                     now, counts)
@@ -309,9 +319,8 @@ class Renewals:
                            now: datetime, counts: RunCounts) -> None:
         for charge, outcome in outcomes:
             if isinstance(outcome, Charged):
-                await self._record_charged(conn, item, charge, outcome, now)
-                counts.charged += 1
-            elif isinstance(outcome, Refused):
+                continue  # recorded in bulk by collect
+            if isinstance(outcome, Refused):
                 await self._record_refused(conn, item, charge, outcome, now)
                 counts.refused += 1
             elif isinstance(outcome, Rejected):
@@ -352,25 +361,40 @@ class Renewals:
             await conn.execute("UPDATE recurring_items SET last_attempt_at = %s"
                                " WHERE item_id = %s", (now, item.item_id))
 
-    async def _record_charged(self, conn: Conn, item: Item, charge: DueCharge,
-                              outcome: Charged, now: datetime) -> None:
-        fee = outcome.fee
-        await conn.execute(
-            "UPDATE recurring_charges SET status = 'charged', attempts = attempts + 1,"
-            " entry_id = %s, amount = %s, currency = %s, charged_at = %s, last_error = NULL"
-            " WHERE item_id = %s AND period = %s",
-            (fee.entry_id, fee.amount, fee.currency, fee.occurred_at, item.item_id,
-             charge.period))
-        await announce.record(conn, item.item_id, item.account_id, "charged", now,
-                              period=charge.period, entry_id=fee.entry_id, amount=fee.amount,
-                              currency=fee.currency)
-        await announce.announce_charged(conn, RecurringCharged(
-            event_id=f"recurring.charged:{item.item_id}:{charge.period}",
-            item_id=str(item.item_id), account_id=item.account_id, product=charge.product,
-            quantity=charge.quantity, reference=item.reference, period=charge.period,
-            entry_id=fee.entry_id, amount=fee.amount, currency=fee.currency,
-            charged_at=fee.occurred_at,
-        ))
+    async def _record_charged(self, conn: Conn,
+                              charged: Sequence[tuple[Item, DueCharge, Charged]],
+                              now: datetime) -> None:
+        if not charged:
+            return
+        updates, history, messages = [], [], []
+        for item, charge, outcome in charged:
+            fee = outcome.fee
+            updates.append((fee.entry_id, fee.amount, fee.currency, fee.occurred_at,
+                            item.item_id, charge.period))
+            history.append((item.item_id, item.account_id, "charged", Jsonb({
+                "period": charge.period, "entry_id": fee.entry_id, "amount": fee.amount,
+                "currency": fee.currency}), now))
+            message = RecurringCharged(
+                event_id=f"recurring.charged:{item.item_id}:{charge.period}",
+                item_id=str(item.item_id), account_id=item.account_id, product=charge.product,
+                quantity=charge.quantity, reference=item.reference, period=charge.period,
+                entry_id=fee.entry_id, amount=fee.amount, currency=fee.currency,
+                charged_at=fee.occurred_at,
+            )
+            messages.append((INVOICING_RECURRING_CHARGED,
+                             message_id(INVOICING_RECURRING_CHARGED, message),
+                             msgspec.json.encode(message)))
+        async with conn.cursor() as cur:
+            await cur.executemany(
+                "UPDATE recurring_charges SET status = 'charged', attempts = attempts + 1,"
+                " entry_id = %s, amount = %s, currency = %s, charged_at = %s, last_error = NULL"
+                " WHERE item_id = %s AND period = %s", updates)
+            await cur.executemany(
+                "INSERT INTO recurring_item_events (item_id, account_id, kind, data,"
+                " occurred_at) VALUES (%s, %s, %s, %s, %s)", history)
+            await cur.executemany(
+                "INSERT INTO outbox (subject, msg_id, payload) VALUES (%s, %s, %s)", messages)
+        await conn.execute("SELECT pg_notify(%s, '')", (announce.OUTBOX_CHANNEL,))
 
     async def _record_refused(self, conn: Conn, item: Item, charge: DueCharge,
                               outcome: Refused, now: datetime) -> None:
