@@ -56,7 +56,7 @@ log = structlog.get_logger(__name__)
 
 Conn = psycopg.AsyncConnection[Any]
 ITEM_COLUMNS: Final = ("item_id, account_id, product, quantity, reference, starts_on, ends_on,"
-                       " status, past_due_since")
+                       " status, past_due_since, planned_through")
 # A charge the ledger could not be reached for waits this long (doubling per attempt, capped)
 # before a renewal run tries it again.
 UNAVAILABLE_WAIT_S_INITIAL: Final = 30
@@ -87,6 +87,7 @@ class Item:
     ends_on: date | None
     status: str
     past_due_since: datetime | None
+    planned_through: str | None = None  # periods up to it are planned already
 
     @classmethod
     def from_row(cls, row: Sequence[Any]) -> Item:
@@ -199,6 +200,9 @@ class Renewals:
             product = products[item.product]
             for charge in charges_due(product, item.quantity, item.starts_on, item.ends_on,
                                       today):
+                if item.planned_through is not None and (
+                        charge.period == "setup" or charge.period <= item.planned_through):
+                    continue  # planned by an earlier run: an old item plans one month a month
                 rows.append((item.item_id, charge.period, item.account_id, charge.product,
                              charge.quantity, charge.days, charge.days_in_period,
                              charge.due_on))
