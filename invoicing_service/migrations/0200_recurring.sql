@@ -97,7 +97,8 @@ CREATE TABLE recurring_charges (
     CHECK ((status = 'charged') = (entry_id IS NOT NULL AND charged_at IS NOT NULL)),
     CHECK ((days IS NULL) = (days_in_period IS NULL))
 );
-CREATE INDEX recurring_charges_due ON recurring_charges (due_on, item_id)
+-- The renewal run's walk over what is still to charge (small: pending rows only).
+CREATE INDEX recurring_charges_pending ON recurring_charges (item_id, due_on)
     WHERE status = 'pending';
 CREATE INDEX recurring_charges_by_account ON recurring_charges (account_id, due_on);
 

@@ -174,20 +174,26 @@ class Renewals:
     # ------------------------------------------------------------------ planning
 
     async def plan(self, today: date) -> int:
-        """Insert the charge rows due by `today` of every item not yet planned this month."""
+        """Insert the charge rows due by `today` of every item not yet planned this month.
+
+        Walks the items once in id order (keyset): each batch is a range scan of the primary
+        key, not a scan of every item from the start. Items another planner holds are
+        skipped: it is planning them."""
         planned = 0
         period = period_of(today)
+        after = UUID(int=0)
         while True:
             async with self.pool.connection() as conn, conn.transaction():
                 cursor = await conn.execute(
                     items_sql("SELECT {columns} FROM recurring_items"
-                    " WHERE status <> 'cancelled' AND starts_on <= %s"
-                    " AND (planned_through IS NULL OR planned_through < %s)"
-                    " ORDER BY item_id LIMIT %s FOR UPDATE SKIP LOCKED"),
-                    (today, period, PLAN_BATCH_SIZE_MAX))
+                              " WHERE item_id > %s AND status <> 'cancelled' AND starts_on <= %s"
+                              " AND (planned_through IS NULL OR planned_through < %s)"
+                              " ORDER BY item_id LIMIT %s FOR UPDATE SKIP LOCKED"),
+                    (after, today, period, PLAN_BATCH_SIZE_MAX))
                 items = [Item.from_row(row) for row in await cursor.fetchall()]
                 if not items:
                     return planned
+                after = items[-1].item_id
                 planned += await self.plan_items(conn, items, today)
                 await conn.execute(
                     "UPDATE recurring_items SET planned_through = %s WHERE item_id = ANY(%s)",
@@ -218,22 +224,33 @@ class Renewals:
     # ------------------------------------------------------------------ charging
 
     async def charge_due(self, today: date, now: datetime) -> RunCounts:
-        """Charge the due renewals of active items, a batch of locked items at a time."""
+        """Charge the due renewals of active items, a batch of locked items at a time.
+
+        Candidates come from the pending charges in item order (keyset, a partial index of
+        pending rows); those another scheduler holds are skipped (SKIP LOCKED) and the walk
+        moves on, so two schedulers share the work and neither waits for the other."""
         counts = RunCounts()
+        after = UUID(int=0)
         while True:
             async with self.pool.connection() as conn, conn.transaction():
                 cursor = await conn.execute(
-                    items_sql("SELECT {columns} FROM recurring_items i"
-                    " WHERE i.status = 'active' AND i.item_id IN ("
-                    "  SELECT c.item_id FROM recurring_charges c WHERE c.status = 'pending'"
-                    "  AND c.due_on <= %s AND c.next_attempt_at <= %s)"
-                    " ORDER BY i.item_id LIMIT %s FOR UPDATE OF i SKIP LOCKED"),
-                    (today, now, self.batch_size_max))
-                items = [Item.from_row(row) for row in await cursor.fetchall()]
-                if not items:
+                    "SELECT DISTINCT item_id FROM recurring_charges"
+                    " WHERE status = 'pending' AND item_id > %s AND due_on <= %s"
+                    " AND next_attempt_at <= %s ORDER BY item_id LIMIT %s",
+                    (after, today, now, self.batch_size_max))
+                candidates = [row[0] for row in await cursor.fetchall()]
+                if not candidates:
                     return counts
-                counts.add(await self.collect(conn, items, ("pending",), today, now))
-            self._on_commit()
+                after = candidates[-1]
+                cursor = await conn.execute(
+                    items_sql("SELECT {columns} FROM recurring_items"
+                              " WHERE item_id = ANY(%s) AND status = 'active'"
+                              " ORDER BY item_id FOR UPDATE SKIP LOCKED"), (candidates,))
+                items = [Item.from_row(row) for row in await cursor.fetchall()]
+                if items:
+                    counts.add(await self.collect(conn, items, ("pending",), today, now))
+            if items:
+                self._on_commit()
 
     async def retry_owing(self, today: date, now: datetime) -> RunCounts:
         """The daily retry of past-due and suspended items."""
