@@ -243,8 +243,9 @@ class Renewals:
                     return counts
                 after = candidates[-1]
                 cursor = await conn.execute(
+                    # cancelled: what was due up to the end is still owed
                     items_sql("SELECT {columns} FROM recurring_items"
-                              " WHERE item_id = ANY(%s) AND status = 'active'"
+                              " WHERE item_id = ANY(%s) AND status IN ('active', 'cancelled')"
                               " ORDER BY item_id FOR UPDATE SKIP LOCKED"), (candidates,))
                 items = [Item.from_row(row) for row in await cursor.fetchall()]
                 if items:
@@ -274,13 +275,17 @@ class Renewals:
         another run holds are skipped: that run is charging them already."""
         now = self.clock()
         today = now.date()
-        await self.plan(today)
         async with self.pool.connection() as conn, conn.transaction():
             cursor = await conn.execute(
                 items_sql("SELECT {columns} FROM recurring_items"
                 " WHERE account_id = %s AND status IN ('past_due', 'suspended')"
                 " ORDER BY created_at, item_id FOR UPDATE SKIP LOCKED"), (account_id,))
             items = [Item.from_row(row) for row in await cursor.fetchall()]
+            # months that fell due since the last run are owed too: plan these items now
+            await self.plan_items(conn, items, today)
+            await conn.execute(
+                "UPDATE recurring_items SET planned_through = %s WHERE item_id = ANY(%s)",
+                (period_of(today), [item.item_id for item in items]))
             counts = await self.collect(conn, items, ("pending", "refused"), today, now)
         self._on_commit()
         return counts
@@ -483,6 +488,9 @@ class Renewals:
             cursor = await conn.execute(
                 "UPDATE recurring_items SET status = 'cancelled', cancelled_at = %s,"
                 " updated_at = %s WHERE status = 'active' AND ends_on < %s"
+                # an end waits for the renewals still to collect (the ledger was away)
+                " AND NOT EXISTS (SELECT 1 FROM recurring_charges c"
+                "  WHERE c.item_id = recurring_items.item_id AND c.status = 'pending')"
                 " RETURNING item_id, account_id, ends_on", (now, now, today))
             rows = await cursor.fetchall()
             for item_id, account_id, ends_on in rows:
