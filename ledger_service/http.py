@@ -25,6 +25,8 @@ from contracts.http.ledger import (
     Adjustment,
     BalanceView,
     ChargeFee,
+    ChargeFees,
+    FeeOutcomes,
     FeeView,
     GrantCredit,
     GrantView,
@@ -277,6 +279,27 @@ async def set_price(
 ) -> Response[bytes]:
     return await write(request, svc, f"http:price:{account_id}:{product}", idempotency_key, 200,
                        accounts.set_price, account_id, product, data, actor_of(principal))
+
+
+@post("/v1/charges", summary="Charge many accounts' fees at once", status_code=200,
+      description="Each fee as by POST /v1/accounts/{id}/charges, once per charge_key; one"
+      " outcome per fee (charged, refused for funds, rejected), in one transaction.",
+      **OPERATOR_ONLY,  # type: ignore[arg-type]
+      responses={200: ResponseSpec(FeeOutcomes, generate_examples=False,
+                                   description="One outcome per fee, in order"),
+                 **problem_responses(400, 401, 403)})
+async def charge_fees(data: JSONBody[ChargeFees], svc: Services) -> Response[bytes]:
+    return Response(await svc.writer.call(accounts.charge_fees, svc.ledger, data),
+                    media_type=JSON)
+
+
+def charges_router(services: LedgerServices) -> Router:
+    return Router(
+        path="/",
+        route_handlers=[charge_fees],
+        dependencies={"svc": Provide(lambda: services, sync_to_thread=False)},
+        tags=["charges"],
+    )
 
 
 # Documented response bodies for the OpenAPI document (handlers return encoded bytes).

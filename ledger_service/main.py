@@ -12,7 +12,7 @@ from ledger_service import http_queries
 from ledger_service.app.ledger import Ledger, LedgerApplication, ledger_env
 from ledger_service.domain.chain import configure_chain_keys
 from ledger_service.followers import FollowerConfig, Followers
-from ledger_service.http import EXCEPTION_STATUSES, LedgerServices, router
+from ledger_service.http import EXCEPTION_STATUSES, LedgerServices, charges_router, router
 from ledger_service.messaging import Authorizer, Sweeper, Writer, consumers
 from ledger_service.reader import Reader
 from ledger_service.settings import LedgerSettings
@@ -74,7 +74,8 @@ def build(runtime: Runtime) -> ServiceParts:
         rt.state["ledger"].app.close()
 
     return ServiceParts(
-        route_handlers=[router(services), *http_queries.routers(queries)],
+        route_handlers=[router(services), charges_router(services),
+                        *http_queries.routers(queries)],
         exception_statuses={**EXCEPTION_STATUSES, **http_queries.EXCEPTION_STATUSES},
         on_startup=[start],
         on_shutdown=[stop],

@@ -26,6 +26,8 @@ BODIES: Final[tuple[type[Struct], ...]] = (
     ledger.PostedView,
     ledger.ChargeFee,
     ledger.FeeView,
+    ledger.ChargeFees,
+    ledger.FeeOutcomes,
     ledger.PriceOverride,
     ledger.PriceOverrideView,
     ledger.AuditEventsPage,

@@ -284,6 +284,40 @@ class FeeView(Struct, frozen=True, kw_only=True):
     occurred_at: Timestamp
 
 
+CHARGES_PER_BATCH_MAX: Final = 500
+
+
+class AccountFee(ChargeFee, frozen=True, kw_only=True):
+    """One fee of a batch: ChargeFee and the account it is for."""
+
+    account_id: AccountId
+
+
+class ChargeFees(Struct, frozen=True, kw_only=True):
+    """POST /v1/charges (operator): many accounts' fees in one transaction of the ledger.
+    Each fee is charged once per charge_key, as by POST /v1/accounts/{id}/charges."""
+
+    charges: Annotated[list[AccountFee], Meta(min_length=1, max_length=CHARGES_PER_BATCH_MAX)]
+
+
+class FeeOutcome(Struct, frozen=True, kw_only=True):
+    charge_key: Key
+    account_id: AccountId
+    outcome: Annotated[Literal["charged", "refused", "rejected"], Meta(
+        description="refused: insufficient funds, nothing written; rejected: never (unknown"
+                    " account or product, closed account, malformed)")]
+    fee: FeeView | None = None
+    problem_type: Annotated[str, Meta(max_length=100)] | None = None
+    status: Annotated[int, Meta(ge=400, le=599)] | None = None
+    detail: Annotated[str, Meta(max_length=500)] | None = None
+
+
+class FeeOutcomes(Struct, frozen=True, kw_only=True):
+    """The answer to POST /v1/charges: one outcome per fee, in the order sent."""
+
+    results: Annotated[list[FeeOutcome], Meta(max_length=CHARGES_PER_BATCH_MAX)]
+
+
 class AuditEvent(Struct, frozen=True, kw_only=True):
     """One stored event of the account as recorded, with its link in the hash chain."""
 

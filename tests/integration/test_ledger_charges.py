@@ -135,3 +135,30 @@ def test_charges_need_an_operator_and_an_idempotency_key(api: httpx.Client) -> N
                     headers={**portal, "Idempotency-Key": "k1"}).status_code == 403
     assert api.post(f"/v1/accounts/{account}/charges", json=body,
                     headers=OPERATOR).status_code == 400
+
+
+def test_a_batch_charges_each_fee_on_its_own_once_per_key(api: httpx.Client) -> None:
+    rich, poor = opened(api, credit="10.00"), opened(api, credit="1.00")
+    missing = str(uuid.uuid4())
+    rich_key, poor_key = f"recurring:{uuid.uuid4()}:2026-12", f"recurring:{uuid.uuid4()}:2026-12"
+
+    def fee(account: str, key: str, **body: object) -> dict[str, object]:
+        return {"account_id": account, "charge_key": key, "product": "vmn", "quantity": 1,
+                "reference": "+447700900123", "period": "2026-12", **body}
+
+    batch = {"charges": [fee(rich, rich_key), fee(poor, poor_key), fee(missing, "k-missing"),
+                         fee(rich, "k-unknown", product="nope"), fee(rich, rich_key)]}
+    response = api.post("/v1/charges", json=batch, headers=OPERATOR)
+    assert response.status_code == 200, response.text
+    outcomes = [(r["outcome"], r.get("problem_type")) for r in response.json()["results"]]
+    assert outcomes == [("charged", None), ("refused", "insufficient-funds"),
+                        ("rejected", "account-not-found"), ("rejected", "unknown-product"),
+                        ("charged", None)]
+    first = response.json()["results"][0]["fee"]
+    assert response.json()["results"][4]["fee"] == first
+    assert (balance(api, rich), balance(api, poor)) == ("8.00", "1.00")
+    again = api.post("/v1/charges", json={"charges": [fee(rich, rich_key)]}, headers=OPERATOR)
+    assert again.json()["results"][0]["fee"] == first
+    single = charge(api, rich, rich_key)  # the per-account route knows the key too
+    assert single.json() == first
+    assert balance(api, rich) == "8.00"
