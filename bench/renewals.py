@@ -23,6 +23,7 @@ import json
 import resource
 import time
 import uuid
+from collections.abc import Sequence
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -48,7 +49,10 @@ TARGET_PER_S = 5_000
 class InstantLedger:
     """The baseline: every charge accepted at once, nothing stored."""
 
-    async def charge(self, fee: FeeRequest) -> ChargeOutcome:
+    async def charge_many(self, fees: Sequence[FeeRequest]) -> list[ChargeOutcome]:
+        return [self.charge(fee) for fee in fees]
+
+    def charge(self, fee: FeeRequest) -> ChargeOutcome:
         return Charged(FeeView(
             entry_id=str(uuid.uuid5(fee.account_id, fee.charge_key)), account_id=fee.account_id,
             charge_key=fee.charge_key, kind="fee", product=fee.product, quantity=fee.quantity,

@@ -24,8 +24,8 @@ from tests.integration.service_process import ServiceProcess
 pytestmark = pytest.mark.e2e
 OPERATOR = {"Authorization": "Bearer " + mint_token(DEVELOPMENT_JWT_SECRET, sub="e2e",
                                                     scopes=["operator"])}
-ACCOUNTS = 10
-ITEMS_PER_ACCOUNT = 8
+ACCOUNTS = 20
+ITEMS_PER_ACCOUNT = 10
 CHARGES_PER_ITEM = 3  # setup and two months
 
 

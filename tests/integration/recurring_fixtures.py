@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
@@ -53,6 +54,10 @@ class ModelLedger:
 
     def balance(self, account_id: UUID) -> int:
         return self.prepay[account_id]
+
+    async def charge_many(self, fees: Sequence[FeeRequest]) -> list[ChargeOutcome]:
+        """As the ledger's batch route: each fee on its own, in order."""
+        return [await self.charge(fee) for fee in fees]
 
     async def charge(self, fee: FeeRequest) -> ChargeOutcome:
         self.calls.append(fee.charge_key)

@@ -11,15 +11,25 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 from uuid import UUID
 
 import httpx
 import msgspec
 import structlog
 
-from contracts.http.ledger import ChargeFee, FeeProration, FeeView
+from contracts.http.ledger import (
+    CHARGES_PER_BATCH_MAX,
+    AccountFee,
+    ChargeFee,
+    ChargeFees,
+    FeeOutcome,
+    FeeOutcomes,
+    FeeProration,
+    FeeView,
+)
 from services.backoff import Backoff
 from services.http import mint_token
 
@@ -96,14 +106,40 @@ class LedgerCharges:
             self._token_until = now + TOKEN_TTL_S - TOKEN_RENEW_BEFORE_S
         return f"Bearer {self._token}"
 
+    async def charge_many(self, fees: Sequence[FeeRequest]) -> list[ChargeOutcome]:
+        """Many fees in one call of the ledger (POST /v1/charges, one transaction there), one
+        outcome per fee in order; at most CHARGES_PER_BATCH_MAX."""
+        assert 0 < len(fees) <= CHARGES_PER_BATCH_MAX
+        body = msgspec.json.encode(ChargeFees(charges=[
+            AccountFee(account_id=fee.account_id, **_fee_fields(fee)) for fee in fees]))
+        backoff = Backoff(self._retry_initial_s, self._retry_max_s)
+        detail = ""
+        for attempt in range(1, self._attempts_max + 1):
+            try:
+                response = await self._client.post(
+                    "/v1/charges", content=body,
+                    headers={"Authorization": self._bearer(),
+                             "Content-Type": "application/json"})
+            except httpx.HTTPError as exc:
+                detail = f"{type(exc).__name__}: {exc}"[:ERROR_TEXT_MAX]
+            else:
+                if response.status_code == 200:
+                    results = msgspec.json.decode(response.content, type=FeeOutcomes).results
+                    if len(results) != len(fees):
+                        raise RuntimeError("the ledger answered another number of outcomes")
+                    return [_batch_outcome(result) for result in results]
+                single = _outcome(response)
+                if single is not None:  # the whole batch refused: malformed, say
+                    return [single] * len(fees)
+                detail = f"ledger answered {response.status_code}"
+            if attempt < self._attempts_max:
+                log.info("recurring.ledger_retry", attempt=attempt, detail=detail,
+                         charges=len(fees))
+                await asyncio.sleep(backoff.next_wait_s())
+        return [Unavailable(detail)] * len(fees)
+
     async def charge(self, fee: FeeRequest) -> ChargeOutcome:
-        body = msgspec.json.encode(ChargeFee(
-            charge_key=fee.charge_key, product=fee.product, quantity=fee.quantity,
-            reference=fee.reference, period=fee.period,
-            proration=FeeProration(days=fee.days, days_in_period=fee.days_in_period)
-            if fee.days is not None and fee.days_in_period is not None else None,
-            description=fee.description,
-        ))
+        body = msgspec.json.encode(ChargeFee(**_fee_fields(fee)))
         backoff = Backoff(self._retry_initial_s, self._retry_max_s)
         detail = ""
         for attempt in range(1, self._attempts_max + 1):
@@ -125,6 +161,24 @@ class LedgerCharges:
                          charge_key=fee.charge_key)
                 await asyncio.sleep(backoff.next_wait_s())
         return Unavailable(detail)
+
+
+def _fee_fields(fee: FeeRequest) -> dict[str, Any]:
+    return {
+        "charge_key": fee.charge_key, "product": fee.product, "quantity": fee.quantity,
+        "reference": fee.reference, "period": fee.period,
+        "proration": FeeProration(days=fee.days, days_in_period=fee.days_in_period)
+        if fee.days is not None and fee.days_in_period is not None else None,
+        "description": fee.description,
+    }
+
+
+def _batch_outcome(result: FeeOutcome) -> ChargeOutcome:
+    if result.outcome == "charged" and result.fee is not None:
+        return Charged(result.fee)
+    if result.outcome == "refused":
+        return Refused(result.detail or "insufficient funds")
+    return Rejected(result.status or 422, result.detail or result.problem_type or "rejected")
 
 
 def _outcome(response: httpx.Response) -> ChargeOutcome | None:

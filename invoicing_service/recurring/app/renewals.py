@@ -62,13 +62,15 @@ ITEM_COLUMNS: Final = ("item_id, account_id, product, quantity, reference, start
 UNAVAILABLE_WAIT_S_INITIAL: Final = 30
 UNAVAILABLE_WAIT_S_MAX: Final = 3600
 PLAN_BATCH_SIZE_MAX: Final = 1_000
+# Fees per call of the ledger's POST /v1/charges: a batch is one transaction there.
+LEDGER_BATCH_MAX: Final = 250
 ERROR_TEXT_MAX: Final = 500
 
 
 class LedgerPort(Protocol):
     """What renewals need of the ledger (LedgerCharges; a fake in tests)."""
 
-    async def charge(self, fee: FeeRequest) -> ChargeOutcome: ...
+    async def charge_many(self, fees: Sequence[FeeRequest]) -> list[ChargeOutcome]: ...
 
 
 def items_sql(text: str) -> sql.Composed:
@@ -306,8 +308,7 @@ class Renewals:
         due: dict[UUID, list[DueCharge]] = {}
         for row in await cursor.fetchall():
             due.setdefault(row[0], []).append(DueCharge(*row))
-        results = await asyncio.gather(*(self._charge_item(item, due.get(item.item_id, []),
-                                                           now) for item in items))
+        results = await self._charge_in_rounds(items, due, now)
         counts = RunCounts()
         # The common outcome in bulk (a few statements for the whole batch), then the rest
         # (refusals, failures, resumptions) one by one, after: an item's history stays in order.
@@ -320,25 +321,48 @@ class Renewals:
                                     now, counts)
         return counts
 
-    async def _charge_item(self, item: Item, charges: Sequence[DueCharge], now: datetime
-                           ) -> list[tuple[DueCharge, ChargeOutcome]]:
-        outcomes: list[tuple[DueCharge, ChargeOutcome]] = []
-        for charge in charges:
-            if charge.status == "pending" and charge.next_attempt_at > now:
-                break  # the ledger was away for this one: it and later periods wait
+    async def _charge_in_rounds(self, items: Sequence[Item],
+                                due: dict[UUID, list[DueCharge]], now: datetime
+                                ) -> list[list[tuple[DueCharge, ChargeOutcome]]]:
+        """Each item's due charges in period order: round k sends the k-th charge of every
+        item still going, in batches of the ledger's POST /v1/charges (concurrent up to the
+        setting). An item stops at its first charge not charged: later periods wait."""
+        outcomes: dict[UUID, list[tuple[DueCharge, ChargeOutcome]]] = {
+            item.item_id: [] for item in items}
+        going = [item for item in items if due.get(item.item_id)]
+        step = 0
+        while going:
+            round_ = []
+            for item in going:
+                charge = due[item.item_id][step]
+                if charge.status == "pending" and charge.next_attempt_at > now:
+                    continue  # the ledger was away for this one: it and later periods wait
+                round_.append((item, charge))
+            answers = await self._charge_round(round_)
+            step += 1
+            going = []
+            for (item, charge), outcome in zip(round_, answers, strict=True):
+                outcomes[item.item_id].append((charge, outcome))
+                if isinstance(outcome, Charged) and len(due[item.item_id]) > step:
+                    going.append(item)
+        return [outcomes[item.item_id] for item in items]
+
+    async def _charge_round(self, round_: Sequence[tuple[Item, DueCharge]]
+                            ) -> list[ChargeOutcome]:
+        fees = [FeeRequest(
+            account_id=item.account_id, charge_key=charge_key(str(item.item_id), charge.period),
+            product=charge.product, quantity=charge.quantity, reference=item.reference,
+            period=None if charge.period == "setup" else charge.period,
+            days=charge.days, days_in_period=charge.days_in_period,
+        ) for item, charge in round_]
+
+        async def send(chunk: Sequence[FeeRequest]) -> list[ChargeOutcome]:
             async with self._calls:
-                outcome = await self.ledger.charge(FeeRequest(
-                    account_id=item.account_id,
-                    charge_key=charge_key(str(item.item_id), charge.period),
-                    product=charge.product, quantity=charge.quantity,
-                    reference=item.reference,
-                    period=None if charge.period == "setup" else charge.period,
-                    days=charge.days, days_in_period=charge.days_in_period,
-                ))
-            outcomes.append((charge, outcome))
-            if not isinstance(outcome, Charged):
-                break  # later periods wait: an item is charged in order
-        return outcomes
+                return await self.ledger.charge_many(chunk)
+
+        chunks = [fees[i:i + LEDGER_BATCH_MAX] for i in range(0, len(fees), LEDGER_BATCH_MAX)]
+        answers = await asyncio.gather(*(send(chunk) for chunk in chunks))
+        return [outcome for chunk in answers for outcome in chunk]
 
     async def _record_item(self, conn: Conn, item: Item,
                            outcomes: Sequence[tuple[DueCharge, ChargeOutcome]], due_count: int,
