@@ -117,7 +117,7 @@ class RecurringItems:
             await conn.execute(
                 "INSERT INTO recurring_requests (scope, key, request_hash, response)"
                 " VALUES (%s, %s, %s, %s)", (scope, key, body_hash, response))
-        self.renewals._on_commit()
+        self.renewals.committed()
         return response, False
 
     async def _insert(self, conn: Conn, item_id: UUID, account_id: UUID,

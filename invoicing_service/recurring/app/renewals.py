@@ -146,7 +146,8 @@ class Renewals:
         self.batch_size_max = batch_size_max
         self.clock = clock
         self._calls = asyncio.Semaphore(concurrency)
-        self._on_commit = on_commit or (lambda: None)
+        # called after each commit that enqueued messages: wakes the outbox relay
+        self.committed: Callable[[], None] = on_commit or (lambda: None)
         self._products: dict[str, RecurringProduct] | None = None
 
     # ------------------------------------------------------------------ the run
@@ -253,7 +254,7 @@ class Renewals:
                 if items:
                     counts.add(await self.collect(conn, items, ("pending",), today, now))
             if items:
-                self._on_commit()
+                self.committed()
 
     async def retry_owing(self, today: date, now: datetime) -> RunCounts:
         """The daily retry of past-due and suspended items."""
@@ -270,7 +271,7 @@ class Renewals:
                 if not items:
                     return counts
                 counts.add(await self.collect(conn, items, ("pending", "refused"), today, now))
-            self._on_commit()
+            self.committed()
 
     async def retry_account(self, account_id: UUID) -> RunCounts:
         """A top-up arrived: retry the account's past-due and suspended items now. Items
@@ -289,7 +290,7 @@ class Renewals:
                 "UPDATE recurring_items SET planned_through = %s WHERE item_id = ANY(%s)",
                 (period_of(today), [item.item_id for item in items]))
             counts = await self.collect(conn, items, ("pending", "refused"), today, now)
-        self._on_commit()
+        self.committed()
         return counts
 
     async def collect(self, conn: Conn, items: Sequence[Item], statuses: Sequence[str],
@@ -502,7 +503,7 @@ class Renewals:
                     occurred_at=now,
                 ))
         if items:
-            self._on_commit()
+            self.committed()
         return len(items)
 
     async def end_items(self, today: date, now: datetime) -> int:
