@@ -46,6 +46,7 @@ BODIES: Final[tuple[type[Struct], ...]] = (
     invoicing.CreditNoteView,
     invoicing.CreateRecurringItem,
     invoicing.CancelRecurringItem,
+    invoicing.ChangeRecurringPlan,
     invoicing.RecurringItemView,
     invoicing.RecurringItemsPage,
     invoicing.RecurringRunRequest,

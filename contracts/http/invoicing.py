@@ -176,6 +176,20 @@ class CancelRecurringItem(Struct, frozen=True, kw_only=True):
                     "not refunded); period_end: at the end of the current month")]
 
 
+class ChangeRecurringPlan(Struct, frozen=True, kw_only=True):
+    """POST /v1/recurring-items/{item_id}/plan-change (operator): a new product or quantity
+    from the next calendar month on; the current month keeps the current plan."""
+
+    product: Annotated[ProductKey | None, Meta(description="Absent: the same product")] = None
+    quantity: Annotated[int, Meta(ge=1, le=1_000_000)] | None = None
+
+
+class PendingPlanChange(Struct, frozen=True, kw_only=True):
+    product: ProductKey
+    quantity: int
+    from_period: BillingPeriod
+
+
 class RecurringChargeView(Struct, frozen=True, kw_only=True):
     period: ChargePeriod
     product: ProductKey
@@ -201,6 +215,7 @@ class RecurringItemView(Struct, frozen=True, kw_only=True):
     status: RecurringStatus
     past_due_since: Timestamp | None = None
     suspended_at: Timestamp | None = None
+    pending_change: PendingPlanChange | None = None
     created_at: Timestamp
     charges: Annotated[list[RecurringChargeView], Meta(max_length=RECURRING_CHARGES_MAX)]
 

@@ -39,9 +39,16 @@ CREATE TABLE recurring_items (
     planned_through text,
     -- The last time a renewal of this item was tried (the daily retry of past-due items).
     last_attempt_at timestamptz,
+    -- A plan change (product, quantity) taking effect from a later period: the planner
+    -- applies it when it plans that period; months before keep the old plan.
+    pending_product  text REFERENCES recurring_products (product_key),
+    pending_quantity integer CHECK (pending_quantity BETWEEN 1 AND 1000000),
+    pending_from     text CHECK (pending_from ~ '^[0-9]{4}-(0[1-9]|1[0-2])$'),
     created_at      timestamptz NOT NULL DEFAULT now(),
     updated_at      timestamptz NOT NULL DEFAULT now(),
     CHECK ((status = 'past_due') <= (past_due_since IS NOT NULL)),
+    CHECK ((pending_from IS NULL) = (pending_product IS NULL)
+           AND (pending_from IS NULL) = (pending_quantity IS NULL)),
     CHECK ((status = 'suspended') <= (suspended_at IS NOT NULL))
 );
 -- A number or keyword belongs to one live item at a time.

@@ -151,6 +151,28 @@ def charges_due(product: RecurringProduct, quantity: int, starts_on: date,
     return planned
 
 
+@dataclass(frozen=True, slots=True)
+class PlanChange:
+    """A change of product or quantity from `from_period` on (the next period when asked)."""
+
+    product: RecurringProduct
+    quantity: int
+    from_period: str
+
+
+def charges_due_with_change(product: RecurringProduct, quantity: int, starts_on: date,
+                            ends_on: date | None, today: date,
+                            change: PlanChange | None) -> list[PlannedCharge]:
+    """charges_due, with a pending plan change: periods before it keep the old plan (and the
+    setup fee), periods from it are charged on the new one (no second setup fee)."""
+    before = charges_due(product, quantity, starts_on, ends_on, today)
+    if change is None:
+        return before
+    after = charges_due(change.product, change.quantity, starts_on, ends_on, today)
+    return ([c for c in before if c.period == SETUP or c.period < change.from_period]
+            + [c for c in after if c.period != SETUP and c.period >= change.from_period])
+
+
 def cancellation_end(at: Literal["now", "period_end"], today: date, starts_on: date,
                      ends_on: date | None) -> date:
     """The last day of service after a cancellation; never later than an end already set.

@@ -17,6 +17,7 @@ from litestar.params import FromPath, HeaderParameter, JSONBody
 
 from contracts.http.invoicing import (
     CancelRecurringItem,
+    ChangeRecurringPlan,
     CreateRecurringItem,
     RecurringItemsPage,
     RecurringItemView,
@@ -28,6 +29,7 @@ from invoicing_service.recurring.app.items import ConflictingIdempotencyKey, Rec
 from invoicing_service.recurring.app.renewals import Renewals
 from invoicing_service.recurring.domain import (
     InvalidItem,
+    ItemCancelled,
     ItemNotFound,
     ReferenceInUse,
     UnknownProduct,
@@ -50,6 +52,7 @@ EXCEPTION_STATUSES: Final[dict[type[Exception], tuple[int, str]]] = {
     InvalidItem: (422, "invalid-item"),
     ReferenceInUse: (409, "reference-in-use"),
     ItemNotFound: (404, "not-found"),
+    ItemCancelled: (409, "item-cancelled"),
     ConflictingIdempotencyKey: (409, "idempotency-key-reused"),
 }
 IdempotencyKey = Annotated[
@@ -119,6 +122,16 @@ async def cancel_item(item_id: FromPath[UUID], data: JSONBody[CancelRecurringIte
     return await svc.items.cancel(item_id, data.at, principal.sub[:200])
 
 
+@post("/v1/recurring-items/{item_id:uuid}/plan-change",
+      summary="Change product or quantity from next month",
+      description="The current month keeps its plan (charged in advance); from the 1st of"
+      " next month the item is charged on the new one. A second change replaces the first.",
+      status_code=200, **OPERATOR_ONLY, responses=problem_responses(400, 401, 403, 404, 409, 422))
+async def change_plan(item_id: FromPath[UUID], data: JSONBody[ChangeRecurringPlan],
+                      svc: RecurringServices, principal: CurrentPrincipal) -> RecurringItemView:
+    return await svc.items.change_plan(item_id, data, principal.sub[:200])
+
+
 @post("/v1/recurring-runs", summary="Run the renewals now",
       description="What the scheduler does on its own every RECURRING_POLL_INTERVAL_S."
       " `as_of` (a day to run as if it were today) needs RECURRING_MANUAL_CLOCK=true,"
@@ -139,7 +152,7 @@ async def run_renewals(data: JSONBody[RecurringRunRequest],
 def router(services: RecurringServices) -> Router:
     return Router(
         path="/",
-        route_handlers=[create_item, list_items, cancel_item, run_renewals],
+        route_handlers=[create_item, list_items, cancel_item, change_plan, run_renewals],
         dependencies={"svc": Provide(lambda: services, sync_to_thread=False)},
         tags=["recurring items"],
     )

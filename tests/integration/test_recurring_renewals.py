@@ -15,9 +15,18 @@ import msgspec
 import pytest
 from psycopg_pool import AsyncConnectionPool
 
-from contracts.http.invoicing import CreateRecurringItem, RecurringItemView
+from contracts.http.invoicing import (
+    ChangeRecurringPlan,
+    CreateRecurringItem,
+    RecurringItemView,
+)
 from invoicing_service.recurring.app.items import ConflictingIdempotencyKey
-from invoicing_service.recurring.domain import InvalidItem, ReferenceInUse, UnknownProduct
+from invoicing_service.recurring.domain import (
+    InvalidItem,
+    ItemCancelled,
+    ReferenceInUse,
+    UnknownProduct,
+)
 from tests.conftest import Infra
 from tests.integration.recurring_fixtures import (
     LedgerDown,
@@ -316,3 +325,38 @@ async def test_a_ledger_that_is_away_leaves_the_renewal_pending_for_a_later_run(
     assert (await run.run()).charged == 2
     assert (await run.run()).charged == 0
 
+
+
+async def test_a_plan_change_takes_effect_next_month_and_this_month_keeps_its_plan(
+        pool: AsyncConnectionPool) -> None:
+    ledger, clock = ModelLedger(), ManualClock(datetime.now().astimezone())
+    clock.set_day(date(2026, 11, 1))
+    view = await create(pool, ledger, clock, uuid.uuid4(), new_item(starts_on=date(2026, 11, 1)))
+    run = renewals(pool, ledger, clock)
+    clock.set_day(date(2026, 11, 20))
+    changed = await items(pool, run).change_plan(
+        UUID(view.item_id), ChangeRecurringPlan(quantity=3), "test")
+    assert changed.pending_change is not None
+    assert (changed.pending_change.quantity, changed.pending_change.from_period) == (3, "2026-12")
+    clock.set_day(date(2027, 1, 1))  # down through December: caught up on the new plan
+    assert (await run.run()).charged == 2
+    amounts = {key.rsplit(":", 1)[1]: amount for key, (_, amount) in ledger.entries.items()}
+    assert amounts == {"setup": 2 * POUND, "2026-11": 2 * POUND, "2026-12": 6 * POUND,
+                       "2027-01": 6 * POUND}
+    (row,) = await fetch(pool, "SELECT quantity, pending_from FROM recurring_items")
+    assert row == (3, None)
+
+
+async def test_a_plan_change_to_an_unknown_product_or_of_a_cancelled_item_is_refused(
+        pool: AsyncConnectionPool) -> None:
+    ledger, clock = ModelLedger(), ManualClock(datetime.now().astimezone())
+    clock.set_day(date(2026, 11, 1))
+    view = await create(pool, ledger, clock, uuid.uuid4(), new_item(starts_on=date(2026, 11, 1)))
+    book = items(pool, renewals(pool, ledger, clock))
+    with pytest.raises(UnknownProduct):
+        await book.change_plan(UUID(view.item_id), ChangeRecurringPlan(product="nope"), "t")
+    await book.cancel(UUID(view.item_id), "period_end", "t")
+    with pytest.raises(ItemCancelled):
+        await book.change_plan(UUID(view.item_id), ChangeRecurringPlan(quantity=2), "t")
+    (row,) = await fetch(pool, "SELECT pending_from FROM recurring_items")
+    assert row == (None,)

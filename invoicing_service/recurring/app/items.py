@@ -20,7 +20,9 @@ from psycopg import sql
 from psycopg_pool import AsyncConnectionPool
 
 from contracts.http.invoicing import (
+    ChangeRecurringPlan,
     CreateRecurringItem,
+    PendingPlanChange,
     RecurringChargeView,
     RecurringItemsPage,
     RecurringItemView,
@@ -29,12 +31,14 @@ from invoicing_service.recurring.app import announce
 from invoicing_service.recurring.app.renewals import Item, Renewals, items_sql
 from invoicing_service.recurring.domain import (
     InvalidItem,
+    ItemCancelled,
     ItemNotFound,
     RecurringError,
     ReferenceInUse,
     cancellation_end,
     check_item,
     month_charge,
+    next_period,
     period_of,
 )
 
@@ -174,6 +178,39 @@ class RecurringItems:
             (view,) = await item_views(conn, "i.item_id = %s", (item_id,))
         return view
 
+    async def change_plan(self, item_id: UUID, body: ChangeRecurringPlan,
+                          actor: str) -> RecurringItemView:
+        """A new product or quantity from the next calendar month on (replacing a change
+        already pending). Refused for a cancelled item, an unknown product, or a product
+        whose live item already has this reference."""
+        now = self.renewals.clock()
+        from_period = next_period(period_of(now.date()))
+        async with self.pool.connection() as conn, conn.transaction():
+            item = await _lock(conn, item_id)
+            if item.status == "cancelled" or (item.ends_on is not None
+                                              and period_of(item.ends_on) < from_period):
+                raise ItemCancelled(f"recurring item {item_id} ends before {from_period}")
+            products = await self.renewals.products(conn)
+            product = body.product or item.product
+            quantity = body.quantity or item.quantity
+            check_item(products.get(product), product, quantity, item.starts_on, item.ends_on)
+            if product != item.product:
+                cursor = await conn.execute(
+                    "SELECT 1 FROM recurring_items WHERE product = %s AND reference = %s"
+                    " AND status <> 'cancelled' AND item_id <> %s",
+                    (product, item.reference, item_id))
+                if await cursor.fetchone() is not None:
+                    raise ReferenceInUse(f"{product} {item.reference!r} is on a live item")
+            await conn.execute(
+                "UPDATE recurring_items SET pending_product = %s, pending_quantity = %s,"
+                " pending_from = %s, updated_at = %s WHERE item_id = %s",
+                (product, quantity, from_period, now, item_id))
+            await announce.record(conn, item.item_id, item.account_id, "plan_change_requested",
+                                  now, product=product, quantity=quantity,
+                                  from_period=from_period, actor=actor)
+            (view,) = await item_views(conn, "i.item_id = %s", (item_id,))
+        return view
+
     async def _trim_charges(self, conn: Conn, item: Item, end: date) -> None:
         last_period = period_of(end)
         await conn.execute(
@@ -204,7 +241,8 @@ async def _lock(conn: Conn, item_id: UUID) -> Item:
 async def item_views(conn: Conn, where: str, params: tuple[Any, ...]) -> list[RecurringItemView]:
     cursor = await conn.execute(sql.SQL(
         "SELECT i.item_id, i.account_id, i.product, i.quantity, i.reference, i.starts_on,"
-        " i.ends_on, i.status, i.past_due_since, i.suspended_at, i.created_at"
+        " i.ends_on, i.status, i.past_due_since, i.suspended_at, i.created_at,"
+        " i.pending_product, i.pending_quantity, i.pending_from"
         " FROM recurring_items i WHERE {where} ORDER BY i.created_at DESC, i.item_id"
         " LIMIT {limit}").format(where=sql.SQL(where),
                                  limit=sql.Literal(ITEMS_PER_ACCOUNT_MAX)), params)
@@ -227,6 +265,8 @@ async def item_views(conn: Conn, where: str, params: tuple[Any, ...]) -> list[Re
             item_id=str(row[0]), account_id=row[1], product=row[2], quantity=row[3],
             reference=row[4], starts_on=row[5], ends_on=row[6], status=row[7],
             past_due_since=_utc(row[8]), suspended_at=_utc(row[9]),
+            pending_change=PendingPlanChange(product=row[11], quantity=row[12],
+                                             from_period=row[13]) if row[13] else None,
             created_at=_utc(row[10]) or datetime.now(UTC),
             charges=charges.get(row[0], []),
         )

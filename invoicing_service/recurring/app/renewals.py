@@ -44,9 +44,10 @@ from invoicing_service.recurring.app.ledger import (
     Unavailable,
 )
 from invoicing_service.recurring.domain import (
+    PlanChange,
     RecurringProduct,
     charge_key,
-    charges_due,
+    charges_due_with_change,
     period_of,
     suspend_after,
 )
@@ -56,7 +57,8 @@ log = structlog.get_logger(__name__)
 
 Conn = psycopg.AsyncConnection[Any]
 ITEM_COLUMNS: Final = ("item_id, account_id, product, quantity, reference, starts_on, ends_on,"
-                       " status, past_due_since, planned_through")
+                       " status, past_due_since, planned_through, pending_product,"
+                       " pending_quantity, pending_from")
 # A charge the ledger could not be reached for waits this long (doubling per attempt, capped)
 # before a renewal run tries it again.
 UNAVAILABLE_WAIT_S_INITIAL: Final = 30
@@ -90,6 +92,9 @@ class Item:
     status: str
     past_due_since: datetime | None
     planned_through: str | None = None  # periods up to it are planned already
+    pending_product: str | None = None  # a plan change from pending_from on
+    pending_quantity: int | None = None
+    pending_from: str | None = None
 
     @classmethod
     def from_row(cls, row: Sequence[Any]) -> Item:
@@ -205,16 +210,33 @@ class Renewals:
     async def plan_items(self, conn: Conn, items: Sequence[Item], today: date) -> int:
         products = await self.products(conn)
         rows = []
+        changing = []
         for item in items:
             product = products[item.product]
-            for charge in charges_due(product, item.quantity, item.starts_on, item.ends_on,
-                                      today):
+            change = None
+            if item.pending_from is not None and item.pending_product is not None \
+                    and item.pending_quantity is not None:
+                change = PlanChange(products[item.pending_product], item.pending_quantity,
+                                    item.pending_from)
+                if item.pending_from <= period_of(today):
+                    changing.append(item)
+            for charge in charges_due_with_change(product, item.quantity, item.starts_on,
+                                                  item.ends_on, today, change):
                 if item.planned_through is not None and (
                         charge.period == "setup" or charge.period <= item.planned_through):
                     continue  # planned by an earlier run: an old item plans one month a month
                 rows.append((item.item_id, charge.period, item.account_id, charge.product,
                              charge.quantity, charge.days, charge.days_in_period,
                              charge.due_on))
+        for item in changing:  # the change took effect with the period just planned
+            await conn.execute(
+                "UPDATE recurring_items SET product = pending_product,"
+                " quantity = pending_quantity, pending_product = NULL, pending_quantity = NULL,"
+                " pending_from = NULL, updated_at = %s WHERE item_id = %s",
+                (self.clock(), item.item_id))
+            await announce.record(conn, item.item_id, item.account_id, "plan_changed",
+                                  self.clock(), product=item.pending_product,
+                                  quantity=item.pending_quantity, from_period=item.pending_from)
         if not rows:
             return 0
         async with conn.cursor() as cur:
