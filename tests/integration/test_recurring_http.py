@@ -4,13 +4,16 @@ only."""
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
+from typer.testing import CliRunner
 
+from invoicing_service.recurring.cli import app
 from services.http import DEVELOPMENT_JWT_SECRET, mint_token
 from tests.conftest import Infra
 from tests.integration.service_process import ServiceProcess
@@ -136,3 +139,20 @@ def test_a_manual_clock_run_is_refused_unless_the_service_allows_it(api: httpx.C
     assert_problem(api.post("/v1/recurring-runs", json={"as_of": "2099-02-01"},
                             headers=OPERATOR), 403)
     assert api.post("/v1/recurring-runs", json={}, headers=OPERATOR).status_code == 200
+
+
+def test_the_operator_cli_adds_lists_and_cancels(api: httpx.Client,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("INVOICING_URL", str(api.base_url))
+    account = str(uuid.uuid4())
+    runner = CliRunner()
+    added = runner.invoke(app, ["add", account, "shortcode_keyword", "PIZZA" + account[:4],
+                                "--starts-on", LATER])
+    assert added.exit_code == 0, added.output
+    listed = runner.invoke(app, ["list", account, "--json"])
+    assert listed.exit_code == 0, listed.output
+    (item,) = json.loads(listed.output)["items"]
+    assert item["product"] == "shortcode_keyword"
+    assert runner.invoke(app, ["cancel", item["item_id"], "--at", "now"]).exit_code == 0
+    refused = runner.invoke(app, ["add", account, "nope", "X1", "--starts-on", LATER])
+    assert refused.exit_code == 1 and "unknown-product" in refused.output
