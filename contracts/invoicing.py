@@ -1,4 +1,5 @@
-"""invoicing.v1.*: invoices and credit notes as they are issued, paid, voided or overdue.
+"""invoicing.v1.*: invoices and credit notes as they are issued, paid, voided or overdue;
+recurring items (numbers, keywords) as they are charged, fall past due, are suspended or resume.
 
 Totals: `subtotal` excludes VAT, `vat_total` is the VAT, `total` is what the customer owes.
 """
@@ -9,7 +10,16 @@ from typing import Annotated, Final, Literal
 
 from msgspec import Meta, Struct
 
-from contracts.ids import AccountId, CreditNoteId, EventId, InvoiceId, PaymentId, ProductKey
+from contracts.ids import (
+    AccountId,
+    CreditNoteId,
+    EntryId,
+    EventId,
+    InvoiceId,
+    PaymentId,
+    ProductKey,
+    Reference,
+)
 from contracts.money import Amount, Currency
 from contracts.text import text_meta
 from contracts.timestamps import Timestamp
@@ -157,4 +167,72 @@ class InvoiceOverdue(Struct, frozen=True, kw_only=True):
     currency: Currency
     amount_due: Amount
     due_at: Timestamp
+    occurred_at: Timestamp
+
+
+# ------------------------------------------------------------------ recurring items
+
+RecurringStatus = Literal["active", "past_due", "suspended", "cancelled"]
+ChargePeriod = Annotated[
+    str,
+    Meta(
+        pattern=r"^(setup|[0-9]{4}-(0[1-9]|1[0-2]))$(?!\n)",
+        description="The calendar month a monthly fee is for (YYYY-MM), or setup",
+        examples=["2026-12", "setup"],
+    ),
+]
+RecurringItemId = Annotated[str, Meta(min_length=1, max_length=64,
+                                      description="Id of a recurring item (UUID text)")]
+
+
+class RecurringCharged(Struct, frozen=True, kw_only=True):
+    """A recurring item's fee was charged by the ledger (once per item and period)."""
+
+    event_id: EventId
+    item_id: RecurringItemId
+    account_id: AccountId
+    product: ProductKey
+    quantity: Annotated[int, Meta(ge=1)]
+    reference: Reference
+    period: ChargePeriod
+    entry_id: EntryId
+    amount: Amount
+    currency: Currency
+    charged_at: Timestamp
+
+
+class RecurringPastDue(Struct, frozen=True, kw_only=True):
+    """A prepay renewal was refused for insufficient funds: retried on the next top-up or
+    daily, and suspended after the grace period."""
+
+    event_id: EventId
+    item_id: RecurringItemId
+    account_id: AccountId
+    product: ProductKey
+    reference: Reference
+    period: ChargePeriod
+    suspend_after: Timestamp
+    occurred_at: Timestamp
+
+
+class RecurringSuspended(Struct, frozen=True, kw_only=True):
+    """The grace ran out unpaid: stop serving the item (e.g. stop routing the number)."""
+
+    event_id: EventId
+    item_id: RecurringItemId
+    account_id: AccountId
+    product: ProductKey
+    reference: Reference
+    past_due_since: Timestamp
+    occurred_at: Timestamp
+
+
+class RecurringResumed(Struct, frozen=True, kw_only=True):
+    """A past-due or suspended item was paid for and is active again."""
+
+    event_id: EventId
+    item_id: RecurringItemId
+    account_id: AccountId
+    product: ProductKey
+    reference: Reference
     occurred_at: Timestamp

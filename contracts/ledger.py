@@ -51,6 +51,7 @@ EntryKind = Literal[
     "refund",
     "payment_refund",
     "credit_note",
+    "fee",
 ]
 
 GrantKind = Literal[

@@ -21,6 +21,10 @@ from contracts.invoicing import (
     InvoiceOverdue,
     InvoicePaid,
     InvoiceVoided,
+    RecurringCharged,
+    RecurringPastDue,
+    RecurringResumed,
+    RecurringSuspended,
 )
 from contracts.ledger import (
     AccountOverdrawn,
@@ -58,6 +62,10 @@ INVOICING_PAID: Final = "invoicing.v1.paid"
 INVOICING_VOIDED: Final = "invoicing.v1.voided"
 INVOICING_CREDIT_NOTE_ISSUED: Final = "invoicing.v1.credit_note_issued"
 INVOICING_OVERDUE: Final = "invoicing.v1.overdue"
+INVOICING_RECURRING_CHARGED: Final = "invoicing.v1.recurring.charged"
+INVOICING_RECURRING_PAST_DUE: Final = "invoicing.v1.recurring.past_due"
+INVOICING_RECURRING_SUSPENDED: Final = "invoicing.v1.recurring.suspended"
+INVOICING_RECURRING_RESUMED: Final = "invoicing.v1.recurring.resumed"
 
 CATALOG_PRICES_UPDATED: Final = "catalog.v1.prices_updated"
 
@@ -93,6 +101,10 @@ EVENTS: Final[dict[str, type[msgspec.Struct]]] = {
     INVOICING_VOIDED: InvoiceVoided,
     INVOICING_CREDIT_NOTE_ISSUED: CreditNoteIssued,
     INVOICING_OVERDUE: InvoiceOverdue,
+    INVOICING_RECURRING_CHARGED: RecurringCharged,
+    INVOICING_RECURRING_PAST_DUE: RecurringPastDue,
+    INVOICING_RECURRING_SUSPENDED: RecurringSuspended,
+    INVOICING_RECURRING_RESUMED: RecurringResumed,
     CATALOG_PRICES_UPDATED: PricesUpdated,
 }
 REQUESTS: Final[dict[str, type[msgspec.Struct]]] = {LEDGER_AUTHORIZE: AuthorizeRequest}
@@ -125,6 +137,10 @@ NATS_MSG_ID_FIELD: Final[dict[str, str]] = {
     INVOICING_VOIDED: "event_id",
     INVOICING_CREDIT_NOTE_ISSUED: "event_id",
     INVOICING_OVERDUE: "event_id",
+    INVOICING_RECURRING_CHARGED: "event_id",
+    INVOICING_RECURRING_PAST_DUE: "event_id",
+    INVOICING_RECURRING_SUSPENDED: "event_id",
+    INVOICING_RECURRING_RESUMED: "event_id",
     CATALOG_PRICES_UPDATED: "version",
     DEADLETTERS: "dead_letter_id",
 }

@@ -7,7 +7,7 @@ from typing import Annotated, Final
 
 import msgspec
 
-from invoicing_service.mail.settings import MailSettings
+from invoicing_service.recurring.settings import RecurringSettings
 from services.settings import SettingsError
 
 DEVELOPMENT_SUPPLIER_VAT_NUMBER: Final = "GB000000000"
@@ -15,7 +15,7 @@ DEVELOPMENT_SUPPLIER_VAT_NUMBER: Final = "GB000000000"
 Seconds = Annotated[float, msgspec.Meta(gt=0, le=86_400)]
 
 
-class InvoicingSettings(MailSettings, frozen=True, kw_only=True):
+class InvoicingSettings(RecurringSettings, frozen=True, kw_only=True):
     # Who issues the invoices (HMRC: the supplier's name, address and VAT number).
     supplier_name: str = "Billing Ledger Development Ltd"
     # Lines of the supplier's postal address, separated by "|".

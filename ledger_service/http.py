@@ -24,6 +24,10 @@ from contracts.http.ledger import (
     AccountView,
     Adjustment,
     BalanceView,
+    ChargeFee,
+    ChargeFees,
+    FeeOutcomes,
+    FeeView,
     GrantCredit,
     GrantView,
     OpenAccount,
@@ -261,6 +265,31 @@ async def refund(
                        accounts.refund, account_id, data, actor_of(principal))
 
 
+RequiredIdempotencyKey = Annotated[
+    str,
+    HeaderParameter(name="Idempotency-Key", required=True,
+                    description="Required: the charge key is a good choice"),
+]
+
+
+@post("/{account_id:uuid}/charges", summary="Charge a recurring or one-off fee",
+      description="Priced from the catalogue or the account's override, prorated by days if"
+      " asked; once per charge_key. Prepay and trial accounts are refused (422"
+      " insufficient-funds, nothing written) when available funds do not cover it; postpay"
+      " accounts are always charged.",
+      status_code=201, **OPERATOR_ONLY,  # type: ignore[arg-type]
+      responses={201: ResponseSpec(FeeView, generate_examples=False,
+                                   description="The fee entry; a replay answers the first"
+                                   " charge with Idempotent-Replayed: true"),
+                 **problem_responses(400, 401, 403, 404, 409, 422)})
+async def charge_fee(
+    request: Request[Any, Any, Any], account_id: FromPath[UUID], data: JSONBody[ChargeFee],
+    svc: Services, idempotency_key: RequiredIdempotencyKey,
+) -> Response[bytes]:
+    return await write(request, svc, f"http:charge:{account_id}", idempotency_key, 201,
+                       accounts.charge_fee, account_id, data)
+
+
 @put("/{account_id:uuid}/prices/{product:str}", summary="Per-account unit price override",
      **OPERATOR_ONLY, responses={**written(PriceOverrideView),  # type: ignore[arg-type]
                                  **problem_responses(400, 401, 403, 404, 409, 422)})
@@ -273,11 +302,32 @@ async def set_price(
                        accounts.set_price, account_id, product, data, actor_of(principal))
 
 
+@post("/v1/charges", summary="Charge many accounts' fees at once", status_code=200,
+      description="Each fee as by POST /v1/accounts/{id}/charges, once per charge_key; one"
+      " outcome per fee (charged, refused for funds, rejected), in one transaction.",
+      **OPERATOR_ONLY,  # type: ignore[arg-type]
+      responses={200: ResponseSpec(FeeOutcomes, generate_examples=False,
+                                   description="One outcome per fee, in order"),
+                 **problem_responses(400, 401, 403)})
+async def charge_fees(data: JSONBody[ChargeFees], svc: Services) -> Response[bytes]:
+    return Response(await svc.writer.call(accounts.charge_fees, svc.ledger, data),
+                    media_type=JSON)
+
+
+def charges_router(services: LedgerServices) -> Router:
+    return Router(
+        path="/",
+        route_handlers=[charge_fees],
+        dependencies={"svc": Provide(lambda: services, sync_to_thread=False)},
+        tags=["charges"],
+    )
+
+
 def router(services: LedgerServices) -> Router:
     return Router(
         path="/v1/accounts",
         route_handlers=[open_account, get_account, patch_account, close_account, get_balance,
-                        grant_credit, adjust, refund, set_price],
+                        grant_credit, adjust, refund, charge_fee, set_price],
         dependencies={"svc": Provide(lambda: services, sync_to_thread=False)},
         tags=["accounts"],
     )

@@ -13,7 +13,7 @@ from ledger_service import http_queries
 from ledger_service.app.ledger import Ledger, LedgerApplication, ledger_env
 from ledger_service.domain.chain import configure_chain_keys
 from ledger_service.followers import FollowerConfig, Followers
-from ledger_service.http import EXCEPTION_STATUSES, LedgerServices, router
+from ledger_service.http import EXCEPTION_STATUSES, LedgerServices, charges_router, router
 from ledger_service.http_lag import lag_router
 from ledger_service.lag import lag_metrics, read_lags_async
 from ledger_service.messaging import Authorizer, Sweeper, Writer, consumers
@@ -81,7 +81,8 @@ def build(runtime: Runtime) -> ServiceParts:
     settings = runtime.settings
     assert isinstance(settings, LedgerSettings)
     return ServiceParts(
-        route_handlers=[router(services), *http_queries.routers(queries),
+        route_handlers=[router(services), charges_router(services),
+                        *http_queries.routers(queries),
                         lag_router(runtime.pool, settings.lag_alert_s)],
         exception_statuses={**EXCEPTION_STATUSES, **http_queries.EXCEPTION_STATUSES},
         on_startup=[start],

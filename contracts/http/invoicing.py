@@ -1,21 +1,33 @@
-"""Bodies of invoicing_service: invoices, billing runs, voids and credit notes."""
+"""Bodies of invoicing_service: invoices, billing runs, voids and credit notes; recurring
+items, alerts and notification settings."""
 
 from __future__ import annotations
 
+from datetime import date
 from typing import Annotated, Final, Literal
 
 from msgspec import Meta, Struct
 
 from contracts.http.paging import NextCursor
-from contracts.ids import AccountId, BillingRunId, CreditNoteId, InvoiceId
+from contracts.ids import (
+    AccountId,
+    BillingRunId,
+    CreditNoteId,
+    EntryId,
+    InvoiceId,
+    ProductKey,
+)
 from contracts.invoicing import (
     BillingPeriod,
     Breakdown,
+    ChargePeriod,
     DocumentNumber,
     InvoiceStatus,
     Lines,
     NetAmount,
     Reason,
+    RecurringItemId,
+    RecurringStatus,
 )
 from contracts.money import Amount, Currency, PositiveAmount
 from contracts.timestamps import Timestamp
@@ -122,3 +134,145 @@ class CreditNoteView(Struct, frozen=True, kw_only=True):
     total: Amount
     reason: Reason
     issued_at: Timestamp
+
+
+# ------------------------------------------------------------------ recurring items
+
+RECURRING_ITEMS_MAX: Final = 1_000
+RECURRING_CHARGES_MAX: Final = 10_000
+ALERTS_PAGE_MAX: Final = 500
+RECIPIENTS_EXTRA_MAX: Final = 10
+
+ItemReference = Annotated[
+    str,
+    Meta(min_length=1, max_length=64, pattern=r"^[^\x00-\x1f\x7f]+$(?!\n)",
+         description="The number or keyword itself", examples=["+447700900123", "PIZZA"]),
+]
+ChargeStatus = Literal["pending", "charged", "refused", "failed"]
+AlertKind = Literal["balance_low", "renewal_past_due", "renewal_suspended", "invoice_overdue"]
+EmailAddress = Annotated[
+    str,
+    Meta(min_length=3, max_length=254, pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$(?!\n)",
+         examples=["billing@example.com"]),
+]
+
+
+class CreateRecurringItem(Struct, frozen=True, kw_only=True):
+    """POST /v1/accounts/{id}/recurring-items (operator, Idempotency-Key)."""
+
+    product: Annotated[ProductKey, Meta(description="A recurring product: vmn, shortcode_keyword")]
+    quantity: Annotated[int, Meta(ge=1, le=1_000_000)]
+    reference: ItemReference
+    starts_on: Annotated[date, Meta(description="First day of service; the setup fee and the "
+                                                "first (prorated) month are charged that day")]
+    ends_on: Annotated[date | None, Meta(description="Last day of service, inclusive")] = None
+
+
+class CancelRecurringItem(Struct, frozen=True, kw_only=True):
+    """POST /v1/recurring-items/{item_id}/cancel (operator)."""
+
+    at: Annotated[Literal["now", "period_end"], Meta(
+        description="now: the service ends today (this month was charged in advance and is "
+                    "not refunded); period_end: at the end of the current month")]
+
+
+class ChangeRecurringPlan(Struct, frozen=True, kw_only=True):
+    """POST /v1/recurring-items/{item_id}/plan-change (operator): a new product or quantity
+    from the next calendar month on; the current month keeps the current plan."""
+
+    product: Annotated[ProductKey | None, Meta(description="Absent: the same product")] = None
+    quantity: Annotated[int, Meta(ge=1, le=1_000_000)] | None = None
+
+
+class PendingPlanChange(Struct, frozen=True, kw_only=True):
+    product: ProductKey
+    quantity: int
+    from_period: BillingPeriod
+
+
+class RecurringChargeView(Struct, frozen=True, kw_only=True):
+    period: ChargePeriod
+    product: ProductKey
+    quantity: int
+    days: int | None = None
+    days_in_period: int | None = None
+    due_on: date
+    status: ChargeStatus
+    amount: Amount | None = None
+    entry_id: EntryId | None = None
+    attempts: int
+    charged_at: Timestamp | None = None
+
+
+class RecurringItemView(Struct, frozen=True, kw_only=True):
+    item_id: RecurringItemId
+    account_id: AccountId
+    product: ProductKey
+    quantity: int
+    reference: ItemReference
+    starts_on: date
+    ends_on: date | None = None
+    status: RecurringStatus
+    past_due_since: Timestamp | None = None
+    suspended_at: Timestamp | None = None
+    pending_change: PendingPlanChange | None = None
+    created_at: Timestamp
+    charges: Annotated[list[RecurringChargeView], Meta(max_length=RECURRING_CHARGES_MAX)]
+
+
+class RecurringItemsPage(Struct, frozen=True, kw_only=True):
+    """GET /v1/accounts/{id}/recurring-items: the account's items, newest first."""
+
+    items: Annotated[list[RecurringItemView], Meta(max_length=RECURRING_ITEMS_MAX)]
+
+
+class RecurringRunRequest(Struct, frozen=True, kw_only=True):
+    """POST /v1/recurring-runs (operator): charge what is due now, or as of a given day when
+    the service allows a manual clock (RECURRING_MANUAL_CLOCK, never in production)."""
+
+    as_of: date | None = None
+
+
+class RecurringRunView(Struct, frozen=True, kw_only=True):
+    as_of: date
+    planned: int
+    charged: int
+    refused: int
+    failed: int
+    suspended: int
+    ended: int
+
+
+# ------------------------------------------------------------------ alerts
+
+
+class AlertView(Struct, frozen=True, kw_only=True):
+    kind: AlertKind
+    channel: Literal["email"]
+    recipient: EmailAddress
+    sent_at: Annotated[Timestamp, Meta(description="When the alert was queued for sending")]
+    source_event_id: str | None = None
+
+
+class AlertsPage(Struct, frozen=True, kw_only=True):
+    """GET /v1/accounts/{id}/alerts: newest first."""
+
+    items: Annotated[list[AlertView], Meta(max_length=ALERTS_PAGE_MAX)]
+
+
+class NotificationSettings(Struct, frozen=True, kw_only=True):
+    """PUT /v1/accounts/{id}/notification-settings: which alerts are emailed, and to whom
+    besides the billing profile's email."""
+
+    balance_low: bool = True
+    renewal_past_due: bool = True
+    renewal_suspended: bool = True
+    invoice_overdue: bool = True
+    billing_email: Annotated[EmailAddress | None, Meta(
+        description="Used when the billing profile has no email of its own")] = None
+    extra_recipients: Annotated[list[EmailAddress], Meta(max_length=RECIPIENTS_EXTRA_MAX)] = []
+
+
+class NotificationSettingsView(NotificationSettings, frozen=True, kw_only=True):
+    account_id: AccountId
+    stored: Annotated[bool, Meta(description="False: the defaults, nothing saved yet")]

@@ -8,7 +8,7 @@ from msgspec import UNSET, Meta, Struct, UnsetType
 
 from contracts.catalog import Tier
 from contracts.http.paging import NextCursor
-from contracts.ids import AccountId, EntryId, GrantId, ProductKey, Reference
+from contracts.ids import AccountId, EntryId, GrantId, Key, ProductKey, Reference
 from contracts.ledger import EntryAmount, EntryKind, GrantKind
 from contracts.money import Amount, Currency, PositiveAmount, SignedAmount
 from contracts.text import Text, text_meta
@@ -243,6 +243,87 @@ class PriceOverrideView(Struct, frozen=True, kw_only=True):
     currency: Currency
     valid_until: Timestamp | None
     set_at: Timestamp
+
+
+FeePeriod = Annotated[
+    str,
+    Meta(pattern=r"^[0-9]{4}-(0[1-9]|1[0-2])$(?!\n)", description="Calendar month, YYYY-MM",
+         examples=["2026-12"]),
+]
+
+
+class FeeProration(Struct, frozen=True, kw_only=True):
+    """Charge days / days_in_period of the period's price (rounded half up to a micro-unit)."""
+
+    days: Annotated[int, Meta(ge=1, le=31)]
+    days_in_period: Annotated[int, Meta(ge=28, le=31)]
+
+
+class ChargeFee(Struct, frozen=True, kw_only=True):
+    """POST /v1/accounts/{id}/charges: a recurring or one-off fee, priced by the ledger from
+    the catalogue or the account's override. One charge per charge_key, ever."""
+
+    charge_key: Annotated[Key, Meta(description="recurring:<item_id>:<YYYY-MM or setup>",
+                                    examples=["recurring:0b6f...:2026-12"])]
+    product: ProductKey
+    quantity: Annotated[int, Meta(ge=1, le=1_000_000)]
+    reference: Annotated[Reference | None, Meta(description="The number or keyword")] = None
+    period: Annotated[FeePeriod | None, Meta(description="Absent for a setup fee")] = None
+    proration: Annotated[FeeProration | None, Meta(description="Absent: charged whole")] = None
+    description: Annotated[str, Meta(max_length=500)] | None = None
+
+
+class FeeView(Struct, frozen=True, kw_only=True):
+    """The fee the ledger charged: the entry it posted, with the price frozen in it."""
+
+    entry_id: EntryId
+    account_id: AccountId
+    charge_key: Key
+    kind: EntryKind
+    product: ProductKey
+    quantity: int
+    unit_price: Amount
+    amount: Annotated[Amount, Meta(description="What was charged (the entry debits it)")]
+    currency: Currency
+    reference: Reference | None = None
+    period: FeePeriod | None = None
+    proration: FeeProration | None = None
+    balance_after: SignedAmount
+    occurred_at: Timestamp
+
+
+CHARGES_PER_BATCH_MAX: Final = 500
+
+
+class AccountFee(ChargeFee, frozen=True, kw_only=True):
+    """One fee of a batch: ChargeFee and the account it is for."""
+
+    account_id: AccountId
+
+
+class ChargeFees(Struct, frozen=True, kw_only=True):
+    """POST /v1/charges (operator): many accounts' fees in one transaction of the ledger.
+    Each fee is charged once per charge_key, as by POST /v1/accounts/{id}/charges."""
+
+    charges: Annotated[list[AccountFee], Meta(min_length=1, max_length=CHARGES_PER_BATCH_MAX)]
+
+
+class FeeOutcome(Struct, frozen=True, kw_only=True):
+    charge_key: Key
+    account_id: AccountId
+    outcome: Annotated[Literal["charged", "refused", "rejected"], Meta(
+        description="refused: insufficient funds, nothing written; rejected: never (unknown"
+                    " account or product, closed account, malformed)")]
+    fee: FeeView | None = None
+    problem_type: Annotated[str, Meta(max_length=100)] | None = None
+    status: Annotated[int, Meta(ge=400, le=599)] | None = None
+    detail: Annotated[str, Meta(max_length=500)] | None = None
+
+
+class FeeOutcomes(Struct, frozen=True, kw_only=True):
+    """The answer to POST /v1/charges: one outcome per fee, in the order sent."""
+
+    results: Annotated[list[FeeOutcome], Meta(max_length=CHARGES_PER_BATCH_MAX)]
 
 
 class AuditEvent(Struct, frozen=True, kw_only=True):

@@ -17,10 +17,17 @@ from uuid import UUID
 import msgspec
 
 from contracts.http.ledger import (
+    AccountFee,
     AccountView,
     Adjustment,
     BalanceView,
+    ChargeFee,
+    ChargeFees,
     CreditView,
+    FeeOutcome,
+    FeeOutcomes,
+    FeeProration,
+    FeeView,
     GrantCredit,
     GrantView,
     OpenAccount,
@@ -42,7 +49,16 @@ from ledger_service.app.ledger import (
 )
 from ledger_service.app.recorder import IdempotencyRow
 from ledger_service.domain.account import BillingAccount
-from ledger_service.domain.errors import EntryNotFound
+from ledger_service.domain.errors import (
+    AccountClosed,
+    DuplicateKey,
+    EntryNotFound,
+    InsufficientFunds,
+    InvalidRequest,
+    LedgerError,
+    UnknownProduct,
+)
+from ledger_service.domain.fees import FeeCharge
 from ledger_service.domain.times import parse_time
 from ledger_service.domain.values import DebitRef, TaxProfile
 
@@ -68,7 +84,7 @@ def idempotent(
     ledger: Ledger,
     idem: Idempotency,
     account_id: UUID | None,
-    command: Callable[[UnitOfWork, str], msgspec.Struct],
+    command: Callable[[UnitOfWork, str], msgspec.Struct],  # _Charged: replay that
 ) -> Outcome:
     """Run ``command`` once per key. It receives the unit of work and a stable operation id
     (the key, or a fresh id when the caller sent none) to name what it creates."""
@@ -83,7 +99,10 @@ def idempotent(
                         "this Idempotency-Key was used with a different request")
                 return Outcome(response or b"{}", replayed=True)
         operation_id = idem.key or uuid.uuid4().hex
-        response = _encoder.encode(command(work, operation_id))
+        result = command(work, operation_id)
+        if isinstance(result, _Charged):
+            return Outcome(result.response, replayed=True)
+        response = _encoder.encode(result)
         if idem.key is not None:
             work.rows.keys.append(IdempotencyRow(idem.scope, idem.key, account_id,
                                                  idem.body_hash, response))
@@ -298,6 +317,136 @@ def adjust(ledger: Ledger, account_id: UUID, body: Adjustment, actor: str,
                            result.balance_after_micros, now)
 
     return idempotent(ledger, idem, account_id, command)
+
+
+FEE_SCOPE = "fee"
+
+
+def charge_fee(ledger: Ledger, account_id: UUID, body: ChargeFee, idem: Idempotency) -> Outcome:
+    """Charge a fee once per charge key, whatever Idempotency-Key the caller sends: a repeat
+    of a charge key answers with the first charge (replayed) and writes nothing. A refusal
+    (insufficient funds) writes nothing either, so the same key may succeed later."""
+
+    def command(work: UnitOfWork, _: str) -> FeeView:
+        return _charge(ledger, work, account_id, body, ledger.clock())
+
+    scope = f"{FEE_SCOPE}:{account_id}"
+
+    def once(work: UnitOfWork, operation_id: str) -> FeeView | _Charged:
+        # Inside the transaction's retry loop: a concurrent save of the same key fails as a
+        # whole and the retry finds the first charge here.
+        first = ledger.stored_key(scope, body.charge_key)
+        if first is not None and first[1] is not None:
+            return _Charged(first[1])
+        return command(work, operation_id)
+
+    outcome = idempotent(ledger, idem, account_id, once)
+    return outcome
+
+
+def _charge(ledger: Ledger, work: UnitOfWork, account_id: UUID, body: ChargeFee,
+            now: datetime) -> FeeView:
+    """Price one fee for the account (its override, else the catalogue), charge it, and keep
+    the answer under its charge key in the same transaction."""
+    account = ledger.load(account_id)
+    unit_price = account.unit_price_for(body.product, ledger.catalogue())
+    proration = body.proration
+    fee = FeeCharge(
+        charge_key=body.charge_key, product=body.product, quantity=body.quantity,
+        unit_price_micros=unit_price, reference=body.reference, period=body.period,
+        days=proration.days if proration else None,
+        days_in_period=proration.days_in_period if proration else None,
+        description=body.description or "",
+    )
+    result = account.charge_fee(fee, now)
+    work.touch(account)
+    view = FeeView(
+        entry_id=result.entry_id, account_id=account.id, charge_key=body.charge_key,
+        kind="fee", product=body.product, quantity=body.quantity,
+        unit_price=format_micros(unit_price), amount=format_micros(-result.amount_micros),
+        currency=account.currency, reference=body.reference,  # type: ignore[arg-type]
+        period=body.period,
+        proration=FeeProration(days=proration.days, days_in_period=proration.days_in_period)
+        if proration else None,
+        balance_after=format_micros(result.balance_after_micros), occurred_at=now,
+    )
+    work.rows.keys.append(IdempotencyRow(f"{FEE_SCOPE}:{account_id}", body.charge_key,
+                                         account.id, None, _encoder.encode(view)))
+    return view
+
+
+# Domain errors a batch reports per fee: (status, problem type), as the HTTP layer maps them.
+_FEE_REJECTIONS: dict[type[Exception], tuple[int, str]] = {
+    AccountNotFound: (404, "account-not-found"),
+    AccountClosed: (409, "account-closed"),
+    UnknownProduct: (422, "unknown-product"),
+    DuplicateKey: (409, "duplicate"),
+    InvalidRequest: (422, "invalid-request"),
+}
+
+
+def charge_fees(ledger: Ledger, body: ChargeFees) -> bytes:
+    """Many accounts' fees in one transaction: each charged once per charge key (a key
+    charged before answers with its first charge), refused for funds or rejected on its own
+    without stopping the others. The whole batch commits together, or is retried together
+    when another writer saved one of its accounts first."""
+
+    def command(work: UnitOfWork) -> FeeOutcomes:
+        now = ledger.clock()
+        first = _charged_before(ledger, body.charges)
+        results: list[FeeOutcome] = []
+        for fee in body.charges:
+            known = first.get((f"{FEE_SCOPE}:{fee.account_id}", fee.charge_key))
+            if known is None:
+                known = _charged_now(results, fee)
+            if known is not None:
+                results.append(FeeOutcome(charge_key=fee.charge_key, account_id=fee.account_id,
+                                          outcome="charged", fee=known))
+                continue
+            try:
+                view = _charge(ledger, work, fee.account_id, fee, now)
+            except InsufficientFunds as exc:
+                results.append(FeeOutcome(charge_key=fee.charge_key, account_id=fee.account_id,
+                                          outcome="refused", status=422,
+                                          problem_type="insufficient-funds",
+                                          detail=str(exc)[:500]))
+            except LedgerError as exc:
+                status, kind = next((v for k, v in _FEE_REJECTIONS.items()
+                                     if isinstance(exc, k)), (422, "ledger-rule"))
+                results.append(FeeOutcome(charge_key=fee.charge_key, account_id=fee.account_id,
+                                          outcome="rejected", status=status,
+                                          problem_type=kind, detail=str(exc)[:500]))
+            else:
+                results.append(FeeOutcome(charge_key=fee.charge_key, account_id=fee.account_id,
+                                          outcome="charged", fee=view))
+        return FeeOutcomes(results=results)
+
+    return _encoder.encode(ledger.run(command))
+
+
+def _charged_before(ledger: Ledger, fees: list[AccountFee]) -> dict[tuple[str, str], FeeView]:
+    rows = ledger.query(
+        "SELECT k.scope, k.key, k.response FROM {schema}.idempotency_keys k"
+        " JOIN unnest(%s::text[], %s::text[]) AS wanted(scope, key)"
+        " ON k.scope = wanted.scope AND k.key = wanted.key",
+        ([f"{FEE_SCOPE}:{fee.account_id}" for fee in fees], [fee.charge_key for fee in fees]))
+    return {(scope, key): msgspec.json.decode(bytes(response), type=FeeView)
+            for scope, key, response in rows if response is not None}
+
+
+def _charged_now(results: list[FeeOutcome], fee: AccountFee) -> FeeView | None:
+    """The same key twice in one batch: the second answers the first."""
+    for earlier in results:
+        if earlier.charge_key == fee.charge_key and earlier.account_id == fee.account_id \
+                and earlier.fee is not None:
+            return earlier.fee
+    return None
+
+
+class _Charged(msgspec.Struct):
+    """Marker: the charge key was charged before; `response` is that first charge."""
+
+    response: bytes
 
 
 def refund(ledger: Ledger, account_id: UUID, body: RefundRequest, actor: str,

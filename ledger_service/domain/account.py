@@ -52,6 +52,7 @@ from ledger_service.domain.errors import (
     InvalidTransition,
     RefundExceedsDebit,
 )
+from ledger_service.domain.fees import FeeCharge, check_fee
 from ledger_service.domain.grants import (
     GRANTABLE_KINDS,
     PAID_KINDS,
@@ -71,6 +72,7 @@ from ledger_service.domain.postings import (
     ADJUSTMENTS,
     CASH_MANUAL,
     EXPENSE_PROMOTION,
+    REVENUE_RECURRING,
     REVENUE_USAGE,
     cash_account,
     customer_available,
@@ -100,6 +102,9 @@ from ledger_service.domain.values import (
 # Remembering every capture would grow state forever, so the account remembers the most
 # recent ones; older duplicates are the app layer's to catch (processed event ids).
 CAPTURED_HOLDS_REMEMBERED: Final = 256
+# Fee charge keys remembered by the account (a duplicate is refused by the model too); the
+# app's idempotency rows are the complete record, this is the second guard.
+FEE_KEYS_REMEMBERED: Final = 256
 SETTINGS_CHANGEABLE: Final = frozenset(
     {"credit_limit_micros", "low_balance_threshold_micros", "billing_basis", "tier", "tax",
      "name"})
@@ -131,6 +136,7 @@ class BillingAccount(Aggregate):
         _refunded: dict[str, int]
         _low_balance_armed: bool
         _overdrawn: bool
+        _fee_keys: dict[str, int]  # an insertion-ordered set of recent fee charge keys
         _chain_hash: str
 
     # ------------------------------------------------------------------ events
@@ -180,6 +186,7 @@ class BillingAccount(Aggregate):
             account._refunded = {}
             account._low_balance_armed = False
             account._overdrawn = False
+            account._fee_keys = {}
 
     @stored_as("ledger.account.TypeChanged")
     class TypeChanged(Event):
@@ -394,6 +401,30 @@ class BillingAccount(Aggregate):
         def apply_to(self, account: "BillingAccount") -> None:
             account._consume(self.grants_consumed, self.overdraft_micros, self.amount_micros)
 
+    @stored_as("ledger.account.FeeCharged")
+    class FeeCharged(Event):
+        # A recurring or one-off fee (a number's monthly rental, a keyword's setup), priced
+        # by the app from the catalogue or the account's override and frozen here.
+        entry_id: str
+        charge_key: str
+        product: str
+        quantity: int
+        unit_price_micros: int
+        days: int | None  # proration: days charged of days_in_period; None: charged whole
+        days_in_period: int | None
+        amount_micros: int
+        reference: str | None
+        period: str | None  # YYYY-MM; None for a setup fee
+        description: str
+        grants_consumed: list[dict[str, Any]]
+        overdraft_micros: int
+        balance_after_micros: int
+        postings: list[dict[str, Any]]
+
+        def apply_to(self, account: "BillingAccount") -> None:
+            account._consume(self.grants_consumed, self.overdraft_micros, self.amount_micros)
+            account._remember_fee(self.charge_key)
+
     @stored_as("ledger.account.BalanceLow")
     class BalanceLow(Event):
         available_micros: int
@@ -459,6 +490,18 @@ class BillingAccount(Aggregate):
         captured[hold_id] = 1
         while len(captured) > CAPTURED_HOLDS_REMEMBERED:
             del captured[next(iter(captured))]
+
+    def _remember_fee(self, charge_key: str) -> None:
+        # Accounts opened before fees existed have no memory of them yet (snapshots).
+        fees: dict[str, int] | None = getattr(self, "_fee_keys", None)
+        if fees is None:
+            fees = self._fee_keys = {}
+        fees[charge_key] = 1
+        while len(fees) > FEE_KEYS_REMEMBERED:
+            del fees[next(iter(fees))]
+
+    def was_fee_charged(self, charge_key: str) -> bool:
+        return charge_key in (getattr(self, "_fee_keys", None) or {})
 
     @property
     def spendable_micros(self) -> int:
@@ -1023,6 +1066,46 @@ class BillingAccount(Aggregate):
         )
         self._signal(now)
         return self._entry_result(entry_id, -amount_micros)
+
+    def charge_fee(self, fee: FeeCharge, now: datetime) -> EntryResult:
+        """Charge a recurring or one-off fee: unit price x quantity, prorated by days.
+
+        Prepay and trial accounts are charged only if available (after grants due to expire
+        have expired) covers it: else InsufficientFunds and nothing is recorded. Postpay
+        accounts are always charged, past the credit limit too (as usage is: the number was
+        kept), and system accounts are not billed (refused). One charge per charge key.
+        """
+        now = check_now(now)
+        check_fee(fee)
+        if self._closed:
+            raise AccountClosed("account is closed")
+        if self._account_type == "system":
+            raise InvalidRequest("system accounts are not billed")
+        if self.was_fee_charged(fee.charge_key):
+            raise DuplicateKey(f"fee {fee.charge_key} already charged")
+        amount = fee.amount_micros
+        due = due_for_expiry(self._grants, format_time(now))
+        if self._account_type in ("prepay", "trial"):
+            available_after = self._available_after_expiry(due) - amount
+            if available_after < 0:
+                raise InsufficientFunds(
+                    f"a fee of {amount} would take available to {available_after}, below 0")
+        self._expire(due, "expired", now)
+        consumed, overdraft = Spender(self._grants, spendable_for(self._account_type)).take(
+            amount)
+        entry_id = self._entry_id("fee", fee.charge_key)
+        self._record(
+            self.FeeCharged, now, entry_id=entry_id, charge_key=fee.charge_key,
+            product=fee.product, quantity=fee.quantity, unit_price_micros=fee.unit_price_micros,
+            days=fee.days, days_in_period=fee.days_in_period, amount_micros=amount,
+            reference=fee.reference, period=fee.period, description=fee.description,
+            grants_consumed=consumed, overdraft_micros=overdraft,
+            balance_after_micros=self._balance_micros - amount,
+            postings=postings_of([(customer_available(self.id), -amount),
+                                  (REVENUE_RECURRING, amount)], self._currency),
+        )
+        self._signal(now)
+        return self._entry_result(entry_id, -amount)
 
     def reverse_payment(self, payment_id: str, provider: str, amount_micros: int,
                         now: datetime, *, reason: str = "") -> EntryResult:

@@ -23,6 +23,8 @@ from ledger_service.domain.errors import InvalidRequest
 Posting = dict[str, Any]
 
 REVENUE_USAGE: Final = "system:revenue:usage"
+# Recurring and one-off fees: number and keyword rentals, their setup fees.
+REVENUE_RECURRING: Final = "system:revenue:recurring"
 # Purchased credit that expires unspent: income, not a cash movement.
 REVENUE_BREAKAGE: Final = "system:revenue:breakage"
 EXPENSE_PROMOTION: Final = "system:expense:promotion"

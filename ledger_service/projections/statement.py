@@ -28,6 +28,7 @@ ENTRY_KINDS: Final = {
     "Adjusted": "adjustment",
     "PaymentReversed": "payment_refund",
     "GrantsExpired": "grant_expiry",
+    "FeeCharged": "fee",
 }
 DESCRIPTION_LENGTH_MAX: Final = 500
 # An event's entries are ordered by line; a usage event holds at most 5,000 lines
@@ -80,6 +81,8 @@ def signed_amount_micros(event: Any) -> int:
         return -sum(int(g["amount_micros"]) for g in event.grants)
     if name == "Adjusted" and event.direction == "debit":
         return -int(event.amount_micros)
+    if name == "FeeCharged":
+        return -int(event.amount_micros)
     return int(event.amount_micros)
 
 
@@ -94,6 +97,8 @@ def statement_entries(event: Any) -> list[StatementEntry]:
         return []
     if name == "CreditPurchased" and getattr(event, "purpose", "topup") == "invoice":
         kind = "invoice_payment"
+    if name == "FeeCharged":
+        return [_fee_entry(event)]
     return [StatementEntry(
         entry_id=event.entry_id, line=0, kind=kind, amount_micros=signed_amount_micros(event),
         balance_after_micros=int(event.balance_after_micros),
@@ -101,6 +106,26 @@ def statement_entries(event: Any) -> list[StatementEntry]:
         description=_clip(_describe(name, event)), reference=getattr(event, "reference", None),
         actor=_actor(name, event), grant_id=getattr(event, "grant_id", None),
     )]
+
+
+def _fee_entry(event: Any) -> StatementEntry:
+    return StatementEntry(
+        entry_id=event.entry_id, line=0, kind="fee", amount_micros=-int(event.amount_micros),
+        balance_after_micros=int(event.balance_after_micros),
+        currency=_currency(event.postings), occurred_at=format_time(event.timestamp),
+        description=_clip(event.description or _fee_description(event)),
+        reference=event.reference, actor="system", product=event.product,
+        quantity=event.quantity, unit_price_micros=event.unit_price_micros,
+    )
+
+
+def _fee_description(event: Any) -> str:
+    text = f"{event.product} x {event.quantity} at {format_micros(event.unit_price_micros)}"
+    if event.period:
+        text += f" for {event.period}"
+    if event.days is not None:
+        text += f" ({event.days}/{event.days_in_period} days)"
+    return text
 
 
 def _usage_entry(index: int, line: dict[str, Any]) -> StatementEntry:

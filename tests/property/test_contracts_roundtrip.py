@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta, timezone
 from typing import Any
 
 import msgspec
@@ -52,6 +52,8 @@ def strategy_for(info: mi.Type) -> st.SearchStrategy[Any]:
             return st.sampled_from(info.values)
         case mi.UUIDType():
             return st.uuids()
+        case mi.DateType():
+            return st.dates(min_value=date(2000, 1, 1), max_value=date(2100, 1, 1))
         case mi.DateTimeType():
             return st.datetimes(
                 min_value=datetime(2000, 1, 1),

@@ -40,6 +40,8 @@ from ledger_service.domain import (
     UsageLine,
     debit_refs_of,
 )
+from ledger_service.domain.errors import DuplicateKey, InvalidRequest
+from ledger_service.domain.fees import FeeCharge, prorated_micros
 from ledger_service.domain.postings import customer_balance_micros, event_postings
 
 T0 = datetime(2026, 2, 20, 9, 0, tzinfo=UTC)
@@ -84,6 +86,7 @@ class RefAccount:
     captured: set[str] = field(default_factory=set)
     refunded: dict[str, int] = field(default_factory=dict)
     debits: dict[str, tuple[int, str]] = field(default_factory=dict)  # entry -> amount, kind
+    fees_charged: set[str] = field(default_factory=set)
 
     @property
     def balance(self) -> int:
@@ -514,6 +517,52 @@ class LedgerMachine(RuleBasedStateMachine):
         ref.consume(amount)
         adjusted = next(e for e in pending if type(e).__name__ == "Adjusted")
         ref.debits[adjusted.entry_id] = (amount, "adjustment")
+
+    @rule(account_id=accounts, item=st.integers(0, 2), period=st.sampled_from(
+              ["setup", "2026-02", "2026-03"]), quantity=st.integers(1, 3),
+          price=st.sampled_from([0, 1, 1_000_000, 2_000_000, 9_000_000]),
+          days=st.sampled_from([None, 1, 9, 28]))
+    def charge_fee(self, account_id: UUID, item: int, period: str, quantity: int, price: int,
+                   days: int | None) -> None:
+        """A recurring fee: prepay and trial refused without the funds (nothing written),
+        postpay always charged; a charge key already charged changes nothing."""
+        account, ref = self.live[account_id], self.ref[account_id]
+        key = f"recurring:item{item}:{period}"
+        prorated = days is not None and period != "setup"
+        fee = FeeCharge(charge_key=key, product="vmn", quantity=quantity,
+                        unit_price_micros=price, reference=f"+4477009000{item}",
+                        period=None if period == "setup" else period,
+                        days=days if prorated else None,
+                        days_in_period=28 if prorated else None)
+        amount = prorated_micros(price, quantity, fee.days, fee.days_in_period)
+
+        def command() -> Any:
+            return account.charge_fee(fee, self.now)
+
+        if ref.closed:
+            self.expect_rejection(account, AccountClosed, command)
+            return
+        if ref.account_type == "system":
+            self.expect_rejection(account, InvalidRequest, command)
+            return
+        if key in ref.fees_charged:
+            self.expect_rejection(account, DuplicateKey, command)
+            return
+        due = ref.due(self.now)
+        available_after_expiry = ref.available - sum(
+            ref.grants[g].remaining for g in due if ref.spendable(ref.grants[g].kind))
+        if ref.account_type in ("prepay", "trial") and available_after_expiry - amount < 0:
+            self.expect_rejection(account, InsufficientFunds, command)
+            return
+        result = command()
+        self.save(account)
+        note(f"fee charged ({ref.account_type})")
+        ref.expire_due(self.now)
+        ref.consume(amount)
+        ref.fees_charged.add(key)
+        assert result.amount_micros == -amount
+        if ref.account_type in ("prepay", "trial"):
+            assert account.available_micros >= 0, "a fee took a prepay account below its floor"
 
     @rule(account_id=accounts, data=st.data(), amount=amounts)
     def reverse_payment(self, account_id: UUID, data: st.DataObject, amount: int) -> None:

@@ -55,6 +55,10 @@ def test_subject_names_are_those_of_the_contract() -> None:
         "invoicing.v1.voided",
         "invoicing.v1.credit_note_issued",
         "invoicing.v1.overdue",
+        "invoicing.v1.recurring.charged",
+        "invoicing.v1.recurring.past_due",
+        "invoicing.v1.recurring.suspended",
+        "invoicing.v1.recurring.resumed",
     }
     assert subjects.CATALOG_PRICES_UPDATED == "catalog.v1.prices_updated"
 

@@ -10,6 +10,7 @@ import msgspec
 
 from contracts.subjects import MESSAGES
 from ledger_service.domain.account import BillingAccount
+from ledger_service.domain.fees import FeeCharge
 from ledger_service.domain.values import UsageLine
 from ledger_service.publisher import messages_for
 
@@ -115,3 +116,17 @@ def test_each_settings_event_publishes_the_accounts_full_settings_after_it() -> 
                and m.tax.vat_number == "DE136695976" and m.name == "Acme GmbH"
                for m in published_settings)
     assert [m.version for m in published_settings] == sorted(m.version for m in published_settings)
+
+
+def test_a_fee_is_published_as_a_negative_fee_entry_with_its_product_price_and_reference(
+        ) -> None:
+    account = BillingAccount.open(uuid4(), T0, account_type="prepay")
+    account.grant("g1", "purchased", 10 * POUND, T0)
+    account.charge_fee(FeeCharge(charge_key="recurring:i1:2026-11", product="vmn", quantity=1,
+                                 unit_price_micros=2 * POUND, reference="+447700900123",
+                                 period="2026-11"), T0)
+    (_, (subject, _, fee)) = published(account)
+    assert subject == "entry_posted"
+    assert (fee["kind"], fee["amount"], fee["balance_after"], fee["product"], fee["quantity"],
+            fee["unit_price"], fee["reference"]) == (
+        "fee", "-2.00", "8.00", "vmn", 1, "2.00", "+447700900123")
