@@ -216,18 +216,20 @@ class BillingRuns:
         async with self.pool.connection() as conn:
             cur = conn.cursor(row_factory=dict_row)
             await cur.execute(
-                "SELECT account_id, currency, product, unit_price_micros, period,"
-                " sum(quantity) AS quantity, sum(amount_micros) AS amount_micros,"
+                "SELECT account_id, currency, kind, product, unit_price_micros, period,"
+                " reference, sum(quantity) AS quantity, sum(amount_micros) AS amount_micros,"
                 " array_agg(entry_id) AS entry_ids FROM usage_lines"
                 " WHERE account_id = ANY(%s) AND invoiced_on IS NULL AND period <= %s"
-                " GROUP BY account_id, currency, product, unit_price_micros, period",
+                " GROUP BY account_id, currency, kind, product, unit_price_micros, period,"
+                " reference",
                 (account_ids, period))
             for row in await cur.fetchall():
                 totals, entries = usage.setdefault((row["account_id"], row["currency"]), ([], []))
                 totals.append(UsageTotal(product=row["product"],
                                          unit_price_micros=int(row["unit_price_micros"]),
                                          period=row["period"], quantity=int(row["quantity"]),
-                                         amount_micros=int(row["amount_micros"])))
+                                         amount_micros=int(row["amount_micros"]),
+                                         kind=row["kind"], reference=row["reference"]))
                 entries.extend(row["entry_ids"])
         orders = await asyncio.to_thread(self._orders, run_id, period, customers, usage)
         issued = await asyncio.to_thread(self.invoices.issue_batch, orders)

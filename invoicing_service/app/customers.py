@@ -101,18 +101,21 @@ class Customers:
             return cur.rowcount == 1
 
     async def apply_entry(self, message: EntryPosted) -> EntryOutcome:
-        """Keep a usage debit as a rated usage line; other entries are not invoiced here."""
-        if message.kind != "usage" or message.product is None or message.quantity is None \
-                or message.unit_price is None:
+        """Keep a usage debit, or a recurring fee the ledger charged, as a rated line; other
+        entries are not invoiced here."""
+        if message.kind not in ("usage", "fee") or message.product is None \
+                or message.quantity is None or message.unit_price is None:
             return "ignored"
         async with self.pool.connection() as conn:
             cur = await conn.execute(
                 "INSERT INTO usage_lines (entry_id, account_id, currency, product, quantity,"
-                " unit_price_micros, amount_micros, occurred_at, period)"
-                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (entry_id) DO NOTHING",
+                " unit_price_micros, amount_micros, occurred_at, period, kind, reference)"
+                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+                " ON CONFLICT (entry_id) DO NOTHING",
                 (message.entry_id, message.account_id, message.currency, message.product,
                  message.quantity, to_micros(message.unit_price), -to_micros(message.amount),
-                 message.occurred_at, period_of(message.occurred_at)),
+                 message.occurred_at, period_of(message.occurred_at), message.kind,
+                 message.reference if message.kind == "fee" else None),
             )
             return "recorded" if cur.rowcount == 1 else "duplicate"
 

@@ -54,6 +54,8 @@ class UsageTotal:
     period: str
     quantity: int
     amount_micros: int  # the exact sum of the ledger's debits, before rounding
+    kind: str = "usage"  # or "fee": a recurring item's charge (one line per item)
+    reference: str | None = None  # the fee's item: the number or keyword
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +76,11 @@ def usage_drafts(totals: Iterable[UsageTotal], invoice_period: str) -> list[Line
                                                t.unit_price_micros)):
         correction = total.period != invoice_period
         what = f"{total.product}: {total.quantity:,} x {format_micros(total.unit_price_micros)}"
+        if total.kind == "fee":
+            prorated = total.amount_micros != total.quantity * total.unit_price_micros
+            what = (f"{total.product} {total.reference or ''}".rstrip() + f": {total.quantity:,}"
+                    f" x {format_micros(total.unit_price_micros)}"
+                    + (", prorated by days" if prorated else ""))
         description = (f"Correction: usage of {total.period} received after it was invoiced, {what}"
                        if correction else f"{what} ({total.period})")
         drafts.append(LineDraft(description=description, product=total.product,
