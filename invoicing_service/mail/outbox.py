@@ -162,3 +162,37 @@ async def resend(conn: Conn, idempotency_key: str) -> bool:
         (idempotency_key,),
     )
     return cursor.rowcount == 1
+
+
+async def send_again(conn: Conn, idempotency_key: str) -> str | None:
+    """An operator's deliberate second copy of a sent email (the customer lost the invoice):
+    a new email with its own key (`<key>:again:<n>`), the same recipients, subject, body and
+    attachments. None when there is no such email, or its attachments were already cleared
+    (then the document's PDF route serves the same bytes)."""
+    cursor = await conn.execute(
+        "SELECT email_id, (SELECT count(*) FROM email_outbox a WHERE a.idempotency_key LIKE"
+        " e.idempotency_key || ':again:%%') FROM email_outbox e WHERE idempotency_key = %s",
+        (idempotency_key,))
+    row = await cursor.fetchone()
+    if row is None:
+        return None
+    email_id, copies = row
+    had = await (await conn.execute("SELECT count(*) FROM email_attachments WHERE email_id = %s",
+                                    (email_id,))).fetchone()
+    original_had = await (await conn.execute(
+        "SELECT kind IN ('invoice', 'credit_note') FROM email_outbox WHERE email_id = %s",
+        (email_id,))).fetchone()
+    if original_had and original_had[0] and had and had[0] == 0:
+        return None
+    key = f"{idempotency_key}:again:{int(copies) + 1}"
+    copied = await (await conn.execute(
+        "INSERT INTO email_outbox (idempotency_key, account_id, kind, recipients, subject,"
+        " text_body, html_body) SELECT %s, account_id, kind, recipients, subject, text_body,"
+        " html_body FROM email_outbox WHERE email_id = %s RETURNING email_id",
+        (key, email_id))).fetchone()
+    assert copied is not None
+    await conn.execute(
+        "INSERT INTO email_attachments (email_id, position, filename, content_type, content)"
+        " SELECT %s, position, filename, content_type, content FROM email_attachments"
+        " WHERE email_id = %s", (copied[0], email_id))
+    return key

@@ -3,6 +3,7 @@ with the PDF attached to the billing profile's address, and served as the same P
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import io
 import uuid
@@ -107,3 +108,23 @@ async def test_an_issued_invoice_is_rendered_hashed_emailed_once_and_served(
     [attachment] = list(message.iter_attachments())
     assert attachment.get_filename() == f"{number}.pdf"
     assert hashlib.sha256(attachment.get_content()).hexdigest() == recorded
+
+    # An operator re-sends: a sent email is never sent twice by accident, only on purpose.
+    from typer.testing import CliRunner
+
+    from invoicing_service.cli import app as invoicingctl
+
+    runner = CliRunner()
+    env = {"DATABASE_URL": infra.database_url}
+    # (the CLI runs its own event loop: a thread of its own here)
+    refused = await asyncio.to_thread(runner.invoke, invoicingctl, ["resend-email", number],
+                                      env=env)
+    assert refused.exit_code == 1 and "--again" in refused.output, refused.output
+    again = await asyncio.to_thread(runner.invoke, invoicingctl,
+                                    ["resend-email", number, "--again"], env=env)
+    assert again.exit_code == 0, again.output
+
+    def copies() -> int:
+        return sum(number in str(m["Subject"]) for m in recorder.messages)
+
+    await eventually(lambda: copies() == 2, what="the second copy")
