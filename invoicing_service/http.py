@@ -18,6 +18,7 @@ from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import Parameter
 
 from contracts.http.invoicing import (
+    EMAIL_PATTERN,
     INVOICES_PAGE_MAX,
     BillingRunRequest,
     BillingRunView,
@@ -96,7 +97,7 @@ class BillingProfileBody(msgspec.Struct, frozen=True, kw_only=True):
                              msgspec.Meta(max_length=8)] = []
     country: Annotated[str, msgspec.Meta(pattern=r"^[A-Z]{2}$(?!\n)")] | None = None
     billing_email: Annotated[str, msgspec.Meta(
-        pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$(?!\n)", max_length=254)] | None = None
+        pattern=EMAIL_PATTERN, max_length=254)] | None = None
     po_number: Annotated[str, msgspec.Meta(min_length=1, max_length=64)] | None = None
     net_terms_days: Annotated[int, msgspec.Meta(ge=0, le=365)] = 30
     vat_exemption: Annotated[

@@ -267,8 +267,10 @@ async def refund(
 
 RequiredIdempotencyKey = Annotated[
     str,
-    HeaderParameter(name="Idempotency-Key", required=True,
-                    description="Required: the charge key is a good choice"),
+    HeaderParameter(name="Idempotency-Key", required=True, pattern=f"^{_KEY.pattern}$",
+                    min_length=1, max_length=KEY_LENGTH_MAX,
+                    description="Required, 1-128 visible ASCII characters: the charge key is a"
+                                " good choice"),
 ]
 
 

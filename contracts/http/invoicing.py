@@ -32,6 +32,11 @@ from contracts.invoicing import (
 from contracts.money import Amount, Currency, PositiveAmount
 from contracts.timestamps import Timestamp
 
+# An address: no spaces or control characters, one @, a dot after it. The characters are
+# spelled out (not \s) so Python and JSON Schema (ECMA) regexes agree on what they match.
+_NOT_IN_ADDRESS = r"@ \t\r\n\f\v\x00-\x1f\x7f-\x9f"
+EMAIL_PATTERN: Final = rf"^[^{_NOT_IN_ADDRESS}]+@[^{_NOT_IN_ADDRESS}]+\.[^{_NOT_IN_ADDRESS}]+$(?!\n)"
+
 INVOICES_PAGE_MAX: Final = 500
 
 Count = Annotated[int, Meta(ge=0, le=2**63 - 1)]
@@ -152,7 +157,7 @@ ChargeStatus = Literal["pending", "charged", "refused", "failed"]
 AlertKind = Literal["balance_low", "renewal_past_due", "renewal_suspended", "invoice_overdue"]
 EmailAddress = Annotated[
     str,
-    Meta(min_length=3, max_length=254, pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$(?!\n)",
+    Meta(min_length=3, max_length=254, pattern=EMAIL_PATTERN,
          examples=["billing@example.com"]),
 ]
 

@@ -57,7 +57,8 @@ EXCEPTION_STATUSES: Final[dict[type[Exception], tuple[int, str]]] = {
 }
 IdempotencyKey = Annotated[
     str,
-    HeaderParameter(name="Idempotency-Key", required=True,
+    HeaderParameter(name="Idempotency-Key", required=True, pattern=f"^{_KEY.pattern}$",
+                    min_length=1, max_length=KEY_LENGTH_MAX,
                     description="Makes the creation safe to retry: 1-128 visible ASCII"),
 ]
 OPERATOR_ONLY: Final[dict[str, Any]] = {"guards": [requires_scope(OPERATOR)],

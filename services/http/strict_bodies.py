@@ -30,6 +30,25 @@ def _decoder(route_handler: BaseRouteHandler) -> msgspec.json.Decoder[Any] | Non
     return msgspec.json.Decoder(annotation, strict=True)
 
 
+def _integral_floats_fit(body: bytes, decoder: msgspec.json.Decoder[Any]) -> bool:
+    """Whether the body is valid once numbers like 28.0 are read as the integers they are."""
+
+    def integral(value: Any) -> Any:
+        if isinstance(value, float) and value.is_integer() and abs(value) < 2**63:
+            return int(value)
+        if isinstance(value, list):
+            return [integral(item) for item in value]
+        if isinstance(value, dict):
+            return {key: integral(item) for key, item in value.items()}
+        return value
+
+    try:
+        msgspec.convert(integral(msgspec.json.decode(body)), decoder.type, strict=True)
+    except (msgspec.ValidationError, msgspec.DecodeError):
+        return False
+    return True
+
+
 async def strict_json_body(connection: ASGIConnection[Any, Any, Any, Any],
                            route_handler: BaseRouteHandler) -> None:
     decoder = _decoder(route_handler)
@@ -41,6 +60,9 @@ async def strict_json_body(connection: ASGIConnection[Any, Any, Any, Any],
     try:
         decoder.decode(body)
     except msgspec.ValidationError as exc:
+        if "got `float`" in str(exc) and _integral_floats_fit(body, decoder):
+            return  # 28.0 for an integer: JSON (and JSON Schema) call it the integer 28
+
         # As Litestar words it: msgspec's message, and the field as a dotted path ("tax.country";
         # None at the top, where the message names the field, or the body itself).
         message, _, where = str(exc).partition(" - at `$")

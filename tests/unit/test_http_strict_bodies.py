@@ -54,3 +54,24 @@ def test_a_body_the_contract_takes_is_handled(client: Any) -> None:
 def test_the_field_is_named_as_a_dotted_path(client: Any) -> None:
     response = client.post("/grants", json={"reverse_charge": "no"})
     assert response.json()["errors"][0]["field"] == "reverse_charge"
+
+
+class Days(msgspec.Struct, frozen=True, kw_only=True):
+    days: int
+
+
+@post("/days", sync_to_thread=False)
+def days(data: Days) -> dict[str, Any]:
+    return {"days": data.days}
+
+
+@pytest.mark.parametrize(("value", "status"), [(28, 201), (28.0, 201), (28.5, 400), ("28", 400)])
+def test_an_integral_number_written_with_a_point_is_the_integer_json_says_it_is(
+        value: Any, status: int) -> None:
+    app = create_app(title="t", version="1", route_handlers=[days], readiness_checks={},
+                     auth=JwtVerifier(secret="x" * 32))
+    with TestClient(app) as client:
+        response = client.post("/days", json={"days": value})
+    assert response.status_code == status, response.text
+    if status == 201:
+        assert response.json() == {"days": 28}

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
-from decimal import Decimal
+from decimal import ROUND_HALF_UP, Decimal
 
 from hypothesis import given
 from hypothesis import strategies as st
@@ -88,11 +88,13 @@ def test_a_unit_price_within_four_places_keeps_the_quantity() -> None:
 def test_xero_totals_equal_ours_to_the_cent(specs: list[tuple[int, int]]) -> None:
     document = invoice([line("sms", q, u) for q, u in specs])
     payload = docs.invoice_payload(document, "c", MAPPINGS)
-    net = sum((Decimal(i["Quantity"]) * Decimal(i["UnitAmount"])).quantize(docs.CENT)
-              for i in payload["LineItems"])
+    # Xero rounds each line amount half up to the cent, as our documented rule does (a half
+    # cent only arises from a sub-penny test total; issued invoices are in pence already).
+    net = sum((Decimal(i["Quantity"]) * Decimal(i["UnitAmount"])).quantize(
+        docs.CENT, rounding=ROUND_HALF_UP) for i in payload["LineItems"])
     tax = sum(Decimal(i["TaxAmount"]) for i in payload["LineItems"])
-    assert net == Decimal(document.subtotal).quantize(docs.CENT)
-    assert tax == Decimal(document.vat_total).quantize(docs.CENT)
+    assert net == Decimal(document.subtotal).quantize(docs.CENT, rounding=ROUND_HALF_UP)
+    assert tax == Decimal(document.vat_total).quantize(docs.CENT, rounding=ROUND_HALF_UP)
     for item in payload["LineItems"]:
         assert -Decimal(item["UnitAmount"]).as_tuple().exponent <= 4  # type: ignore[operator]
 
