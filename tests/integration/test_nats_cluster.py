@@ -8,6 +8,7 @@ import contextlib
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import nats
 import pytest
@@ -39,6 +40,18 @@ async def _publish(js: object, subject: str, key: str, deadline_s: float = 30) -
             return True
         await asyncio.sleep(0.2)
     return False
+
+
+async def _retrying(call: Any, deadline_s: float = 60) -> Any:
+    deadline = time.monotonic() + deadline_s
+    while True:
+        try:
+            return await call()
+        except (nats.errors.TimeoutError, nats.js.errors.APIError,
+                nats.errors.NoRespondersError):
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.5)
 
 
 async def _add_stream(js: object) -> None:
@@ -81,14 +94,19 @@ async def test_acknowledged_publishes_survive_a_node_killed_and_restarted(
             acknowledged.append(f"m-{n}")
         # A duplicate from a producer retrying after a lost acknowledgement is dropped.
         assert await _publish(js, "faults.a", "m-5")
-        info = await js.stream_info("FAULTS")
+        info = await _retrying(lambda: js.stream_info("FAULTS"))
         assert info.state.messages == len(acknowledged)
-        sub = await js.pull_subscribe("faults.>", durable="check")
+        # A JetStream API request may time out while the restarted node catches up and the
+        # cluster settles its leaders: retried, as a service's consumer set-up is.
+        sub = await _retrying(lambda: js.pull_subscribe("faults.>", durable="check",
+                                                        stream="FAULTS"))
         seen: list[str] = []
-        while len(seen) < len(acknowledged):
-            for msg in await sub.fetch(100, timeout=5):
-                seen.append(msg.data.decode())
-                await msg.ack()
+        deadline = time.monotonic() + 60
+        while len(seen) < len(acknowledged) and time.monotonic() < deadline:
+            with contextlib.suppress(nats.errors.TimeoutError):
+                for msg in await sub.fetch(100, timeout=5):
+                    seen.append(msg.data.decode())
+                    await msg.ack()
         assert sorted(seen) == sorted(acknowledged)
     finally:
         await nc.close()
