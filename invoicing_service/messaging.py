@@ -14,10 +14,8 @@ from typing import Final
 
 import msgspec
 import structlog
-from faststream.middlewares import AckPolicy
-from faststream.nats import JStream, NatsBroker, PullSub
+from faststream.nats import NatsBroker
 from faststream.nats.annotations import NatsMessage
-from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from contracts.deadletter import DeadLetterReason
 from contracts.ledger import AccountUpdated, EntryPosted
@@ -31,6 +29,7 @@ from contracts.subjects import (
 from invoicing_service.app.customers import Customers
 from invoicing_service.app.payments import PaymentIntake
 from invoicing_service.domain import errors
+from services.broker import durable_pull
 from services.consumer import dead_letter
 
 log = structlog.get_logger(__name__)
@@ -59,12 +58,8 @@ async def bury(broker: NatsBroker, message: NatsMessage, reason: DeadLetterReaso
 def subscribe_ledger(broker: NatsBroker, customers: Customers) -> None:
     @broker.subscriber(
         "ledger.v1.events.>",
-        stream=JStream("LEDGER", declare=False),
-        durable=LEDGER_DURABLE,
-        pull_sub=PullSub(batch_size=_PULL_BATCH, timeout=5.0),
-        deliver_policy=DeliverPolicy.ALL,
-        config=ConsumerConfig(max_deliver=_DELIVERIES_MAX),
-        ack_policy=AckPolicy.NACK_ON_ERROR,
+        **durable_pull("LEDGER", LEDGER_DURABLE, batch_size=_PULL_BATCH,
+                       deliveries_max=_DELIVERIES_MAX),
         title="invoicing:ledger",
         description="Keeps accounts (account_updated) and rated usage (entry_posted, usage).",
     )
@@ -84,12 +79,8 @@ def subscribe_ledger(broker: NatsBroker, customers: Customers) -> None:
 def subscribe_payments(broker: NatsBroker, intake: PaymentIntake) -> None:
     @broker.subscriber(
         PAYMENTS_RECEIVED,
-        stream=JStream("PAYMENTS", declare=False),
-        durable=PAYMENTS_DURABLE,
-        pull_sub=PullSub(batch_size=_PULL_BATCH, timeout=5.0),
-        deliver_policy=DeliverPolicy.ALL,
-        config=ConsumerConfig(max_deliver=_DELIVERIES_MAX),
-        ack_policy=AckPolicy.NACK_ON_ERROR,
+        **durable_pull("PAYMENTS", PAYMENTS_DURABLE, batch_size=_PULL_BATCH,
+                       deliveries_max=_DELIVERIES_MAX),
         title="invoicing:payments",
         description="Pays invoices (purpose invoice); issues paid receipts (purpose topup).",
     )

@@ -7,10 +7,8 @@ from typing import Final
 
 import msgspec
 import structlog
-from faststream.middlewares import AckPolicy
-from faststream.nats import JStream, NatsBroker, PullSub
+from faststream.nats import NatsBroker
 from faststream.nats.annotations import NatsMessage
-from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from contracts.invoicing import CreditNoteIssued, InvoiceIssued, InvoicePaid, InvoiceVoided
 from contracts.subjects import (
@@ -20,6 +18,7 @@ from contracts.subjects import (
     INVOICING_VOIDED,
 )
 from payments_service.app.invoices import InvoiceBook, InvoiceEvent
+from services.broker import durable_pull
 from services.consumer import UNREADABLE_PAYLOAD
 
 log = structlog.get_logger(__name__)
@@ -42,12 +41,8 @@ _KINDS: Final[dict[str, type[InvoiceEvent]]] = {
 def subscribe_invoices(broker: NatsBroker, book: InvoiceBook) -> None:
     @broker.subscriber(
         "invoicing.v1.>",
-        stream=JStream("INVOICING", declare=False),
-        durable=INVOICES_DURABLE,
-        pull_sub=PullSub(batch_size=_PULL_BATCH, timeout=5.0),
-        deliver_policy=DeliverPolicy.ALL,
-        config=ConsumerConfig(max_deliver=_DELIVERIES_MAX),
-        ack_policy=AckPolicy.NACK_ON_ERROR,
+        **durable_pull("INVOICING", INVOICES_DURABLE, batch_size=_PULL_BATCH,
+                       deliveries_max=_DELIVERIES_MAX),
         title="payments:invoices",
         description="Keeps the invoices an invoice checkout or a HubSpot payment may settle.",
     )

@@ -14,10 +14,18 @@ from typing import Any
 import structlog
 from fast_depends.msgspec import MsgSpecSerializer
 from faststream import BaseMiddleware
-from faststream.nats import NatsBroker
+from faststream.middlewares import AckPolicy
+from faststream.nats import JStream, NatsBroker, PullSub
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
-from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
+from nats.js.api import (
+    ConsumerConfig,
+    DeliverPolicy,
+    DiscardPolicy,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
 from nats.js.errors import NotFoundError, ServiceUnavailableError
 
 from contracts.subjects import STREAMS
@@ -139,6 +147,22 @@ class CorrelationMiddleware(BaseMiddleware):
         if context_id:
             cmd.correlation_id = context_id
         return await call_next(cmd)
+
+
+def durable_pull(stream: str, durable: str, *, batch_size: int,
+                 deliveries_max: int) -> dict[str, Any]:
+    """The `broker.subscriber(...)` settings every service's durable consumer shares: a pull
+    consumer on a stream the services declared at start-up, from the stream's beginning, acked
+    only after the handler returned (a raised error naks it for redelivery), and dead-lettered
+    by the handler before JetStream's delivery limit."""
+    return {
+        "stream": JStream(stream, declare=False),
+        "durable": durable,
+        "pull_sub": PullSub(batch_size=batch_size, timeout=5.0),
+        "deliver_policy": DeliverPolicy.ALL,
+        "config": ConsumerConfig(max_deliver=deliveries_max),
+        "ack_policy": AckPolicy.NACK_ON_ERROR,
+    }
 
 
 def nats_servers(nats_url: str) -> list[str]:

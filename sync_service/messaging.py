@@ -15,10 +15,8 @@ from typing import Any, Final
 import msgspec
 import psycopg
 import structlog
-from faststream.middlewares import AckPolicy
-from faststream.nats import JStream, NatsBroker, PullSub
+from faststream.nats import NatsBroker
 from faststream.nats.annotations import NatsMessage
-from nats.js.api import ConsumerConfig, DeliverPolicy
 from psycopg_pool import AsyncConnectionPool
 
 from contracts.invoicing import CreditNoteIssued, InvoiceIssued, InvoicePaid, InvoiceVoided
@@ -31,6 +29,7 @@ from contracts.subjects import (
     INVOICING_VOIDED,
     PAYMENTS_RECEIVED,
 )
+from services.broker import durable_pull
 from services.consumer import dead_letter
 from sync_service.app import queue
 
@@ -66,12 +65,8 @@ def subscribe(broker: NatsBroker, pool: AsyncConnectionPool, on_queued: Callable
               ) -> None:
     @broker.subscriber(
         "invoicing.v1.>",
-        stream=JStream("INVOICING", declare=False),
-        durable=INVOICES_DURABLE,
-        pull_sub=PullSub(batch_size=_PULL_BATCH, timeout=5.0),
-        deliver_policy=DeliverPolicy.ALL,
-        config=ConsumerConfig(max_deliver=_DELIVERIES_MAX),
-        ack_policy=AckPolicy.NACK_ON_ERROR,
+        **durable_pull("INVOICING", INVOICES_DURABLE, batch_size=_PULL_BATCH,
+                       deliveries_max=_DELIVERIES_MAX),
         title="sync:invoicing",
         description="Queues invoices, credit notes and voids for the accounting systems.",
     )
@@ -85,12 +80,8 @@ def subscribe(broker: NatsBroker, pool: AsyncConnectionPool, on_queued: Callable
 
     @broker.subscriber(
         PAYMENTS_RECEIVED,
-        stream=JStream("PAYMENTS", declare=False),
-        durable=PAYMENTS_DURABLE,
-        pull_sub=PullSub(batch_size=_PULL_BATCH, timeout=5.0),
-        deliver_policy=DeliverPolicy.ALL,
-        config=ConsumerConfig(max_deliver=_DELIVERIES_MAX),
-        ack_policy=AckPolicy.NACK_ON_ERROR,
+        **durable_pull("PAYMENTS", PAYMENTS_DURABLE, batch_size=_PULL_BATCH,
+                       deliveries_max=_DELIVERIES_MAX),
         title="sync:payments",
         description="Queues invoice payments for the accounting systems.",
     )

@@ -7,10 +7,8 @@ from typing import Final
 
 import msgspec
 import structlog
-from faststream.middlewares import AckPolicy
-from faststream.nats import JStream, NatsBroker, PullSub
+from faststream.nats import NatsBroker
 from faststream.nats.annotations import NatsMessage
-from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from contracts.invoicing import InvoiceOverdue, RecurringPastDue, RecurringSuspended
 from contracts.ledger import BalanceLow
@@ -28,6 +26,7 @@ from invoicing_service.alerts.domain import (
     past_due_alert,
     suspended_alert,
 )
+from services.broker import durable_pull
 
 log = structlog.get_logger(__name__)
 
@@ -72,12 +71,8 @@ def subscribe_alerts(broker: NatsBroker, alerts: Alerts) -> None:
 
     @broker.subscriber(
         LEDGER_BALANCE_LOW,
-        stream=JStream("LEDGER", declare=False),
-        durable=LEDGER_DURABLE,
-        pull_sub=PullSub(batch_size=_PULL_BATCH, timeout=5.0),
-        deliver_policy=DeliverPolicy.ALL,
-        config=ConsumerConfig(max_deliver=_DELIVERIES_MAX),
-        ack_policy=AckPolicy.NACK_ON_ERROR,
+        **durable_pull("LEDGER", LEDGER_DURABLE, batch_size=_PULL_BATCH,
+                       deliveries_max=_DELIVERIES_MAX),
         title="invoicing:alerts:balance_low",
         description="Emails the account's recipients when its balance crosses below the"
                     " threshold (once per crossing).",
@@ -87,12 +82,8 @@ def subscribe_alerts(broker: NatsBroker, alerts: Alerts) -> None:
 
     @broker.subscriber(
         "invoicing.v1.>",
-        stream=JStream("INVOICING", declare=False),
-        durable=INVOICING_DURABLE,
-        pull_sub=PullSub(batch_size=_PULL_BATCH, timeout=5.0),
-        deliver_policy=DeliverPolicy.ALL,
-        config=ConsumerConfig(max_deliver=_DELIVERIES_MAX),
-        ack_policy=AckPolicy.NACK_ON_ERROR,
+        **durable_pull("INVOICING", INVOICING_DURABLE, batch_size=_PULL_BATCH,
+                       deliveries_max=_DELIVERIES_MAX),
         title="invoicing:alerts:invoicing",
         description="Emails renewal past due, suspension and invoice overdue alerts.",
     )
