@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import csv
 import json
-import os
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -58,7 +57,7 @@ from ledger_service.projections.verify import VerifyReport, verify, verify_ancho
 from ledger_service.settings import LedgerToolSettings, parse_seed
 from services.broker import nats_servers
 from services.database import eventsourcing_env, redact_url
-from services.embedded import DATABASE_NAME
+from services.embedded import embedded_database_url
 from services.logging import configure_logging
 from services.settings import SettingsError, load_tool_settings
 
@@ -134,20 +133,6 @@ class Tools:
     def close(self) -> None:
         if self._app is not None:
             self._app.close()
-
-
-def embedded_database_url(run_dir: Path) -> str | None:
-    """The DATABASE_URL of a running `make run` embedded PostgreSQL, from its postmaster.pid
-    (lines: pid, data directory, start time, port, socket directory, ...)."""
-    pid_file = run_dir / "pgdata" / "postmaster.pid"
-    try:
-        lines = pid_file.read_text().splitlines()
-        os.kill(int(lines[0]), 0)
-    except (OSError, ValueError, IndexError):
-        return None
-    if len(lines) < 5 or not lines[4].strip():
-        return None
-    return f"postgresql://postgres@/{DATABASE_NAME}?host={lines[4].strip()}&port={lines[3].strip()}"
 
 
 def tools(ctx: typer.Context) -> Tools:

@@ -47,6 +47,21 @@ def free_port(preferred: int | None = None) -> int:
         return int(sock.getsockname()[1])
 
 
+def embedded_database_url(run_dir: Path) -> str | None:
+    """The DATABASE_URL of a running `make run` embedded PostgreSQL, from its postmaster.pid
+    (lines: pid, data directory, start time, port, socket directory, ...); None when none
+    runs there. The operator tools (ledgerctl, invoicingctl, syncctl) fall back to it."""
+    pid_file = run_dir / "pgdata" / "postmaster.pid"
+    try:
+        lines = pid_file.read_text().splitlines()
+        os.kill(int(lines[0]), 0)
+    except (OSError, ValueError, IndexError):
+        return None
+    if len(lines) < 5 or not lines[4].strip():
+        return None
+    return f"postgresql://postgres@/{DATABASE_NAME}?host={lines[4].strip()}&port={lines[3].strip()}"
+
+
 def start_postgres(run_dir: Path, database: str = DATABASE_NAME) -> tuple[object, str]:
     """Start (or reuse) the embedded PostgreSQL; returns its handle and a DATABASE_URL.
 

@@ -9,7 +9,6 @@ re-driven change is picked up by the running service within its poll interval.
 from __future__ import annotations
 
 import asyncio
-import os
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -21,7 +20,7 @@ from rich.console import Console
 from rich.table import Table
 
 from services.database import create_pool
-from services.embedded import DATABASE_NAME
+from services.embedded import embedded_database_url
 from services.logging import configure_logging
 from services.settings import SettingsError, load_tool_settings
 from sync_service.app.mappings import MappingBook
@@ -33,18 +32,6 @@ app = typer.Typer(help="Operator tools for the sync service (Xero).", no_args_is
 out = Console()
 err = Console(stderr=True)
 T = TypeVar("T")
-
-
-def _embedded_database_url(run_dir: Path) -> str | None:
-    pid_file = run_dir / "pgdata" / "postmaster.pid"
-    try:
-        lines = pid_file.read_text().splitlines()
-        os.kill(int(lines[0]), 0)
-    except (OSError, ValueError, IndexError):
-        return None
-    if len(lines) < 5 or not lines[4].strip():
-        return None
-    return f"postgresql://postgres@/{DATABASE_NAME}?host={lines[4].strip()}&port={lines[3].strip()}"
 
 
 def _database_url(ctx: typer.Context) -> str:
@@ -91,7 +78,7 @@ def main(
     except SettingsError as exc:
         err.print(f"[red]syncctl:[/red] {exc}")
         raise typer.Exit(2) from None
-    ctx.obj = database_url or settings.database_url or _embedded_database_url(
+    ctx.obj = database_url or settings.database_url or embedded_database_url(
         Path(settings.run_dir))
 
 

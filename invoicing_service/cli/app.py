@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -16,7 +15,7 @@ from psycopg_pool import AsyncConnectionPool
 from rich.console import Console
 
 from services.database import create_pool
-from services.embedded import DATABASE_NAME
+from services.embedded import embedded_database_url
 from services.logging import configure_logging
 from services.settings import SettingsError, load_tool_settings
 
@@ -73,20 +72,6 @@ def run_with_pool(ctx: typer.Context, work: Callable[[AsyncConnectionPool], Awai
         raise typer.Exit(2) from None
 
 
-def embedded_database_url(run_dir: Path) -> str:
-    """The DATABASE_URL of a running `make run` embedded PostgreSQL, from its postmaster.pid
-    (lines: pid, data directory, start time, port, socket directory, ...)."""
-    pid_file = run_dir / "pgdata" / "postmaster.pid"
-    try:
-        lines = pid_file.read_text().splitlines()
-        os.kill(int(lines[0]), 0)
-        return (f"postgresql://postgres@/{DATABASE_NAME}?host={lines[4].strip()}"
-                f"&port={lines[3].strip()}")
-    except (OSError, ValueError, IndexError):
-        err.print("[red]invoicingctl:[/red] no DATABASE_URL and no running `make run` database")
-        raise typer.Exit(2) from None
-
-
 @app.callback()
 def main(
     ctx: typer.Context,
@@ -101,5 +86,8 @@ def main(
     except SettingsError as exc:
         err.print(f"[red]invoicingctl:[/red] {exc}")
         raise typer.Exit(2) from None
-    ctx.obj = Tools(database_url or settings.database_url
-                    or embedded_database_url(Path(settings.run_dir)))
+    url = database_url or settings.database_url or embedded_database_url(Path(settings.run_dir))
+    if url is None:
+        err.print("[red]invoicingctl:[/red] no DATABASE_URL and no running `make run` database")
+        raise typer.Exit(2)
+    ctx.obj = Tools(url)

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from ledger_service.cli import Failure, embedded_database_url, parse_instant
+from ledger_service.cli import Failure, parse_instant
 from ledger_service.projections.reads import BadCursor, Freshness, decode_cursor, encode_cursor
+from services.embedded import embedded_database_url
 from services.settings import load_tool_settings
 
 
