@@ -52,7 +52,7 @@ from services.http import (
 
 EXCEPTION_STATUSES: Final[dict[type[Exception], tuple[int, str]]] = {
     errors.InvalidRequest: (422, "invalid-request"),
-    errors.BadCursor: (400, "bad-cursor"),
+    errors.BadCursor: (400, "invalid-cursor"),  # the problem type payments uses
     errors.InvoiceNotFound: (404, "not-found"),
     errors.BillingRunNotFound: (404, "not-found"),
     errors.AccountNotVisible: (404, "not-found"),
