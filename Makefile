@@ -5,11 +5,12 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
 .DEFAULT_GOAL := help
-.PHONY: help setup run test test-fast lint format bench contracts clean
+.PHONY: help setup run test test-fast faults lint format bench contracts clean
 
 help:
 	@echo "make run        start PostgreSQL + NATS (embedded unless DATABASE_URL/NATS_URL set) and all four services"
 	@echo "make test       run the whole test suite against real PostgreSQL and NATS"
+	@echo "make faults     fault tests (a NATS node of three killed under load)"
 	@echo "make lint       ruff + mypy"
 	@echo "make bench      benchmarks (figures go to docs/benchmarks.md)"
 	@echo "make contracts  regenerate contracts/schema (JSON Schema + AsyncAPI)"
@@ -29,6 +30,9 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+faults: $(STAMP)
+	FAULTS=1 $(PY) -m pytest tests/integration/test_nats_cluster.py $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
