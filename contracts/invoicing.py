@@ -236,3 +236,28 @@ class RecurringResumed(Struct, frozen=True, kw_only=True):
     product: ProductKey
     reference: Reference
     occurred_at: Timestamp
+
+
+CustomerText = Annotated[str, text_meta(min_length=1, max_length=200)]
+
+
+class CustomerUpdated(Struct, frozen=True, kw_only=True):
+    """An account's billing profile was set: what its invoices print about the customer, for
+    the accounting and CRM systems (the Xero contact, the HubSpot company). `version` grows by
+    one with each change of the account's profile; a consumer keeps the highest it has seen,
+    so redelivery and reordering are harmless."""
+
+    event_id: EventId
+    account_id: AccountId
+    version: Annotated[int, Meta(ge=1)]
+    legal_name: CustomerText
+    address_lines: Annotated[list[CustomerText], Meta(max_length=8)] = []
+    country: Annotated[
+        str, Meta(pattern=r"^[A-Z]{2}$(?!\n)",
+                  description="The billing address's country, else the account's")
+    ] | None = None
+    billing_email: Annotated[str, text_meta(min_length=3, max_length=254)] | None = None
+    vat_number: Annotated[
+        str, text_meta(min_length=1, max_length=32, description="The account's, if any")
+    ] | None = None
+    updated_at: Timestamp

@@ -17,6 +17,7 @@ from contracts.catalog import PricesUpdated
 from contracts.deadletter import DeadLetter
 from contracts.invoicing import (
     CreditNoteIssued,
+    CustomerUpdated,
     InvoiceIssued,
     InvoiceOverdue,
     InvoicePaid,
@@ -66,6 +67,7 @@ INVOICING_RECURRING_CHARGED: Final = "invoicing.v1.recurring.charged"
 INVOICING_RECURRING_PAST_DUE: Final = "invoicing.v1.recurring.past_due"
 INVOICING_RECURRING_SUSPENDED: Final = "invoicing.v1.recurring.suspended"
 INVOICING_RECURRING_RESUMED: Final = "invoicing.v1.recurring.resumed"
+INVOICING_CUSTOMER_UPDATED: Final = "invoicing.v1.customer_updated"
 
 CATALOG_PRICES_UPDATED: Final = "catalog.v1.prices_updated"
 
@@ -105,6 +107,7 @@ EVENTS: Final[dict[str, type[msgspec.Struct]]] = {
     INVOICING_RECURRING_PAST_DUE: RecurringPastDue,
     INVOICING_RECURRING_SUSPENDED: RecurringSuspended,
     INVOICING_RECURRING_RESUMED: RecurringResumed,
+    INVOICING_CUSTOMER_UPDATED: CustomerUpdated,
     CATALOG_PRICES_UPDATED: PricesUpdated,
 }
 REQUESTS: Final[dict[str, type[msgspec.Struct]]] = {LEDGER_AUTHORIZE: AuthorizeRequest}
@@ -141,6 +144,7 @@ NATS_MSG_ID_FIELD: Final[dict[str, str]] = {
     INVOICING_RECURRING_PAST_DUE: "event_id",
     INVOICING_RECURRING_SUSPENDED: "event_id",
     INVOICING_RECURRING_RESUMED: "event_id",
+    INVOICING_CUSTOMER_UPDATED: "event_id",
     CATALOG_PRICES_UPDATED: "version",
     DEADLETTERS: "dead_letter_id",
 }

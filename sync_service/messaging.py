@@ -19,11 +19,18 @@ from faststream.nats import NatsBroker
 from faststream.nats.annotations import NatsMessage
 from psycopg_pool import AsyncConnectionPool
 
-from contracts.invoicing import CreditNoteIssued, InvoiceIssued, InvoicePaid, InvoiceVoided
+from contracts.invoicing import (
+    CreditNoteIssued,
+    CustomerUpdated,
+    InvoiceIssued,
+    InvoicePaid,
+    InvoiceVoided,
+)
 from contracts.payments import PaymentReceived
 from contracts.subjects import (
     DEADLETTER_PREFIX,
     INVOICING_CREDIT_NOTE_ISSUED,
+    INVOICING_CUSTOMER_UPDATED,
     INVOICING_ISSUED,
     INVOICING_PAID,
     INVOICING_VOIDED,
@@ -49,6 +56,7 @@ _INVOICING: Final[dict[str, tuple[type[msgspec.Struct], _Intake]]] = {
     INVOICING_CREDIT_NOTE_ISSUED: (CreditNoteIssued, queue.add_credit_note),
     INVOICING_VOIDED: (InvoiceVoided, queue.add_void),
     INVOICING_PAID: (InvoicePaid, queue.add_paid),  # HubSpot's status; Xero's from payments
+    INVOICING_CUSTOMER_UPDATED: (CustomerUpdated, queue.add_customer),
 }
 
 
@@ -68,7 +76,8 @@ def subscribe(broker: NatsBroker, pool: AsyncConnectionPool, on_queued: Callable
         **durable_pull("INVOICING", INVOICES_DURABLE, batch_size=_PULL_BATCH,
                        deliveries_max=_DELIVERIES_MAX),
         title="sync:invoicing",
-        description="Queues invoices, credit notes and voids for the accounting systems.",
+        description="Queues invoices, credit notes, voids and customer details for the accounting"
+                    " systems.",
     )
     async def on_invoicing_event(message: NatsMessage) -> None:
         subject = message.raw_message.subject

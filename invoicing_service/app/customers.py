@@ -18,13 +18,17 @@ import psycopg
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
+from contracts.invoicing import CustomerUpdated
 from contracts.ledger import AccountUpdated, EntryPosted
 from contracts.money import to_micros
+from contracts.subjects import INVOICING_CUSTOMER_UPDATED
 from invoicing_service.domain.vat import Exemption, TaxProfile
+from services.outbox import enqueue
 
 READER_ROLE: Final = "invoicing_reader"
 TENANT_SETTING: Final = "invoicing.tenant_id"
 NET_TERMS_DAYS_DEFAULT: Final = 30
+OUTBOX_CHANNEL: Final = "invoicing_outbox"  # the relay LISTENs here
 
 
 def period_of(at: datetime) -> str:
@@ -121,21 +125,46 @@ class Customers:
 
     # ------------------------------------------------------------ billing profiles
 
-    async def set_profile(self, account_id: UUID, profile: BillingProfile) -> None:
-        async with self.pool.connection() as conn:
-            await conn.execute(
+    async def set_profile(self, account_id: UUID, profile: BillingProfile) -> int:
+        """Store the profile; a change (not a repeat of the same content) takes the next
+        version and is announced as invoicing.v1.customer_updated in the same transaction.
+        Returns the profile's version."""
+        fields = (profile.legal_name, list(profile.address_lines), profile.country,
+                  profile.billing_email, profile.po_number, profile.net_terms_days,
+                  profile.vat_exemption)
+        async with self.pool.connection() as conn, conn.transaction():
+            current = await (await conn.execute(
+                "SELECT legal_name, address_lines, country, billing_email, po_number,"
+                " net_terms_days, vat_exemption, version FROM billing_profiles"
+                " WHERE account_id = %s FOR UPDATE", (account_id,))).fetchone()
+            if current is not None and tuple(current[:7]) == fields:
+                return int(current[7])
+            row = await (await conn.execute(
                 "INSERT INTO billing_profiles (account_id, legal_name, address_lines, country,"
-                " billing_email, po_number, net_terms_days, vat_exemption, updated_at)"
-                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, now())"
+                " billing_email, po_number, net_terms_days, vat_exemption, updated_at, version)"
+                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, now(), 1)"
                 " ON CONFLICT (account_id) DO UPDATE SET legal_name = EXCLUDED.legal_name,"
                 " address_lines = EXCLUDED.address_lines, country = EXCLUDED.country,"
                 " billing_email = EXCLUDED.billing_email, po_number = EXCLUDED.po_number,"
                 " net_terms_days = EXCLUDED.net_terms_days,"
-                " vat_exemption = EXCLUDED.vat_exemption, updated_at = now()",
-                (account_id, profile.legal_name, profile.address_lines, profile.country,
-                 profile.billing_email, profile.po_number, profile.net_terms_days,
-                 profile.vat_exemption),
-            )
+                " vat_exemption = EXCLUDED.vat_exemption, updated_at = now(),"
+                " version = billing_profiles.version + 1"
+                " RETURNING version, updated_at",
+                (account_id, *fields))).fetchone()
+            assert row is not None
+            version, updated_at = int(row[0]), row[1]
+            account = await (await conn.execute(
+                "SELECT country, vat_number FROM accounts WHERE account_id = %s",
+                (account_id,))).fetchone()
+            message = CustomerUpdated(
+                event_id=f"customer_updated:{account_id}:{version}", account_id=account_id,
+                version=version, legal_name=profile.legal_name,
+                address_lines=list(profile.address_lines),
+                country=profile.country or (account[0] if account else None),
+                billing_email=profile.billing_email,
+                vat_number=account[1] if account else None, updated_at=updated_at)
+            await enqueue(conn, INVOICING_CUSTOMER_UPDATED, message, channel=OUTBOX_CHANNEL)
+        return version
 
     async def profile(self, account_id: UUID, tenant_id: UUID | None = None) -> BillingProfile | None:
         """The stored profile; with `tenant_id`, read under that tenant's row-level security."""

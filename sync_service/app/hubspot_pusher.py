@@ -21,7 +21,7 @@ from contracts.invoicing import InvoiceIssued
 from contracts.money import format_micros, to_micros
 from sync_service.app.hubspot_api import HubSpotClient
 from sync_service.app.pusher import Waiting
-from sync_service.app.queue import Job, SyncQueue
+from sync_service.app.queue import Job, SyncQueue, read_customer
 from sync_service.domain.errors import (
     ProviderError,
     ProviderRateLimited,
@@ -56,6 +56,9 @@ class HubSpotPusher:
                 synced = await self._push_invoice(job, state)
             elif job.kind == "hubspot_status":
                 await self._push_status(job)
+                synced = None
+            elif job.kind == "hubspot_company":
+                await self._push_company(job, state)
                 synced = None
             else:
                 raise ProviderRejected(f"unknown job kind {job.kind}")
@@ -105,18 +108,39 @@ class HubSpotPusher:
     # -- steps ----------------------------------------------------------------------------------
 
     async def _company(self, state: _Attempt, account_id: str) -> str:
+        return (await self._company_found_or_made(state, account_id))[0]
+
+    async def _company_found_or_made(self, state: _Attempt, account_id: str
+                                     ) -> tuple[str, bool]:
         found = await self._ref("company", account_id)
         if found is not None:
-            return found
+            return found, False
         existing = await self._hubspot.search("companies", ACCOUNT_PROPERTY, account_id)
+        made = not existing
         if existing:
             company_id = str(existing[0]["id"])
         else:
             created = await self._create(state, "/crm/v3/objects/companies", {"properties": {
-                "name": f"Billing account {account_id}", ACCOUNT_PROPERTY: account_id}})
+                **company_properties(account_id, await self._customer(account_id)),
+                ACCOUNT_PROPERTY: account_id}})
             company_id = str(created["id"])
         await self._remember("company", account_id, company_id)
-        return company_id
+        return company_id, made
+
+    async def _customer(self, account_id: str) -> dict[str, Any] | None:
+        async with self._pool.connection() as conn:
+            return await read_customer(conn, account_id)
+
+    async def _push_company(self, job: Job, state: _Attempt) -> None:
+        """The billing profile changed: the company gets the newest name and address."""
+        account_id = job.subject_id
+        company_id, made = await self._company_found_or_made(state, account_id)
+        customer = await self._customer(account_id)
+        if made or customer is None:
+            return
+        await self._hubspot.request("PATCH", f"/crm/v3/objects/companies/{company_id}",
+                                    body={"properties": company_properties(account_id,
+                                                                           customer)})
 
     async def _push_invoice(self, job: Job, state: _Attempt) -> str:
         invoice = msgspec.convert(job.payload, InvoiceIssued)
@@ -183,6 +207,22 @@ class HubSpotPusher:
         await self._hubspot.request("PATCH", f"/crm/v3/objects/invoices/{hubspot_id}",
                                     body={"properties": {
                                         "hs_invoice_status": job.payload["status"]}})
+
+
+def company_properties(account_id: str, customer: dict[str, Any] | None) -> dict[str, str]:
+    """A company's name and address from the customer's billing profile (HubSpot's standard
+    company properties `name`, `address`, `address2`, `country`)."""
+    if customer is None:
+        return {"name": f"Billing account {account_id}"}
+    lines = list(customer.get("address_lines") or [])
+    properties = {"name": str(customer["legal_name"])}
+    if lines:
+        properties["address"] = lines[0]
+    if len(lines) > 1:
+        properties["address2"] = ", ".join(lines[1:])
+    if customer.get("country"):
+        properties["country"] = str(customer["country"])
+    return properties
 
 
 class _Attempt:

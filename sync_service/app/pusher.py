@@ -29,7 +29,7 @@ from contracts.subjects import PAYMENTS_RECEIVED
 from services.outbox import enqueue
 from sync_service.app.credentials import CredentialsUnreadable
 from sync_service.app.grants import Grants
-from sync_service.app.queue import Job, SyncQueue
+from sync_service.app.queue import Job, SyncQueue, read_customer
 from sync_service.app.xero_api import XeroClient
 from sync_service.domain import xero_documents as docs
 from sync_service.domain.errors import (
@@ -113,6 +113,8 @@ class XeroPusher:
             await self._push_credit_note(attempt)
         elif kind == "void":
             await self._push_void(attempt)
+        elif kind == "contact":
+            await self._push_contact(attempt)
         elif kind == "fetch_invoice":
             await self._read_back_invoice(attempt)
         else:
@@ -216,23 +218,63 @@ class XeroPusher:
     # -- documents -------------------------------------------------------------------------------
 
     async def _contact(self, attempt: _Attempt, account_id: str) -> str:
+        return (await self._contact_found_or_made(attempt, account_id))[0]
+
+    async def _contact_found_or_made(self, attempt: _Attempt, account_id: str
+                                     ) -> tuple[str, bool]:
+        """The account's contact in this organisation, made with the customer's details when
+        there was none; and whether it was made now."""
         connection_id = attempt.job.connection_id
         lock = self._contact_locks.setdefault((connection_id, account_id), asyncio.Lock())
         async with lock:
             found = await self._ref(connection_id, "contact", account_id)
             if found is not None:
-                return found
+                return found, False
             number = docs.contact_number(account_id)
             existing = await self._find(attempt, "/Contacts", "Contacts",
                                         f'ContactNumber=="{number}"')
+            made = existing is None
             if existing is None:
+                customer = await self._customer(account_id)
                 key = docs.idempotency_key("contact", connection_id, account_id)
-                answer = await self._create(attempt, "PUT", "/Contacts",
-                                            {"Contacts": [docs.contact_payload(account_id)]}, key)
+                try:
+                    answer = await self._create(
+                        attempt, "PUT", "/Contacts",
+                        {"Contacts": [docs.contact_payload(account_id, customer)]}, key)
+                except ProviderRejected as exc:
+                    if customer is None or not docs.name_taken(exc):
+                        raise
+                    # Another customer has this name in the organisation.
+                    answer = await self._create(
+                        attempt, "PUT", "/Contacts",
+                        {"Contacts": [docs.contact_payload(account_id, customer, True)]},
+                        docs.idempotency_key("contact-named", connection_id, account_id))
                 existing = answer["Contacts"][0]
             contact_id = str(existing["ContactID"])
             await self._remember(connection_id, "contact", account_id, contact_id)
-            return contact_id
+            return contact_id, made
+
+    async def _customer(self, account_id: str) -> dict[str, Any] | None:
+        async with self._pool.connection() as conn:
+            return await read_customer(conn, account_id)
+
+    async def _push_contact(self, attempt: _Attempt) -> None:
+        """The customer's billing profile changed: its contact gets the newest details (made
+        with them if it did not exist). An update is idempotent by nature."""
+        account_id = attempt.job.subject_id
+        contact_id, made = await self._contact_found_or_made(attempt, account_id)
+        customer = await self._customer(account_id)
+        if made or customer is None:
+            return
+        path = f"/Contacts/{contact_id}"
+        try:
+            await self._call(attempt, "POST", path, body={"Contacts": [
+                {"ContactID": contact_id, **docs.contact_details(account_id, customer)}]})
+        except ProviderRejected as exc:
+            if not docs.name_taken(exc):
+                raise
+            await self._call(attempt, "POST", path, body={"Contacts": [
+                {"ContactID": contact_id, **docs.contact_details(account_id, customer, True)}]})
 
     async def _push_invoice(self, attempt: _Attempt) -> str:
         invoice = msgspec.convert(attempt.job.payload, InvoiceIssued)

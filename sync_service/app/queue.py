@@ -20,7 +20,13 @@ import psycopg
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
-from contracts.invoicing import CreditNoteIssued, InvoiceIssued, InvoicePaid, InvoiceVoided
+from contracts.invoicing import (
+    CreditNoteIssued,
+    CustomerUpdated,
+    InvoiceIssued,
+    InvoicePaid,
+    InvoiceVoided,
+)
 from contracts.money import to_micros
 from contracts.payments import PaymentReceived
 
@@ -137,6 +143,45 @@ async def add_payment(conn: Conn, payment: PaymentReceived) -> bool:
     return await _add(conn, kind="payment", account_id=payment.account_id,
                       subject_id=payment.payment_id, source_key=f"payment:{payment.payment_id}",
                       payload=_builtins(payment), invoice_id=payment.invoice_id)
+
+
+async def add_customer(conn: Conn, customer: CustomerUpdated) -> bool:
+    """Keep the newest version of the customer's details, and queue the contact (Xero) and
+    company (HubSpot) updates. An older or repeated version changes nothing."""
+    cursor = await conn.execute(
+        "INSERT INTO customers (account_id, version, legal_name, address_lines, country,"
+        " billing_email, vat_number, updated_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"
+        " ON CONFLICT (account_id) DO UPDATE SET version = EXCLUDED.version,"
+        " legal_name = EXCLUDED.legal_name, address_lines = EXCLUDED.address_lines,"
+        " country = EXCLUDED.country, billing_email = EXCLUDED.billing_email,"
+        " vat_number = EXCLUDED.vat_number, updated_at = EXCLUDED.updated_at"
+        " WHERE customers.version < EXCLUDED.version",
+        (customer.account_id, customer.version, customer.legal_name,
+         list(customer.address_lines), customer.country, customer.billing_email,
+         customer.vat_number, customer.updated_at))
+    if cursor.rowcount == 0:
+        return False
+    # The job carries no details: it pushes whatever is newest when it runs.
+    key = f"{customer.account_id}:{customer.version}"
+    payload = {"account_id": str(customer.account_id), "version": customer.version}
+    to_hubspot = await _add_hubspot(conn, kind="hubspot_company",
+                                    subject_id=str(customer.account_id),
+                                    source_key=f"hubspot-company:{key}", payload=payload)
+    to_xero = await _add(conn, kind="contact", account_id=customer.account_id,
+                         subject_id=str(customer.account_id), source_key=f"contact:{key}",
+                         payload=payload, invoice_id=None)
+    return to_xero or to_hubspot
+
+
+async def read_customer(conn: Conn, account_id: str) -> dict[str, Any] | None:
+    """The newest details of a customer, or None when no billing profile was announced."""
+    row = await (await conn.execute(
+        "SELECT legal_name, address_lines, country, billing_email, vat_number FROM customers"
+        " WHERE account_id = %s", (account_id,))).fetchone()
+    if row is None:
+        return None
+    return {"legal_name": row[0], "address_lines": list(row[1]), "country": row[2],
+            "billing_email": row[3], "vat_number": row[4]}
 
 
 async def add_fetch(conn: Conn, connection_id: str, xero_invoice_id: str, event_key: str) -> bool:

@@ -90,11 +90,61 @@ def contact_number(account_id: object) -> str:
     return str(account_id)
 
 
-def contact_payload(account_id: object) -> dict[str, Any]:
-    # Names must be unique in an organisation; the accountant may rename it, we find it by
-    # ContactNumber.
-    return {"Name": f"{CONTACT_NAME_PREFIX}{account_id}",
+CONTACT_NAME_MAX: Final = 255
+ADDRESS_LINES_MAX: Final = 4  # Xero's AddressLine1..4
+ADDRESS_LINE_MAX: Final = 500
+COUNTRY_MAX: Final = 50
+TAX_NUMBER_MAX: Final = 50
+NAME_TAKEN: Final = "already assigned to another contact"
+
+
+def contact_name(account_id: object, customer: Mapping[str, Any] | None,
+                 disambiguate: bool = False) -> str:
+    """The customer's legal name (the billing profile's), else a placeholder naming the
+    account. Names are unique in a Xero organisation: a second customer with the same name is
+    told apart by its account id (`disambiguate`)."""
+    if customer is None:
+        return f"{CONTACT_NAME_PREFIX}{account_id}"
+    name = str(customer["legal_name"])
+    if disambiguate:
+        suffix = f" ({contact_number(account_id)})"
+        return name[: CONTACT_NAME_MAX - len(suffix)] + suffix
+    return name[:CONTACT_NAME_MAX]
+
+
+def contact_details(account_id: object, customer: Mapping[str, Any] | None,
+                    disambiguate: bool = False) -> dict[str, Any]:
+    """Name, email, VAT number and postal address of a contact (create and update alike)."""
+    details: dict[str, Any] = {"Name": contact_name(account_id, customer, disambiguate)}
+    if customer is None:
+        return details
+    if customer.get("billing_email"):
+        details["EmailAddress"] = customer["billing_email"]
+    if customer.get("vat_number"):
+        details["TaxNumber"] = str(customer["vat_number"])[:TAX_NUMBER_MAX]
+    lines = [str(line) for line in customer.get("address_lines") or []]
+    if len(lines) > ADDRESS_LINES_MAX:  # the rest joined on the last line Xero has
+        lines = [*lines[: ADDRESS_LINES_MAX - 1], ", ".join(lines[ADDRESS_LINES_MAX - 1:])]
+    address: dict[str, Any] = {"AddressType": "POBOX"}  # Xero's postal (billing) address
+    for index, line in enumerate(lines, start=1):
+        address[f"AddressLine{index}"] = line[:ADDRESS_LINE_MAX]
+    if customer.get("country"):
+        address["Country"] = str(customer["country"])[:COUNTRY_MAX]
+    if len(address) > 1:
+        details["Addresses"] = [address]
+    return details
+
+
+def contact_payload(account_id: object, customer: Mapping[str, Any] | None = None,
+                    disambiguate: bool = False) -> dict[str, Any]:
+    # The accountant may rename it; we find it by ContactNumber, never by name.
+    return {**contact_details(account_id, customer, disambiguate),
             "ContactNumber": contact_number(account_id)}
+
+
+def name_taken(error: Exception) -> bool:
+    """Xero refused a contact because another has its name."""
+    return NAME_TAKEN in str(error)
 
 
 def micros_to_decimal(micros: int) -> Decimal:

@@ -145,6 +145,7 @@ class FakeXero:
     secrets_seen: set[str] = field(default_factory=set)
     revoked_tokens: list[str] = field(default_factory=list)
     rate_limited: list[tuple[str, str]] = field(default_factory=list)  # (tenant, problem)
+    contact_updates: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     api_calls: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     # When each invoice was created, per tenant (monotonic clock), for fairness figures.
     invoice_times: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
@@ -531,6 +532,10 @@ class FakeXero:
             if resource == "Contacts":
                 if method == "GET":
                     return self._list(tenant, "Contacts", self.contacts[tenant], parts, query)
+                if method == "POST":  # POST creates or, given a ContactID, updates
+                    return self._create_many(tenant, "Contacts", body,
+                                             lambda t, item: self._save_contact(
+                                                 t, item, parts[1] if len(parts) == 2 else None))
                 return self._create_many(tenant, "Contacts", body, self._create_contact)
             if resource == "Invoices":
                 if method == "GET":
@@ -588,6 +593,25 @@ class FakeXero:
             # Summarised errors (Xero's default): nothing of a failing batch is kept.
             raise _Answer(400, _validation(failed, None))
         return 200, _envelope(name, created)
+
+    def _save_contact(self, tenant: str, item: dict[str, Any], path_id: str | None
+                      ) -> dict[str, Any]:
+        contact_id = path_id or item.get("ContactID")
+        if not contact_id:
+            return self._create_contact(tenant, item)
+        contact = self.contacts[tenant].get(contact_id)
+        if contact is None:
+            raise _Answer(404, {"Title": "Not Found", "Status": 404})
+        name = item.get("Name", contact["Name"])
+        if not name or len(name) > 255:
+            raise _Invalid(["The contact name must be specified and at most 255 characters."])
+        if any(c["Name"] == name and cid != contact_id
+               for cid, c in self.contacts[tenant].items()):
+            raise _Invalid(["The contact name is already assigned to another contact."])
+        contact.update({k: v for k, v in item.items() if k != "ContactID"})
+        contact["UpdatedDateUTC"] = ms_date()
+        self.contact_updates[tenant] += 1
+        return contact
 
     def _create_contact(self, tenant: str, item: dict[str, Any]) -> dict[str, Any]:
         name = item.get("Name")

@@ -187,3 +187,43 @@ def test_a_documents_parties_come_from_the_billing_profile_and_the_supplier_sett
                              email="rechnung@acme.example", po_number="PO-9")
     assert document.supplier == supplier  # type: ignore[attr-defined]
     assert document.view.vat_breakdown[0].vat_treatment == "reverse_charge"  # type: ignore[attr-defined]
+
+
+def test_a_changed_billing_profile_is_announced_once_per_version(database_url: str) -> None:
+    """invoicing.v1.customer_updated goes out in the profile's transaction, with the next
+    version, only when the content changed; it carries the account's VAT number."""
+    import msgspec
+
+    from contracts.invoicing import CustomerUpdated
+    from invoicing_service.app.customers import BillingProfile
+
+    period = next(_periods)
+    account_id = uuid.uuid4()
+    feed(database_url, period, [(account_id, ("postpay", ("DE", "DE136695976", "EUR"), []))])
+    first = BillingProfile(legal_name="Acme GmbH", address_lines=["Hauptstr. 1", "Berlin"],
+                           billing_email="rechnung@acme.example")
+    changed = BillingProfile(legal_name="Acme Holding GmbH", address_lines=["Hauptstr. 1"],
+                             country="AT", billing_email="rechnung@acme.example")
+
+    async def set_profiles() -> list[int]:
+        pool = create_pool(database_url, "invoicing", max_size=2, name="test")
+        await pool.open(wait=True)
+        try:
+            customers = Customers(pool)
+            return [await customers.set_profile(account_id, profile)
+                    for profile in (first, first, changed, changed)]
+        finally:
+            await pool.close()
+
+    assert asyncio.run(set_profiles()) == [1, 1, 2, 2]
+    rows = [(msg_id, msgspec.json.decode(bytes(payload), type=CustomerUpdated))
+            for msg_id, payload in query(
+                database_url, "SELECT msg_id, payload FROM invoicing.outbox WHERE subject ="
+                " 'invoicing.v1.customer_updated' ORDER BY outbox_id")]
+    rows = [(msg_id, m) for msg_id, m in rows if m.account_id == account_id]
+    messages = [m for _, m in rows]
+    assert [m.version for m in messages] == [1, 2]
+    assert [msg_id for msg_id, _ in rows] == [m.event_id for m in messages]
+    assert messages[0].legal_name == "Acme GmbH" and messages[0].country == "DE"
+    assert messages[1].legal_name == "Acme Holding GmbH" and messages[1].country == "AT"
+    assert {m.vat_number for m in messages} == {"DE136695976"}

@@ -30,6 +30,7 @@ import pytest
 
 from contracts.invoicing import (
     CreditNoteIssued,
+    CustomerUpdated,
     InvoiceIssued,
     InvoiceLine,
     InvoiceVoided,
@@ -673,6 +674,67 @@ async def test_invalid_grant_marks_the_connection_broken_and_keeps_its_changes(
     await asyncio.to_thread(eventually, lambda: fake_xero.invoices_numbered(tenant,
                                                                          invoice.number))
     assert len(fake_xero.invoices_numbered(tenant, invoice.number)) == 1
+
+def customer_message(account: uuid.UUID, version: int, name: str, **fields: Any
+                     ) -> CustomerUpdated:
+    return CustomerUpdated(event_id=f"customer_updated:{account}:{version}", account_id=account,
+                           version=version, legal_name=name,
+                           updated_at=datetime.now(UTC), **fields)
+
+
+async def test_contacts_carry_the_billing_profile_and_follow_its_changes(
+    service: ServiceProcess, fake_xero: FakeXero, nc: nats.NATS
+) -> None:
+    tenant = fake_xero.organisations[2]["tenantId"]
+    acme, namesake, lone = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    for account in (acme, namesake, lone):
+        assign(service, account, tenant)
+
+    def contact(account: uuid.UUID) -> dict[str, Any] | None:
+        found = [c for c in fake_xero.contacts[tenant].values()
+                 if c.get("ContactNumber") == str(account)]
+        assert len(found) <= 1, found
+        return found[0] if found else None
+
+    v1 = customer_message(acme, 1, "Acme Widgets Ltd", address_lines=["1 High Street", "Leeds"],
+                          country="GB", billing_email="accounts@acme.example",
+                          vat_number="GB123456789")
+    await publish(nc, "invoicing.v1.customer_updated", v1, v1.event_id)
+    invoice = invoice_message(70_000, acme)
+    await publish(nc, "invoicing.v1.issued", invoice, invoice.event_id)
+    await asyncio.to_thread(eventually, lambda: bool(fake_xero.invoices_numbered(
+        tenant, invoice.number)))
+    made = contact(acme)
+    assert made is not None
+    assert (made["Name"], made["EmailAddress"], made["TaxNumber"]) == \
+        ("Acme Widgets Ltd", "accounts@acme.example", "GB123456789")
+    assert made["Addresses"] == [{"AddressType": "POBOX", "AddressLine1": "1 High Street",
+                                  "AddressLine2": "Leeds", "Country": "GB"}]
+
+    # Another customer with the same name: Xero names are unique, so it is told apart.
+    same = customer_message(namesake, 1, "Acme Widgets Ltd")
+    await publish(nc, "invoicing.v1.customer_updated", same, same.event_id)
+    await asyncio.to_thread(eventually, lambda: contact(namesake) is not None)
+    assert contact(namesake)["Name"] == f"Acme Widgets Ltd ({namesake})"  # type: ignore[index]
+
+    # A change updates the contact in place; an older version arriving late changes nothing.
+    v2 = customer_message(acme, 2, "Acme Widgets Group Ltd", address_lines=["2 Mill Lane"],
+                          country="GB", billing_email="ap@acme.example")
+    await publish(nc, "invoicing.v1.customer_updated", v2, v2.event_id)
+    await publish(nc, "invoicing.v1.customer_updated", v1, v1.event_id + "-late")
+    await asyncio.to_thread(eventually, lambda: (contact(acme) or {}).get("Name")
+                            == "Acme Widgets Group Ltd")
+    updated = contact(acme)
+    assert updated is not None and updated["ContactID"] == made["ContactID"]
+    assert updated["EmailAddress"] == "ap@acme.example"
+    assert updated["Addresses"][0]["AddressLine1"] == "2 Mill Lane"
+
+    # A customer with no invoice yet still gets its contact.
+    alone = customer_message(lone, 1, "Solo Trader")
+    await publish(nc, "invoicing.v1.customer_updated", alone, alone.event_id)
+    await asyncio.to_thread(eventually, lambda: contact(lone) is not None)
+    assert contact(lone)["Name"] == "Solo Trader"  # type: ignore[index]
+
 
 
 def test_disconnect_revokes_the_grant(service: ServiceProcess, fake_xero: FakeXero) -> None:

@@ -59,6 +59,7 @@ def test_subject_names_are_those_of_the_contract() -> None:
         "invoicing.v1.recurring.past_due",
         "invoicing.v1.recurring.suspended",
         "invoicing.v1.recurring.resumed",
+        "invoicing.v1.customer_updated",
     }
     assert subjects.CATALOG_PRICES_UPDATED == "catalog.v1.prices_updated"
 

@@ -118,3 +118,30 @@ def test_a_full_payment_pays_exactly_xeros_total_and_never_more() -> None:
 def test_a_gross_payment_splits_into_net_and_vat_in_proportion() -> None:
     assert docs.split_gross(60_000_000, 120_000_000, 20_000_000) == (50_000_000, 10_000_000)
     assert docs.split_gross(5_000_000, 5_000_000, 0) == (5_000_000, 0)
+
+
+def test_a_contact_carries_the_customers_name_email_vat_number_and_postal_address() -> None:
+    customer = {"legal_name": "Acme Ltd", "address_lines": ["1 A St", "2 B Rd", "Leeds",
+                                                            "West Yorkshire", "LS1 1AA"],
+                "country": "GB", "billing_email": "ap@acme.example",
+                "vat_number": "GB123456789"}
+    payload = docs.contact_payload("acct-1", customer)
+    assert payload["Name"] == "Acme Ltd" and payload["ContactNumber"] == "acct-1"
+    assert payload["EmailAddress"] == "ap@acme.example"
+    assert payload["TaxNumber"] == "GB123456789"
+    # Xero has four address lines: the rest are joined on the fourth.
+    assert payload["Addresses"] == [{"AddressType": "POBOX", "AddressLine1": "1 A St",
+                                     "AddressLine2": "2 B Rd", "AddressLine3": "Leeds",
+                                     "AddressLine4": "West Yorkshire, LS1 1AA",
+                                     "Country": "GB"}]
+
+
+def test_a_contact_without_a_profile_is_named_after_its_account_and_names_stay_in_limits(
+) -> None:
+    assert docs.contact_payload("acct-1") == {"Name": "Billing account acct-1",
+                                              "ContactNumber": "acct-1"}
+    long_name = {"legal_name": "N" * 300, "address_lines": []}
+    assert len(docs.contact_name("acct-1", long_name)) == 255
+    told_apart = docs.contact_name("acct-1", long_name, disambiguate=True)
+    assert len(told_apart) == 255 and told_apart.endswith(" (acct-1)")
+    assert "Addresses" not in docs.contact_details("acct-1", long_name)
