@@ -3,17 +3,20 @@
 eventsourcing's mapper decodes with the stdlib json module and an object hook: about 50,000
 of our events a second, which alone would cap a rebuild below the 100,000 events/s we need.
 Ledger payloads are JSON primitives by design (see domain/chain.py), and the only typed value
-the transcoder writes is the envelope's timestamp, so msgspec decodes the state and we undo
-that one transcoding ourselves. Anything else (a second typed value, a cipher, a compressor,
-an upcast class version) goes through the library's own mapper, so the result is always the
+the transcoder writes is the envelope's timestamp, so msgspec decodes the state (typed: each
+ledger event class's payload, domain/payloads.py), we undo that one transcoding ourselves and
+upcast older class versions as the library does. Anything else (a second typed value, a
+cipher, a compressor) goes through the library's own mapper, so the result is always the
 object the mapper would have built (tests/property/test_projections_statement.py pins it).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import typing
 from collections.abc import Mapping
 from functools import lru_cache
-from typing import Any, Final, NamedTuple
+from typing import Any, Final, NamedTuple, TypedDict
 from uuid import UUID
 
 import msgspec
@@ -79,8 +82,8 @@ class FastMapper(Mapper[UUID]):
 
     It is the ledger application's mapper (app/ledger.py), so loading an account, which
     replays up to 99 events after its snapshot, decodes them with msgspec (a cold load of
-    199 events: 3.5 -> 3.2 ms). Anything else (a snapshot, an upcast) is the library's own
-    decoding."""
+    199 events: 3.5 -> 3.2 ms). Anything else (state with more than one typed value, a
+    cipher) is the library's own decoding."""
 
     def to_stored_event(self, domain_event: Any) -> StoredEvent:
         stored = super().to_stored_event(domain_event)
@@ -111,22 +114,51 @@ def fast_transcodings(mapper: Mapper[Any]) -> Mapping[str, Transcoding] | None:
     return None
 
 
+class StoredEventSchemaError(ValueError):
+    """A stored ledger event whose state does not match its class's typed payload."""
+
+
 def decode_fast(transcodings: Mapping[str, Transcoding], topic: str, originator_id: Any,
                 originator_version: int, state_bytes: bytes) -> Any | None:
     """The event the library's mapper would build, or None where this cannot tell (then the
-    caller asks the mapper)."""
-    cls = _unversioned_event_class(topic)
-    if cls is None:
-        return None
-    state = _decode_json(state_bytes)
+    caller asks the mapper).
+
+    A ledger event (one with a stored name) is decoded with a msgspec decoder of its class's
+    typed payload (domain/payloads.py), which checks every field as it decodes, at the cost
+    of untyped decoding (bench/event_codec.py). State of an older class version is upcast
+    here, as the library's mapper would (its `upcast_vN_vN+1` static methods in order), and
+    then checked against the current payload. A state that does not fit raises
+    StoredEventSchemaError: the library's mapper would build an event from it that the
+    domain's code was never written for."""
+    cls, class_version, typed = _event_schema(topic)
+    state: Any
+    if typed is None:
+        state = _decode_json(state_bytes)
+    else:
+        try:
+            state = typed.decode(state_bytes)
+        except msgspec.ValidationError:
+            state = _decode_json(state_bytes)
+            if not isinstance(state, dict) or state.get("class_version", 1) >= class_version:
+                _raise_schema_error(typed, topic, originator_version, state_bytes)
     stamp = state.get("timestamp") if isinstance(state, dict) else None
     if not isinstance(stamp, dict) or len(stamp) != 2 or "_type_" not in stamp \
-            or "_data_" not in stamp or "class_version" in state:
+            or "_data_" not in stamp:
         return None
     transcoding = transcodings.get(stamp["_type_"])
     if transcoding is None:
         return None
-    state["timestamp"] = transcoding.decode(stamp["_data_"])
+    stored_version = state.pop("class_version", 1)
+    if stored_version < class_version:
+        _upcast(cls, stored_version, class_version, state)
+        if typed is not None:
+            try:
+                state = msgspec.convert(state, typed.type)
+            except msgspec.ValidationError as exc:
+                raise StoredEventSchemaError(
+                    f"{topic} at version {originator_version}, upcast from class version"
+                    f" {stored_version}: {exc}") from exc
+    state["timestamp"] = transcoding.decode(state["timestamp"]["_data_"])
     state["originator_id"] = originator_id
     state["originator_version"] = originator_version
     event = object.__new__(cls)
@@ -134,8 +166,51 @@ def decode_fast(transcodings: Mapping[str, Transcoding], topic: str, originator_
     return event
 
 
+def _upcast(cls: type[Any], from_version: int, to_version: int, state: dict[str, Any]) -> None:
+    while from_version < to_version:
+        getattr(cls, f"upcast_v{from_version}_v{from_version + 1}")(state)
+        from_version += 1
+
+
+def _raise_schema_error(typed: msgspec.json.Decoder[Any], topic: str, originator_version: int,
+                        state_bytes: bytes) -> None:
+    try:
+        typed.decode(state_bytes)
+    except msgspec.ValidationError as exc:
+        raise StoredEventSchemaError(f"{topic} at version {originator_version}: {exc}") from exc
+
+
+# The envelope's timestamp as the library's transcoder stores it.
+class StoredTimestamp(TypedDict):
+    _type_: str
+    _data_: str
+
+
 @lru_cache(maxsize=256)
-def _unversioned_event_class(topic: str) -> type[Any] | None:
-    """The topic's class; None if it has a class version (upcasting is the mapper's)."""
+def _event_schema(topic: str) -> tuple[type[Any], int, msgspec.json.Decoder[Any] | None]:
+    """The topic's class, its class version and, for a ledger event (one with a stored name),
+    the decoder of its stored state (None: decoded untyped, as a snapshot is)."""
     cls: type[Any] = resolve_topic(topic)
-    return cls if getattr(cls, "class_version", 1) == 1 else None
+    class_version = getattr(cls, "class_version", 1)
+    if stored_name(cls) is None:
+        return cls, class_version, None
+    return cls, class_version, msgspec.json.Decoder(stored_state_type(cls))
+
+
+def stored_state_type(cls: type[Any]) -> Any:
+    """The TypedDict of an event class's stored state: every annotated field (a field with a
+    default may be absent, as in events stored before it existed), the envelope's timestamp
+    as stored, and the class version the library adds from version 2 on."""
+    defaults = {f.name for f in dataclasses.fields(cls)
+                if f.default is not dataclasses.MISSING
+                or f.default_factory is not dataclasses.MISSING}
+    fields: dict[str, Any] = {}
+    for name, hint in typing.get_type_hints(cls).items():
+        if name in ("originator_id", "originator_version") \
+                or typing.get_origin(hint) is typing.ClassVar:
+            continue
+        if name == "timestamp":
+            hint = StoredTimestamp
+        fields[name] = typing.NotRequired[hint] if name in defaults else hint
+    fields["class_version"] = typing.NotRequired[int]
+    return TypedDict(f"{cls.__name__}StoredState", fields)  # type: ignore[operator]
