@@ -83,6 +83,7 @@ from ledger_service.domain.payloads import (
     RefundableKind,
     ReleasedHold,
     Restoration,
+    SettingsChanges,
     TaxPayload,
     Tier,
     UsageLineRecord,
@@ -228,9 +229,8 @@ class BillingAccount(Aggregate):
 
     @stored_as("ledger.account.SettingsChanged")
     class SettingsChanged(Event):
-        # Only the settings that changed, by name: credit_limit_micros,
-        # low_balance_threshold_micros, billing_basis, tier, tax.
-        changes: dict[str, Any]
+        # Only the settings that changed, by name (SETTINGS_CHANGEABLE).
+        changes: SettingsChanges
         actor: str
 
         def apply_to(self, account: "BillingAccount") -> None:

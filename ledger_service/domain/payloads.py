@@ -116,3 +116,14 @@ class TaxPayload(TypedDict):
     country: str
     vat_number: str | None
     reverse_charge: bool
+
+
+class SettingsChanges(TypedDict, total=False):
+    """The settings a SettingsChanged event changed, only those (each key optional)."""
+
+    credit_limit_micros: int
+    low_balance_threshold_micros: int
+    billing_basis: BillingBasis
+    tier: Tier
+    tax: TaxPayload
+    name: str | None

@@ -18,7 +18,7 @@ from contracts.money import CURRENCIES
 from ledger_service.app.catalogue import Catalogue
 from ledger_service.app.ledger import LedgerApplication, project
 from ledger_service.domain import payloads
-from ledger_service.domain.account import BillingAccount
+from ledger_service.domain.account import SETTINGS_CHANGEABLE, BillingAccount
 from ledger_service.domain.chain import verify_chain
 from ledger_service.domain.grants import GRANT_KINDS
 from ledger_service.domain.naming import (
@@ -211,6 +211,7 @@ def test_the_payload_vocabularies_are_the_domains() -> None:
     assert set(get_args(payloads.AccountType)) == set(ACCOUNT_TYPES)
     assert set(get_args(payloads.BillingBasis)) == set(BILLING_BASES)
     assert set(get_args(payloads.Tier)) == set(TIERS)
+    assert set(payloads.SettingsChanges.__annotations__) == SETTINGS_CHANGEABLE
 
 
 def test_a_renamed_ledger_class_keeps_its_stored_name_and_former_topic(app: Any) -> None:
