@@ -152,7 +152,9 @@ def decode_fast(transcodings: Mapping[str, Transcoding], topic: str, originator_
     here, as the library's mapper would (its `upcast_vN_vN+1` static methods in order), and
     then checked against the current payload. A state that does not fit raises
     StoredEventSchemaError: the library's mapper would build an event from it that the
-    domain's code was never written for."""
+    domain's code was never written for. A key the class does not declare is dropped (msgspec
+    decodes TypedDicts so); the chain, recomputed over the decoded payload, then reports the
+    event to `verify`."""
     cls, class_version, typed = _event_schema(topic)
     state: Any
     if typed is None:
