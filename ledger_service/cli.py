@@ -38,7 +38,14 @@ from ledger_service.anchors import append_to_file, make_anchor, read_anchor_file
 from ledger_service.app.ledger import LedgerApplication, ledger_env
 from ledger_service.csv_cells import spreadsheet_row
 from ledger_service.domain.account import BillingAccount
-from ledger_service.domain.chain import GENESIS_HASH, configure_chain_keys, event_payload
+from ledger_service.domain.chain import (
+    GENESIS_HASH,
+    configure_chain_keys,
+    event_payload,
+    is_upcast_class,
+    stored_payload,
+)
+from ledger_service.domain.naming import event_name
 from ledger_service.domain.times import format_time
 from ledger_service.lag import LAG_ALERT_S_DEFAULT, FollowerLag, read_lags
 from ledger_service.projections.builders import PROJECTION_NAMES
@@ -628,8 +635,10 @@ def _audit_record(row: StoredRow, decoder: EventDecoder,
     if chain_hash is not None:
         last_hash[row.originator_id] = chain_hash
     return AuditRecord(row.position, row.originator_id, row.originator_version,
-                       type(event).__name__, format_time(event.timestamp), previous, chain_hash,
-                       event_payload(event))
+                       event_name(type(event)), format_time(event.timestamp), previous, chain_hash,
+                       # what the hash covers: an upcast event's payload as it was stored
+                       stored_payload(row.state) if is_upcast_class(type(event))
+                       else event_payload(event))
 
 
 def summary_of(record: AuditRecord) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, datetime
+from functools import partial
 from typing import Annotated, Any
 from uuid import UUID
 
@@ -155,10 +156,10 @@ READERS = {"guards": [requires_any_scope(PORTAL, OPERATOR)], "security": BEARER_
       responses={**written(AccountView, 201, "Opened"), **problem_responses(400, 401, 403, 409, 422)})
 async def open_account(
     request: Request[Any, Any, Any], data: JSONBody[OpenAccount], svc: Services,
-    idempotency_key: IdempotencyKey = None,
+    principal: CurrentPrincipal, idempotency_key: IdempotencyKey = None,
 ) -> Response[bytes]:
     return await write(request, svc, "http:open", idempotency_key, 201,
-                       accounts.open_account, data)
+                       partial(accounts.open_account, actor=actor_of(principal)), data)
 
 
 @get("/{account_id:uuid}", summary="An account's settings and state", **READERS,  # type: ignore[arg-type]

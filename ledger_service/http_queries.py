@@ -44,7 +44,13 @@ from contracts.http.ledger import (
 )
 from contracts.ledger import EntryKind
 from contracts.money import format_micros
-from ledger_service.domain.chain import GENESIS_HASH, event_payload
+from ledger_service.domain.chain import (
+    GENESIS_HASH,
+    event_payload,
+    is_upcast_class,
+    stored_payload,
+)
+from ledger_service.domain.naming import event_name
 from ledger_service.http import OPERATOR_ONLY, READERS, LedgerServices, check_may_read
 from ledger_service.projections import reads
 from ledger_service.projections.decoding import EventDecoder, stored_row
@@ -230,19 +236,24 @@ async def get_audit_events(
     after = _audit_cursor(cursor)
     # The event before the page too: its hash is the first item's previous_hash.
     rows = await reads.account_event_rows(q.pool, account_id, max(after, 1), limit + 2)
-    decoded = [q.decoder.decode(stored_row(r)) for r in rows]
+    stored = [stored_row(r) for r in rows]
+    decoded = [q.decoder.decode(row) for row in stored]
     if not decoded and after == 0:
         raise _not_found(account_id)
     previous: str | None = None
     if decoded and after > 0 and decoded[0].originator_version == after:
         previous = getattr(decoded.pop(0), "chain_hash", None)
+        stored.pop(0)
     page = decoded[:limit]
     items = []
-    for event in page:
+    for event, row in zip(page, stored, strict=False):
         chain_hash = getattr(event, "chain_hash", GENESIS_HASH)
+        # `data` is what the hash covers: an upcast event's payload as it was stored
+        data = stored_payload(row.state) if is_upcast_class(type(event)) \
+            else event_payload(event)
         items.append(AuditEvent(
-            position=event.originator_version, topic=type(event).__name__,
-            recorded_at=event.timestamp, data=event_payload(event), hash=chain_hash,
+            position=event.originator_version, topic=event_name(type(event)),
+            recorded_at=event.timestamp, data=data, hash=chain_hash,
             previous_hash=previous))
         previous = chain_hash
     next_cursor = str(page[-1].originator_version) if len(decoded) > limit else None

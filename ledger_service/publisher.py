@@ -42,6 +42,7 @@ from contracts.subjects import (
 )
 from ledger_service.app.ledger import Ledger
 from ledger_service.domain.account import BillingAccount
+from ledger_service.domain.naming import event_name
 from ledger_service.domain.times import parse_time
 from ledger_service.projections.statement import statement_entries
 from services.backoff import Backoff
@@ -66,7 +67,7 @@ Outgoing = tuple[str, str, msgspec.Struct]  # subject, Nats-Msg-Id, message
 
 def messages_for(event: Any, currency: str | None) -> Iterator[Outgoing]:
     """The contract messages one stored ledger event gives rise to."""
-    name = type(event).__name__
+    name = event_name(type(event))
     account_id: UUID = event.originator_id
     occurred_at: datetime = event.timestamp
     for entry in statement_entries(event):
@@ -127,7 +128,7 @@ SETTINGS_EVENTS = frozenset({"Opened", "TypeChanged", "SettingsChanged", "Closed
 
 def is_settings_event(event: Any) -> bool:
     return type(event).__qualname__.startswith("BillingAccount.") \
-        and type(event).__name__ in SETTINGS_EVENTS
+        and event_name(type(event)) in SETTINGS_EVENTS
 
 
 def account_updated(event: Any, account: BillingAccount) -> Outgoing:

@@ -219,7 +219,8 @@ def posted_view(account: BillingAccount, entry_id: str, kind: str, amount_micros
 # ------------------------------------------------------------------ commands
 
 
-def open_account(ledger: Ledger, body: OpenAccount, idem: Idempotency) -> Outcome:
+def open_account(ledger: Ledger, body: OpenAccount, idem: Idempotency,
+                 actor: str = "") -> Outcome:
     account_id = body.account_id or uuid.uuid4()
 
     def command(work: UnitOfWork, _: str) -> AccountView:
@@ -238,6 +239,7 @@ def open_account(ledger: Ledger, body: OpenAccount, idem: Idempotency) -> Outcom
             billing_basis=body.billing_basis or "submitted",
             tax=tax_profile(body.tax),
             name=body.name,
+            actor=actor,
         )
         work.touch(account)
         return account_view(account)

@@ -28,6 +28,7 @@ from ledger_service.app.catalogue import CATALOGUE_ID, Catalogue
 from ledger_service.app.recorder import EntryRow, LedgerRows
 from ledger_service.domain.account import BillingAccount
 from ledger_service.domain.errors import LedgerError
+from ledger_service.domain.naming import event_name
 from ledger_service.domain.pricing import PriceCatalog
 
 log = structlog.get_logger(__name__)
@@ -265,7 +266,7 @@ class Ledger:
             entry_id = getattr(event, "entry_id", None)
             if entry_id is not None:
                 rows.entries.append(
-                    EntryRow(entry_id, account.id, version, type(event).__name__)
+                    EntryRow(entry_id, account.id, version, event_name(type(event)))
                 )
             expires_at = getattr(event, "expires_at", None)
             if isinstance(expires_at, str):

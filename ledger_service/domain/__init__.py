@@ -59,12 +59,13 @@ Holds and usage
   the batch applies; at most 5,000 lines per command.
 
 Signals
-- BalanceLow and AccountOverdrawn are their own events, recorded at the end of any command
-  that leaves available below the threshold / floor while the signal is armed. Each event's
-  apply re-arms a signal once available is back at or above the threshold / floor, so each
-  fires once per crossing, at most once per command (a batch). A threshold raised above the
-  current available counts as a crossing. Threshold 0 disables BalanceLow; a freshly opened
-  account below its threshold is not armed until it first reaches it.
+- BalanceLow and Overdrawn (stored as AccountOverdrawn) are their own events, recorded at
+  the end of any command that leaves available below the threshold / floor while the signal
+  is armed. Each event's apply re-arms a signal once available is back at or above the
+  threshold / floor, so each fires once per crossing, at most once per command (a batch). A
+  threshold raised above the current available counts as a crossing. Threshold 0 disables
+  BalanceLow; a freshly opened account below its threshold is not armed until it first
+  reaches it.
 
 Refunds and adjustments
 - A refund is split over the original debit's parts in reverse: the overdraft part first, then

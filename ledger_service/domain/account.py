@@ -68,6 +68,26 @@ from ledger_service.domain.grants import (
     spendable_for,
 )
 from ledger_service.domain.naming import hashed_name, stored_as
+from ledger_service.domain.payloads import (
+    AccountType,
+    AdjustmentDirection,
+    BillingBasis,
+    Currency,
+    ExpiredGrant,
+    ExpiredHold,
+    GrantExpiryReason,
+    GrantKind,
+    GrantUse,
+    PaymentPurpose,
+    Posting,
+    RefundableKind,
+    ReleasedHold,
+    Restoration,
+    SettingsChanges,
+    TaxPayload,
+    Tier,
+    UsageLineRecord,
+)
 from ledger_service.domain.postings import (
     ADJUSTMENTS,
     CASH_MANUAL,
@@ -115,14 +135,14 @@ class BillingAccount(Aggregate):
 
     if TYPE_CHECKING:  # attributes set by event applies; no class annotations at run time,
         # because eventsourcing would turn annotations into constructor fields.
-        _account_type: str
+        _account_type: AccountType
         _name: str | None
-        _currency: str
-        _tier: str
+        _currency: Currency
+        _tier: Tier
         _credit_limit_micros: int
         _low_balance_threshold_micros: int
-        _billing_basis: str
-        _tax: dict[str, Any]
+        _billing_basis: BillingBasis
+        _tax: TaxPayload
         _closed: bool
         _closed_at: datetime | None
         _balance_micros: int
@@ -155,14 +175,22 @@ class BillingAccount(Aggregate):
 
     @stored_as("ledger.account.Opened")
     class Opened(Event, Aggregate.Created):
-        account_type: str
-        currency: str
-        tier: str
+        # Version 2 records who opened the account, as every other operator command records
+        # its actor; version 1 did not (upcast_v1_v2).
+        class_version = 2
+        account_type: AccountType
+        currency: Currency
+        tier: Tier
         credit_limit_micros: int
         low_balance_threshold_micros: int
-        billing_basis: str
-        tax: dict[str, Any]
+        billing_basis: BillingBasis
+        tax: TaxPayload
+        actor: str | None  # None: opened before version 2, by someone the log does not say
         name: str | None = None
+
+        @staticmethod
+        def upcast_v1_v2(state: dict[str, Any]) -> None:
+            state["actor"] = None
 
         def apply_to(self, account: "BillingAccount") -> None:
             account._name = self.name
@@ -172,7 +200,7 @@ class BillingAccount(Aggregate):
             account._credit_limit_micros = self.credit_limit_micros
             account._low_balance_threshold_micros = self.low_balance_threshold_micros
             account._billing_basis = self.billing_basis
-            account._tax = dict(self.tax)
+            account._tax = self.tax.copy()
             account._closed = False
             account._closed_at = None
             account._balance_micros = 0
@@ -190,8 +218,8 @@ class BillingAccount(Aggregate):
 
     @stored_as("ledger.account.TypeChanged")
     class TypeChanged(Event):
-        from_type: str
-        to_type: str
+        from_type: AccountType
+        to_type: AccountType
         credit_limit_micros: int
         actor: str
 
@@ -201,9 +229,8 @@ class BillingAccount(Aggregate):
 
     @stored_as("ledger.account.SettingsChanged")
     class SettingsChanged(Event):
-        # Only the settings that changed, by name: credit_limit_micros,
-        # low_balance_threshold_micros, billing_basis, tier, tax.
-        changes: dict[str, Any]
+        # Only the settings that changed, by name (SETTINGS_CHANGEABLE).
+        changes: SettingsChanges
         actor: str
 
         def apply_to(self, account: "BillingAccount") -> None:
@@ -217,7 +244,7 @@ class BillingAccount(Aggregate):
     class PriceOverrideSet(Event):
         product: str
         unit_price_micros: int
-        currency: str
+        currency: Currency
         actor: str
 
         def apply_to(self, account: "BillingAccount") -> None:
@@ -241,8 +268,11 @@ class BillingAccount(Aggregate):
         deficit_covered_micros: int
         reference: str | None
         balance_after_micros: int
-        postings: list[dict[str, Any]]
-        purpose: str = "topup"  # "invoice": settles a postpay invoice (covers the deficit)
+        postings: list[Posting]
+        # "invoice": settles a postpay invoice (covers the deficit). Absent from events stored
+        # before purposes existed: the class default applies (a field with a default needs no
+        # upcaster, see docs/design.md "Event versions").
+        purpose: PaymentPurpose = "topup"
 
         def apply_to(self, account: "BillingAccount") -> None:
             account._credit(self.grant_id, "purchased", None, self.amount_micros,
@@ -252,14 +282,14 @@ class BillingAccount(Aggregate):
     class CreditGranted(Event):
         entry_id: str
         grant_id: str
-        kind: str
+        kind: GrantKind
         amount_micros: int
         expires_at: str | None
         deficit_covered_micros: int
         reason: str
         actor: str
         balance_after_micros: int
-        postings: list[dict[str, Any]]
+        postings: list[Posting]
 
         def apply_to(self, account: "BillingAccount") -> None:
             account._credit(self.grant_id, self.kind, self.expires_at, self.amount_micros,
@@ -267,11 +297,8 @@ class BillingAccount(Aggregate):
 
     @stored_as("ledger.account.UsageRecorded")
     class UsageRecorded(Event):
-        # One event per account per intake batch; each line is its own statement entry:
-        # {event_id, entry_id, product, quantity, unit_price_micros, amount_micros, status,
-        #  hold_id, hold_outcome ("captured" | "released" | None), held_micros, reference,
-        #  occurred_at, grants_consumed, overdraft_micros, balance_after_micros, postings}
-        lines: list[dict[str, Any]]
+        # One event per account per intake batch; each line is its own statement entry.
+        lines: list[UsageLineRecord]
         balance_after_micros: int
 
         def apply_to(self, account: "BillingAccount") -> None:
@@ -280,10 +307,11 @@ class BillingAccount(Aggregate):
                                  line["amount_micros"])
                 outcome = line["hold_outcome"]
                 if outcome is not None:
-                    account._holds.pop(line["hold_id"])
+                    hold_id = cast(str, line["hold_id"])  # a line with an outcome had a hold
+                    account._holds.pop(hold_id)
                     account._held_micros -= line["held_micros"]
                     if outcome == "captured":
-                        account._remember_capture(line["hold_id"])
+                        account._remember_capture(hold_id)
 
     @stored_as("ledger.account.HoldPlaced")
     class HoldPlaced(Event):
@@ -295,7 +323,7 @@ class BillingAccount(Aggregate):
         unit_price_micros: int
         amount_micros: int
         expires_at: str
-        postings: list[dict[str, Any]]
+        postings: list[Posting]
 
         def apply_to(self, account: "BillingAccount") -> None:
             account._holds[self.hold_id] = {
@@ -310,7 +338,7 @@ class BillingAccount(Aggregate):
         hold_id: str
         amount_micros: int
         reason: str
-        postings: list[dict[str, Any]]
+        postings: list[Posting]
 
         def apply_to(self, account: "BillingAccount") -> None:
             account._holds.pop(self.hold_id)
@@ -319,8 +347,8 @@ class BillingAccount(Aggregate):
     @stored_as("ledger.account.HoldsExpired")
     class HoldsExpired(Event):
         entry_id: str
-        holds: list[dict[str, Any]]  # [{hold_id, amount_micros, expires_at}]
-        postings: list[dict[str, Any]]
+        holds: list[ExpiredHold]
+        postings: list[Posting]
 
         def apply_to(self, account: "BillingAccount") -> None:
             for hold in self.holds:
@@ -330,10 +358,10 @@ class BillingAccount(Aggregate):
     @stored_as("ledger.account.GrantsExpired")
     class GrantsExpired(Event):
         entry_id: str
-        reason: str  # "expired" | "trial_converted"
-        grants: list[dict[str, Any]]  # [{grant_id, kind, amount_micros, expires_at}]
+        reason: GrantExpiryReason
+        grants: list[ExpiredGrant]
         balance_after_micros: int
-        postings: list[dict[str, Any]]
+        postings: list[Posting]
 
         def apply_to(self, account: "BillingAccount") -> None:
             for grant in self.grants:
@@ -345,14 +373,13 @@ class BillingAccount(Aggregate):
         entry_id: str
         refund_id: str
         refunded_entry_id: str
-        debit_kind: str  # "usage" | "adjustment"
+        debit_kind: RefundableKind
         amount_micros: int
-        # [{grant_id, kind, expires_at, amount_micros, deficit_covered_micros, effect}]
-        restorations: list[dict[str, Any]]
+        restorations: list[Restoration]
         reason: str
         actor: str
         balance_after_micros: int
-        postings: list[dict[str, Any]]
+        postings: list[Posting]
 
         def apply_to(self, account: "BillingAccount") -> None:
             refunded = account._refunded
@@ -367,16 +394,16 @@ class BillingAccount(Aggregate):
     class Adjusted(Event):
         entry_id: str
         adjustment_id: str
-        direction: str
+        direction: AdjustmentDirection
         amount_micros: int
         memo: str
         actor: str
         grant_id: str | None  # credit: the adjustment grant
         deficit_covered_micros: int
-        grants_consumed: list[dict[str, Any]]  # debit
+        grants_consumed: list[GrantUse]  # debit
         overdraft_micros: int
         balance_after_micros: int
-        postings: list[dict[str, Any]]
+        postings: list[Posting]
 
         def apply_to(self, account: "BillingAccount") -> None:
             if self.direction == "credit":
@@ -392,11 +419,11 @@ class BillingAccount(Aggregate):
         payment_id: str
         provider: str
         amount_micros: int
-        grants_consumed: list[dict[str, Any]]
+        grants_consumed: list[GrantUse]
         overdraft_micros: int
         reason: str
         balance_after_micros: int
-        postings: list[dict[str, Any]]
+        postings: list[Posting]
 
         def apply_to(self, account: "BillingAccount") -> None:
             account._consume(self.grants_consumed, self.overdraft_micros, self.amount_micros)
@@ -416,10 +443,10 @@ class BillingAccount(Aggregate):
         reference: str | None
         period: str | None  # YYYY-MM; None for a setup fee
         description: str
-        grants_consumed: list[dict[str, Any]]
+        grants_consumed: list[GrantUse]
         overdraft_micros: int
         balance_after_micros: int
-        postings: list[dict[str, Any]]
+        postings: list[Posting]
 
         def apply_to(self, account: "BillingAccount") -> None:
             account._consume(self.grants_consumed, self.overdraft_micros, self.amount_micros)
@@ -433,8 +460,11 @@ class BillingAccount(Aggregate):
         def apply_to(self, account: "BillingAccount") -> None:
             account._low_balance_armed = False
 
+    # Renamed from AccountOverdrawn (every other event of the account is named without
+    # "Account"); its stored name stays, so the log, the chain and the code that reads kinds
+    # (naming.event_name) see no change.
     @stored_as("ledger.account.AccountOverdrawn")
-    class AccountOverdrawn(Event):
+    class Overdrawn(Event):
         available_micros: int
         floor_micros: int
 
@@ -446,8 +476,8 @@ class BillingAccount(Aggregate):
         entry_id: str
         reason: str
         actor: str
-        released_holds: list[dict[str, Any]]  # [{hold_id, amount_micros}]
-        postings: list[dict[str, Any]]
+        released_holds: list[ReleasedHold]
+        postings: list[Posting]
 
         def apply_to(self, account: "BillingAccount") -> None:
             account._closed = True
@@ -458,7 +488,7 @@ class BillingAccount(Aggregate):
 
     # ------------------------------------------------------------ state moves
 
-    def _credit(self, grant_id: str, kind: str, expires_at: str | None, amount_micros: int,
+    def _credit(self, grant_id: str, kind: GrantKind, expires_at: str | None, amount_micros: int,
                 deficit_covered_micros: int) -> None:
         self._balance_micros += amount_micros
         self._deficit_micros -= deficit_covered_micros
@@ -474,7 +504,7 @@ class BillingAccount(Aggregate):
                                   "granted_micros": amount_micros,
                                   "expires_at": expires_at, "seq": self._grant_seq}
 
-    def _consume(self, consumed: list[dict[str, Any]], overdraft_micros: int,
+    def _consume(self, consumed: Sequence[GrantUse], overdraft_micros: int,
                  amount_micros: int) -> None:
         grants = self._grants
         for part in consumed:
@@ -677,6 +707,7 @@ class BillingAccount(Aggregate):
         billing_basis: str = "submitted",
         tax: TaxProfile | None = None,
         name: str | None = None,
+        actor: str = "",
     ) -> "BillingAccount":
         now = check_now(now)
         if not isinstance(account_id, UUID):
@@ -691,6 +722,7 @@ class BillingAccount(Aggregate):
             "billing_basis": check_choice(billing_basis, "billing_basis", BILLING_BASES),
             "tax": check_tax(tax if tax is not None else TaxProfile()).to_payload(),
             "name": check_name(name),
+            "actor": check_text(actor, "actor"),
         }
         chain_hash = compute_chain_hash(GENESIS_HASH, hashed_name(cls.Opened), cls.INITIAL_VERSION,
                                         now, payload)
@@ -1159,7 +1191,7 @@ class BillingAccount(Aggregate):
     def _entry_result(self, entry_id: str, amount_micros: int) -> EntryResult:
         return EntryResult(entry_id, amount_micros, self._balance_micros, self.available_micros)
 
-    def _hold_postings(self, to_available_micros: int) -> list[dict[str, Any]]:
+    def _hold_postings(self, to_available_micros: int) -> list[Posting]:
         """Postings moving an amount from held to available (negative: the other way)."""
         return postings_of([(customer_held(self.id), -to_available_micros),
                             (customer_available(self.id), to_available_micros)],
@@ -1197,7 +1229,7 @@ class BillingAccount(Aggregate):
         return tuple(g["grant_id"] for g in expired)
 
     def _signal(self, now: datetime) -> tuple[bool, bool]:
-        """Record BalanceLow / AccountOverdrawn if the command left available below the
+        """Record BalanceLow / Overdrawn if the command left available below the
         threshold / floor and the signal is armed (re-armed by the event that brings
         available back up, see _rearm_signals)."""
         available = self.available_micros
@@ -1209,7 +1241,7 @@ class BillingAccount(Aggregate):
             low = True
         floor = self.floor_micros
         if floor is not None and not self._overdrawn and available < floor:
-            self._record(self.AccountOverdrawn, now, available_micros=available,
+            self._record(self.Overdrawn, now, available_micros=available,
                          floor_micros=floor)
             overdrawn = True
         return low, overdrawn

@@ -9,9 +9,16 @@ chain_hash(n) = "<key id>:" + HMAC-SHA256 hex, under the key that id names, of t
     msgspec.json.encode(payload, order="sorted")
 
 where payload is every field of the event except the envelope (originator_id,
-originator_version, timestamp, originator_topic, chain_hash). Payload fields are JSON
-primitives only, so the encoding of a decoded event is byte-identical to the encoding at
-write time; the timestamp is hashed in its canonical text form for the same reason.
+originator_version, timestamp, originator_topic, chain_hash) as the event was stored (the
+library's `class_version` marker aside). Payload fields are JSON primitives only (typed as
+domain/payloads.py says), so the encoding of a decoded event is byte-identical to the encoding
+at write time; the timestamp is hashed in its canonical text form for the same reason.
+
+An event of an older class version is upcast when it is read (docs/design.md, "Event
+versions"): its decoded payload then holds fields it was never hashed with. The chain covers
+the stored form, so verifying such an event takes its stored state (`verify_chain`'s
+`stored_states`, `stored_payload`); for an event read at the version it was written in, the
+decoded payload is the stored one.
 
 The aggregate computes the hash before it triggers the event (events are frozen), and
 `verify_chain` recomputes it from decoded events for the operator's `verify`.
@@ -137,14 +144,16 @@ def _digest(key: bytes | None, previous_hash: str, event_name: str, originator_v
     return hmac.new(key, header + body, hashlib.sha256).hexdigest()
 
 
-def recompute_hash(event: Any, previous_hash: str, stored: str) -> str | None:
-    """The hash `event` should carry, under the key its stored hash names.
+def recompute_hash(event: Any, previous_hash: str, stored: str,
+                   payload: Mapping[str, Any] | None = None) -> str | None:
+    """The hash `event` should carry, under the key its stored hash names, over `payload` (by
+    default the event's own: pass the stored payload for an upcast event).
 
     None when that key is not in this process's keyring (the caller reports "unknown_key").
     """
     kid, sep, _ = stored.partition(":")
     args = (previous_hash, hashed_name(type(event)), event.originator_version, event.timestamp,
-            event_payload(event))
+            event_payload(event) if payload is None else payload)
     if not sep:
         return _digest(None, *args)
     key = _keyring.key(kid) if _keyring is not None else None
@@ -159,6 +168,22 @@ def is_keyed(stored_hash: str) -> bool:
 
 def event_payload(event: Any) -> dict[str, Any]:
     return {k: v for k, v in vars(event).items() if k not in ENVELOPE_FIELDS}
+
+
+# The library writes this into the stored state of a class version above 1; never hashed.
+CLASS_VERSION_FIELD: Final = "class_version"
+_decode_state = msgspec.json.Decoder(dict[str, Any]).decode
+
+
+def stored_payload(state: bytes) -> dict[str, Any]:
+    """The payload of an event as stored (plain JSON state): what its hash was made over."""
+    return {k: v for k, v in _decode_state(state).items()
+            if k not in ENVELOPE_FIELDS and k != CLASS_VERSION_FIELD}
+
+
+def is_upcast_class(cls: type[Any]) -> bool:
+    """Whether events of `cls` may have been stored at an older shape than they decode to."""
+    return getattr(cls, "class_version", 1) > 1
 
 
 def hash_of_event(event: Any, previous_hash: str) -> str:
@@ -180,8 +205,14 @@ class ChainBreak:
     found: str
 
 
-def verify_chain(events: Iterable[Any], previous_hash: str = GENESIS_HASH) -> list[ChainBreak]:
+def verify_chain(events: Iterable[Any], previous_hash: str = GENESIS_HASH,
+                 stored_states: Iterable[bytes] | None = None) -> list[ChainBreak]:
     """Recompute the chain of one account's events, in version order.
+
+    `stored_states`, in the same order as `events`, are their states as stored (plain JSON):
+    an event of a class that has versions is hashed over its stored payload, not the upcast
+    one. Without them every event is hashed over its decoded payload, which is right for
+    events that were not upcast.
 
     After a break, checking continues from the stored hash, so one edited event reports one
     break, and an edited event whose hash was also rewritten reports the break at its successor.
@@ -189,8 +220,12 @@ def verify_chain(events: Iterable[Any], previous_hash: str = GENESIS_HASH) -> li
     breaks: list[ChainBreak] = []
     expected_version: int | None = None
     keyed_before = is_keyed(previous_hash)
+    states = iter(stored_states) if stored_states is not None else None
     for event in events:
-        name = type(event).__name__
+        state = next(states) if states is not None else None
+        payload = stored_payload(state) \
+            if state is not None and is_upcast_class(type(event)) else None
+        name = hashed_name(type(event))
         version = event.originator_version
         if expected_version is not None and version != expected_version:
             breaks.append(ChainBreak(version, name, "version_gap", str(expected_version),
@@ -198,11 +233,13 @@ def verify_chain(events: Iterable[Any], previous_hash: str = GENESIS_HASH) -> li
         expected_version = version + 1
         stored = getattr(event, "chain_hash", None)
         if not isinstance(stored, str):
-            recomputed = hash_of_event(event, previous_hash)
+            recomputed = compute_chain_hash(
+                previous_hash, hashed_name(type(event)), version, event.timestamp,
+                event_payload(event) if payload is None else payload)
             breaks.append(ChainBreak(version, name, "missing_hash", recomputed, repr(stored)))
             previous_hash = recomputed
             continue
-        expected = recompute_hash(event, previous_hash, stored)
+        expected = recompute_hash(event, previous_hash, stored, payload)
         if expected is None:
             breaks.append(ChainBreak(version, name, "unknown_key",
                                      "a key id of the keyring", stored.partition(":")[0]))

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, Final
 
+from ledger_service.domain.payloads import GrantKind, GrantUse, Restoration, RestorationEffect
 from ledger_service.domain.postings import (
     ADJUSTMENTS,
     EXPENSE_PROMOTION,
@@ -19,22 +20,22 @@ from ledger_service.domain.postings import (
 )
 
 GrantState = dict[str, Any]
-Consumed = dict[str, Any]  # {"grant_id", "kind", "expires_at", "amount_micros"}
+Consumed = GrantUse
 
 # Free credit: spent before paid credit, and the only credit a trial account may spend.
-PROMOTIONAL_KINDS: Final = ("signup_promo", "mobile_verification", "referral", "bonus",
+PROMOTIONAL_KINDS: Final[tuple[GrantKind, ...]] = ("signup_promo", "mobile_verification", "referral", "bonus",
                             "compensation")
 # The seed's AccountObserver expires exactly these when a trial converts; bonus and
 # compensation are deliberate operator gifts with their own expiry and survive conversion.
-TRIAL_PROMO_KINDS: Final = ("signup_promo", "mobile_verification", "referral")
+TRIAL_PROMO_KINDS: Final[tuple[GrantKind, ...]] = ("signup_promo", "mobile_verification", "referral")
 # `adjustment` comes from an operator's credit adjustment, `refund` from refunding an overdraft
 # whose deficit was already settled; both are spent with purchased credit, last.
-PAID_KINDS: Final = ("purchased", "adjustment", "refund")
+PAID_KINDS: Final[tuple[GrantKind, ...]] = ("purchased", "adjustment", "refund")
 GRANT_KINDS: Final = PROMOTIONAL_KINDS + PAID_KINDS
 # Kinds an operator or a payment may grant directly (CONTRACTS: POST /credits).
-GRANTABLE_KINDS: Final = (*PROMOTIONAL_KINDS, "purchased")
+GRANTABLE_KINDS: Final[tuple[GrantKind, ...]] = (*PROMOTIONAL_KINDS, "purchased")
 # Trial accounts spend promotional credit only: purchased credit waits for the conversion.
-TRIAL_LOCKED_KINDS: Final = ("purchased",)
+TRIAL_LOCKED_KINDS: Final[tuple[GrantKind, ...]] = ("purchased",)
 
 
 def is_promotional(kind: str) -> bool:
@@ -115,11 +116,11 @@ class Spender:
 
 
 def allocate_refund(
-    consumed: Sequence[Mapping[str, Any]],
+    consumed: Sequence[GrantUse],
     overdraft_micros: int,
     already_refunded_micros: int,
     amount_micros: int,
-) -> tuple[int, list[tuple[Mapping[str, Any], int]]]:
+) -> tuple[int, list[tuple[GrantUse, int]]]:
     """Split a refund over the parts of the original debit, last consumed first.
 
     The overdraft part was taken last, so it is given back first; then the grants in reverse
@@ -127,14 +128,14 @@ def allocate_refund(
     `already_refunded_micros` of that order.
     """
 
-    def parts() -> Iterator[tuple[Mapping[str, Any] | None, int]]:
+    def parts() -> Iterator[tuple[GrantUse | None, int]]:
         yield None, overdraft_micros
         for part in reversed(consumed):
             yield part, part["amount_micros"]
 
     skip, want = already_refunded_micros, amount_micros
     overdraft_share = 0
-    shares: list[tuple[Mapping[str, Any], int]] = []
+    shares: list[tuple[GrantUse, int]] = []
     for part, size in parts():
         skipped = min(skip, size)
         skip -= skipped
@@ -152,10 +153,10 @@ def plan_restoration(
     grants: Mapping[str, GrantState],
     deficit_micros: int,
     overdraft_share_micros: int,
-    grant_shares: Sequence[tuple[Mapping[str, Any], int]],
+    grant_shares: Sequence[tuple[GrantUse, int]],
     now_text: str,
     refund_grant_id: str,
-) -> list[dict[str, Any]]:
+) -> list[Restoration]:
     """Where each part of a refund goes, as restoration records for the Refunded event.
 
     Every part credited back to the customer first covers an outstanding deficit (as any
@@ -167,7 +168,7 @@ def plan_restoration(
       grant's expiry account, so a refund never revives credit that has run out.
     """
     deficit = deficit_micros
-    restorations: list[dict[str, Any]] = []
+    restorations: list[Restoration] = []
 
     def cover(amount: int) -> int:
         nonlocal deficit
@@ -183,6 +184,7 @@ def plan_restoration(
         })
     for part, share in grant_shares:
         grant_id, expires_at = part["grant_id"], part["expires_at"]
+        effect: RestorationEffect
         if grant_id in grants:
             effect = "restored"
         elif expires_at is not None and expires_at <= now_text:

@@ -6,10 +6,13 @@ would then need a data migration. Every ledger event instead declares a stored n
 `@stored_as("ledger.account.UsageRecorded")`, which
 
 - the ledger's mapper writes as the topic (projections/decoding.py `FastMapper`),
-- the library resolves back to the class (its public `register_topic`), as it still resolves
-  the import paths of events stored before names existed, and
+- the library resolves back to the class (its public `register_topic`), together with the
+  import path the event was stored under before names existed (`FORMER_TOPIC_PREFIXES`: that
+  path is history, so it keeps resolving after the class is renamed or moved),
 - the hash chain hashes (its last segment, which is the class name the event had when its
-  name was given), so a renamed class still verifies.
+  name was given), so a renamed class still verifies, and
+- the code that tells events apart by kind reads (`event_name`: the same last segment), as
+  does what leaves the process (the entry index's kind, the audit API's event type).
 
 The rules (docs/design.md, "Event versions"): a stored name never changes and is never reused.
 A class may move or be renamed freely; its name goes with it. A change of shape raises the
@@ -30,6 +33,12 @@ T = TypeVar("T", bound=type[Any])
 _NAME_OF: dict[type[Any], str] = {}
 _CLASS_OF: dict[str, type[Any]] = {}
 NAME_PREFIXES: Final = ("ledger.",)
+# Where events were stored before stored names existed (the library's default topic, the
+# class's import path, with the class's name then, which is the stored name's last segment).
+FORMER_TOPIC_PREFIXES: Final = {
+    "ledger.account.": "ledger_service.domain.account:BillingAccount.",
+    "ledger.catalogue.": "ledger_service.app.catalogue:Catalogue.",
+}
 
 
 def stored_as(name: str) -> Callable[[T], T]:
@@ -43,6 +52,10 @@ def stored_as(name: str) -> Callable[[T], T]:
         _NAME_OF[cls] = name
         _CLASS_OF[name] = cls
         register_topic(name, cls)
+        prefix, _, last = name.rpartition(".")
+        former = FORMER_TOPIC_PREFIXES.get(prefix + ".")
+        if former is not None:
+            register_topic(former + last, cls)
         return cls
 
     return register
@@ -64,10 +77,16 @@ def stored_name(cls: type[Any]) -> str | None:
     return _NAME_OF.get(cls)
 
 
-def hashed_name(cls: type[Any]) -> str:
-    """The event name the chain hashes: fixed by the stored name, not the class's."""
+def event_name(cls: type[Any]) -> str:
+    """An event class's stable short name (`UsageRecorded`), fixed by its stored name, not
+    the class's current name: what code that tells events apart reads."""
     name = _NAME_OF.get(cls)
     return name.rsplit(".", 1)[1] if name is not None else cls.__name__
+
+
+def hashed_name(cls: type[Any]) -> str:
+    """The event name the chain hashes: fixed by the stored name, not the class's."""
+    return event_name(cls)
 
 
 def named_classes() -> dict[str, type[Any]]:

@@ -1,7 +1,7 @@
 """Double entry: ledger account names, postings, and the zero-sum rule.
 
-A posting is a plain dict `{"ledger_account": str, "amount_micros": int, "currency": str}` so
-that it survives the event store's JSON unchanged (see chain.py). The sign convention is the
+A posting is a plain dict typed `payloads.Posting` (`{"ledger_account", "amount_micros",
+"currency"}`) so that it survives the event store's JSON unchanged (see chain.py). The sign convention is the
 customer's: a positive amount on `customer:{id}:available` is money the customer can spend; the
 counter-posting on a system account is negative. A customer's balance is the sum of its
 `available` and `held` accounts; for postpay accounts a negative balance is the receivable, so
@@ -19,8 +19,7 @@ from typing import Any, Final
 from uuid import UUID, uuid5
 
 from ledger_service.domain.errors import InvalidRequest
-
-Posting = dict[str, Any]
+from ledger_service.domain.payloads import Currency, Posting
 
 REVENUE_USAGE: Final = "system:revenue:usage"
 # Recurring and one-off fees: number and keyword rentals, their setup fees.
@@ -46,11 +45,11 @@ def cash_account(provider: str) -> str:
     return f"system:cash:{provider}"
 
 
-def posting(ledger_account: str, amount_micros: int, currency: str) -> Posting:
+def posting(ledger_account: str, amount_micros: int, currency: Currency) -> Posting:
     return {"ledger_account": ledger_account, "amount_micros": amount_micros, "currency": currency}
 
 
-def postings_of(legs: Iterable[tuple[str, int]], currency: str) -> list[Posting]:
+def postings_of(legs: Iterable[tuple[str, int]], currency: Currency) -> list[Posting]:
     """Build postings from (account, amount) legs, merging legs on the same account.
 
     Zero legs are dropped: a posting of nothing is noise in a statement and in an audit.

@@ -26,6 +26,13 @@ from contracts.ids import KEY_LENGTH_MAX
 from contracts.money import AMOUNT_MICROS_MAX
 from ledger_service.domain.checks import PRODUCT_LENGTH_MAX, REFERENCE_LENGTH_MAX, is_int, is_key
 from ledger_service.domain.grants import GrantState, Spender, spendable_for
+from ledger_service.domain.payloads import (
+    Currency,
+    GrantUse,
+    HoldOutcome,
+    UsageLineRecord,
+    UsageStatus,
+)
 from ledger_service.domain.postings import (
     REVENUE_USAGE,
     customer_available,
@@ -43,7 +50,7 @@ class UsageBatch:
         account_id: UUID,
         account_type: str,
         billing_basis: str,
-        currency: str,
+        currency: Currency,
         balance_micros: int,
         grants: Mapping[str, GrantState],
         holds: Mapping[str, Mapping[str, Any]],
@@ -62,7 +69,7 @@ class UsageBatch:
         self.seen: set[str] = set()
         self.holds_used: set[str] = set()
         self.captured_now: set[str] = set()
-        self.stored_lines: list[dict[str, Any]] = []
+        self.stored_lines: list[UsageLineRecord] = []
 
     def add(self, line: UsageLine) -> LineOutcome:
         problem = _problem(line)
@@ -98,12 +105,14 @@ class UsageBatch:
         return self._bill(line, entry_id, hold)
 
     def _store(self, line: UsageLine, entry_id: str, amount_micros: int, held_micros: int,
-               hold_outcome: str | None, consumed: list[dict[str, Any]], overdraft: int,
+               hold_outcome: HoldOutcome | None, consumed: list[GrantUse], overdraft: int,
                legs: list[tuple[str, int]]) -> None:
         self.stored_lines.append({
             "event_id": line.event_id, "entry_id": entry_id, "product": line.product,
             "quantity": line.quantity, "unit_price_micros": line.unit_price_micros,
-            "amount_micros": amount_micros, "status": line.status, "hold_id": line.hold_id,
+            # the status was checked against USAGE_STATUSES before a line is stored
+            "amount_micros": amount_micros, "status": cast(UsageStatus, line.status),
+            "hold_id": line.hold_id,
             "hold_outcome": hold_outcome, "held_micros": held_micros,
             "reference": line.reference, "occurred_at": format_time(line.occurred_at),
             "grants_consumed": consumed, "overdraft_micros": overdraft,

@@ -10,7 +10,10 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal
+
+if TYPE_CHECKING:  # payloads imports this module's vocabularies
+    from ledger_service.domain.payloads import GrantUse, UsageLineRecord
 
 ACCOUNT_TYPES: Final = ("trial", "prepay", "postpay", "system")
 BILLING_BASES: Final = ("submitted", "delivered")
@@ -63,13 +66,13 @@ class DebitRef:
 
     entry_id: str
     amount_micros: int
-    grants_consumed: Sequence[Mapping[str, Any]]
+    grants_consumed: Sequence[GrantUse]
     overdraft_micros: int
     occurred_at: str
     kind: Literal["usage", "adjustment"] = "usage"
 
     @classmethod
-    def from_usage_line(cls, line: Mapping[str, Any]) -> DebitRef:
+    def from_usage_line(cls, line: UsageLineRecord) -> DebitRef:
         return cls(entry_id=line["entry_id"], amount_micros=line["amount_micros"],
                    grants_consumed=tuple(line["grants_consumed"]),
                    overdraft_micros=line["overdraft_micros"], occurred_at=line["occurred_at"])

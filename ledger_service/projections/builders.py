@@ -30,6 +30,7 @@ from psycopg import Copy, Cursor
 from psycopg.sql import SQL, Identifier
 
 from ledger_service.domain.account import BillingAccount
+from ledger_service.domain.payloads import UsageLineRecord
 from ledger_service.domain.times import parse_time
 from ledger_service.projections.statement import StatementEntry, entry_seq, statement_entries
 
@@ -250,7 +251,7 @@ def usage_day(occurred_at: str) -> date:
     return date.fromisoformat(occurred_at[:10])
 
 
-def usage_lines(event: Any) -> list[dict[str, Any]]:
+def usage_lines(event: Any) -> list[UsageLineRecord]:
     """The billed lines of a usage event (a released hold bills nothing)."""
     if not isinstance(event, BillingAccount.UsageRecorded):
         return []
@@ -309,7 +310,8 @@ class Usage(Projection):
 def closed_hold_ids(event: Any) -> list[str]:
     """Holds an event captures, releases or expires."""
     if isinstance(event, BillingAccount.UsageRecorded):
-        return [line["hold_id"] for line in event.lines if line["hold_outcome"] is not None]
+        return [cast(str, line["hold_id"]) for line in event.lines
+                if line["hold_outcome"] is not None]
     if isinstance(event, BillingAccount.HoldReleased):
         return [event.hold_id]
     if isinstance(event, BillingAccount.HoldsExpired):

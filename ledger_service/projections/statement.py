@@ -17,6 +17,7 @@ from functools import lru_cache
 from typing import Any, Final, NamedTuple
 
 from contracts.money import format_micros
+from ledger_service.domain.naming import event_name
 from ledger_service.domain.times import format_time
 
 # Event class name -> entry kind (contracts.ledger.EntryKind); usage lines are "usage", and a
@@ -70,7 +71,7 @@ def signed_amount_micros(event: Any) -> int:
     """The amount of a non-usage entry as the account sees it (debits negative): what it
     changed the balance by, so that each entry's balance_after is the previous one's plus its
     amount."""
-    name = type(event).__name__
+    name = event_name(type(event))
     if name == "Refunded":
         # A part restored to a grant already past its expiry expires at once (booked to the
         # expiry account): the customer gets the rest.
@@ -88,7 +89,7 @@ def signed_amount_micros(event: Any) -> int:
 
 def statement_entries(event: Any) -> list[StatementEntry]:
     """The entries one decoded ledger event contributes, in statement order."""
-    name = type(event).__name__
+    name = event_name(type(event))
     if name == "UsageRecorded":
         return [_usage_entry(index, line) for index, line in enumerate(event.lines)
                 if line["amount_micros"] != 0]

@@ -146,6 +146,14 @@ def test_adjustment_records_the_memo_and_the_actor_and_moves_the_balance(api: ht
     assert balance(api, account) == "7.50"
 
 
+def test_opening_records_the_operator_who_opened_the_account(api: httpx.Client) -> None:
+    account = opened(api, credit=None)
+    response = api.get(f"/v1/audit/accounts/{account}/events", headers=OPERATOR)
+    assert response.status_code == 200, response.text
+    first = response.json()["items"][0]
+    assert first["topic"] == "Opened" and first["data"]["actor"] == "http-test"
+
+
 def test_a_portal_token_reads_its_own_account_only(api: httpx.Client) -> None:
     mine, theirs = opened(api), opened(api)
     portal = bearer("portal", tenant=mine)

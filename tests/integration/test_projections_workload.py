@@ -29,6 +29,7 @@ from ledger_service.app import accounts, intake
 from ledger_service.app.accounts import Idempotency
 from ledger_service.app.ledger import Ledger, LedgerApplication, ledger_env
 from ledger_service.domain.errors import LedgerError
+from ledger_service.domain.naming import event_name
 from ledger_service.domain.postings import usage_entry_id
 from ledger_service.projections.decoding import EventDecoder
 from ledger_service.projections.runner import ProjectionRunner, account_loader, connector
@@ -272,7 +273,8 @@ def test_the_workload_records_every_event_type_the_projections_read(infra: Infra
     try:
         workload = Workload(ledger, clock)
         workload.every_kind()
-        types = {type(e).__name__ for a in workload.accounts for e in ledger.app.events.get(a)}
+        types = {event_name(type(e)) for a in workload.accounts
+                 for e in ledger.app.events.get(a)}
     finally:
         ledger.app.close()
     assert types >= {"Opened", "CreditGranted", "CreditPurchased", "HoldPlaced", "UsageRecorded",

@@ -142,13 +142,13 @@ def test_usage_without_a_hold_is_recorded_past_the_floor_and_signals_overdrawn_o
     assert result.lines[0].outcome == "billed"
     assert result.lines[0].overdraft_micros == 2 * POUND
     assert result.overdrawn
-    assert names(account) == ["UsageRecorded", "AccountOverdrawn"]
+    assert names(account) == ["UsageRecorded", "Overdrawn"]
     assert account.available_micros == -2 * POUND
     assert account.is_overdrawn
 
     again = account.record_usage([line("e2")], T0)
     assert not again.overdrawn
-    assert names(account).count("AccountOverdrawn") == 1
+    assert names(account).count("Overdrawn") == 1
 
 
 def test_overdrawn_re_arms_once_available_is_back_at_the_floor() -> None:
