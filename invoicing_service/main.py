@@ -119,7 +119,7 @@ class Recurring:
 def build_recurring(runtime: Runtime, settings: InvoicingSettings, outbox: OutboxRelay,
                     mail: EmailRelay) -> Recurring:
     ledger = LedgerCharges(
-        settings.ledger_url, settings.jwt_secret, timeout_s=settings.ledger_timeout_s,
+        settings.ledger_url, settings.service_token_secret, timeout_s=settings.ledger_timeout_s,
         attempts_max=settings.ledger_attempts_max,
         retry_initial_s=settings.ledger_retry_initial_s,
         retry_max_s=settings.ledger_retry_max_s)

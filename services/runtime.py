@@ -108,6 +108,7 @@ def build_app(spec: ServiceSpec, settings: ServiceSettings) -> Litestar:
             secret=None if settings.jwt_jwks_url else settings.jwt_secret,
             jwks_url=settings.jwt_jwks_url,
             audience=settings.jwt_audience,
+            service_secret=settings.jwt_service_secret,
         ),
     )
     parts = spec.build(runtime)

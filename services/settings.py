@@ -36,6 +36,8 @@ class ServiceSettings(msgspec.Struct, frozen=True, kw_only=True):
     nats_url: Annotated[str, msgspec.Meta(min_length=1)]
     jwt_secret: str = DEVELOPMENT_JWT_SECRET
     jwt_jwks_url: str | None = None
+    # Signs and verifies the services' calls to each other (HS256), beside JWKS in production.
+    jwt_service_secret: str | None = None
     jwt_audience: str | None = None
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["auto", "json", "console"] = "auto"
@@ -54,6 +56,8 @@ class ServiceSettings(msgspec.Struct, frozen=True, kw_only=True):
         """Refuse short secrets anywhere, and development defaults in production."""
         if self.jwt_jwks_url is None and len(self.jwt_secret) < 32:
             raise SettingsError("JWT_SECRET must be at least 32 characters")
+        if self.jwt_service_secret is not None and len(self.jwt_service_secret) < 32:
+            raise SettingsError("JWT_SERVICE_SECRET must be at least 32 characters")
         if not self.is_production:
             return
         if self.jwt_jwks_url is None and self.jwt_secret == DEVELOPMENT_JWT_SECRET:
@@ -61,6 +65,13 @@ class ServiceSettings(msgspec.Struct, frozen=True, kw_only=True):
                 "APP_ENV=production needs JWT_JWKS_URL or a JWT_SECRET of its own; "
                 "the development default is refused"
             )
+        if self.jwt_service_secret == DEVELOPMENT_JWT_SECRET:
+            raise SettingsError("APP_ENV=production refuses the development JWT_SERVICE_SECRET")
+
+    @property
+    def service_token_secret(self) -> str:
+        """What this service signs its calls to the other services with."""
+        return self.jwt_service_secret or self.jwt_secret
 
 
 SettingsT = TypeVar("SettingsT", bound=ServiceSettings)

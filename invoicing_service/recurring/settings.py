@@ -59,3 +59,8 @@ class RecurringSettings(MailSettings, frozen=True, kw_only=True):
                                    or self.recurring_clock_offset_s):
             raise SettingsError("APP_ENV=production runs renewals on the real clock: unset"
                                 " RECURRING_MANUAL_CLOCK and RECURRING_CLOCK_OFFSET_S")
+        if self.jwt_jwks_url is not None and self.jwt_service_secret is None:
+            # The ledger accepts the identity provider's keys and the services' own secret:
+            # renewals charge the ledger with a token signed by the latter.
+            raise SettingsError("JWT_JWKS_URL is set: renewals need JWT_SERVICE_SECRET (the"
+                                " same on the ledger) to sign their calls to the ledger")

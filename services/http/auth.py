@@ -97,7 +97,10 @@ def _canonical_id(value: str) -> str:
 class JwtVerifier:
     """Verifies bearer tokens: HS256 with `secret`, or RS256/ES256 from `jwks_url` when given.
 
-    With a JWKS URL the secret is ignored, so an HS256 token can never pass in production.
+    With a JWKS URL the secret is ignored, so a user's HS256 token can never pass in
+    production. `service_secret` is the one exception: the services' own calls to each other
+    (invoicing's renewals charging the ledger) carry HS256 tokens signed with a secret only
+    the services hold (`JWT_SERVICE_SECRET`), accepted beside the identity provider's keys.
     """
 
     def __init__(
@@ -107,10 +110,14 @@ class JwtVerifier:
         audience: str | None = None,
         issuer: str | None = None,
         leeway_s: int = 30,
+        service_secret: str | None = None,
     ) -> None:
         if jwks_url is None:
             _check_secret(secret)
+        if service_secret is not None:
+            _check_secret(service_secret)
         self._secret = secret
+        self._service_secret = service_secret
         self._jwks = (
             jwt.PyJWKClient(jwks_url, cache_keys=True, timeout=_JWKS_FETCH_TIMEOUT_S)
             if jwks_url
@@ -161,6 +168,9 @@ class JwtVerifier:
         return await asyncio.to_thread(self.verify, token)
 
     def _key_for(self, token: str) -> tuple[Any, list[str]]:
+        if (self._service_secret is not None and _algorithm_of(token) == "HS256"
+                and (self._jwks is not None or not self._signed_with(token, self._secret))):
+            return self._service_secret, ["HS256"]
         if self._jwks is None:
             return self._secret, ["HS256"]
         try:
@@ -169,6 +179,25 @@ class JwtVerifier:
             raise
         except jwt.PyJWTError as exc:
             raise TokenRejected(str(exc)) from exc
+
+
+    @staticmethod
+    def _signed_with(token: str, secret: str | None) -> bool:
+        if secret is None:
+            return False
+        try:
+            jwt.decode(token, secret, algorithms=["HS256"],
+                       options={"verify_exp": False, "verify_aud": False, "verify_iss": False})
+        except jwt.PyJWTError:
+            return False
+        return True
+
+
+def _algorithm_of(token: str) -> str | None:
+    try:
+        return str(jwt.get_unverified_header(token).get("alg"))
+    except jwt.PyJWTError:
+        return None
 
 
 def _check_secret(secret: str | None) -> None:

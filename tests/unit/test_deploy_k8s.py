@@ -61,6 +61,7 @@ SECRET_VALUES = {
     "HUBSPOT_CLIENT_SECRET": "hubspot-client-secret-operator",
     "HUBSPOT_ACCESS_TOKEN": "pat-eu1-operator",
     "SYNC_ENCRYPTION_KEYS": f"k1:{KEY_32}",
+    "JWT_SERVICE_SECRET": "service-secret-of-the-operator-32-chars-long",
 }
 # The supplier lines production/site.yaml leaves commented out for the operator to write.
 SITE_VALUES = {

@@ -337,6 +337,33 @@ def test_jwks_verifier_rejects_hs256_tokens(jwks_url: str) -> None:
         JwtVerifier(None, jwks_url=jwks_url).verify(operator_token())
 
 
+SERVICE_SECRET = "s" * 40
+
+
+def test_with_jwks_only_a_token_signed_with_the_service_secret_passes_as_hs256(
+    rsa_key: rsa.RSAPrivateKey, jwks_url: str
+) -> None:
+    """The services' own calls (renewals charging the ledger) in production: HS256 with
+    JWT_SERVICE_SECRET beside the identity provider's keys; a user's HS256 token signed with
+    anything else is still refused, and RS256 from the JWKS still passes."""
+    verifier = JwtVerifier(None, jwks_url=jwks_url, service_secret=SERVICE_SECRET)
+    service = mint_token(SERVICE_SECRET, sub="invoicing_service:recurring", scopes=["operator"])
+    assert verifier.verify(service).sub == "invoicing_service:recurring"
+    with pytest.raises(TokenRejected):
+        verifier.verify(operator_token())
+    assert verifier.verify(rs256_token(rsa_key)).sub
+    with pytest.raises(TokenRejected):
+        JwtVerifier(None, jwks_url=jwks_url).verify(service)
+
+
+def test_without_jwks_both_the_secret_and_the_service_secret_sign_tokens() -> None:
+    verifier = JwtVerifier(SECRET, service_secret=SERVICE_SECRET)
+    assert verifier.verify(operator_token()).sub == "op-1"
+    assert verifier.verify(mint_token(SERVICE_SECRET, sub="svc", scopes=["operator"])).sub == "svc"
+    with pytest.raises(TokenRejected):
+        verifier.verify(mint_token("o" * 40, sub="forged", scopes=["operator"]))
+
+
 def test_unreachable_jwks_is_503_not_401() -> None:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

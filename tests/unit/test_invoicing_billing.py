@@ -65,3 +65,15 @@ def test_production_refuses_the_development_supplier_vat_number() -> None:
     settings = load(SPEC, {**env, "SUPPLIER_VAT_NUMBER": "GB123456789"})
     assert isinstance(settings, InvoicingSettings)
     assert settings.supplier_vat_number == "GB123456789"
+
+
+def test_with_jwks_renewals_need_the_service_secret_to_sign_their_calls_to_the_ledger() -> None:
+    from invoicing_service.main import SPEC
+
+    env = {"DATABASE_URL": "postgresql://x@localhost/db", "NATS_URL": "nats://localhost:4222",
+           "JWT_JWKS_URL": "https://idp.example.com/.well-known/jwks.json"}
+    with pytest.raises(SettingsError, match="JWT_SERVICE_SECRET"):
+        load(SPEC, env)
+    settings = load(SPEC, {**env, "JWT_SERVICE_SECRET": "v" * 40})
+    assert isinstance(settings, InvoicingSettings)
+    assert settings.service_token_secret == "v" * 40
