@@ -33,7 +33,13 @@ import psycopg
 from bench import infra
 from bench.accounts import open_prepay_accounts
 from contracts.http.ledger import FeeView
-from invoicing_service.recurring.app.ledger import Charged, ChargeOutcome, FeeRequest, LedgerCharges
+from invoicing_service.recurring.app.ledger import (
+    Charged,
+    ChargeOutcome,
+    CreditOutcome,
+    FeeRequest,
+    LedgerCharges,
+)
 from invoicing_service.recurring.app.renewals import Renewals
 from invoicing_service.recurring.domain import month_start, next_period, period_of
 from services.database import apply_migrations, conninfo, create_pool
@@ -51,6 +57,10 @@ class InstantLedger:
 
     async def charge_many(self, fees: Sequence[FeeRequest]) -> list[ChargeOutcome]:
         return [self.charge(fee) for fee in fees]
+
+    async def credit(self, account_id: uuid.UUID, key: str, amount: str, memo: str
+                     ) -> CreditOutcome:
+        raise NotImplementedError("renewals never credit")
 
     def charge(self, fee: FeeRequest) -> ChargeOutcome:
         return Charged(FeeView(

@@ -38,6 +38,7 @@ from invoicing_service.recurring.app import announce
 from invoicing_service.recurring.app.ledger import (
     Charged,
     ChargeOutcome,
+    CreditOutcome,
     FeeRequest,
     Refused,
     Rejected,
@@ -73,6 +74,9 @@ class LedgerPort(Protocol):
     """What renewals need of the ledger (LedgerCharges; a fake in tests)."""
 
     async def charge_many(self, fees: Sequence[FeeRequest]) -> list[ChargeOutcome]: ...
+
+    async def credit(self, account_id: UUID, key: str, amount: str, memo: str
+                     ) -> CreditOutcome: ...
 
 
 def items_sql(text: str) -> sql.Composed:
@@ -173,9 +177,9 @@ class Renewals:
     async def products(self, conn: Conn) -> dict[str, RecurringProduct]:
         if self._products is None:
             cursor = await conn.execute(
-                "SELECT product_key, setup_product, prorate FROM recurring_products"
-                " WHERE kind = 'monthly'")
-            self._products = {row[0]: RecurringProduct(row[0], row[1], row[2])
+                "SELECT product_key, setup_product, prorate, plan_change"
+                " FROM recurring_products WHERE kind = 'monthly'")
+            self._products = {row[0]: RecurringProduct(row[0], row[1], row[2], row[3])
                               for row in await cursor.fetchall()}
         return self._products
 
@@ -443,7 +447,7 @@ class Renewals:
         for item, charge, outcome in charged:
             fee = outcome.fee
             updates.append((fee.entry_id, fee.amount, fee.currency, fee.occurred_at,
-                            item.item_id, charge.period))
+                            fee.unit_price, item.item_id, charge.period))
             history.append((item.item_id, item.account_id, "charged", Jsonb({
                 "period": charge.period, "entry_id": fee.entry_id, "amount": fee.amount,
                 "currency": fee.currency}), now))
@@ -460,8 +464,8 @@ class Renewals:
         async with conn.cursor() as cur:
             await cur.executemany(
                 "UPDATE recurring_charges SET status = 'charged', attempts = attempts + 1,"
-                " entry_id = %s, amount = %s, currency = %s, charged_at = %s, last_error = NULL"
-                " WHERE item_id = %s AND period = %s", updates)
+                " entry_id = %s, amount = %s, currency = %s, charged_at = %s, unit_price = %s,"
+                " last_error = NULL WHERE item_id = %s AND period = %s", updates)
             await cur.executemany(
                 "INSERT INTO recurring_item_events (item_id, account_id, kind, data,"
                 " occurred_at) VALUES (%s, %s, %s, %s, %s)", history)
