@@ -40,3 +40,8 @@ CREATE TABLE IF NOT EXISTS recurring_plan_changes (
 );
 CREATE INDEX IF NOT EXISTS recurring_plan_changes_by_item
     ON recurring_plan_changes (item_id, created_at);
+
+-- The renewal run walks the pending charges in account order (an account's items share a
+-- batch and a ledger call).
+CREATE INDEX IF NOT EXISTS recurring_charges_pending_by_account
+    ON recurring_charges (account_id, item_id) WHERE status = 'pending';
