@@ -24,7 +24,6 @@ import msgspec
 import psycopg
 import structlog
 from psycopg import sql
-from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
 from contracts.http.ledger import CHARGES_PER_BATCH_MAX
@@ -55,7 +54,6 @@ from invoicing_service.recurring.domain import (
     period_of,
     suspend_after,
 )
-from services.outbox import message_id
 
 log = structlog.get_logger(__name__)
 
@@ -80,6 +78,7 @@ LEDGER_BATCH_MAX: Final = CHARGES_PER_BATCH_MAX
 # the ledger, another reads, locks and records. Each holds one pooled connection.
 COLLECTORS_DEFAULT: Final = 2
 NIL_UUID: Final = UUID(int=0)
+_json_encoder = msgspec.json.Encoder()
 ERROR_TEXT_MAX: Final = 500
 
 
@@ -531,16 +530,25 @@ class Renewals:
     async def _record_charged(self, conn: Conn,
                               charged: Sequence[tuple[Item, DueCharge, Charged]],
                               now: datetime) -> None:
+        """The batch's charged outcomes in three set-based statements (charge rows, history,
+        outbox), each over arrays: no per-row round trip or statement."""
         if not charged:
             return
-        updates, history, messages = [], [], []
+        item_ids, account_ids, periods, entry_ids, amounts, currencies = [], [], [], [], [], []
+        charged_ats, unit_prices, history, msg_ids, payloads = [], [], [], [], []
+        encode = _json_encoder.encode
         for item, charge, outcome in charged:
             fee = outcome.fee
-            updates.append((fee.entry_id, fee.amount, fee.currency, fee.occurred_at,
-                            fee.unit_price, item.item_id, charge.period))
-            history.append((item.item_id, item.account_id, "charged", Jsonb({
-                "period": charge.period, "entry_id": fee.entry_id, "amount": fee.amount,
-                "currency": fee.currency}), now))
+            item_ids.append(item.item_id)
+            account_ids.append(item.account_id)
+            periods.append(charge.period)
+            entry_ids.append(fee.entry_id)
+            amounts.append(fee.amount)
+            currencies.append(fee.currency)
+            charged_ats.append(fee.occurred_at)
+            unit_prices.append(fee.unit_price)
+            history.append(encode({"period": charge.period, "entry_id": fee.entry_id,
+                                   "amount": fee.amount, "currency": fee.currency}).decode())
             message = RecurringCharged(
                 event_id=f"recurring.charged:{item.item_id}:{charge.period}",
                 item_id=str(item.item_id), account_id=item.account_id, product=charge.product,
@@ -548,19 +556,25 @@ class Renewals:
                 entry_id=fee.entry_id, amount=fee.amount, currency=fee.currency,
                 charged_at=fee.occurred_at,
             )
-            messages.append((INVOICING_RECURRING_CHARGED,
-                             message_id(INVOICING_RECURRING_CHARGED, message),
-                             msgspec.json.encode(message)))
-        async with conn.cursor() as cur:
-            await cur.executemany(
-                "UPDATE recurring_charges SET status = 'charged', attempts = attempts + 1,"
-                " entry_id = %s, amount = %s, currency = %s, charged_at = %s, unit_price = %s,"
-                " last_error = NULL WHERE item_id = %s AND period = %s", updates)
-            await cur.executemany(
-                "INSERT INTO recurring_item_events (item_id, account_id, kind, data,"
-                " occurred_at) VALUES (%s, %s, %s, %s, %s)", history)
-            await cur.executemany(
-                "INSERT INTO outbox (subject, msg_id, payload) VALUES (%s, %s, %s)", messages)
+            msg_ids.append(message.event_id)  # the subject's Nats-Msg-Id field
+            payloads.append(encode(message))
+        await conn.execute(
+            "UPDATE recurring_charges c SET status = 'charged', attempts = c.attempts + 1,"
+            " entry_id = u.entry_id, amount = u.amount, currency = u.currency,"
+            " charged_at = u.charged_at, unit_price = u.unit_price, last_error = NULL"
+            " FROM unnest(%s::uuid[], %s::text[], %s::text[], %s::text[], %s::text[],"
+            " %s::timestamptz[], %s::text[]) AS u(item_id, period, entry_id, amount, currency,"
+            " charged_at, unit_price) WHERE c.item_id = u.item_id AND c.period = u.period",
+            (item_ids, periods, entry_ids, amounts, currencies, charged_ats, unit_prices))
+        await conn.execute(
+            "INSERT INTO recurring_item_events (item_id, account_id, kind, data, occurred_at)"
+            " SELECT h.item_id, h.account_id, 'charged', h.data::jsonb, %s"
+            " FROM unnest(%s::uuid[], %s::uuid[], %s::text[]) AS h(item_id, account_id, data)",
+            (now, item_ids, account_ids, history))
+        await conn.execute(
+            "INSERT INTO outbox (subject, msg_id, payload)"
+            " SELECT %s, m.msg_id, m.payload FROM unnest(%s::text[], %s::bytea[])"
+            " AS m(msg_id, payload)", (INVOICING_RECURRING_CHARGED, msg_ids, payloads))
         await conn.execute("SELECT pg_notify(%s, '')", (announce.OUTBOX_CHANNEL,))
 
     async def _record_refused(self, conn: Conn, item: Item, charge: DueCharge,
