@@ -144,6 +144,7 @@ async def renew(url: str, ledger: Any, today: date, *, concurrency: int,
         started = time.perf_counter()
         planned = await renewals.plan(today)
         planned_s = time.perf_counter() - started
+        plan_report = cpu.stop()  # the planning alone: the meter keeps counting from start
         counts = await renewals.charge_due(today, renewals.clock())
         elapsed_s = time.perf_counter() - started
         report = cpu.stop()
@@ -159,6 +160,8 @@ async def renew(url: str, ledger: Any, today: date, *, concurrency: int,
             "refused": counts.refused, "failed": counts.failed,
             "plan_s": round(planned_s, 2), "elapsed_s": round(elapsed_s, 2),
             "renewals_per_s": round(counts.charged / elapsed_s, 1) if elapsed_s else None,
+            "plan_cpu_ms_per_item": {name: round(1000 * cpu_s / max(planned, 1), 3)
+                                     for name, cpu_s in plan_report.cpu_s_by_group.items()},
             "cpu_ms_per_renewal": {name: round(1000 * cpu_s / max(counts.charged, 1), 3)
                                    for name, cpu_s in report.cpu_s_by_group.items()},
             "cpu": report.as_dict()}
