@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import resource
 import time
 import uuid
@@ -28,12 +29,20 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import psutil
 import psycopg
 
 from bench import infra
 from bench.accounts import open_prepay_accounts
+from bench.cpu import CpuMeter
 from contracts.http.ledger import FeeView
-from invoicing_service.recurring.app.ledger import Charged, ChargeOutcome, FeeRequest, LedgerCharges
+from invoicing_service.recurring.app.ledger import (
+    Charged,
+    ChargeOutcome,
+    CreditOutcome,
+    FeeRequest,
+    LedgerCharges,
+)
 from invoicing_service.recurring.app.renewals import Renewals
 from invoicing_service.recurring.domain import month_start, next_period, period_of
 from services.database import apply_migrations, conninfo, create_pool
@@ -51,6 +60,10 @@ class InstantLedger:
 
     async def charge_many(self, fees: Sequence[FeeRequest]) -> list[ChargeOutcome]:
         return [self.charge(fee) for fee in fees]
+
+    async def credit(self, account_id: uuid.UUID, key: str, amount: str, memo: str
+                     ) -> CreditOutcome:
+        raise NotImplementedError("renewals never credit")
 
     def charge(self, fee: FeeRequest) -> ChargeOutcome:
         return Charged(FeeView(
@@ -94,8 +107,30 @@ def reset(url: str, previous: str) -> None:
         conn.execute("CHECKPOINT")
 
 
+def children_of(pid: int) -> list[int]:
+    """The ledger's own child processes (its followers: publisher and projections)."""
+    try:
+        return [child.pid for child in psutil.Process(pid).children(recursive=True)]
+    except psutil.Error:
+        return []
+
+
+def meter(url: str, ledger_pid: int | None) -> CpuMeter:
+    database = psycopg.conninfo.conninfo_to_dict(url)["dbname"]
+    """CPU seconds of the invoicing side (this process: Renewals), its PostgreSQL backends,
+    and the ledger's process and followers when it runs."""
+    groups: dict[str, Any] = {
+        "invoicing (bench process)": lambda: [os.getpid()],
+        "postgres backends": lambda: infra.backend_pids(url, str(database)),
+    }
+    if ledger_pid is not None:
+        groups["ledger (HTTP + writer)"] = lambda: [ledger_pid]
+        groups["ledger followers"] = lambda: children_of(ledger_pid)
+    return CpuMeter(groups)
+
+
 async def renew(url: str, ledger: Any, today: date, *, concurrency: int,
-                batch_size_max: int) -> dict[str, Any]:
+                batch_size_max: int, ledger_pid: int | None = None) -> dict[str, Any]:
     pool = create_pool(url, "invoicing", max_size=4, name="bench-renewals")
     await pool.open(wait=True)
     try:
@@ -104,11 +139,15 @@ async def renew(url: str, ledger: Any, today: date, *, concurrency: int,
                             concurrency=concurrency,
                             clock=lambda: datetime.combine(today, datetime.min.time(), UTC)
                             + timedelta(hours=1))
+        cpu = meter(url, ledger_pid)
+        cpu.start()
         started = time.perf_counter()
         planned = await renewals.plan(today)
         planned_s = time.perf_counter() - started
+        plan_report = cpu.stop()  # the planning alone: the meter keeps counting from start
         counts = await renewals.charge_due(today, renewals.clock())
         elapsed_s = time.perf_counter() - started
+        report = cpu.stop()
         async with pool.connection() as conn:
             cursor = await conn.execute(
                 "SELECT count(*) FROM recurring_charges WHERE status = 'charged'"
@@ -120,7 +159,12 @@ async def renew(url: str, ledger: Any, today: date, *, concurrency: int,
     return {"planned": planned, "charged": counts.charged, "charged_rows": charged,
             "refused": counts.refused, "failed": counts.failed,
             "plan_s": round(planned_s, 2), "elapsed_s": round(elapsed_s, 2),
-            "renewals_per_s": round(counts.charged / elapsed_s, 1) if elapsed_s else None}
+            "renewals_per_s": round(counts.charged / elapsed_s, 1) if elapsed_s else None,
+            "plan_cpu_ms_per_item": {name: round(1000 * cpu_s / max(planned, 1), 3)
+                                     for name, cpu_s in plan_report.cpu_s_by_group.items()},
+            "cpu_ms_per_renewal": {name: round(1000 * cpu_s / max(counts.charged, 1), 3)
+                                   for name, cpu_s in report.cpu_s_by_group.items()},
+            "cpu": report.as_dict()}
 
 
 def ledger_peak_rss_mib(pid: int) -> float | None:
@@ -141,11 +185,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--batch", type=int, default=500)
     parser.add_argument("--baseline-only", action="store_true")
+    parser.add_argument("--profile", action="store_true",
+                        help="py-spy the ledger process during the run through it")
+    parser.add_argument("--database", default=DATABASE,
+                        help="a database of its own (dropped and created)")
+    parser.add_argument("--out", default=NAME, help="results file name (bench/results/)")
     args = parser.parse_args(argv)
 
     this_period = period_of(date.today())
     today = month_start(next_period(this_period))  # the 1st of next month
-    url = infra.recreate_database(DATABASE)
+    url = infra.recreate_database(args.database)
     ledger = infra.open_ledger(url)
     try:
         accounts = open_prepay_accounts(ledger, args.accounts, CREDIT_MICROS)
@@ -173,11 +222,20 @@ def main(argv: list[str] | None = None) -> int:
             async def through_ledger() -> dict[str, Any]:
                 try:
                     return await renew(url, charges, today, concurrency=args.concurrency,
-                                       batch_size_max=args.batch)
+                                       batch_size_max=args.batch, ledger_pid=service.pid)
                 finally:
                     await charges.aclose()
 
-            result["ledger"] = asyncio.run(through_ledger())
+            profilers = [infra.Profiler(service.pid, f"{args.out}-ledger"),
+                         infra.Profiler(os.getpid(), f"{args.out}-invoicing")] \
+                if args.profile else []
+            for profiler in profilers:
+                profiler.start()
+            try:
+                result["ledger"] = asyncio.run(through_ledger())
+            finally:
+                for profiler in profilers:
+                    profiler.stop()
             result["ledger"]["ledger_peak_rss_mib"] = ledger_peak_rss_mib(service.pid)
         print(f"renewals: through the ledger {result['ledger']}", flush=True)
     result["bench_peak_rss_mib"] = round(
@@ -185,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     ok = all(run["charged_rows"] == args.items for key, run in result.items()
              if key in ("baseline", "ledger"))
     infra.RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    (infra.RESULTS_DIR / f"{NAME}.json").write_text(json.dumps(result, indent=2) + "\n")
+    (infra.RESULTS_DIR / f"{args.out}.json").write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
     return 0 if ok else 1
 

@@ -189,6 +189,40 @@ class ChangeRecurringPlan(Struct, frozen=True, kw_only=True):
     quantity: Annotated[int, Meta(ge=1, le=1_000_000)] | None = None
 
 
+class ChangeRecurringItem(Struct, frozen=True, kw_only=True):
+    """POST /v1/recurring-items/{item_id}/change (operator, Idempotency-Key): a new product
+    or quantity, from the next calendar month (`next_period`) or at once with proration
+    (`now`: the unused days of the current plan are credited back and the new plan is
+    charged for the rest of the month, each by days). Absent `effective`: the product's
+    setting (next_period unless the product says otherwise)."""
+
+    product: Annotated[ProductKey | None, Meta(description="Absent: the same product")] = None
+    quantity: Annotated[int, Meta(ge=1, le=1_000_000)] | None = None
+    effective: Literal["now", "next_period"] | None = None
+
+
+class PlanChangeView(Struct, frozen=True, kw_only=True):
+    """An immediate plan change: the credit of the unused days of the plan left and the
+    charge of the new plan for the rest of the month, each a ledger entry."""
+
+    change_id: str
+    period: BillingPeriod
+    effective_on: date
+    from_product: ProductKey
+    from_quantity: int
+    to_product: ProductKey
+    to_quantity: int
+    credit: Amount
+    credit_entry_id: EntryId | None = None
+    amount: Annotated[Amount, Meta(description="The new plan's charge for the rest of the month")]
+    entry_id: EntryId
+    unit_price: Amount
+    currency: Currency
+    days: int | None = None
+    days_in_period: int | None = None
+    changed_at: Timestamp
+
+
 class PendingPlanChange(Struct, frozen=True, kw_only=True):
     product: ProductKey
     quantity: int
@@ -223,6 +257,9 @@ class RecurringItemView(Struct, frozen=True, kw_only=True):
     pending_change: PendingPlanChange | None = None
     created_at: Timestamp
     charges: Annotated[list[RecurringChargeView], Meta(max_length=RECURRING_CHARGES_MAX)]
+    plan_changes: Annotated[list[PlanChangeView], Meta(
+        max_length=RECURRING_CHARGES_MAX,
+        description="Immediate plan changes, oldest first")] = []
 
 
 class RecurringItemsPage(Struct, frozen=True, kw_only=True):

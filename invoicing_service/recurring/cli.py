@@ -4,6 +4,7 @@
     python -m invoicing_service.recurring.cli list ACCOUNT
     python -m invoicing_service.recurring.cli cancel ITEM --at period_end
     python -m invoicing_service.recurring.cli change-plan ITEM --quantity 3
+    python -m invoicing_service.recurring.cli change ITEM --product vmn --quantity 2 --effective now
     python -m invoicing_service.recurring.cli run [--as-of 2027-01-01]
 
 INVOICING_URL (default http://127.0.0.1:8003) and JWT_SECRET (the services' secret: the tool
@@ -118,6 +119,27 @@ def change_plan(item: uuid.UUID, product: str = "", quantity: int = 0) -> None:
     if quantity:
         body["quantity"] = quantity
     _print_items([_call("POST", f"/v1/recurring-items/{item}/plan-change", json=body)])
+
+
+@app.command()
+def change(item: uuid.UUID, product: str = "", quantity: int = 0,
+           effective: Annotated[str, typer.Option(
+               help="now (prorated credit and charge) or next_period; default: the"
+                    " product's setting")] = "",
+           key: Annotated[str, typer.Option(help="Idempotency-Key; default derived from the item,"
+                                                  " the change and the day")] = ""
+           ) -> None:
+    """Change product or quantity, at once with proration or from next month."""
+    body: dict[str, Any] = {}
+    if product:
+        body["product"] = product
+    if quantity:
+        body["quantity"] = quantity
+    if effective:
+        body["effective"] = effective
+    _print_items([_call("POST", f"/v1/recurring-items/{item}/change", json=body,
+                        headers={"Idempotency-Key": key or f"cli:change:{item}:{product}:{quantity}:"
+                                                     f"{effective}:{date.today()}"[:128]})])
 
 
 @app.command()

@@ -59,11 +59,39 @@ class ItemCancelled(RecurringError):
     code = "item_cancelled"
 
 
+class InsufficientFunds(RecurringError):
+    """The ledger refused the new plan's charge for funds: nothing changed."""
+
+    code = "insufficient_funds"
+
+
+class LedgerRefusal(RecurringError):
+    """The ledger will not take a charge or credit as sent (unknown account or product,
+    closed account)."""
+
+    code = "ledger_refused"
+
+
+class LedgerUnavailable(RecurringError):
+    """The ledger could not be reached: retry with the same Idempotency-Key."""
+
+    code = "ledger_unavailable"
+
+
+class ItemNotChangeable(RecurringError):
+    """An immediate plan change needs an item in service whose current month is paid:
+    not suspended, not past due, not ended, its month charged."""
+
+    code = "item_not_changeable"
+
+
 @dataclass(frozen=True, slots=True)
 class RecurringProduct:
     key: str
     setup_product: str | None
     prorate: bool
+    # when a plan change takes effect if the request does not say: "next_period" or "now"
+    plan_change: Literal["next_period", "now"] = "next_period"
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,6 +210,58 @@ def cancellation_end(at: Literal["now", "period_end"], today: date, starts_on: d
     else:
         end = month_end(period_of(max(today, starts_on)))
     return end if ends_on is None else min(end, ends_on)
+
+
+def prorated_micros(unit_price_micros: int, quantity: int, days: int | None,
+                    days_in_period: int | None) -> int:
+    """The ledger's documented rule (docs/recurring.md): unit x quantity x days /
+    days_in_period, rounded half up to a micro-unit; no days: the whole price. The ledger
+    prices every charge with it; the credit of an immediate plan change needs it here."""
+    whole = unit_price_micros * quantity
+    if days is None or days_in_period is None:
+        return whole
+    return (2 * whole * days + days_in_period) // (2 * days_in_period)
+
+
+@dataclass(frozen=True, slots=True)
+class Segment:
+    """What the item was last charged for the current month: the month's charge, or the
+    charge of the last immediate plan change in it (from its day to the month's end)."""
+
+    product: RecurringProduct
+    quantity: int
+    unit_price_micros: int
+    amount_micros: int  # what the ledger charged for it
+    starts_on: date  # its first day of service in the month
+
+
+@dataclass(frozen=True, slots=True)
+class ImmediateChange:
+    """A plan change from `today` on: the segment's unused part credited back, the new plan
+    charged for the rest of the month, both prorated by month_charge's days."""
+
+    credit_micros: int
+    used: PlannedCharge | None  # the segment's days before today (None: none used)
+    charge: PlannedCharge  # the new plan from today to the month's end (or ends_on)
+
+
+def immediate_change(segment: Segment, product: RecurringProduct, quantity: int,
+                     today: date, ends_on: date | None) -> ImmediateChange:
+    """The credit is the segment's charge less what its used days cost at its own unit
+    price (never negative): so the month costs exactly the old plan's days plus the new
+    plan's days, each prorated and rounded by the one rule, however many changes it sees.
+    A product charged whole (`prorate` off) used any day of it: no credit."""
+    period = period_of(today)
+    if ends_on is not None and ends_on < today:
+        raise ItemNotChangeable("the item's service has ended")
+    used = None if today <= segment.starts_on else month_charge(
+        segment.product, segment.quantity, period, segment.starts_on, today - timedelta(days=1))
+    used_micros = 0 if used is None else prorated_micros(
+        segment.unit_price_micros, segment.quantity, used.days, used.days_in_period)
+    charge = month_charge(product, quantity, period, today, ends_on)
+    assert charge is not None  # today is in the month and not past ends_on
+    return ImmediateChange(credit_micros=max(0, segment.amount_micros - used_micros),
+                           used=used, charge=charge)
 
 
 def charge_key(item_id: str, period: str) -> str:

@@ -17,6 +17,7 @@ from litestar.params import FromPath, HeaderParameter, JSONBody
 
 from contracts.http.invoicing import (
     CancelRecurringItem,
+    ChangeRecurringItem,
     ChangeRecurringPlan,
     CreateRecurringItem,
     RecurringItemsPage,
@@ -28,9 +29,13 @@ from contracts.ids import KEY_LENGTH_MAX
 from invoicing_service.recurring.app.items import ConflictingIdempotencyKey, RecurringItems, request_hash
 from invoicing_service.recurring.app.renewals import Renewals
 from invoicing_service.recurring.domain import (
+    InsufficientFunds,
     InvalidItem,
     ItemCancelled,
+    ItemNotChangeable,
     ItemNotFound,
+    LedgerRefusal,
+    LedgerUnavailable,
     ReferenceInUse,
     UnknownProduct,
 )
@@ -54,6 +59,10 @@ EXCEPTION_STATUSES: Final[dict[type[Exception], tuple[int, str]]] = {
     ItemNotFound: (404, "not-found"),
     ItemCancelled: (409, "item-cancelled"),
     ConflictingIdempotencyKey: (409, "idempotency-key-reused"),
+    ItemNotChangeable: (409, "item-not-changeable"),
+    InsufficientFunds: (422, "insufficient-funds"),
+    LedgerRefusal: (422, "ledger-refused"),
+    LedgerUnavailable: (503, "ledger-unavailable"),
 }
 IdempotencyKey = Annotated[
     str,
@@ -133,6 +142,35 @@ async def change_plan(item_id: FromPath[UUID], data: JSONBody[ChangeRecurringPla
     return await svc.items.change_plan(item_id, data, principal.sub[:200])
 
 
+@post("/v1/recurring-items/{item_id:uuid}/change",
+      summary="Change product or quantity, from next month or at once with proration",
+      description="`effective: next_period` as plan-change. `effective: now`: the unused days"
+      " of this month on the current plan are credited back (a ledger adjustment) and the new"
+      " plan is charged for today to the month's end (a ledger fee), both prorated by days as"
+      " for a start or an end, once per Idempotency-Key. Absent `effective`: the product's"
+      " setting. Refused with nothing written: unknown product, the same plan, a quantity"
+      " below 1, a cancelled, past-due or suspended item, the ledger refusing the new"
+      " charge for funds (422 insufficient-funds).",
+      status_code=200, **OPERATOR_ONLY,
+      responses={200: ResponseSpec(RecurringItemView, generate_examples=False,
+                                   description="The item with its charges and changes"),
+                 **problem_responses(400, 401, 403, 404, 409, 422, 503)})
+async def change_item(
+    request: Request[Any, Any, Any], item_id: FromPath[UUID],
+    data: JSONBody[ChangeRecurringItem], svc: RecurringServices,
+    principal: CurrentPrincipal, idempotency_key: IdempotencyKey,
+) -> Response[bytes]:
+    if not _KEY.fullmatch(idempotency_key):
+        raise ValidationException(
+            detail="Idempotency-Key must be 1-128 visible ASCII characters",
+            extra=[{"key": "Idempotency-Key", "message": "invalid key", "source": "header"}])
+    response, replayed = await svc.items.change(item_id, data, idempotency_key,
+                                                request_hash(await request.body()),
+                                                principal.sub[:200])
+    headers = {"Idempotent-Replayed": "true"} if replayed else {}
+    return Response(response, status_code=200, media_type=JSON, headers=headers)
+
+
 @post("/v1/recurring-runs", summary="Run the renewals now",
       description="What the scheduler does on its own every RECURRING_POLL_INTERVAL_S."
       " `as_of` (a day to run as if it were today) needs RECURRING_MANUAL_CLOCK=true,"
@@ -153,7 +191,8 @@ async def run_renewals(data: JSONBody[RecurringRunRequest],
 def router(services: RecurringServices) -> Router:
     return Router(
         path="/",
-        route_handlers=[create_item, list_items, cancel_item, change_plan, run_renewals],
+        route_handlers=[create_item, list_items, cancel_item, change_plan, change_item,
+                        run_renewals],
         dependencies={"svc": Provide(lambda: services, sync_to_thread=False)},
         tags=["recurring items"],
     )

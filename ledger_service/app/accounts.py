@@ -397,10 +397,13 @@ def charge_fees(ledger: Ledger, body: ChargeFees) -> bytes:
         now = ledger.clock()
         first = _charged_before(ledger, body.charges)
         results: list[FeeOutcome] = []
+        # The same key twice in one batch: the second answers the first (a dict, not a scan
+        # of the results: a batch of 500 made that 125,000 comparisons).
+        charged_now: dict[tuple[UUID, str], FeeView] = {}
         for fee in body.charges:
             known = first.get((f"{FEE_SCOPE}:{fee.account_id}", fee.charge_key))
             if known is None:
-                known = _charged_now(results, fee)
+                known = charged_now.get((fee.account_id, fee.charge_key))
             if known is not None:
                 results.append(FeeOutcome(charge_key=fee.charge_key, account_id=fee.account_id,
                                           outcome="charged", fee=known))
@@ -419,6 +422,7 @@ def charge_fees(ledger: Ledger, body: ChargeFees) -> bytes:
                                           outcome="rejected", status=status,
                                           problem_type=kind, detail=str(exc)[:500]))
             else:
+                charged_now[(fee.account_id, fee.charge_key)] = view
                 results.append(FeeOutcome(charge_key=fee.charge_key, account_id=fee.account_id,
                                           outcome="charged", fee=view))
         return FeeOutcomes(results=results)
@@ -434,15 +438,6 @@ def _charged_before(ledger: Ledger, fees: list[AccountFee]) -> dict[tuple[str, s
         ([f"{FEE_SCOPE}:{fee.account_id}" for fee in fees], [fee.charge_key for fee in fees]))
     return {(scope, key): msgspec.json.decode(bytes(response), type=FeeView)
             for scope, key, response in rows if response is not None}
-
-
-def _charged_now(results: list[FeeOutcome], fee: AccountFee) -> FeeView | None:
-    """The same key twice in one batch: the second answers the first."""
-    for earlier in results:
-        if earlier.charge_key == fee.charge_key and earlier.account_id == fee.account_id \
-                and earlier.fee is not None:
-            return earlier.fee
-    return None
 
 
 class _Charged(msgspec.Struct):

@@ -19,12 +19,14 @@ import psycopg
 from psycopg import sql
 from psycopg_pool import AsyncConnectionPool
 
-from contracts.http.ledger import FeeProration, FeeView
-from contracts.money import format_micros
+from contracts.http.ledger import FeeProration, FeeView, PostedView
+from contracts.money import format_micros, to_micros
 from invoicing_service.recurring.app.items import RecurringItems
 from invoicing_service.recurring.app.ledger import (
     Charged,
     ChargeOutcome,
+    Credited,
+    CreditOutcome,
     FeeRequest,
     Refused,
     Unavailable,
@@ -87,6 +89,20 @@ class ModelLedger:
             proration=FeeProration(days=fee.days, days_in_period=fee.days_in_period)
             if fee.days is not None and fee.days_in_period is not None else None,
             balance_after="0", occurred_at=datetime.now(UTC)))
+
+
+    async def credit(self, account_id: UUID, key: str, amount: str, memo: str
+                     ) -> CreditOutcome:
+        """As the ledger's adjustment (credit): once per key."""
+        micros = to_micros(amount)
+        if key not in self.entries:
+            if account_id in self.prepay:
+                self.prepay[account_id] += micros
+            self.entries[key] = (account_id, -micros)
+        return Credited(PostedView(
+            entry_id=str(uuid.uuid5(account_id, key)), account_id=account_id,
+            kind="adjustment", amount=amount, currency="GBP", balance_after="0",
+            occurred_at=datetime.now(UTC)))
 
 
 @dataclass

@@ -153,6 +153,65 @@ def test_the_operator_cli_adds_lists_and_cancels(api: httpx.Client,
     assert listed.exit_code == 0, listed.output
     (item,) = json.loads(listed.output)["items"]
     assert item["product"] == "shortcode_keyword"
+    changed = runner.invoke(app, ["change", item["item_id"], "--quantity", "2",
+                                  "--effective", "now"])
+    assert changed.exit_code == 0, changed.output
     assert runner.invoke(app, ["cancel", item["item_id"], "--at", "now"]).exit_code == 0
     refused = runner.invoke(app, ["add", account, "nope", "X1", "--starts-on", LATER])
     assert refused.exit_code == 1 and "unknown-product" in refused.output
+
+
+def change(api: httpx.Client, item_id: str, key: str | None = "change-1",
+           **body: Any) -> httpx.Response:
+    headers = {**OPERATOR, **({"Idempotency-Key": key} if key else {})}
+    return api.post(f"/v1/recurring-items/{item_id}/change", json=body, headers=headers)
+
+
+@pytest.mark.parametrize("body, key, status, type_end", [
+    ({"product": "nope", "effective": "now"}, "k", 422, "unknown-product"),
+    ({"quantity": 1, "effective": "now"}, "k", 422, "invalid-item"),  # the same plan
+    ({"effective": "now"}, "k", 422, "invalid-item"),  # nothing to change
+    ({"quantity": 0, "effective": "now"}, "k", 400, None),
+    ({"quantity": -2, "effective": "now"}, "k", 400, None),
+    ({"quantity": 2, "effective": "soon"}, "k", 400, None),
+    ({"quantity": 2, "effective": "now"}, None, 400, None),  # no Idempotency-Key
+])
+def test_bad_plan_changes_are_refused_with_problems_and_nothing_written(
+        api: httpx.Client, body: dict[str, Any], key: str | None, status: int,
+        type_end: str | None) -> None:
+    account = str(uuid.uuid4())
+    item = create(api, account).json()
+    assert_problem(change(api, item["item_id"], key, **body), status, type_end)
+    (after,) = items(api, account)
+    assert (after["product"], after["quantity"], after["plan_changes"]) == ("vmn", 1, [])
+
+
+def test_a_plan_change_of_a_cancelled_or_unknown_item_is_refused(api: httpx.Client) -> None:
+    account = str(uuid.uuid4())
+    item = create(api, account).json()
+    assert api.post(f"/v1/recurring-items/{item['item_id']}/cancel", json={"at": "now"},
+                    headers=OPERATOR).status_code == 200
+    assert_problem(change(api, item["item_id"], quantity=2, effective="now"), 409,
+                   "item-cancelled")
+    assert_problem(change(api, str(uuid.uuid4()), quantity=2, effective="now"), 404)
+    portal_token = portal(account)
+    assert api.post(f"/v1/recurring-items/{item['item_id']}/change", json={"quantity": 2},
+                    headers={**portal_token, "Idempotency-Key": "p"}).status_code == 403
+
+
+def test_a_plan_change_before_the_start_applies_at_once_and_replays_by_key(
+        api: httpx.Client) -> None:
+    account = str(uuid.uuid4())
+    item = create(api, account).json()
+    first = change(api, item["item_id"], "up", product="shortcode_keyword", quantity=3,
+                   effective="now")
+    assert first.status_code == 200, first.text
+    assert (first.json()["product"], first.json()["quantity"]) == ("shortcode_keyword", 3)
+    again = change(api, item["item_id"], "up", product="shortcode_keyword", quantity=3,
+                   effective="now")
+    assert again.json() == first.json() and again.headers["Idempotent-Replayed"] == "true"
+    assert_problem(change(api, item["item_id"], "up", quantity=4, effective="now"), 409,
+                   "idempotency-key-reused")
+    later = change(api, item["item_id"], "down", quantity=1)  # the product's default
+    assert later.status_code == 200, later.text
+    assert later.json()["pending_change"]["quantity"] == 1

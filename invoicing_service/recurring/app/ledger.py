@@ -23,12 +23,14 @@ import structlog
 from contracts.http.ledger import (
     CHARGES_PER_BATCH_MAX,
     AccountFee,
+    Adjustment,
     ChargeFee,
     ChargeFees,
     FeeOutcome,
     FeeOutcomes,
     FeeProration,
     FeeView,
+    PostedView,
 )
 from services.backoff import Backoff
 from services.http import mint_token
@@ -67,6 +69,14 @@ class Unavailable:
 
 
 ChargeOutcome = Charged | Refused | Rejected | Unavailable
+
+
+@dataclass(frozen=True, slots=True)
+class Credited:
+    entry: PostedView
+
+
+CreditOutcome = Credited | Rejected | Unavailable
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,6 +169,35 @@ class LedgerCharges:
             if attempt < self._attempts_max:
                 log.info("recurring.ledger_retry", attempt=attempt, detail=detail,
                          charge_key=fee.charge_key)
+                await asyncio.sleep(backoff.next_wait_s())
+        return Unavailable(detail)
+
+
+    async def credit(self, account_id: UUID, key: str, amount: str, memo: str
+                     ) -> CreditOutcome:
+        """Credit the account (POST /v1/accounts/{id}/adjustments, direction credit) once per
+        key: the ledger answers a repeat of the key and body with the first entry. The
+        statement shows it as an adjustment whose memo names the item's reference."""
+        body = msgspec.json.encode(Adjustment(direction="credit", amount=amount, memo=memo))
+        backoff = Backoff(self._retry_initial_s, self._retry_max_s)
+        detail = ""
+        for attempt in range(1, self._attempts_max + 1):
+            try:
+                response = await self._client.post(
+                    f"/v1/accounts/{account_id}/adjustments", content=body,
+                    headers={"Authorization": self._bearer(), "Idempotency-Key": key,
+                             "Content-Type": "application/json"})
+            except httpx.HTTPError as exc:
+                detail = f"{type(exc).__name__}: {exc}"[:ERROR_TEXT_MAX]
+            else:
+                status = response.status_code
+                if status in (200, 201):
+                    return Credited(msgspec.json.decode(response.content, type=PostedView))
+                if status < 500 and status not in (401, 403, 429):
+                    return Rejected(status, response.text[:ERROR_TEXT_MAX])
+                detail = f"ledger answered {status}"
+            if attempt < self._attempts_max:
+                log.info("recurring.ledger_retry", attempt=attempt, detail=detail, key=key)
                 await asyncio.sleep(backoff.next_wait_s())
         return Unavailable(detail)
 

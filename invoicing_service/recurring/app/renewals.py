@@ -24,9 +24,9 @@ import msgspec
 import psycopg
 import structlog
 from psycopg import sql
-from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
+from contracts.http.ledger import CHARGES_PER_BATCH_MAX
 from contracts.invoicing import (
     RecurringCharged,
     RecurringPastDue,
@@ -38,6 +38,7 @@ from invoicing_service.recurring.app import announce
 from invoicing_service.recurring.app.ledger import (
     Charged,
     ChargeOutcome,
+    CreditOutcome,
     FeeRequest,
     Refused,
     Rejected,
@@ -48,10 +49,11 @@ from invoicing_service.recurring.domain import (
     RecurringProduct,
     charge_key,
     charges_due_with_change,
+    month_end,
+    month_start,
     period_of,
     suspend_after,
 )
-from services.outbox import message_id
 
 log = structlog.get_logger(__name__)
 
@@ -64,8 +66,19 @@ ITEM_COLUMNS: Final = ("item_id, account_id, product, quantity, reference, start
 UNAVAILABLE_WAIT_S_INITIAL: Final = 30
 UNAVAILABLE_WAIT_S_MAX: Final = 3600
 PLAN_BATCH_SIZE_MAX: Final = 1_000
-# Fees per call of the ledger's POST /v1/charges: a batch is one transaction there.
-LEDGER_BATCH_MAX: Final = 250
+# Items the set-based planner takes per statement (and transaction): the month's renewal
+# of items that simply go on (the common case on the 1st) is planned in SQL, without
+# loading the items here.
+PLAN_SET_BATCH_SIZE_MAX: Final = 10_000
+# Fees per call of the ledger's POST /v1/charges: a batch is one transaction there (the
+# route takes up to CHARGES_PER_BATCH_MAX). An account's fees travel together (items are
+# collected in account order), so the ledger loads and saves it once per batch.
+LEDGER_BATCH_MAX: Final = CHARGES_PER_BATCH_MAX
+# Transactions of the renewal run in flight at once in one process: while one waits for
+# the ledger, another reads, locks and records. Each holds one pooled connection.
+COLLECTORS_DEFAULT: Final = 2
+NIL_UUID: Final = UUID(int=0)
+_json_encoder = msgspec.json.Encoder()
 ERROR_TEXT_MAX: Final = 500
 
 
@@ -73,6 +86,9 @@ class LedgerPort(Protocol):
     """What renewals need of the ledger (LedgerCharges; a fake in tests)."""
 
     async def charge_many(self, fees: Sequence[FeeRequest]) -> list[ChargeOutcome]: ...
+
+    async def credit(self, account_id: UUID, key: str, amount: str, memo: str
+                     ) -> CreditOutcome: ...
 
 
 def items_sql(text: str) -> sql.Composed:
@@ -130,6 +146,16 @@ class RunCounts:
 
 
 @dataclass(slots=True)
+class _Walk:
+    """The renewal run's position in the pending charges, shared by its collectors."""
+
+    account_id: UUID = NIL_UUID
+    item_id: UUID = NIL_UUID
+    done: bool = False
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
+@dataclass(slots=True)
 class Clock:
     """The scheduler's clock: real time shifted by RECURRING_CLOCK_OFFSET_S."""
 
@@ -142,8 +168,8 @@ class Clock:
 class Renewals:
     def __init__(self, pool: AsyncConnectionPool, ledger: LedgerPort, *, grace: timedelta,
                  retry_interval: timedelta, batch_size_max: int, concurrency: int,
-                 clock: Callable[[], datetime], on_commit: Callable[[], None] | None = None
-                 ) -> None:
+                 clock: Callable[[], datetime], on_commit: Callable[[], None] | None = None,
+                 collectors: int = COLLECTORS_DEFAULT) -> None:
         self.pool = pool
         self.ledger = ledger
         self.grace = grace
@@ -151,6 +177,7 @@ class Renewals:
         self.batch_size_max = batch_size_max
         self.clock = clock
         self._calls = asyncio.Semaphore(concurrency)
+        self.collectors = max(1, collectors)
         # called after each commit that enqueued messages: wakes the outbox relay
         self.committed: Callable[[], None] = on_commit or (lambda: None)
         self._products: dict[str, RecurringProduct] | None = None
@@ -173,21 +200,22 @@ class Renewals:
     async def products(self, conn: Conn) -> dict[str, RecurringProduct]:
         if self._products is None:
             cursor = await conn.execute(
-                "SELECT product_key, setup_product, prorate FROM recurring_products"
-                " WHERE kind = 'monthly'")
-            self._products = {row[0]: RecurringProduct(row[0], row[1], row[2])
+                "SELECT product_key, setup_product, prorate, plan_change"
+                " FROM recurring_products WHERE kind = 'monthly'")
+            self._products = {row[0]: RecurringProduct(row[0], row[1], row[2], row[3])
                               for row in await cursor.fetchall()}
         return self._products
 
     # ------------------------------------------------------------------ planning
 
     async def plan(self, today: date) -> int:
-        """Insert the charge rows due by `today` of every item not yet planned this month.
+        """Insert the charge rows due by `today` of every item not yet planned this month:
+        the items that simply go on in SQL (plan_month_set), then the others one by one.
 
         Walks the items once in id order (keyset): each batch is a range scan of the primary
         key, not a scan of every item from the start. Items another planner holds are
         skipped: it is planning them."""
-        planned = 0
+        planned = await self.plan_month_set(today)
         period = period_of(today)
         after = UUID(int=0)
         while True:
@@ -206,6 +234,44 @@ class Renewals:
                 await conn.execute(
                     "UPDATE recurring_items SET planned_through = %s WHERE item_id = ANY(%s)",
                     (period, [item.item_id for item in items]))
+
+    async def plan_month_set(self, today: date) -> int:
+        """The month's renewal of every item that planned last month and covers all of this
+        one, with no plan change pending: one whole-month charge row each, in one statement
+        per batch, as charges_due_with_change would plan it (no setup: it planned before;
+        the month whole: it started before it and does not end in it). The rest (catch-up,
+        starts, ends, plan changes) is left to the per-item planner."""
+        period = period_of(today)
+        first, last = month_start(period), month_end(period)
+        previous = period_of(first - timedelta(days=1))
+        planned = 0
+        after = UUID(int=0)
+        while True:
+            async with self.pool.connection() as conn, conn.transaction():
+                cursor = await conn.execute(
+                    "WITH batch AS ("
+                    " SELECT item_id, account_id, product, quantity FROM recurring_items"
+                    " WHERE item_id > %(after)s AND status <> 'cancelled'"
+                    " AND planned_through = %(previous)s AND pending_from IS NULL"
+                    " AND starts_on < %(first)s AND (ends_on IS NULL OR ends_on >= %(last)s)"
+                    " ORDER BY item_id LIMIT %(limit)s FOR UPDATE SKIP LOCKED),"
+                    " planned AS (INSERT INTO recurring_charges (item_id, period, account_id,"
+                    " product, quantity, due_on) SELECT item_id, %(period)s, account_id,"
+                    " product, quantity, %(first)s FROM batch"
+                    " ON CONFLICT (item_id, period) DO NOTHING RETURNING 1),"
+                    " marked AS (UPDATE recurring_items i SET planned_through = %(period)s"
+                    " FROM batch WHERE i.item_id = batch.item_id RETURNING 1)"
+                    " SELECT (SELECT count(*) FROM planned), (SELECT count(*) FROM marked),"
+                    " (SELECT max(item_id::text) FROM batch)",
+                    {"after": after, "previous": previous, "first": first, "last": last,
+                     "period": period, "limit": PLAN_SET_BATCH_SIZE_MAX})
+                row = await cursor.fetchone()
+            assert row is not None
+            inserted, marked, last_id = row
+            planned += int(inserted)
+            if not marked:
+                return planned
+            after = UUID(last_id)
 
     async def plan_items(self, conn: Conn, items: Sequence[Item], today: date) -> int:
         products = await self.products(conn)
@@ -249,34 +315,61 @@ class Renewals:
     # ------------------------------------------------------------------ charging
 
     async def charge_due(self, today: date, now: datetime) -> RunCounts:
-        """Charge the due renewals of active items, a batch of locked items at a time.
+        """Charge the due renewals of active items, a batch of locked items at a time, with
+        `collectors` batches in flight (each its own transaction).
 
-        Candidates come from the pending charges in item order (keyset, a partial index of
-        pending rows); those another scheduler holds are skipped (SKIP LOCKED) and the walk
-        moves on, so two schedulers share the work and neither waits for the other."""
+        Candidates come from the pending charges in account order (keyset over a partial
+        index of pending rows), so an account's items share a batch and a ledger call; those
+        another scheduler holds are skipped (SKIP LOCKED) and the walk moves on, so two
+        schedulers share the work and neither waits for the other."""
         counts = RunCounts()
-        after = UUID(int=0)
-        while True:
-            async with self.pool.connection() as conn, conn.transaction():
-                cursor = await conn.execute(
-                    "SELECT DISTINCT item_id FROM recurring_charges"
-                    " WHERE status = 'pending' AND item_id > %s AND due_on <= %s"
-                    " AND next_attempt_at <= %s ORDER BY item_id LIMIT %s",
-                    (after, today, now, self.batch_size_max))
-                candidates = [row[0] for row in await cursor.fetchall()]
+        walk = _Walk()
+
+        async def collector() -> None:
+            while True:
+                candidates = await self._next_candidates(walk, today, now)
                 if not candidates:
-                    return counts
-                after = candidates[-1]
-                cursor = await conn.execute(
-                    # cancelled: what was due up to the end is still owed
-                    items_sql("SELECT {columns} FROM recurring_items"
-                              " WHERE item_id = ANY(%s) AND status IN ('active', 'cancelled')"
-                              " ORDER BY item_id FOR UPDATE SKIP LOCKED"), (candidates,))
-                items = [Item.from_row(row) for row in await cursor.fetchall()]
+                    return
+                async with self.pool.connection() as conn, conn.transaction():
+                    cursor = await conn.execute(
+                        # cancelled: what was due up to the end is still owed
+                        items_sql("SELECT {columns} FROM recurring_items"
+                                  " WHERE item_id = ANY(%s) AND status IN ('active', 'cancelled')"
+                                  " ORDER BY account_id, item_id FOR UPDATE SKIP LOCKED"),
+                        (candidates,))
+                    items = [Item.from_row(row) for row in await cursor.fetchall()]
+                    if items:
+                        counts.add(await self.collect(conn, items, ("pending",), today, now))
                 if items:
-                    counts.add(await self.collect(conn, items, ("pending",), today, now))
-            if items:
-                self.committed()
+                    self.committed()
+
+        tasks = [asyncio.create_task(collector()) for _ in range(self.collectors)]
+        try:
+            await asyncio.gather(*tasks)  # the first failure raises as itself
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        return counts
+
+    async def _next_candidates(self, walk: _Walk, today: date, now: datetime) -> list[UUID]:
+        """The next batch of items with a due pending charge, after the walk's position."""
+        async with walk.lock:
+            if walk.done:
+                return []
+            async with self.pool.connection() as conn:
+                cursor = await conn.execute(
+                    "SELECT account_id, item_id FROM recurring_charges"
+                    " WHERE status = 'pending' AND (account_id, item_id) > (%s, %s)"
+                    " AND due_on <= %s AND next_attempt_at <= %s"
+                    " GROUP BY account_id, item_id ORDER BY account_id, item_id LIMIT %s",
+                    (walk.account_id, walk.item_id, today, now, self.batch_size_max))
+                rows = await cursor.fetchall()
+            if not rows:
+                walk.done = True
+                return []
+            walk.account_id, walk.item_id = rows[-1]
+            return [row[1] for row in rows]
 
     async def retry_owing(self, today: date, now: datetime) -> RunCounts:
         """The daily retry of past-due and suspended items."""
@@ -437,16 +530,25 @@ class Renewals:
     async def _record_charged(self, conn: Conn,
                               charged: Sequence[tuple[Item, DueCharge, Charged]],
                               now: datetime) -> None:
+        """The batch's charged outcomes in three set-based statements (charge rows, history,
+        outbox), each over arrays: no per-row round trip or statement."""
         if not charged:
             return
-        updates, history, messages = [], [], []
+        item_ids, account_ids, periods, entry_ids, amounts, currencies = [], [], [], [], [], []
+        charged_ats, unit_prices, history, msg_ids, payloads = [], [], [], [], []
+        encode = _json_encoder.encode
         for item, charge, outcome in charged:
             fee = outcome.fee
-            updates.append((fee.entry_id, fee.amount, fee.currency, fee.occurred_at,
-                            item.item_id, charge.period))
-            history.append((item.item_id, item.account_id, "charged", Jsonb({
-                "period": charge.period, "entry_id": fee.entry_id, "amount": fee.amount,
-                "currency": fee.currency}), now))
+            item_ids.append(item.item_id)
+            account_ids.append(item.account_id)
+            periods.append(charge.period)
+            entry_ids.append(fee.entry_id)
+            amounts.append(fee.amount)
+            currencies.append(fee.currency)
+            charged_ats.append(fee.occurred_at)
+            unit_prices.append(fee.unit_price)
+            history.append(encode({"period": charge.period, "entry_id": fee.entry_id,
+                                   "amount": fee.amount, "currency": fee.currency}).decode())
             message = RecurringCharged(
                 event_id=f"recurring.charged:{item.item_id}:{charge.period}",
                 item_id=str(item.item_id), account_id=item.account_id, product=charge.product,
@@ -454,19 +556,25 @@ class Renewals:
                 entry_id=fee.entry_id, amount=fee.amount, currency=fee.currency,
                 charged_at=fee.occurred_at,
             )
-            messages.append((INVOICING_RECURRING_CHARGED,
-                             message_id(INVOICING_RECURRING_CHARGED, message),
-                             msgspec.json.encode(message)))
-        async with conn.cursor() as cur:
-            await cur.executemany(
-                "UPDATE recurring_charges SET status = 'charged', attempts = attempts + 1,"
-                " entry_id = %s, amount = %s, currency = %s, charged_at = %s, last_error = NULL"
-                " WHERE item_id = %s AND period = %s", updates)
-            await cur.executemany(
-                "INSERT INTO recurring_item_events (item_id, account_id, kind, data,"
-                " occurred_at) VALUES (%s, %s, %s, %s, %s)", history)
-            await cur.executemany(
-                "INSERT INTO outbox (subject, msg_id, payload) VALUES (%s, %s, %s)", messages)
+            msg_ids.append(message.event_id)  # the subject's Nats-Msg-Id field
+            payloads.append(encode(message))
+        await conn.execute(
+            "UPDATE recurring_charges c SET status = 'charged', attempts = c.attempts + 1,"
+            " entry_id = u.entry_id, amount = u.amount, currency = u.currency,"
+            " charged_at = u.charged_at, unit_price = u.unit_price, last_error = NULL"
+            " FROM unnest(%s::uuid[], %s::text[], %s::text[], %s::text[], %s::text[],"
+            " %s::timestamptz[], %s::text[]) AS u(item_id, period, entry_id, amount, currency,"
+            " charged_at, unit_price) WHERE c.item_id = u.item_id AND c.period = u.period",
+            (item_ids, periods, entry_ids, amounts, currencies, charged_ats, unit_prices))
+        await conn.execute(
+            "INSERT INTO recurring_item_events (item_id, account_id, kind, data, occurred_at)"
+            " SELECT h.item_id, h.account_id, 'charged', h.data::jsonb, %s"
+            " FROM unnest(%s::uuid[], %s::uuid[], %s::text[]) AS h(item_id, account_id, data)",
+            (now, item_ids, account_ids, history))
+        await conn.execute(
+            "INSERT INTO outbox (subject, msg_id, payload)"
+            " SELECT %s, m.msg_id, m.payload FROM unnest(%s::text[], %s::bytea[])"
+            " AS m(msg_id, payload)", (INVOICING_RECURRING_CHARGED, msg_ids, payloads))
         await conn.execute("SELECT pg_notify(%s, '')", (announce.OUTBOX_CHANNEL,))
 
     async def _record_refused(self, conn: Conn, item: Item, charge: DueCharge,
