@@ -39,6 +39,7 @@ from invoicing_service.app.store import (
     InvoicingRows,
     KeyRow,
     NumberClaim,
+    UsageWatermark,
 )
 from invoicing_service.domain import errors
 from invoicing_service.domain.invoice import Invoice, Kind, credit_note_id_for
@@ -74,6 +75,8 @@ class InvoiceOrder:
     billing_run_id: str | None = None
     net_terms_days: int = 30
     billed_usage: Sequence[UUID] = field(default_factory=tuple)
+    # A billing run's invoice: the watermark of the usage it bills (instead of marking lines).
+    billed_through: UsageWatermark | None = None
     # A receipt is issued paid: the payment that paid it.
     payment_id: str | None = None
     payment_micros: int = 0
@@ -143,6 +146,9 @@ class Invoices:
                                 net_terms_days=order.net_terms_days)
         invoice.issue(number, now)
         rows.billed_usage.extend((entry, invoice.id) for entry in order.billed_usage)
+        if order.billed_through is not None:
+            rows.watermarks.append((invoice.id, order.account_id, order.currency,
+                                    order.billed_through))
         rows.outbox.append((INVOICING_ISSUED, views.issued_message(invoice)))
         if order.payment_id is not None:
             invoice.pay(order.payment_id, order.payment_micros, now)

@@ -63,6 +63,18 @@ class NumberClaim:
 
 
 @dataclass(frozen=True, slots=True)
+class UsageWatermark:
+    """What a billing run's invoice bills of its account and currency: every line not billed
+    before that arrived up to `through_seq` for a period up to `through_period`. It follows
+    the account and currency's last watermark (`previous_id`, 0 for none): two issuers that
+    read the same last watermark cannot both commit."""
+
+    through_seq: int
+    through_period: str
+    previous_id: int
+
+
+@dataclass(frozen=True, slots=True)
 class KeyRow:
     scope: str
     key: str
@@ -121,6 +133,8 @@ class InvoicingRows:
     credit_notes: list[CreditNoteRecord] = field(default_factory=list)
     # (usage line, the invoice billing it)
     billed_usage: list[tuple[UUID, UUID]] = field(default_factory=list)
+    # (invoice, its account, currency, and the watermark of the usage it bills)
+    watermarks: list[tuple[UUID, UUID, str, UsageWatermark]] = field(default_factory=list)
     outbox: list[tuple[str, msgspec.Struct]] = field(default_factory=list)
     emails: list[EmailRequest] = field(default_factory=list)
 
@@ -160,6 +174,18 @@ class InvoicingRecorder(PostgresApplicationRecorder):
             # Fails the save if any line was billed already: billed at most once.
             curs.execute(SQL("SELECT {}.bill_usage(%s::uuid[], %s::uuid[])").format(schema),
                          (entries, invoices))
+        if rows.watermarks:
+            # Fails the save (unique violation) when another invoice followed the same last
+            # watermark of an account and currency first: usage is billed at most once.
+            curs.execute(
+                SQL("INSERT INTO {}.usage_watermarks (invoice_id, account_id, currency,"
+                    " through_seq, through_period, previous_id) SELECT * FROM"
+                    " unnest(%s::uuid[], %s::uuid[], %s::text[], %s::bigint[], %s::text[],"
+                    " %s::bigint[])").format(schema),
+                ([w[0] for w in rows.watermarks], [w[1] for w in rows.watermarks],
+                 [w[2] for w in rows.watermarks], [w[3].through_seq for w in rows.watermarks],
+                 [w[3].through_period for w in rows.watermarks],
+                 [w[3].previous_id for w in rows.watermarks]))
         for record in rows.invoices:
             self._upsert_invoice(curs, schema, record)
         for note in rows.credit_notes:
