@@ -8,16 +8,20 @@ Set-up (not measured): accounts and rated usage lines are written straight into 
 tables with COPY, as the ledger-events subscriber would have left them.
 
 Measured, in this process against the machine's PostgreSQL:
-- raw baseline: the same walk over accounts (a page at a time) with, per account, the same
-  grouped usage query and one plain INSERT of a row per invoice, committed per account:
-  the floor of one invoice's database round trips without the event store;
-- the run: ``BillingRuns.execute`` exactly as the service runs it (load the customer,
-  VAT terms, group usage, price lines, then per invoice one event-store save with the number
-  claim, read-model row, usage marks and outbox message in one transaction).
+- raw baseline: the same walk over accounts (a page at a time) with the same arrival read,
+  grouped usage query and, per page, one INSERT of the invoice rows and one of the
+  watermark rows, in one transaction: the floor of the database work without the domain,
+  the event store, the read model or the outbox;
+- the run: ``BillingRuns.execute`` exactly as the service runs it (per page: customers,
+  VAT terms, grouped usage, priced lines; then one event-store save of the page's invoices
+  with the number claim, watermarks, read-model rows and outbox messages in one
+  transaction, while the next page is read).
 
 Reported: invoices/s, CPU per invoice (this process, and PostgreSQL's backends), the
-resident set size at 10% of the run and at its end (flat when streaming), and a
-verification (one invoice per account, every line billed, numbers without a gap).
+resident set size at 10% of the run and at its end (flat when streaming), PDFs/s of the
+first issued invoices rendered in this process (and per CPU second, i.e. per core), and a
+verification (one invoice per account, every line billed once by its own account's invoice,
+numbers without a gap).
 """
 
 from __future__ import annotations
@@ -53,9 +57,10 @@ TARGET_INVOICES_PER_S = 1_000.0
 PAGE_SIZE = 200  # the service's default billing_run_page_size
 
 
-def rss_mib() -> float:
+def rss_mib(field: str = "VmRSS") -> float:
+    """Resident set size now (VmRSS), or the process's peak so far (VmHWM)."""
     for line in Path(f"/proc/{os.getpid()}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1]) / 1024
     return 0.0
 
@@ -113,11 +118,8 @@ async def raw_baseline(url: str) -> dict[str, Any]:
                 cur = await conn.execute("SELECT usage_arrived_through()")
                 through = int((await cur.fetchone() or (0,))[0])
             async with pool.connection() as conn, conn.transaction():
-                cur = await conn.execute(
-                    "SELECT a.account_id FROM accounts a WHERE a.account_type = 'postpay'"
-                    f" AND a.account_id > %(after)s AND EXISTS ({billing_sql.UNBILLED} LIMIT 1)"
-                    " ORDER BY a.account_id LIMIT %(limit)s",
-                    {"after": after, "period": PERIOD, "through": through, "limit": PAGE_SIZE})
+                cur = await conn.execute(billing_sql.ACCOUNTS_PAGE, {
+                    "after": after, "period": PERIOD, "through": through, "limit": PAGE_SIZE})
                 page = [row[0] for row in await cur.fetchall()]
                 if not page:
                     break
@@ -175,6 +177,7 @@ async def billing(url: str, accounts: int) -> dict[str, Any]:
         elapsed = time.perf_counter() - started
         cpu = meter.stop()
         rss_samples["at_end"] = round(rss_mib(), 1)
+        rss_samples["peak"] = round(rss_mib("VmHWM"), 1)
     finally:
         await pool.close()
         invoices.close()
@@ -183,6 +186,37 @@ async def billing(url: str, accounts: int) -> dict[str, Any]:
     return {"invoices": issued, "seconds": round(elapsed, 2),
             "invoices_per_s": round(issued / elapsed, 1),
             "cpu_ms_per_invoice": per_invoice, "cpu": cpu.as_dict(), "rss_mib": rss_samples}
+
+
+PDF_SAMPLE = 300
+
+
+def render_pdfs(url: str) -> dict[str, Any]:
+    """PDFs of issued invoices, rendered as the document issuer renders them (one process,
+    one core): the run's first invoices, each with its customer from the accounts table."""
+    import msgspec
+
+    from contracts.http.invoicing import InvoiceView
+    from invoicing_service.documents import Party, render_invoice_pdf
+
+    supplier = Party(name="Example Messaging Ltd", address_lines=("1 Example Street", "London"),
+                     country="GB", vat_number="GB000000000")
+    with psycopg.connect(conninfo(url)) as conn:
+        rows = conn.execute(
+            "SELECT i.view, a.name, a.country, a.vat_number FROM invoicing.invoices i"
+            " JOIN invoicing.accounts a USING (account_id) ORDER BY i.seq LIMIT %s",
+            (PDF_SAMPLE,)).fetchall()
+    documents = [(msgspec.json.decode(view, type=InvoiceView),
+                  Party(name=name, address_lines=("2 Customer Road",), country=country,
+                        vat_number=vat_number)) for view, name, country, vat_number in rows]
+    cpu_started, started = time.process_time(), time.perf_counter()
+    sizes = [len(render_invoice_pdf(view, supplier, customer)) for view, customer in documents]
+    cpu_s, wall_s = time.process_time() - cpu_started, time.perf_counter() - started
+    return {"pdfs": len(sizes), "seconds": round(wall_s, 2),
+            "pdfs_per_s": round(len(sizes) / wall_s, 1),
+            "pdfs_per_cpu_s": round(len(sizes) / cpu_s, 1),
+            "cpu_ms_per_pdf": round(cpu_s / max(len(sizes), 1) * 1_000, 2),
+            "mean_bytes": round(sum(sizes) / max(len(sizes), 1))}
 
 
 def verify(url: str, accounts: int) -> dict[str, Any]:
@@ -221,10 +255,14 @@ def run(options: RunOptions) -> dict[str, Any]:
     print(f"billing_run: run {measured['invoices_per_s']:,} invoices/s,"
           f" {measured['cpu_ms_per_invoice']} CPU ms per invoice, RSS {measured['rss_mib']} MiB",
           flush=True)
+    pdfs = render_pdfs(url)
+    print(f"billing_run: PDFs {pdfs['pdfs_per_s']:,}/s ({pdfs['pdfs_per_cpu_s']:,} per CPU"
+          f" second, {pdfs['cpu_ms_per_pdf']} ms each)", flush=True)
     verification = verify(url, accounts)
     return {
         "benchmark": NAME, "accounts": accounts, "usage_lines": lines,
         "populate_s": round(populate_s, 1), "raw_baseline": baseline, "run": measured,
+        "pdfs": pdfs,
         "target_invoices_per_s": TARGET_INVOICES_PER_S,
         "target_met": measured["invoices_per_s"] >= TARGET_INVOICES_PER_S,
         "verification": verification,

@@ -69,8 +69,14 @@ u.period <= %(period)s AND u.invoiced_on IS NULL AND NOT EXISTS (
     SELECT 1 FROM usage_watermarks w WHERE w.account_id = u.account_id
        AND w.currency = u.currency AND w.through_seq >= u.seq AND w.through_period >= u.period)
 """
-UNBILLED = (f"SELECT 1 FROM (SELECT 1) one LEFT JOIN LATERAL ({_HEAD}) h ON true"
+UNBILLED = (f"SELECT 1 FROM (SELECT 1) one LEFT JOIN LATERAL ({_HEAD}) h ON true"  # noqa: S608
              f" CROSS JOIN LATERAL ({_CANDIDATES}) u WHERE {_NOT_COVERED}")
+# The next page of postpay accounts with unbilled usage, in account-id order.
+ACCOUNTS_PAGE = ("SELECT a.account_id FROM accounts a WHERE a.account_type = 'postpay'"  # noqa: S608
+                 f" AND a.account_id > %(after)s AND EXISTS ({UNBILLED} LIMIT 1)"
+                 " ORDER BY a.account_id LIMIT %(limit)s")
+ACCOUNTS_TO_BILL = ("SELECT count(*) FROM accounts a WHERE a.account_type = 'postpay'"  # noqa: S608
+                    f" AND EXISTS ({UNBILLED} LIMIT 1)")
 # A page's unbilled usage grouped into lines, with the head watermark of each account and
 # currency (0: none), which the invoice's watermark must follow.
 PAGE_USAGE = f"""
@@ -84,7 +90,7 @@ SELECT g.*, coalesce((SELECT w.watermark_id FROM usage_watermarks w
          WHERE a.account_id = ANY(%(accounts)s) AND {_NOT_COVERED}
          GROUP BY u.account_id, u.currency, u.kind, u.product, u.unit_price_micros, u.period,
                   u.reference) g
-"""
+"""  # noqa: S608
 
 
 async def _arrived_through(conn: AsyncConnection[Any]) -> int:
@@ -230,18 +236,30 @@ class BillingRuns:
         log.info("invoicing.billing_run_started", billing_run_id=run_id, period=period,
                  after=str(after))
         issued = 0
-        while True:
-            page, through = await self._accounts_page(period, after)
-            if not page:
-                break
-            issued += await self.bill_page(run_id, period, page, through)
-            if on_progress is not None:
-                await on_progress(len(page))
-            after = page[-1]
-            async with self.pool.connection() as conn:
-                await conn.execute(
-                    "UPDATE billing_runs SET last_account = %s, accounts_done = accounts_done + %s"
-                    " WHERE billing_run_id = %s", (after, len(page), run_id))
+        # The next page is read (accounts, usage, lines priced) while this one is issued:
+        # pages of other accounts do not depend on each other. Pages are still issued one
+        # after the other, so numbers follow account order and progress is recorded in order.
+        reading = asyncio.create_task(self._read_page(run_id, period, after))
+        try:
+            while True:
+                page, orders = await reading
+                if not page:
+                    break
+                reading = asyncio.create_task(self._read_page(run_id, period, page[-1]))
+                issued += len(await asyncio.to_thread(self.invoices.issue_batch, orders))
+                if on_progress is not None:
+                    await on_progress(len(page))
+                after = page[-1]
+                async with self.pool.connection() as conn:
+                    await conn.execute(
+                        "UPDATE billing_runs SET last_account = %s,"
+                        " accounts_done = accounts_done + %s WHERE billing_run_id = %s",
+                        (after, len(page), run_id))
+        finally:
+            if not reading.done():
+                reading.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await reading
         async with self.pool.connection() as conn:
             await conn.execute(
                 "UPDATE billing_runs SET status = 'completed', completed_at = %s"
@@ -252,10 +270,7 @@ class BillingRuns:
     async def accounts_to_bill(self, period: str) -> int:
         async with self.pool.connection() as conn:
             through = await _arrived_through(conn)
-            cur = await conn.execute(
-                "SELECT count(*) FROM accounts a WHERE a.account_type = 'postpay'"
-                f" AND EXISTS ({UNBILLED} LIMIT 1)",
-                {"period": period, "through": through})
+            cur = await conn.execute(ACCOUNTS_TO_BILL, {"period": period, "through": through})
             row = await cur.fetchone()
         return int(row[0]) if row else 0
 
@@ -265,18 +280,30 @@ class BillingRuns:
         async with self.pool.connection() as conn:
             through = await _arrived_through(conn)
         async with self.pool.connection() as conn:
-            cur = await conn.execute(
-                "SELECT a.account_id FROM accounts a WHERE a.account_type = 'postpay'"
-                f" AND a.account_id > %(after)s AND EXISTS ({UNBILLED} LIMIT 1)"
-                " ORDER BY a.account_id LIMIT %(limit)s",
-                {"after": after, "period": period, "through": through, "limit": self.page_size})
+            cur = await conn.execute(ACCOUNTS_PAGE, {"after": after, "period": period,
+                                                     "through": through,
+                                                     "limit": self.page_size})
             return [row[0] for row in await cur.fetchall()], through
+
+    async def _read_page(self, run_id: str, period: str,
+                         after: UUID) -> tuple[list[UUID], list[InvoiceOrder]]:
+        page, through = await self._accounts_page(period, after)
+        if not page:
+            return page, []
+        return page, await self.page_orders(run_id, period, page, through)
 
     async def bill_page(self, run_id: str, period: str, account_ids: list[UUID],
                         through: int) -> int:
         """One invoice per account and currency of the page's unbilled usage up to the
         period (lines arrived up to `through`), all issued in one transaction; returns how
         many were issued now."""
+        orders = await self.page_orders(run_id, period, account_ids, through)
+        return len(await asyncio.to_thread(self.invoices.issue_batch, orders))
+
+    async def page_orders(self, run_id: str, period: str, account_ids: list[UUID],
+                          through: int) -> list[InvoiceOrder]:
+        """The invoices of a page: its customers, its unbilled usage grouped into lines,
+        priced (not issued yet)."""
         customers = await self.customers.customers(account_ids)
         usage: dict[tuple[UUID, str], tuple[list[UsageTotal], int]] = {}
         async with self.pool.connection() as conn:
@@ -290,9 +317,7 @@ class BillingRuns:
                                          period=line_period, quantity=int(quantity),
                                          amount_micros=int(amount), kind=kind,
                                          reference=reference))
-        orders = await asyncio.to_thread(self._orders, run_id, period, through, customers, usage)
-        issued = await asyncio.to_thread(self.invoices.issue_batch, orders)
-        return len(issued)
+        return await asyncio.to_thread(self._orders, run_id, period, through, customers, usage)
 
     def _orders(self, run_id: str, period: str, through: int, customers: dict[UUID, Customer],
                 usage: dict[tuple[UUID, str], tuple[list[UsageTotal], int]],

@@ -246,7 +246,7 @@ def test_every_line_is_billed_once_by_the_first_run_that_covers_it(
                     waiting.remove((entry, line_period))
     by = world.billed_by(accounts)
     views = world.invoices_of(accounts)
-    assert {entry: views[invoice].period for entry, invoice in by.items()  # type: ignore[index]
+    assert {entry: views[invoice].period for entry, invoice in by.items()
             if invoice is not None} == expected
     assert {entry for entry, invoice in by.items() if invoice is None} == {e for e, _ in waiting}
     # What each invoice prints is exactly the lines attributed to it: none counted twice.
