@@ -3,11 +3,12 @@
 A run is one row per period (its primary key is `run-YYYY-MM`, the period unique), so two
 requests for the same period make one run. The run walks postpay accounts with unbilled
 usage in account-id order, a page at a time (never all accounts in memory): a page's
-invoices are issued in one transaction (consecutive numbers, usage lines marked billed, read
-model and outbox rows), then the run records the page's last account. Each invoice's id is
-derived from (run, account, currency), so a run restarted after a crash re-visits at most
-one page, whose invoices, if they committed, are found by id and not issued again; no
-account is skipped.
+invoices are issued in one transaction (consecutive numbers, one usage watermark per
+invoice instead of a mark on every usage line it bills, read model and outbox rows), then
+the run records the page's last account; the next page is read while this one is issued.
+Each invoice's id is derived from (run, account, currency), so a run restarted after a
+crash re-visits at most one page, whose invoices, if they committed, are found by id and not
+issued again; no account is skipped.
 """
 
 from __future__ import annotations

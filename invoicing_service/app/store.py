@@ -5,7 +5,8 @@ in the same transaction as the events.
 ``InvoicingApplication.save(invoice, invoicing_rows=...)`` hands the rows to
 ``InvoicingRecorder._insert_events``, which runs inside the library's transaction before the
 events are inserted. So a document number is claimed, the read model is updated, the usage a
-new invoice bills is marked, the outbox message is queued and an idempotency key is recorded
+new invoice bills is recorded (a billing run's watermark, or marks on named lines), the
+outbox message is queued and an idempotency key is recorded
 if and only if the events are stored: one commit, or nothing.
 """
 
