@@ -4,28 +4,29 @@
 -- line of this account and currency that arrived up to `through_seq` and belongs to a period
 -- up to `through_period` is billed by this invoice, unless an earlier watermark billed it".
 
--- Arrival order of usage lines. The trigger takes a shared lock on the intake gate before it
--- draws the number, and a billing run reads the sequence under the exclusive lock
--- (`usage_arrived_through()`): so every line numbered up to what the run read has committed
--- (or rolled back) by then, and every later line gets a larger number. A line is never
--- numbered below a watermark after the watermark was read.
+-- Arrival order of usage lines. A statement-level trigger takes a shared lock on the intake
+-- gate before any row of the statement is formed, so before its column default draws the
+-- number; a billing run reads the sequence under the exclusive lock
+-- (`usage_arrived_through()`): every line numbered up to what the run read has committed (or
+-- rolled back) by then, and every later line gets a larger number. A line is never numbered
+-- below a watermark after the watermark was read. (Never insert `seq` explicitly.)
 CREATE SEQUENCE IF NOT EXISTS usage_lines_seq AS bigint;
 ALTER TABLE usage_lines ADD COLUMN IF NOT EXISTS seq bigint;
 UPDATE usage_lines SET seq = nextval('usage_lines_seq') WHERE seq IS NULL;
+ALTER TABLE usage_lines ALTER COLUMN seq SET DEFAULT nextval('usage_lines_seq');
 ALTER TABLE usage_lines ALTER COLUMN seq SET NOT NULL;
 CREATE INDEX IF NOT EXISTS usage_lines_arrival ON usage_lines (account_id, currency, seq);
 
-CREATE OR REPLACE FUNCTION number_usage_line() RETURNS trigger
+CREATE OR REPLACE FUNCTION usage_intake_gate() RETURNS trigger
 LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
 BEGIN
     PERFORM pg_advisory_xact_lock_shared(hashtext(current_schema() || ':usage-intake'));
-    NEW.seq := nextval('usage_lines_seq');
-    RETURN NEW;
+    RETURN NULL;
 END
 $$;
-DROP TRIGGER IF EXISTS usage_lines_number ON usage_lines;
-CREATE TRIGGER usage_lines_number BEFORE INSERT ON usage_lines
-    FOR EACH ROW EXECUTE FUNCTION number_usage_line();
+DROP TRIGGER IF EXISTS usage_lines_gate ON usage_lines;
+CREATE TRIGGER usage_lines_gate BEFORE INSERT ON usage_lines
+    FOR EACH STATEMENT EXECUTE FUNCTION usage_intake_gate();
 
 -- The highest arrival number whose line is visible to every later statement: waits for
 -- the lines being recorded now, then reads the sequence (call it alone in its transaction;

@@ -264,3 +264,37 @@ def test_every_line_is_billed_once_by_the_first_run_that_covers_it(
                 key = (line_period, line_period != view.period)
                 attributed[key] = attributed.get(key, 0) + quantities[entry]
         assert printed == attributed
+
+
+def test_a_line_recorded_while_a_run_reads_is_numbered_after_what_the_run_read(
+    database_url: str,
+) -> None:
+    url = conninfo(database_url)
+    with psycopg.connect(url) as run:
+        row = run.execute("SELECT invoicing.usage_arrived_through()").fetchone()
+        assert row is not None  # the gate is held until this transaction ends
+        inserted: list[int] = []
+
+        def record() -> None:
+            with psycopg.connect(url) as conn:
+                got = conn.execute(
+                    "INSERT INTO invoicing.usage_lines (entry_id, account_id, currency, product,"
+                    " quantity, unit_price_micros, amount_micros, occurred_at, period)"
+                    " VALUES (%s, %s, 'GBP', 'sms', 1, 10000, 10000, '2026-10-02Z', '2026-10')"
+                    " RETURNING seq", (uuid.uuid4(), uuid.uuid4())).fetchone()
+                assert got is not None
+                inserted.append(int(got[0]))
+
+        recorder = threading.Thread(target=record)
+        recorder.start()
+        while not query(database_url, "SELECT 1 FROM pg_stat_activity WHERE wait_event_type"
+                        " = 'Lock' AND wait_event = 'advisory' AND query LIKE"
+                        " 'INSERT INTO invoicing.usage_lines%%'"):
+            assert recorder.is_alive()
+        # Waiting on the gate, it has not drawn its number yet.
+        last = run.execute("SELECT CASE WHEN is_called THEN last_value ELSE 0 END"
+                           " FROM invoicing.usage_lines_seq").fetchone()
+        assert last is not None and last[0] == row[0]
+        run.commit()
+        recorder.join(30)
+    assert inserted and inserted[0] > row[0]
