@@ -196,8 +196,8 @@ class InvoicingRecorder(PostgresApplicationRecorder):
             curs.execute(
                 SQL("INSERT INTO {}.usage_watermarks (invoice_id, account_id, currency,"
                     " through_seq, through_period, previous_id) SELECT * FROM"
-                    " unnest(%s::uuid[], %s::uuid[], %s::text[], %s::bigint[], %s::text[],"
-                    " %s::bigint[])").format(schema),
+                    " unnest(%b::uuid[], %b::uuid[], %b::text[], %b::bigint[], %b::text[],"
+                    " %b::bigint[])").format(schema),
                 ([w[0] for w in rows.watermarks], [w[1] for w in rows.watermarks],
                  [w[2] for w in rows.watermarks], [w[3].through_seq for w in rows.watermarks],
                  [w[3].through_period for w in rows.watermarks],
@@ -220,7 +220,7 @@ class InvoicingRecorder(PostgresApplicationRecorder):
                 ids.append(message_id(subject, message))
                 payloads.append(msgspec.json.encode(message))
             curs.execute(SQL("INSERT INTO {}.outbox (subject, msg_id, payload, headers)"
-                             " SELECT s, m, p, '{{}}'::jsonb FROM unnest(%s::text[], %s::text[],"
+                             " SELECT s, m, p, '{{}}'::jsonb FROM unnest(%b::text[], %b::text[],"
                              " %b::bytea[]) WITH ORDINALITY AS t(s, m, p, o) ORDER BY o")
                          .format(schema),
                          (subjects, ids, payloads))
@@ -244,9 +244,9 @@ class InvoicingRecorder(PostgresApplicationRecorder):
             SQL("INSERT INTO {}.invoices (invoice_id, account_id, number, status, kind, currency,"
                 " period, billing_run_id, total_micros, amount_due_micros, issued_at, due_at,"
                 " version, view) SELECT i, a, n, s, k, c, p, r, t, d, ia, da, v, w"
-                " FROM unnest(%s::uuid[], %s::uuid[], %s::text[],"
-                " %s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::bigint[],"
-                " %s::bigint[], %s::timestamptz[], %s::timestamptz[], %s::bigint[], %b::bytea[])"
+                " FROM unnest(%b::uuid[], %b::uuid[], %b::text[],"
+                " %b::text[], %b::text[], %b::text[], %b::text[], %b::text[], %b::bigint[],"
+                " %b::bigint[], %b::timestamptz[], %b::timestamptz[], %b::bigint[], %b::bytea[])"
                 " WITH ORDINALITY AS x(i, a, n, s, k, c, p, r, t, d, ia, da, v, w, o) ORDER BY o"
                 " ON CONFLICT (invoice_id) DO UPDATE SET number = EXCLUDED.number,"
                 " status = EXCLUDED.status, amount_due_micros = EXCLUDED.amount_due_micros,"
