@@ -8,16 +8,20 @@ Set-up (not measured): accounts and rated usage lines are written straight into 
 tables with COPY, as the ledger-events subscriber would have left them.
 
 Measured, in this process against the machine's PostgreSQL:
-- raw baseline: the same walk over accounts (a page at a time) with, per account, the same
-  grouped usage query and one plain INSERT of a row per invoice, committed per account:
-  the floor of one invoice's database round trips without the event store;
-- the run: ``BillingRuns.execute`` exactly as the service runs it (load the customer,
-  VAT terms, group usage, price lines, then per invoice one event-store save with the number
-  claim, read-model row, usage marks and outbox message in one transaction).
+- raw baseline: the same walk over accounts (a page at a time) with the same arrival read,
+  grouped usage query and, per page, one INSERT of the invoice rows and one of the
+  watermark rows, in one transaction: the floor of the database work without the domain,
+  the event store, the read model or the outbox;
+- the run: ``BillingRuns.execute`` exactly as the service runs it (per page: customers,
+  VAT terms, grouped usage, priced lines; then one event-store save of the page's invoices
+  with the number claim, watermarks, read-model rows and outbox messages in one
+  transaction, while the next page is read).
 
 Reported: invoices/s, CPU per invoice (this process, and PostgreSQL's backends), the
-resident set size at 10% of the run and at its end (flat when streaming), and a
-verification (one invoice per account, every line billed, numbers without a gap).
+resident set size at 10% of the run and at its end (flat when streaming), PDFs/s of the
+first issued invoices rendered in this process (and per CPU second, i.e. per core), and a
+verification (one invoice per account, every line billed once by its own account's invoice,
+numbers without a gap).
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ import psycopg
 from bench import infra
 from bench.cpu import CpuMeter
 from bench.options import RunOptions
+from invoicing_service.app import billing as billing_sql
 from invoicing_service.app.billing import BillingRuns
 from invoicing_service.app.customers import Customers
 from invoicing_service.app.invoices import Invoices
@@ -52,9 +57,10 @@ TARGET_INVOICES_PER_S = 1_000.0
 PAGE_SIZE = 200  # the service's default billing_run_page_size
 
 
-def rss_mib() -> float:
+def rss_mib(field: str = "VmRSS") -> float:
+    """Resident set size now (VmRSS), or the process's peak so far (VmHWM)."""
     for line in Path(f"/proc/{os.getpid()}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1]) / 1024
     return 0.0
 
@@ -92,57 +98,55 @@ def populate(url: str, accounts: int, lines: int) -> list[uuid.UUID]:
 
 
 async def raw_baseline(url: str) -> dict[str, Any]:
-    """The same walk and the same writes in plain SQL, a page per transaction: the grouped
-    usage query, one row per invoice, every usage line marked billed. No domain, no event
-    store, no read model or outbox. The marks are undone afterwards."""
+    """The same walk and the same writes in plain SQL, a page per transaction: the arrival
+    number read under the intake gate, the page of accounts with unbilled usage, the grouped
+    usage query, one row per invoice and one watermark row per invoice. No domain, no event
+    store, no read model or outbox. Its rows go to tables of its own, dropped afterwards."""
     pool = create_pool(url, "invoicing", max_size=4, name="bench-raw")
     await pool.open(wait=True)
     try:
         async with pool.connection() as conn:
             await conn.execute("CREATE TABLE IF NOT EXISTS raw_invoices (invoice_id uuid PRIMARY"
                                " KEY, account_id uuid, currency text, net bigint)")
+            await conn.execute("CREATE TABLE IF NOT EXISTS raw_watermarks (invoice_id uuid"
+                               " PRIMARY KEY, account_id uuid, currency text, through_seq bigint,"
+                               " through_period text, previous_id bigint)")
         started = time.perf_counter()
         after, invoices = uuid.UUID(int=0), 0
         while True:
+            async with pool.connection() as conn:
+                cur = await conn.execute("SELECT usage_arrived_through()")
+                through = int((await cur.fetchone() or (0,))[0])
             async with pool.connection() as conn, conn.transaction():
-                cur = await conn.execute(
-                    "SELECT account_id FROM accounts WHERE account_type = 'postpay'"
-                    " AND account_id > %s ORDER BY account_id LIMIT %s", (after, PAGE_SIZE))
+                cur = await conn.execute(billing_sql.ACCOUNTS_PAGE, {
+                    "after": after, "period": PERIOD, "through": through, "limit": PAGE_SIZE})
                 page = [row[0] for row in await cur.fetchall()]
                 if not page:
                     break
-                cur = await conn.execute(
-                    "SELECT account_id, currency, sum(amount_micros), array_agg(entry_id)"
-                    " FROM usage_lines WHERE account_id = ANY(%s) AND invoiced_on IS NULL"
-                    " AND period <= %s GROUP BY account_id, currency, product,"
-                    " unit_price_micros, period", (page, PERIOD))
+                cur = await conn.execute(billing_sql.PAGE_USAGE, {
+                    "accounts": page, "period": PERIOD, "through": through})
                 nets: dict[tuple[uuid.UUID, str], int] = {}
-                entries: list[uuid.UUID] = []
-                owners: list[uuid.UUID] = []
-                ids: dict[tuple[uuid.UUID, str], uuid.UUID] = {}
-                for account_id, currency, net, entry_ids in await cur.fetchall():
-                    key = (account_id, currency)
-                    nets[key] = nets.get(key, 0) + int(net)
-                    invoice_id = ids.setdefault(key, uuid.uuid4())
-                    entries.extend(entry_ids)
-                    owners.extend([invoice_id] * len(entry_ids))
+                heads: dict[tuple[uuid.UUID, str], int] = {}
+                for row in await cur.fetchall():
+                    key = (row[0], row[1])
+                    nets[key] = nets.get(key, 0) + int(row[8])
+                    heads[key] = int(row[9])
+                ids = {key: uuid.uuid4() for key in nets}
                 await conn.execute(
                     "INSERT INTO raw_invoices SELECT * FROM unnest(%s::uuid[], %s::uuid[],"
                     " %s::text[], %s::bigint[])",
                     ([ids[k] for k in nets], [k[0] for k in nets], [k[1] for k in nets],
                      list(nets.values())))
                 await conn.execute(
-                    "UPDATE usage_lines u SET invoiced_on = b.invoice_id FROM unnest(%s::uuid[],"
-                    " %s::uuid[]) AS b(entry_id, invoice_id) WHERE u.entry_id = b.entry_id",
-                    (entries, owners))
+                    "INSERT INTO raw_watermarks SELECT i, a, c, %s, %s, p FROM unnest("
+                    "%s::uuid[], %s::uuid[], %s::text[], %s::bigint[]) AS t(i, a, c, p)",
+                    (through, PERIOD, [ids[k] for k in nets], [k[0] for k in nets],
+                     [k[1] for k in nets], [heads[k] for k in nets]))
                 invoices += len(nets)
             after = page[-1]
         elapsed = time.perf_counter() - started
         async with pool.connection() as conn:
-            await conn.execute("UPDATE usage_lines SET invoiced_on = NULL")
-        async with pool.connection() as conn:
-            await conn.set_autocommit(True)
-            await conn.execute("VACUUM ANALYZE usage_lines")
+            await conn.execute("DROP TABLE raw_invoices, raw_watermarks")
         return {"invoices": invoices, "seconds": round(elapsed, 2),
                 "invoices_per_s": round(invoices / elapsed, 1)}
     finally:
@@ -173,6 +177,7 @@ async def billing(url: str, accounts: int) -> dict[str, Any]:
         elapsed = time.perf_counter() - started
         cpu = meter.stop()
         rss_samples["at_end"] = round(rss_mib(), 1)
+        rss_samples["peak"] = round(rss_mib("VmHWM"), 1)
     finally:
         await pool.close()
         invoices.close()
@@ -183,19 +188,56 @@ async def billing(url: str, accounts: int) -> dict[str, Any]:
             "cpu_ms_per_invoice": per_invoice, "cpu": cpu.as_dict(), "rss_mib": rss_samples}
 
 
+PDF_SAMPLE = 300
+
+
+def render_pdfs(url: str) -> dict[str, Any]:
+    """PDFs of issued invoices, rendered as the document issuer renders them (one process,
+    one core): the run's first invoices, each with its customer from the accounts table."""
+    import msgspec
+
+    from contracts.http.invoicing import InvoiceView
+    from invoicing_service.documents import Party, render_invoice_pdf
+
+    supplier = Party(name="Example Messaging Ltd", address_lines=("1 Example Street", "London"),
+                     country="GB", vat_number="GB000000000")
+    with psycopg.connect(conninfo(url)) as conn:
+        rows = conn.execute(
+            "SELECT i.view, a.name, a.country, a.vat_number FROM invoicing.invoices i"
+            " JOIN invoicing.accounts a USING (account_id) ORDER BY i.seq LIMIT %s",
+            (PDF_SAMPLE,)).fetchall()
+    documents = [(msgspec.json.decode(view, type=InvoiceView),
+                  Party(name=name, address_lines=("2 Customer Road",), country=country,
+                        vat_number=vat_number)) for view, name, country, vat_number in rows]
+    cpu_started, started = time.process_time(), time.perf_counter()
+    sizes = [len(render_invoice_pdf(view, supplier, customer)) for view, customer in documents]
+    cpu_s, wall_s = time.process_time() - cpu_started, time.perf_counter() - started
+    return {"pdfs": len(sizes), "seconds": round(wall_s, 2),
+            "pdfs_per_s": round(len(sizes) / wall_s, 1),
+            "pdfs_per_cpu_s": round(len(sizes) / cpu_s, 1),
+            "cpu_ms_per_pdf": round(cpu_s / max(len(sizes), 1) * 1_000, 2),
+            "mean_bytes": round(sum(sizes) / max(len(sizes), 1))}
+
+
 def verify(url: str, accounts: int) -> dict[str, Any]:
     with psycopg.connect(conninfo(url)) as conn:
         per_account = conn.execute("SELECT count(DISTINCT account_id), count(*) FROM"
                                    " invoicing.invoices").fetchone()
-        unbilled = conn.execute("SELECT count(*) FROM invoicing.usage_lines"
-                                " WHERE invoiced_on IS NULL").fetchone()
+        # Which invoice billed each line (the watermark that covers it); it must be an
+        # invoice of the line's own account and currency.
+        unbilled = conn.execute(
+            "SELECT count(*) FILTER (WHERE b.billed_by IS NULL),"
+            " count(*) FILTER (WHERE i.account_id <> b.account_id OR i.currency <> b.currency)"
+            " FROM invoicing.usage_lines_billing b"
+            " LEFT JOIN invoicing.invoices i ON i.invoice_id = b.billed_by").fetchone()
         numbers = [int(r[0].rsplit("-", 1)[1]) for r in conn.execute(
             "SELECT number FROM invoicing.invoices").fetchall()]
     assert per_account is not None and unbilled is not None
     gap_free = sorted(numbers) == list(range(1, len(numbers) + 1))
-    ok = per_account[0] == per_account[1] == accounts and unbilled[0] == 0 and gap_free
+    ok = per_account[0] == per_account[1] == accounts and unbilled == (0, 0) and gap_free
     return {"ok": ok, "accounts_invoiced": per_account[0], "invoices": per_account[1],
-            "usage_lines_unbilled": unbilled[0], "numbers_gap_free": gap_free}
+            "usage_lines_unbilled": unbilled[0], "usage_lines_on_another_accounts_invoice":
+            unbilled[1], "numbers_gap_free": gap_free}
 
 
 def run(options: RunOptions) -> dict[str, Any]:
@@ -213,10 +255,14 @@ def run(options: RunOptions) -> dict[str, Any]:
     print(f"billing_run: run {measured['invoices_per_s']:,} invoices/s,"
           f" {measured['cpu_ms_per_invoice']} CPU ms per invoice, RSS {measured['rss_mib']} MiB",
           flush=True)
+    pdfs = render_pdfs(url)
+    print(f"billing_run: PDFs {pdfs['pdfs_per_s']:,}/s ({pdfs['pdfs_per_cpu_s']:,} per CPU"
+          f" second, {pdfs['cpu_ms_per_pdf']} ms each)", flush=True)
     verification = verify(url, accounts)
     return {
         "benchmark": NAME, "accounts": accounts, "usage_lines": lines,
         "populate_s": round(populate_s, 1), "raw_baseline": baseline, "run": measured,
+        "pdfs": pdfs,
         "target_invoices_per_s": TARGET_INVOICES_PER_S,
         "target_met": measured["invoices_per_s"] >= TARGET_INVOICES_PER_S,
         "verification": verification,

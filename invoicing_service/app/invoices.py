@@ -39,6 +39,7 @@ from invoicing_service.app.store import (
     InvoicingRows,
     KeyRow,
     NumberClaim,
+    UsageWatermark,
 )
 from invoicing_service.domain import errors
 from invoicing_service.domain.invoice import Invoice, Kind, credit_note_id_for
@@ -74,6 +75,8 @@ class InvoiceOrder:
     billing_run_id: str | None = None
     net_terms_days: int = 30
     billed_usage: Sequence[UUID] = field(default_factory=tuple)
+    # A billing run's invoice: the watermark of the usage it bills (instead of marking lines).
+    billed_through: UsageWatermark | None = None
     # A receipt is issued paid: the payment that paid it.
     payment_id: str | None = None
     payment_micros: int = 0
@@ -128,7 +131,6 @@ class Invoices:
             rows = InvoicingRows(number=NumberClaim(series, first, len(todo)))
             invoices = [self._issued(order, document_number(series, first + n), now, rows)
                         for n, order in enumerate(todo)]
-            rows.invoices = [record_of(invoice) for invoice in invoices]
             self.app.save(*invoices, invoicing_rows=rows)
             return invoices
 
@@ -143,12 +145,19 @@ class Invoices:
                                 net_terms_days=order.net_terms_days)
         invoice.issue(number, now)
         rows.billed_usage.extend((entry, invoice.id) for entry in order.billed_usage)
-        rows.outbox.append((INVOICING_ISSUED, views.issued_message(invoice)))
+        if order.billed_through is not None:
+            rows.watermarks.append((invoice.id, order.account_id, order.currency,
+                                    order.billed_through))
+        view: InvoiceView | None
+        view, issued = views.issued_views(invoice)
+        rows.outbox.append((INVOICING_ISSUED, issued))
         if order.payment_id is not None:
             invoice.pay(order.payment_id, order.payment_micros, now)
             rows.keys.append(KeyRow("payment", order.payment_id))
+            view = None  # paid since: the read model's view is built from the invoice
         if invoice.status == "paid":
             rows.outbox.append((INVOICING_PAID, views.paid_message(invoice, order.payment_id)))
+        rows.invoices.append(record_of(invoice, view))
         rows.emails.append(EmailRequest(key=f"invoice:{invoice.id}", account_id=order.account_id,
                                         document="invoice", document_id=invoice.id))
         return invoice
@@ -303,12 +312,13 @@ class Invoices:
         raise errors.InvoicingError(f"gave up after {SAVE_ATTEMPTS_MAX} conflicting saves")
 
 
-def record_of(invoice: Invoice) -> InvoiceRecord:
+def record_of(invoice: Invoice, view: InvoiceView | None = None) -> InvoiceRecord:
+    """The read model's row; `view` when already built for the invoice as it stands."""
     return InvoiceRecord(
         invoice_id=invoice.id, account_id=UUID(invoice.account_id), number=invoice.number,
         status=invoice.status, kind=invoice.kind, currency=invoice.currency,
         period=invoice.period, billing_run_id=invoice.billing_run_id,
         total_micros=invoice.total_micros, amount_due_micros=invoice.amount_due_micros,
         issued_at=invoice.issued_at, due_at=invoice.due_at, version=invoice.version,
-        view=msgspec.json.encode(views.invoice_view(invoice)),
+        view=msgspec.json.encode(view if view is not None else views.invoice_view(invoice)),
     )

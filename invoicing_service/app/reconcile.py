@@ -6,7 +6,8 @@ units, so per account:
 
     invoiced net == billed debits  within  half a minor unit (5,000 micros) per line
 
-where billed debits are the period's debits on issued, not voided, invoices. Debits on
+where billed debits are the period's debits on issued, not voided, invoices (the invoice
+that billed a line is the first billing-run watermark covering it, `usage_lines_billing`). Debits on
 voided invoices and debits not billed yet (usage that arrived late; it goes on the next
 invoice as a correction line) are reported beside, not counted as a mismatch, unless the
 period's run completed after they arrived: then the run skipped them.
@@ -67,11 +68,11 @@ async def reconcile(pool: AsyncConnectionPool, period: str) -> AsyncIterator[Acc
             " sum(u.amount_micros) AS debits,"
             " coalesce(sum(u.amount_micros) FILTER (WHERE i.status <> 'void'), 0) AS billed,"
             " coalesce(sum(u.amount_micros) FILTER (WHERE i.status = 'void'), 0) AS voided,"
-            " coalesce(sum(u.amount_micros) FILTER (WHERE u.invoiced_on IS NULL), 0) AS unbilled,"
-            " coalesce(sum(u.amount_micros) FILTER (WHERE u.invoiced_on IS NULL"
+            " coalesce(sum(u.amount_micros) FILTER (WHERE u.billed_by IS NULL), 0) AS unbilled,"
+            " coalesce(sum(u.amount_micros) FILTER (WHERE u.billed_by IS NULL"
             "   AND %s::timestamptz IS NOT NULL AND u.received_at < %s::timestamptz"
             "   AND a.account_type = 'postpay'), 0) AS missed"
-            " FROM usage_lines u LEFT JOIN invoices i ON i.invoice_id = u.invoiced_on"
+            " FROM usage_lines_billing u LEFT JOIN invoices i ON i.invoice_id = u.billed_by"
             " LEFT JOIN accounts a ON a.account_id = u.account_id"
             " WHERE u.period = %s GROUP BY u.account_id, u.currency",
             (completed_at, completed_at, period))

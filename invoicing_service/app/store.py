@@ -5,7 +5,8 @@ in the same transaction as the events.
 ``InvoicingApplication.save(invoice, invoicing_rows=...)`` hands the rows to
 ``InvoicingRecorder._insert_events``, which runs inside the library's transaction before the
 events are inserted. So a document number is claimed, the read model is updated, the usage a
-new invoice bills is marked, the outbox message is queued and an idempotency key is recorded
+new invoice bills is recorded (a billing run's watermark, or marks on named lines), the
+outbox message is queued and an idempotency key is recorded
 if and only if the events are stored: one commit, or nothing.
 """
 
@@ -25,7 +26,6 @@ from eventsourcing.postgres import PostgresApplicationRecorder
 from psycopg import Cursor
 from psycopg.rows import DictRow
 from psycopg.sql import SQL, Identifier
-from psycopg.types.json import Jsonb
 
 from invoicing_service.domain.invoice import Invoice
 from invoicing_service.domain.lines import Line
@@ -60,6 +60,18 @@ class NumberClaim:
     series: str
     sequence: int
     count: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class UsageWatermark:
+    """What a billing run's invoice bills of its account and currency: every line not billed
+    before that arrived up to `through_seq` for a period up to `through_period`. It follows
+    the account and currency's last watermark (`previous_id`, 0 for none): two issuers that
+    read the same last watermark cannot both commit."""
+
+    through_seq: int
+    through_period: str
+    previous_id: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +133,8 @@ class InvoicingRows:
     credit_notes: list[CreditNoteRecord] = field(default_factory=list)
     # (usage line, the invoice billing it)
     billed_usage: list[tuple[UUID, UUID]] = field(default_factory=list)
+    # (invoice, its account, currency, and the watermark of the usage it bills)
+    watermarks: list[tuple[UUID, UUID, str, UsageWatermark]] = field(default_factory=list)
     outbox: list[tuple[str, msgspec.Struct]] = field(default_factory=list)
     emails: list[EmailRequest] = field(default_factory=list)
 
@@ -144,6 +158,22 @@ class InvoicingRecorder(PostgresApplicationRecorder):
             self._insert_rows(curs, rows)
         super()._insert_events(curs, stored_events, **kwargs)
 
+    def _insert_stored_events(self, curs: Cursor[DictRow], stored_events: Sequence[StoredEvent],
+                              **kwargs: Any) -> None:
+        """The library's insert (table lock, notify, then the events) with the events as four
+        arrays sent in binary, instead of one array of a composite type sent as text: quoting
+        each event's JSON into the composite's text form took a third of a billing run's
+        Python time."""
+        self._lock_table(curs)
+        self._notify_channel(curs)
+        curs.execute(
+            SQL("INSERT INTO {}.{} (originator_id, originator_version, topic, state)"
+                " SELECT i, v, t, s FROM unnest(%b::uuid[], %b::bigint[], %b::text[], %b::bytea[])"
+                " WITH ORDINALITY AS e(i, v, t, s, o) ORDER BY o RETURNING notification_id")
+            .format(Identifier(self.datastore.schema), Identifier(self.events_table_name)),
+            ([e.originator_id for e in stored_events], [e.originator_version for e in stored_events],
+             [e.topic for e in stored_events], [e.state for e in stored_events]))
+
     def _insert_rows(self, curs: Cursor[DictRow], rows: InvoicingRows) -> None:
         schema = Identifier(self.datastore.schema)
         if rows.number is not None:
@@ -160,23 +190,70 @@ class InvoicingRecorder(PostgresApplicationRecorder):
             # Fails the save if any line was billed already: billed at most once.
             curs.execute(SQL("SELECT {}.bill_usage(%s::uuid[], %s::uuid[])").format(schema),
                          (entries, invoices))
-        for record in rows.invoices:
-            self._upsert_invoice(curs, schema, record)
+        if rows.watermarks:
+            # Fails the save (unique violation) when another invoice followed the same last
+            # watermark of an account and currency first: usage is billed at most once.
+            curs.execute(
+                SQL("INSERT INTO {}.usage_watermarks (invoice_id, account_id, currency,"
+                    " through_seq, through_period, previous_id) SELECT * FROM"
+                    " unnest(%b::uuid[], %b::uuid[], %b::text[], %b::bigint[], %b::text[],"
+                    " %b::bigint[])").format(schema),
+                ([w[0] for w in rows.watermarks], [w[1] for w in rows.watermarks],
+                 [w[2] for w in rows.watermarks], [w[3].through_seq for w in rows.watermarks],
+                 [w[3].through_period for w in rows.watermarks],
+                 [w[3].previous_id for w in rows.watermarks]))
+        if len(rows.invoices) == 1:
+            self._upsert_invoice(curs, schema, rows.invoices[0])
+        elif rows.invoices:
+            self._upsert_invoices(curs, schema, rows.invoices)
         for note in rows.credit_notes:
             curs.execute(SQL("INSERT INTO {}.credit_notes (credit_note_id, invoice_id, account_id,"
                              " number, currency, issued_at, view)"
                              " VALUES (%s, %s, %s, %s, %s, %s, %s)").format(schema),
                          (note.credit_note_id, note.invoice_id, note.account_id, note.number,
                           note.currency, note.issued_at, note.view))
-        for subject, message in rows.outbox:
+        if rows.outbox:
+            # One statement for the save's messages (a billing run's page: hundreds).
+            subjects, ids, payloads = [], [], []
+            for subject, message in rows.outbox:
+                subjects.append(subject)
+                ids.append(message_id(subject, message))
+                payloads.append(msgspec.json.encode(message))
             curs.execute(SQL("INSERT INTO {}.outbox (subject, msg_id, payload, headers)"
-                             " VALUES (%s, %s, %s, %s)").format(schema),
-                         (subject, message_id(subject, message), msgspec.json.encode(message),
-                          Jsonb({})))
+                             " SELECT s, m, p, '{{}}'::jsonb FROM unnest(%b::text[], %b::text[],"
+                             " %b::bytea[]) WITH ORDINALITY AS t(s, m, p, o) ORDER BY o")
+                         .format(schema),
+                         (subjects, ids, payloads))
         if rows.outbox:
             curs.execute("SELECT pg_notify(%s, '')", (OUTBOX_CHANNEL,))
         if rows.emails:
             type(self).enqueue_emails(curs, rows.emails)
+
+    @staticmethod
+    def _upsert_invoices(curs: Cursor[DictRow], schema: Identifier,
+                         records: Sequence[InvoiceRecord]) -> None:
+        """Many new invoices in one statement (a billing run's page)."""
+        columns: list[list[Any]] = [[] for _ in range(14)]
+        for r in records:
+            for column, value in zip(columns, (
+                    r.invoice_id, r.account_id, r.number, r.status, r.kind, r.currency,
+                    r.period, r.billing_run_id, r.total_micros, r.amount_due_micros,
+                    r.issued_at, r.due_at, r.version, r.view), strict=True):
+                column.append(value)
+        curs.execute(
+            SQL("INSERT INTO {}.invoices (invoice_id, account_id, number, status, kind, currency,"
+                " period, billing_run_id, total_micros, amount_due_micros, issued_at, due_at,"
+                " version, view) SELECT i, a, n, s, k, c, p, r, t, d, ia, da, v, w"
+                " FROM unnest(%b::uuid[], %b::uuid[], %b::text[],"
+                " %b::text[], %b::text[], %b::text[], %b::text[], %b::text[], %b::bigint[],"
+                " %b::bigint[], %b::timestamptz[], %b::timestamptz[], %b::bigint[], %b::bytea[])"
+                " WITH ORDINALITY AS x(i, a, n, s, k, c, p, r, t, d, ia, da, v, w, o) ORDER BY o"
+                " ON CONFLICT (invoice_id) DO UPDATE SET number = EXCLUDED.number,"
+                " status = EXCLUDED.status, amount_due_micros = EXCLUDED.amount_due_micros,"
+                " issued_at = EXCLUDED.issued_at, due_at = EXCLUDED.due_at,"
+                " version = EXCLUDED.version, view = EXCLUDED.view"
+                " WHERE invoices.version < EXCLUDED.version").format(schema),
+            columns)
 
     @staticmethod
     def _upsert_invoice(curs: Cursor[DictRow], schema: Identifier, r: InvoiceRecord) -> None:

@@ -58,6 +58,35 @@ def invoice_view(invoice: Invoice) -> InvoiceView:
     )
 
 
+def issued_views(invoice: Invoice) -> tuple[InvoiceView, InvoiceIssued]:
+    """The read model's view and the `issued` message of a just-issued invoice, with their
+    lines and VAT breakdown converted once (a billing run issues thousands)."""
+    assert invoice.number and invoice.issued_at and invoice.due_at
+    lines = contract_lines(invoice.lines)
+    vat = contract_breakdown(invoice.lines)
+    subtotal = format_micros(invoice.subtotal_micros)
+    vat_total = format_micros(invoice.vat_total_micros)
+    total = format_micros(invoice.total_micros)
+    account_id = UUID(invoice.account_id)
+    issued_at, due_at = invoice.issued_at.astimezone(UTC), invoice.due_at.astimezone(UTC)
+    message = InvoiceIssued(
+        event_id=f"issued:{invoice.id}", invoice_id=str(invoice.id), number=invoice.number,
+        account_id=account_id, currency=invoice.currency,  # type: ignore[arg-type]
+        period=invoice.period, lines=lines, vat_breakdown=vat, subtotal=subtotal,
+        vat_total=vat_total, total=total, issued_at=issued_at, due_at=due_at)
+    view = InvoiceView(
+        invoice_id=str(invoice.id), number=invoice.number, account_id=account_id,
+        status=invoice.status, currency=invoice.currency,  # type: ignore[arg-type]
+        period=invoice.period, lines=lines, vat_breakdown=vat, subtotal=subtotal,
+        vat_total=vat_total, total=total,
+        amount_paid=format_micros(invoice.paid_micros),
+        amount_due=format_micros(invoice.amount_due_micros),
+        issued_at=_utc(invoice.issued_at), due_at=_utc(invoice.due_at),
+        paid_at=_utc(invoice.paid_at), voided_at=_utc(invoice.voided_at),
+    )
+    return view, message
+
+
 def credit_note_view(invoice: Invoice, note: CreditNote) -> CreditNoteView:
     return CreditNoteView(
         credit_note_id=note.credit_note_id, number=note.number, invoice_id=str(invoice.id),

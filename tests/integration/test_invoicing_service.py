@@ -296,8 +296,13 @@ async def test_a_run_killed_half_way_finishes_after_a_restart_without_doubles_or
                             " GROUP BY account_id", (run_id, accounts))
         assert len(per_account) == 400 and all(count == 1 for _, count in per_account)
         assert {row[0] for row in per_account} == set(accounts)
-        assert query(infra.database_url, "SELECT count(*) FROM invoicing.usage_lines"
-                     " WHERE account_id = ANY(%s) AND invoiced_on IS NULL", (accounts,)) == [(0,)]
+        # Every line billed once, by its own account's invoice of this run.
+        assert query(infra.database_url,
+                     "SELECT count(*) FILTER (WHERE i.billing_run_id IS DISTINCT FROM %s"
+                     " OR i.account_id <> b.account_id), count(*)"
+                     " FROM invoicing.usage_lines_billing b LEFT JOIN invoicing.invoices i"
+                     " ON i.invoice_id = b.billed_by WHERE b.account_id = ANY(%s)",
+                     (run_id, accounts)) == [(0, 400)]
         totals = {row[0] for row in query(infra.database_url,
                                           "SELECT total_micros FROM invoicing.invoices"
                                           " WHERE billing_run_id = %s AND account_id = ANY(%s)",
