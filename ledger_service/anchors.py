@@ -40,6 +40,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from contracts.ledger import LedgerAnchor
 from contracts.subjects import LEDGER_ANCHORS
 from ledger_service.domain.times import format_time
+from ledger_service.projections.eventlog import log_head
 from services.backoff import Backoff
 
 log = structlog.get_logger(__name__)
@@ -205,9 +206,7 @@ def make_anchor(conn: psycopg.Connection[Any], seed: bytes, *, reason: Reason,
     now = now or datetime.now(UTC)
     with conn.transaction():
         conn.execute("LOCK TABLE anchors IN EXCLUSIVE MODE")  # one anchorer at a time
-        row = conn.execute("SELECT coalesce(max(notification_id), 0) FROM ledger_events"
-                           ).fetchone()
-        position = int(row[0]) if row else 0
+        position = log_head(conn)
         last = _last_anchored(conn)
         if position <= last and reason == "interval":
             return None
@@ -241,6 +240,13 @@ def make_anchor(conn: psycopg.Connection[Any], seed: bytes, *, reason: Reason,
 def unpublished(conn: psycopg.Connection[Any]) -> list[LedgerAnchor]:
     rows = conn.execute("SELECT body FROM anchors WHERE published_at IS NULL ORDER BY position"
                         " LIMIT 100").fetchall()
+    return [msgspec.json.decode(bytes(body), type=LedgerAnchor) for (body,) in rows]
+
+
+def stored_anchors(conn: psycopg.Connection[Any]) -> list[LedgerAnchor]:
+    """The database's copies of every anchor, oldest first (the archived file is the proof;
+    these are what `verify` falls back to without it)."""
+    rows = conn.execute("SELECT body FROM anchors ORDER BY position").fetchall()
     return [msgspec.json.decode(bytes(body), type=LedgerAnchor) for (body,) in rows]
 
 

@@ -42,10 +42,13 @@ from ledger_service.domain.chain import GENESIS_HASH, chain_keyring, is_keyed, v
 from ledger_service.domain.postings import event_postings, sum_by_currency
 from ledger_service.domain.times import format_time
 from ledger_service.projections.builders import PROJECTION_NAMES, credits_of, usage_day, usage_lines
-from ledger_service.projections.decoding import ROW_COLUMNS, EventDecoder, StoredRow, stored_row
+from ledger_service.projections.decoding import EventDecoder, StoredRow
+from ledger_service.projections.eventlog import event_rows, log_head
+from ledger_service.projections.runner import quarantined_events
 from ledger_service.projections.statement import entry_seq, statement_entries
 
 ROWS_FETCHED_PER_ROUND_TRIP: Final = 5_000
+QUARANTINED_SHOWN_MAX: Final = 1_000
 STATEMENT_FIELDS: Final = ("entry_id", "kind", "amount_micros", "balance_after_micros",
                            "description")
 # Aggregate attributes added after snapshots were first taken: a snapshot from before lacks
@@ -469,13 +472,14 @@ def _verify_in_snapshot(conn: psycopg.Connection[Any], decoder: EventDecoder,
                         account_id: UUID | None, progress: Progress | None,
                         report: VerifyReport) -> None:
     report.positions = _positions(conn)
-    row = conn.execute("SELECT coalesce(max(notification_id), 0) FROM ledger_events").fetchone()
-    report.log_position = int(row[0]) if row else 0
+    report.log_position = log_head(conn)
     streams = {name: RowStream(_stream(conn, f"verify_{name}", _TABLE_QUERIES[name],
                                        account_id)) for name in PROJECTION_NAMES}
     streams["snapshots"] = RowStream(_stream(conn, "verify_snapshots", _SNAPSHOTS_QUERY,
                                              account_id, key="originator_id"))
-    for current, rows in groupby(_event_rows(conn, account_id), key=lambda r: r.originator_id):
+    rows_in_account_order = event_rows(conn, account_id=account_id, order="account",
+                                       cursor_name="verify_events")
+    for current, rows in groupby(rows_in_account_order, key=lambda r: r.originator_id):
         first = next(rows)
         if not first.is_account_event:
             continue  # the price catalogue: no chain, no postings
@@ -500,16 +504,10 @@ def _quarantined_events(conn: psycopg.Connection[Any],
                         account_id: UUID | None) -> list[Divergence]:
     """Events a projection set aside (runner.quarantine): its rows lack them, so verify fails
     until the cause is fixed and the projection rebuilt."""
-    query = ("SELECT account_id, projection, position, event_type, error"
-             " FROM projection_quarantine WHERE projection = ANY(%s)")
-    params: list[Any] = [list(PROJECTION_NAMES)]
-    if account_id is not None:
-        query += " AND account_id = %s"
-        params.append(account_id)
-    rows = conn.execute(query + " ORDER BY position, projection LIMIT 1000", params).fetchall()
-    return [Divergence(a, f"quarantined:{name}", f"{event_type} at position {position}",
-                       "applied to the projection", _text(error))
-            for a, name, position, event_type, error in rows]
+    return [Divergence(q.account_id, f"quarantined:{q.projection}",
+                       f"{q.event_type} at position {q.position}", "applied to the projection",
+                       _text(q.error))
+            for q in quarantined_events(conn, account_id, limit=QUARANTINED_SHOWN_MAX)]
 
 
 def verify_anchors(conn: psycopg.Connection[Any], anchors: list[LedgerAnchor],
@@ -519,8 +517,7 @@ def verify_anchors(conn: psycopg.Connection[Any], anchors: list[LedgerAnchor],
     Each anchor's heads are recomputed from the log at its position, so an edit, deletion,
     truncation or re-ordering below it shows however the chain hashes were rewritten.
     """
-    row = conn.execute("SELECT coalesce(max(notification_id), 0) FROM ledger_events").fetchone()
-    log_position = int(row[0]) if row else 0
+    log_position = log_head(conn)
     for anchor in anchors:
         result = check_anchor(conn, anchor, trusted_key, log_position)
         report.anchors_checked += 1
@@ -536,19 +533,6 @@ def _positions(conn: psycopg.Connection[Any]) -> dict[str, int]:
     positions = {name: 0 for name in PROJECTION_NAMES}
     positions.update({name: int(position) for name, position in rows})
     return positions
-
-
-def _event_rows(conn: psycopg.Connection[Any], account_id: UUID | None) -> Iterator[StoredRow]:
-    cur = conn.cursor(name="verify_events", binary=True)
-    cur.itersize = ROWS_FETCHED_PER_ROUND_TRIP
-    if account_id is None:
-        cur.execute(f"SELECT {ROW_COLUMNS} FROM ledger_events"  # noqa: S608
-                    " ORDER BY originator_id, originator_version")
-    else:
-        cur.execute(f"SELECT {ROW_COLUMNS} FROM ledger_events WHERE originator_id = %s"  # noqa: S608
-                    " ORDER BY originator_version", (account_id,))
-    for values in cur:
-        yield stored_row(values)
 
 
 def _missing_indexed_events(conn: psycopg.Connection[Any],
