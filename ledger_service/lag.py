@@ -25,6 +25,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from psycopg_pool import AsyncConnectionPool
 
 from ledger_service.domain.times import format_time
+from ledger_service.projections.builders import PROJECTION_NAMES
 from ledger_service.publisher import PUBLISHER_NAME
 
 # A follower this far behind (its oldest waiting event this old) is reported as stuck by
@@ -59,6 +60,11 @@ ORDER BY f.kind, f.name
 
 
 PARAMS: Final = {"publisher": PUBLISHER_NAME, "stamp": TIMESTAMP_PATTERN}
+# Events set aside by a projection and not yet cleared by a rebuild (runner.quarantine). The
+# runner's counter of them lives in the follower process, which no scrape reaches unless
+# PROMETHEUS_MULTIPROC_DIR is set: read from the table, this is right either way.
+QUARANTINED_SQL: Final = ("SELECT projection, count(*) FROM projection_quarantine"
+                          " WHERE projection = ANY(%s) GROUP BY projection")
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +108,21 @@ async def read_lags_async(pool: AsyncConnectionPool) -> list[FollowerLag]:
     async with pool.connection() as conn:
         cursor = await conn.execute(LAG_SQL, PARAMS)
         return _lags(await cursor.fetchall())
+
+
+async def follower_metrics(pool: AsyncConnectionPool) -> list[Metric]:
+    """/metrics' figures of the followers, read from the database at scrape time."""
+    async with pool.connection() as conn:
+        lags = _lags(await (await conn.execute(LAG_SQL, PARAMS)).fetchall())
+        cursor = await conn.execute(QUARANTINED_SQL, [list(PROJECTION_NAMES)])
+        quarantined = {str(name): int(count) for name, count in await cursor.fetchall()}
+    family = GaugeMetricFamily(
+        "ledger_projection_quarantined_events",
+        "Events a projection could not apply and set aside, until a rebuild clears them.",
+        labels=["projection"])
+    for name in PROJECTION_NAMES:
+        family.add_metric([name], quarantined.get(name, 0))
+    return [*lag_metrics(lags), family]
 
 
 def lag_metrics(lags: Sequence[FollowerLag]) -> list[Metric]:

@@ -15,7 +15,7 @@ from ledger_service.domain.chain import configure_chain_keys
 from ledger_service.followers import FollowerConfig, Followers
 from ledger_service.http import EXCEPTION_STATUSES, LedgerServices, charges_router, router
 from ledger_service.http_lag import lag_router
-from ledger_service.lag import lag_metrics, read_lags_async
+from ledger_service.lag import follower_metrics
 from ledger_service.messaging import Authorizer, Sweeper, Writer, consumers
 from ledger_service.reader import Reader
 from ledger_service.settings import LedgerSettings
@@ -96,7 +96,7 @@ def metrics(runtime: Runtime) -> list[ScrapeCollector]:
     of the durable consumers and the dead letters (asked of NATS), at each scrape."""
 
     async def followers() -> list[Any]:
-        return lag_metrics(await read_lags_async(runtime.pool))
+        return await follower_metrics(runtime.pool)
 
     def durables() -> list[tuple[str, str]]:
         return [(c.stream, c.durable) for c in runtime.state.get("consumers", ())]
