@@ -80,6 +80,10 @@ class ServiceSpec:
     # subscribers on runtime.broker and returns the HTTP routes and hooks.
     build: Callable[[Runtime], ServiceParts]
     settings_class: type[ServiceSettings] = ServiceSettings
+    # Schema objects the migrations' SQL files do not make (the ledger's event store, made by
+    # the eventsourcing library): made by `migrate` too, so that a role that may not create
+    # them can run the service once the owner has migrated.
+    after_migrate: Callable[[ServiceSettings], None] | None = None
 
 
 def load(spec: ServiceSpec, environ: Mapping[str, str] | None = None) -> ServiceSettings:
@@ -93,7 +97,10 @@ def load(spec: ServiceSpec, environ: Mapping[str, str] | None = None) -> Service
 
 def migrate(spec: ServiceSpec, settings: ServiceSettings) -> list[str]:
     ensure_database(settings.database_url)
-    return apply_migrations(settings.database_url, spec.schema, spec.migrations)
+    applied = apply_migrations(settings.database_url, spec.schema, spec.migrations)
+    if spec.after_migrate is not None:
+        spec.after_migrate(settings)
+    return applied
 
 
 def build_app(spec: ServiceSpec, settings: ServiceSettings) -> Litestar:

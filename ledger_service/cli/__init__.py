@@ -2,7 +2,8 @@
 
 Commands read PostgreSQL (DATABASE_URL, or the embedded server of ``make run`` under RUN_DIR)
 and, for dead letters, NATS (NATS_URL). They never change an event: ``rebuild`` and
-``catch-up`` write projections only, ``dead-letters retry`` republishes a message.
+``catch-up`` write projections only, ``dead-letters retry`` republishes a message, ``db
+grant-runtime-role`` grants a role membership of the runtime group.
 
 Exit codes: 0 ok; 1 verify found a divergence (or retry failed); 2 a usage or connection error;
 3 verify found projections behind the log.
@@ -16,6 +17,7 @@ anchors.py), never copies:
 - ``followers``: rebuild, catch-up, status
 - ``events``: events, export
 - ``dead_letters``: dead-letters list, show, retry
+- ``db``: db grant-runtime-role
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from typing import Annotated
 
 import typer
 
-from ledger_service.cli import accounts, audit, dead_letters, events, followers
+from ledger_service.cli import accounts, audit, db, dead_letters, events, followers
 from ledger_service.cli.events import AuditRecord, audit_records
 from ledger_service.cli.tools import Failure, Tools, err, parse_account, parse_instant
 from ledger_service.domain.chain import configure_chain_keys
@@ -50,6 +52,7 @@ app = typer.Typer(
 for group in (accounts, audit, followers, events):
     app.add_typer(group.commands)
 app.add_typer(dead_letters.commands, name="dead-letters")
+app.add_typer(db.commands, name="db")
 
 
 @app.callback()

@@ -139,6 +139,7 @@ def report_json(report: VerifyReport) -> dict[str, Any]:
         "ok": report.ok, "accounts": report.accounts, "events": report.events,
         "log_position": report.log_position, "projection_positions": report.positions,
         "postings_total_micros": report.postings_total, "elapsed_s": round(report.elapsed_s, 3),
+        "anchors_checked": report.anchors_checked,
         "divergences": [{"account_id": str(d.account_id) if d.account_id else None,
                          "check": d.check, "where": d.where, "expected": d.expected,
                          "found": d.found} for d in report.divergences],
