@@ -17,6 +17,9 @@ every account's events are read in version order and checked:
   deleted last event, which leaves no gap behind it);
 - the event store's snapshots, which loading an account starts from: each one's state
   against the replay at its version, and none past the account's last event.
+- the signed anchors (for the whole log): each one's Merkle root of chain heads recomputed
+  from the same pass, so the log is read once however many anchors there are
+  (anchors.py `AnchoredRoots`); every period close and every anchor since the last one.
 
 Tables are streamed in account order and merged, so memory follows one account, not the log.
 """
@@ -24,19 +27,25 @@ Tables are streamed in account order and merged, so memory follows one account, 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import date
 from itertools import chain, groupby
 from typing import Any, Final, cast
 from uuid import UUID
 
+import msgspec
 import psycopg
 from eventsourcing.persistence import StoredEvent
 from psycopg import IsolationLevel
 
 from contracts.ledger import LedgerAnchor
-from ledger_service.anchors import check_anchor
+from ledger_service.anchors import (
+    AccountHeads,
+    AnchoredRoots,
+    anchors_to_check,
+    problem_before_replay,
+)
 from ledger_service.domain.account import BillingAccount
 from ledger_service.domain.chain import GENESIS_HASH, chain_keyring, is_keyed, verify_chain
 from ledger_service.domain.postings import event_postings, sum_by_currency
@@ -86,6 +95,7 @@ class VerifyReport:
     allow_unkeyed: bool = False
     unkeyed_events: int = 0
     anchors_checked: int = 0
+    anchors_skipped: int = 0  # interval anchors before the last period close (covered by it)
 
     @property
     def ok(self) -> bool:
@@ -166,8 +176,10 @@ class AccountAudit:
     """Checks one account's events as they stream past, then its projection rows."""
 
     def __init__(self, account_id: UUID, positions: dict[str, int],
-                 streams: dict[str, RowStream], report: VerifyReport) -> None:
+                 streams: dict[str, RowStream], report: VerifyReport,
+                 heads: AccountHeads | None = None) -> None:
         self.account_id = account_id
+        self.heads = heads  # its chain heads at the anchored positions
         self.positions = positions
         self.streams = streams
         self.report = report
@@ -208,7 +220,12 @@ class AccountAudit:
             self.flag("undecodable", where, "a decodable event", f"{type(exc).__name__}: {exc}")
             self.previous_hash = None
             self.replay_ok = False
+            if self.heads is not None:
+                self.heads.see(row.position, row.originator_version, _raw_chain_hash(row))
             return
+        if self.heads is not None:
+            self.heads.see(row.position, row.originator_version,
+                           getattr(event, "chain_hash", None))
         self._check_chain(event, where)
         self._check_postings(event, where)
         self._capture_before(row.position)
@@ -445,8 +462,11 @@ class AccountAudit:
 
 def verify(conn: psycopg.Connection[Any], decoder: EventDecoder, *,
            account_id: UUID | None = None, progress: Progress | None = None,
-           allow_unkeyed: bool = False) -> VerifyReport:
-    """Check the log (or one account's part of it) and the projections against it."""
+           allow_unkeyed: bool = False, anchors: Sequence[LedgerAnchor] = (),
+           trusted_anchor_key: bytes | None = None) -> VerifyReport:
+    """Check the log (or one account's part of it) and the projections against it, and,
+    for the whole log, against ``anchors`` (signed with ``trusted_anchor_key``): every anchor
+    checked in the same single pass over the log."""
     started = time.perf_counter()
     report = VerifyReport(allow_unkeyed=allow_unkeyed)
     saved = conn.autocommit, conn.isolation_level, conn.read_only
@@ -455,7 +475,8 @@ def verify(conn: psycopg.Connection[Any], decoder: EventDecoder, *,
     conn.read_only = True
     try:
         with conn.transaction():
-            _verify_in_snapshot(conn, decoder, account_id, progress, report)
+            _verify_in_snapshot(conn, decoder, account_id, progress, report,
+                                anchors if account_id is None else (), trusted_anchor_key)
     finally:
         conn.autocommit, conn.isolation_level, conn.read_only = saved
     for currency, total in sorted(report.postings_total.items()):
@@ -470,9 +491,11 @@ def verify(conn: psycopg.Connection[Any], decoder: EventDecoder, *,
 
 def _verify_in_snapshot(conn: psycopg.Connection[Any], decoder: EventDecoder,
                         account_id: UUID | None, progress: Progress | None,
-                        report: VerifyReport) -> None:
+                        report: VerifyReport, anchors: Sequence[LedgerAnchor],
+                        trusted_anchor_key: bytes | None) -> None:
     report.positions = _positions(conn)
     report.log_position = log_head(conn)
+    roots = _anchored_roots(anchors, trusted_anchor_key, report)
     streams = {name: RowStream(_stream(conn, f"verify_{name}", _TABLE_QUERIES[name],
                                        account_id)) for name in PROJECTION_NAMES}
     streams["snapshots"] = RowStream(_stream(conn, "verify_snapshots", _SNAPSHOTS_QUERY,
@@ -483,7 +506,8 @@ def _verify_in_snapshot(conn: psycopg.Connection[Any], decoder: EventDecoder,
         first = next(rows)
         if not first.is_account_event:
             continue  # the price catalogue: no chain, no postings
-        audit = AccountAudit(current, report.positions, streams, report)
+        heads = roots.account(current) if roots is not None else None
+        audit = AccountAudit(current, report.positions, streams, report, heads)
         report.accounts += 1
         for stored in chain([first], rows):
             audit.feed(stored, decoder)
@@ -491,13 +515,53 @@ def _verify_in_snapshot(conn: psycopg.Connection[Any], decoder: EventDecoder,
             if progress is not None and report.events % 10_000 == 0:
                 progress(report.events)
         report.divergences.extend(audit.finish())
+        if heads is not None:
+            heads.finish()
     for name, stream in streams.items():
         for orphan in stream.finish():
             check = "snapshot" if name == "snapshots" else f"projection:{name}"
             report.divergences.append(Divergence(
                 orphan, check, "rows", "rows for an account", "no events"))
+    if roots is not None:
+        report.divergences.extend(_anchor_divergence(a, problem) for a, problem in roots.problems())
     report.divergences.extend(_missing_indexed_events(conn, account_id))
     report.divergences.extend(_quarantined_events(conn, account_id))
+
+
+def _anchored_roots(anchors: Sequence[LedgerAnchor], trusted_key: bytes | None,
+                    report: VerifyReport) -> AnchoredRoots | None:
+    """The anchors to recompute in the pass; those wrong before any replay (signature, a log
+    that ends before them) are reported now."""
+    if not anchors:
+        return None
+    if trusted_key is None:
+        raise ValueError("anchors to check need the trusted anchor key")
+    chosen, report.anchors_skipped = anchors_to_check(anchors)
+    report.anchors_checked = len(chosen)
+    replayed = []
+    for anchor in chosen:
+        problem = problem_before_replay(anchor, trusted_key, report.log_position)
+        if problem is None:
+            replayed.append(anchor)
+        else:
+            report.divergences.append(_anchor_divergence(anchor, problem))
+    return AnchoredRoots(replayed) if replayed else None
+
+
+def _anchor_divergence(anchor: LedgerAnchor, problem: str) -> Divergence:
+    return Divergence(None, "anchor", f"{anchor.anchor_id} ({anchor.created_at})",
+                      f"root {anchor.merkle_root} at position {anchor.position}", problem)
+
+
+def _raw_chain_hash(row: StoredRow) -> str | None:
+    """The chain hash of an event the mapper cannot decode, read from its JSON as
+    `make_anchor` reads it; None when it is not JSON either."""
+    try:
+        state = msgspec.json.decode(row.state)
+    except msgspec.DecodeError:
+        return None
+    value = state.get("chain_hash") if isinstance(state, dict) else None
+    return value if isinstance(value, str) else None
 
 
 def _quarantined_events(conn: psycopg.Connection[Any],
@@ -508,23 +572,6 @@ def _quarantined_events(conn: psycopg.Connection[Any],
                        f"{q.event_type} at position {q.position}", "applied to the projection",
                        _text(q.error))
             for q in quarantined_events(conn, account_id, limit=QUARANTINED_SHOWN_MAX)]
-
-
-def verify_anchors(conn: psycopg.Connection[Any], anchors: list[LedgerAnchor],
-                   trusted_key: bytes, report: VerifyReport) -> None:
-    """Check the log against signed anchors kept outside the database (newest last).
-
-    Each anchor's heads are recomputed from the log at its position, so an edit, deletion,
-    truncation or re-ordering below it shows however the chain hashes were rewritten.
-    """
-    log_position = log_head(conn)
-    for anchor in anchors:
-        result = check_anchor(conn, anchor, trusted_key, log_position)
-        report.anchors_checked += 1
-        if result.problem is not None:
-            report.divergences.append(Divergence(
-                None, "anchor", f"{anchor.anchor_id} ({anchor.created_at})",
-                f"root {anchor.merkle_root} at position {anchor.position}", result.problem))
 
 
 def _positions(conn: psycopg.Connection[Any]) -> dict[str, int]:
