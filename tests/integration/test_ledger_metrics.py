@@ -22,6 +22,7 @@ from services.embedded import free_port
 from services.http import DEVELOPMENT_JWT_SECRET, mint_token
 from tests.conftest import Infra
 from tests.integration.service_process import ServiceProcess
+from tests.integration.test_projections_workload import scratch_database
 
 pytestmark = pytest.mark.integration
 OPERATOR = {"Authorization": "Bearer " + mint_token(DEVELOPMENT_JWT_SECRET, sub="metrics-test",
@@ -43,25 +44,29 @@ def ledgers(infra: Infra, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         (logs / str(index)).mkdir()
     shared = tmp_path_factory.mktemp("prometheus-multiproc")
     port = free_port()
-    env = infra.service_env(LEDGER_HTTP_REUSE_PORT="true", PROMETHEUS_MULTIPROC_DIR=str(shared))
-    first, second = (ServiceProcess("ledger_service", env, port=port) for _ in range(2))
-    try:
-        # One log folder each: they share a port, so a log file name.
-        first.start(logs / "0").wait_ready()
-        # The accounts are written while one process runs, and each is asked about once: a
-        # process answers from the accounts it holds in memory, which a write by the other
-        # process leaves behind (a refusal from a stale balance; reported with this change).
-        funded = [open_account(first.url, "10.00") for _ in range(20)]
-        empty = [open_account(first.url, "0") for _ in range(3)]
-        second.start(logs / "1").wait_ready()
-        # /readyz on the shared port may be answered by the first process: wait for the
-        # second's own word that it serves.
-        wait_for(lambda: '"service started"' in second.logs(), "a second listener")
-        yield Ledgers(first.url, funded, empty)
-    finally:
-        for process in (first, second):
-            if process.process is not None:
-                assert process.stop() == 0, process.logs()
+    # A database of its own: the holds placed here must not fall due in other tests' sweeps.
+    with scratch_database(infra, "metrics") as database_url:
+        env = infra.service_env(LEDGER_HTTP_REUSE_PORT="true", DATABASE_URL=database_url,
+                                PROMETHEUS_MULTIPROC_DIR=str(shared))
+        first, second = (ServiceProcess("ledger_service", env, port=port) for _ in range(2))
+        try:
+            # One log folder each: they share a port, so a log file name.
+            first.start(logs / "0").wait_ready()
+            # The accounts are written while one process runs, and each is asked about once:
+            # a process answers from the accounts it holds in memory, which a write by the
+            # other process leaves behind (a refusal from a stale balance; reported with this
+            # change).
+            funded = [open_account(first.url, "10.00") for _ in range(20)]
+            empty = [open_account(first.url, "0") for _ in range(3)]
+            second.start(logs / "1").wait_ready()
+            # /readyz on the shared port may be answered by the first process: wait for the
+            # second's own word that it serves.
+            wait_for(lambda: '"service started"' in second.logs(), "a second listener")
+            yield Ledgers(first.url, funded, empty)
+        finally:
+            for process in (first, second):
+                if process.process is not None:
+                    assert process.stop() == 0, process.logs()
 
 
 def wait_for(predicate: Callable[[], bool], what: str, timeout_s: float = 60) -> None:
