@@ -7,9 +7,11 @@ at every calendar-month close, the follower rolls every account's chain head (ac
 version, hash) at a log position into one Merkle root, signs it with Ed25519, and sends it out
 of the database: the ANCHORS stream (its own ten-year retention) and a JSON-lines file an
 operator archives. `ledgerctl verify --anchors FILE` recomputes the heads at each anchor's
-position from the log and compares roots; any edit, deletion, truncation or re-ordering below an
-anchored position changes a head, so the root, and the signature cannot be re-made without the
-signing key, which is not in the database either.
+position from the log, all anchors in the one pass verify reads the log in (`AnchoredRoots`),
+and compares roots; any edit, deletion, truncation or re-ordering below an anchored position
+changes a head, so the root, and the signature cannot be re-made without the signing key,
+which is not in the database either. It checks every period close and the anchors since the
+last one (`anchors_to_check`).
 
 The Merkle tree is RFC 6962's (leaf = SHA-256(0x00 || leaf bytes), node = SHA-256(0x01 || left
 || right), split at the largest power of two below n), computed streaming over heads sorted by
@@ -20,11 +22,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import bisect
 import contextlib
 import hashlib
 import json
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final, Literal
@@ -40,6 +42,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from contracts.ledger import LedgerAnchor
 from contracts.subjects import LEDGER_ANCHORS
 from ledger_service.domain.times import format_time
+from ledger_service.projections.eventlog import log_head
 from services.backoff import Backoff
 
 log = structlog.get_logger(__name__)
@@ -142,44 +145,96 @@ def signature_holds(anchor: LedgerAnchor, public_key: bytes) -> bool:
     return True
 
 
-# ------------------------------------------------------------------------- heads from the log
+# ------------------------------------------------------------------------- checking anchors
 
-def heads_at(conn: psycopg.Connection[Any], position: int) -> Iterator[tuple[UUID, int, str]]:
-    """Every account's chain head at `position`, recomputed from the log, by account id."""
-    with conn.cursor(name="anchor_heads_at") as cur:
-        cur.itersize = 10_000
-        cur.execute(_HEADS_SINCE, (0, position))
-        yield from ((UUID(str(a)), int(v), str(h)) for a, v, h in cur)
-
-
-def root_at(conn: psycopg.Connection[Any], position: int) -> tuple[str, int]:
-    with conn.transaction():  # a named cursor lives in a transaction
-        return merkle_root(leaf_bytes(a, v, h) for a, v, h in heads_at(conn, position))
-
-
-@dataclass(frozen=True, slots=True)
-class AnchorCheck:
-    anchor_id: str
-    position: int
-    problem: str | None  # None: the log agrees with the anchor
+def anchors_to_check(anchors: Sequence[LedgerAnchor]) -> tuple[list[LedgerAnchor], int]:
+    """The anchors `verify` checks, by position: every period close, and every anchor after
+    the newest one. An older interval anchor adds nothing: whatever changed below it changed
+    the chain heads at the period close after it too (a head's hash covers every event before
+    it). Returns them and how many were left out."""
+    ordered = sorted(anchors, key=lambda a: a.position)
+    closes = [a.position for a in ordered if a.reason == "period_close"]
+    last_close = closes[-1] if closes else -1
+    chosen = [a for a in ordered if a.reason == "period_close" or a.position > last_close]
+    return chosen, len(ordered) - len(chosen)
 
 
-def check_anchor(conn: psycopg.Connection[Any], anchor: LedgerAnchor,
-                 public_key: bytes, log_position: int) -> AnchorCheck:
+def problem_before_replay(anchor: LedgerAnchor, public_key: bytes,
+                          log_position: int) -> str | None:
+    """What is wrong with an anchor without reading the log: its signature, or a log that ends
+    before it."""
     if not signature_holds(anchor, public_key):
-        return AnchorCheck(anchor.anchor_id, anchor.position,
-                           "signature does not verify with the trusted anchor key")
+        return "signature does not verify with the trusted anchor key"
     if log_position < anchor.position:
-        return AnchorCheck(anchor.anchor_id, anchor.position,
-                           f"the log ends at {log_position}, before the anchored position"
-                           f" {anchor.position}: it was truncated or restored from an older copy")
-    root, accounts = root_at(conn, anchor.position)
-    if root != anchor.merkle_root:
-        return AnchorCheck(anchor.anchor_id, anchor.position,
-                           f"chain heads at position {anchor.position} give root {root} over"
-                           f" {accounts} accounts; the anchor signed {anchor.merkle_root} over"
-                           f" {anchor.accounts}: history below it was changed")
-    return AnchorCheck(anchor.anchor_id, anchor.position, None)
+        return (f"the log ends at {log_position}, before the anchored position"
+                f" {anchor.position}: it was truncated or restored from an older copy")
+    return None
+
+
+class AnchoredRoots:
+    """Every anchor's Merkle root, recomputed from one pass over the log.
+
+    The pass goes account by account in account-id order (the leaves' order) and each
+    account's events in version order; for each anchored position the account's head is its
+    highest version stored at or below that position, as `make_anchor` took it. Memory: a
+    streaming tree per anchor, and per account a head per distinct anchor interval its events
+    fall in.
+    """
+
+    def __init__(self, anchors: Sequence[LedgerAnchor]) -> None:
+        self.anchors = sorted(anchors, key=lambda a: a.position)
+        self.positions = [a.position for a in self.anchors]
+        self.trees = [MerkleRoot() for _ in self.anchors]
+
+    def account(self, account_id: UUID) -> AccountHeads:
+        return AccountHeads(self, account_id)
+
+    def problems(self) -> list[tuple[LedgerAnchor, str]]:
+        found = []
+        for anchor, tree in zip(self.anchors, self.trees, strict=True):
+            root = tree.hexdigest()
+            if root != anchor.merkle_root:
+                found.append((anchor, f"chain heads at position {anchor.position} give root"
+                                      f" {root} over {tree.count} accounts; the anchor signed"
+                                      f" {anchor.merkle_root} over {anchor.accounts}: history"
+                                      " below it was changed"))
+        return found
+
+
+class AccountHeads:
+    """One account's heads at every anchored position, gathered as its events stream past."""
+
+    __slots__ = ("_account_id", "_latest", "_roots")
+
+    def __init__(self, roots: AnchoredRoots, account_id: UUID) -> None:
+        self._roots = roots
+        self._account_id = account_id
+        # index of the first anchor at or after an event's position -> the highest version
+        # seen there (events come in version order, so the latest seen is the highest)
+        self._latest: dict[int, tuple[int, str]] = {}
+
+    def see(self, position: int, version: int, chain_hash: str | None) -> None:
+        if chain_hash is None:  # no link in a chain: not an account event
+            return
+        first = bisect.bisect_left(self._roots.positions, position)
+        if first < len(self._roots.positions):
+            self._latest[first] = (version, chain_hash)
+
+    def finish(self) -> None:
+        """The account's leaf into every anchor's tree where it had a head."""
+        if not self._latest:
+            return
+        head: tuple[int, str] | None = None
+        leaf = b""
+        for index, tree in enumerate(self._roots.trees):
+            seen = self._latest.get(index)
+            # The head at an anchor: the highest version at or below it, whichever interval
+            # it was stored in (a re-ordered log may put a later version in an earlier one).
+            if seen is not None and (head is None or seen[0] > head[0]):
+                head = seen
+                leaf = leaf_bytes(self._account_id, head[0], head[1])
+            if head is not None:
+                tree.add(leaf)
 
 
 def read_anchor_file(path: Path) -> list[LedgerAnchor]:
@@ -205,9 +260,7 @@ def make_anchor(conn: psycopg.Connection[Any], seed: bytes, *, reason: Reason,
     now = now or datetime.now(UTC)
     with conn.transaction():
         conn.execute("LOCK TABLE anchors IN EXCLUSIVE MODE")  # one anchorer at a time
-        row = conn.execute("SELECT coalesce(max(notification_id), 0) FROM ledger_events"
-                           ).fetchone()
-        position = int(row[0]) if row else 0
+        position = log_head(conn)
         last = _last_anchored(conn)
         if position <= last and reason == "interval":
             return None
@@ -241,6 +294,13 @@ def make_anchor(conn: psycopg.Connection[Any], seed: bytes, *, reason: Reason,
 def unpublished(conn: psycopg.Connection[Any]) -> list[LedgerAnchor]:
     rows = conn.execute("SELECT body FROM anchors WHERE published_at IS NULL ORDER BY position"
                         " LIMIT 100").fetchall()
+    return [msgspec.json.decode(bytes(body), type=LedgerAnchor) for (body,) in rows]
+
+
+def stored_anchors(conn: psycopg.Connection[Any]) -> list[LedgerAnchor]:
+    """The database's copies of every anchor, oldest first (the archived file is the proof;
+    these are what `verify` falls back to without it)."""
+    rows = conn.execute("SELECT body FROM anchors ORDER BY position").fetchall()
     return [msgspec.json.decode(bytes(body), type=LedgerAnchor) for (body,) in rows]
 
 

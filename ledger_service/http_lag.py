@@ -12,14 +12,8 @@ from typing import Any
 from litestar import Request, Response, Router, get
 from psycopg_pool import AsyncConnectionPool
 
-from ledger_service.lag import FollowerLag, read_lags_async
+from ledger_service.lag import read_lags_async
 from services.http.problems import problem_response, problem_responses
-
-
-def follower_json(lag: FollowerLag, alert_s: float) -> dict[str, Any]:
-    return {"kind": lag.kind, "name": lag.name, "position": lag.position, "head": lag.head,
-            "behind_events": lag.behind_events, "lag_s": round(lag.lag_s, 3),
-            "stuck": lag.stuck(alert_s)}
 
 
 def lag_router(pool: AsyncConnectionPool, alert_s: float) -> Router:
@@ -31,7 +25,7 @@ def lag_router(pool: AsyncConnectionPool, alert_s: float) -> Router:
          responses=problem_responses(503), sync_to_thread=False)
     async def lag(request: Request[Any, Any, Any]) -> Response[dict[str, Any]]:
         lags = await read_lags_async(pool)
-        followers = [follower_json(item, alert_s) for item in lags]
+        followers = [item.as_json(alert_s) for item in lags]
         stuck = [item.name for item in lags if item.stuck(alert_s)]
         if not stuck:
             return Response({"status": "ok", "alert_s": alert_s, "followers": followers})

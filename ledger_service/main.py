@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import structlog
 
 from ledger_service import http_queries
@@ -15,13 +16,15 @@ from ledger_service.domain.chain import configure_chain_keys
 from ledger_service.followers import FollowerConfig, Followers
 from ledger_service.http import EXCEPTION_STATUSES, LedgerServices, charges_router, router
 from ledger_service.http_lag import lag_router
-from ledger_service.lag import lag_metrics, read_lags_async
+from ledger_service.lag import follower_metrics
 from ledger_service.messaging import Authorizer, Sweeper, Writer, consumers
 from ledger_service.reader import Reader
+from ledger_service.runtime_role import sync_runtime_rights
 from ledger_service.settings import LedgerSettings
-from services.database import eventsourcing_env
+from services.database import conninfo, eventsourcing_env
 from services.http.metrics import ScrapeCollector, named
 from services.runtime import Runtime, ServiceParts, ServiceSpec
+from services.settings import ServiceSettings
 from services.stream_metrics import consumer_metrics, dead_letter_metrics
 
 log = structlog.get_logger(__name__)
@@ -96,7 +99,7 @@ def metrics(runtime: Runtime) -> list[ScrapeCollector]:
     of the durable consumers and the dead letters (asked of NATS), at each scrape."""
 
     async def followers() -> list[Any]:
-        return lag_metrics(await read_lags_async(runtime.pool))
+        return await follower_metrics(runtime.pool)
 
     def durables() -> list[tuple[str, str]]:
         return [(c.stream, c.durable) for c in runtime.state.get("consumers", ())]
@@ -104,6 +107,15 @@ def metrics(runtime: Runtime) -> list[ScrapeCollector]:
     connection = lambda: runtime.broker.connection  # noqa: E731 (connected after build)
     return [named("ledger-followers", followers), consumer_metrics(connection, durables),
             dead_letter_metrics(connection)]
+
+
+def after_migrate(settings: ServiceSettings) -> None:
+    """The event store's tables and the log's append-only trigger (the library makes them),
+    then the runtime group role's rights over every table. A role that may not change the
+    schema does neither (services/event_store.py, runtime_role.py)."""
+    LedgerApplication(env=ledger_env(eventsourcing_env(settings.database_url, SCHEMA))).close()
+    with psycopg.connect(conninfo(settings.database_url), autocommit=True) as conn:
+        sync_runtime_rights(conn, SCHEMA)
 
 
 SPEC = ServiceSpec(
@@ -115,4 +127,5 @@ SPEC = ServiceSpec(
     migrations=Path(__file__).parent / "migrations",
     build=build,
     settings_class=LedgerSettings,
+    after_migrate=after_migrate,
 )

@@ -32,6 +32,7 @@ from contracts.subjects import (
     USAGE_RECORDED,
 )
 from contracts.usage import UsageRecorded
+from ledger_service import metrics
 from ledger_service.app import accounts, intake
 from ledger_service.app.ledger import AccountNotFound, Ledger
 from ledger_service.domain.errors import LedgerError
@@ -66,6 +67,7 @@ class Writer:
     def __init__(self) -> None:
         self._queue: queue.PriorityQueue[tuple[int, int, Any]] = queue.PriorityQueue()
         self._sequence = itertools.count()
+        self._depths = metrics.WRITER_QUEUE_DEPTHS  # indexed by Priority
         self._thread = threading.Thread(target=self._work, name="ledger-writer", daemon=True)
         self._thread.start()
 
@@ -73,14 +75,16 @@ class Writer:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
         context = structlog.contextvars.get_contextvars()
+        self._depths[priority].inc()
         self._queue.put((int(priority), next(self._sequence), (loop, future, context, fn, args)))
         return await future
 
     def _work(self) -> None:
         while True:
-            _, _, job = self._queue.get()
+            priority, _, job = self._queue.get()
             if job is None:
                 return
+            self._depths[priority].dec()
             loop, future, context, fn, args = job
             try:
                 with structlog.contextvars.bound_contextvars(**context):
@@ -126,6 +130,7 @@ class UsageIntake:
             except UNREADABLE_PAYLOAD as exc:
                 dispositions[index] = Disposition("dead", "invalid_payload", str(exc))
         if decoded:
+            metrics.INTAKE_BATCH_SIZE.observe(len(decoded))
             verdicts = await self.writer.call(intake.apply_usage, self.ledger, decoded,
                                               priority=Priority.INTAKE)
             for index, verdict in zip(positions, verdicts, strict=True):
@@ -188,6 +193,7 @@ class Authorizer:
         self._queue.put_nowait((request, msg))
 
     async def _reply(self, msg: Msg, reply: AuthorizeReply) -> None:
+        metrics.count_reply(reply)
         if not msg.reply:
             return
         try:
@@ -202,6 +208,7 @@ class Authorizer:
             while len(batch) < AUTHORIZE_BATCH_SIZE_MAX and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
             requests = [request for request, _ in batch]
+            metrics.AUTHORIZE_BATCH_SIZE.observe(len(batch))
             try:
                 replies = await self.writer.call(intake.authorize, self.ledger, requests,
                                                  priority=Priority.AUTHORIZE)

@@ -53,6 +53,9 @@ class LedgerToolSettings(ToolSettings, frozen=True, kw_only=True):
     anchor_signing_key: str = DEVELOPMENT_ANCHOR_SIGNING_KEY
     anchor_public_key: str | None = None
     anchor_dir: str | None = None  # default: RUN_DIR/anchors, where make run's ledger writes
+    # The service's threshold (LAG_ALERT_S), so `ledgerctl status --json` says "stuck" of the
+    # same followers as GET /v1/health/lag.
+    lag_alert_s: Annotated[float, msgspec.Meta(gt=0, le=86_400)] = LAG_ALERT_S_DEFAULT
 
     @property
     def anchor_path(self) -> Path:

@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 import psycopg
 import structlog
 from psycopg import sql
+from psycopg.rows import tuple_row
 from psycopg_pool import AsyncConnectionPool
 
 log = structlog.get_logger(__name__)
@@ -146,6 +147,9 @@ def apply_migrations(url: str, schema: str, folder: Path) -> list[str]:
     with psycopg.connect(conninfo(url)) as conn, conn.transaction():
         # One lock per schema: concurrent starters wait, then find nothing left to do.
         conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"migrate:{schema}",))
+        if not may_create_in(conn, schema):
+            _check_applied(conn, schema, files)
+            return []
         conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
         conn.execute(
             sql.SQL(
@@ -162,7 +166,7 @@ def apply_migrations(url: str, schema: str, folder: Path) -> list[str]:
         known: Mapping[str, str] = dict(rows)
         for path in files:
             text = path.read_text(encoding="utf-8")
-            checksum = hashlib.sha256(text.encode()).hexdigest()
+            checksum = _checksum(path)
             if path.name in known:
                 if known[path.name] != checksum:
                     raise MigrationError(
@@ -184,6 +188,41 @@ def apply_migrations(url: str, schema: str, folder: Path) -> list[str]:
     if applied_now:
         log.info("migrations applied", schema=schema, files=applied_now)
     return applied_now
+
+
+def _checksum(path: Path) -> str:
+    return hashlib.sha256(path.read_text(encoding="utf-8").encode()).hexdigest()
+
+
+def may_create_in(conn: psycopg.Connection[Any], schema: str) -> bool:
+    """Whether the role connected may create objects in ``schema`` (or, before it exists, in
+    the database): the schema's owner may, a least-privilege runtime role may not."""
+    row = conn.cursor(row_factory=tuple_row).execute(
+        "SELECT coalesce((SELECT has_schema_privilege(oid, 'CREATE') FROM pg_namespace"
+        " WHERE nspname = %s), has_database_privilege(current_database(), 'CREATE'))",
+        (schema,)).fetchone()
+    return bool(row and row[0])
+
+
+def _check_applied(conn: psycopg.Connection[Any], schema: str, files: list[Path]) -> None:
+    """For a role that may not change the schema: every migration must have been applied
+    (by the owner, `python -m <service> migrate`), unchanged; else it cannot run."""
+    try:
+        rows = conn.execute(sql.SQL("SELECT version, checksum FROM {}.schema_migrations")
+                            .format(sql.Identifier(schema))).fetchall()
+    except psycopg.errors.UndefinedTable:
+        rows = []
+    except psycopg.errors.InsufficientPrivilege as exc:
+        raise MigrationError(f"this role cannot read {schema}.schema_migrations ({exc}):"
+                             " grant it the runtime rights first") from exc
+    known: Mapping[str, str] = dict(rows)
+    pending = [path.name for path in files
+               if known.get(path.name) != _checksum(path)]
+    if pending:
+        raise MigrationError(
+            f"{len(pending)} migration(s) of schema {schema} not applied ({', '.join(pending)})"
+            " and this database role may not apply them: run `python -m <service> migrate`"
+            " as the schema's owner first")
 
 
 # A connection back in the pool for less than this is handed out again without a check.

@@ -15,6 +15,8 @@ from typing import Any
 
 from eventsourcing import postgres
 
+from services.database import may_create_in
+
 CONNINFO: str = "POSTGRES_CONNINFO"
 
 
@@ -25,3 +27,19 @@ class PostgresFactory(postgres.PostgresFactory):
         if full:
             # psycopg_pool merges its conninfo with its keyword arguments at each connect
             self.datastore.pool.conninfo = full
+
+    def env_create_table(self) -> bool:
+        """CREATE_TABLE, unless the role connected cannot create in the schema: then the
+        tables are the owner's, made at `migrate` (a least-privilege runtime role, see
+        docs/operations.md), and trying would only be refused."""
+        if not super().env_create_table():
+            return False
+        if self._may_create is None:
+            self._may_create = self._role_may_create()
+        return self._may_create
+
+    _may_create: bool | None = None
+
+    def _role_may_create(self) -> bool:
+        with self.datastore.get_connection() as conn:
+            return may_create_in(conn, self.datastore.schema)

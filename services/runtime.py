@@ -36,7 +36,7 @@ from services.database import (
     redact_url,
 )
 from services.http import JwtVerifier, create_app
-from services.http.metrics import ScrapeCollector
+from services.http.metrics import ScrapeCollector, forget_process, multiprocess_directory
 from services.logging import configure_logging
 from services.settings import ServiceSettings, SettingsError, load_settings
 
@@ -80,6 +80,10 @@ class ServiceSpec:
     # subscribers on runtime.broker and returns the HTTP routes and hooks.
     build: Callable[[Runtime], ServiceParts]
     settings_class: type[ServiceSettings] = ServiceSettings
+    # Schema objects the migrations' SQL files do not make (the ledger's event store, made by
+    # the eventsourcing library): made by `migrate` too, so that a role that may not create
+    # them can run the service once the owner has migrated.
+    after_migrate: Callable[[ServiceSettings], None] | None = None
 
 
 def load(spec: ServiceSpec, environ: Mapping[str, str] | None = None) -> ServiceSettings:
@@ -93,7 +97,10 @@ def load(spec: ServiceSpec, environ: Mapping[str, str] | None = None) -> Service
 
 def migrate(spec: ServiceSpec, settings: ServiceSettings) -> list[str]:
     ensure_database(settings.database_url)
-    return apply_migrations(settings.database_url, spec.schema, spec.migrations)
+    applied = apply_migrations(settings.database_url, spec.schema, spec.migrations)
+    if spec.after_migrate is not None:
+        spec.after_migrate(settings)
+    return applied
 
 
 def build_app(spec: ServiceSpec, settings: ServiceSettings) -> Litestar:
@@ -134,6 +141,7 @@ def build_app(spec: ServiceSpec, settings: ServiceSettings) -> Litestar:
                 await hook(runtime)
             await runtime.broker.stop()
             await runtime.pool.close()
+            forget_process()
             log.info("service stopped")
 
     async def database() -> None:
@@ -205,6 +213,12 @@ def serve(spec: ServiceSpec, settings: ServiceSettings) -> None:
         timeout_graceful_shutdown=int(settings.shutdown_grace_s),
         server_header=False,
     )
+    if settings.http_reuse_port and not multiprocess_directory():
+        # Each scrape reaches one of the processes on the port: its counters alone would pass
+        # for the service's (services/http/metrics.py).
+        log.warning("HTTP_REUSE_PORT without PROMETHEUS_MULTIPROC_DIR: /metrics counts the"
+                    " requests, writer jobs and authorizations of whichever process answers;"
+                    " set PROMETHEUS_MULTIPROC_DIR to a directory the processes share")
     sockets = [reuse_port_socket(settings.http_host, settings.http_port)] \
         if settings.http_reuse_port else None
     _Server(config).run(sockets=sockets)

@@ -22,7 +22,7 @@ from eventsourcing.utils import retry
 from psycopg import ClientCursor, Connection, Cursor
 from psycopg.pq import TransactionStatus
 from psycopg.rows import DictRow
-from psycopg.sql import SQL, Composable, Composed, Identifier
+from psycopg.sql import SQL, Composable, Composed, Identifier, Literal
 
 
 @dataclass(slots=True)
@@ -149,6 +149,17 @@ class LedgerRecorder(PostgresApplicationRecorder):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._queries: dict[Shape, str] = {}  # one-round-trip saves' text, by shape
+        # Writers take turns under a transaction-level advisory lock instead of the library's
+        # LOCK TABLE ... IN EXCLUSIVE MODE, which PostgreSQL grants only to a role that may
+        # UPDATE, DELETE or TRUNCATE the table: the runtime role holds none of those on the
+        # log (docs/operations.md, least privilege). Every insert into the log comes through
+        # this recorder, so taking turns here still keeps the notification ids committing in
+        # order, and ours the contiguous run ending at currval.
+        self.lock_table_statements = [
+            SQL("SET LOCAL lock_timeout = '{0}s'").format(self.datastore.lock_timeout),
+            SQL("SELECT pg_advisory_xact_lock(hashtext({0}))").format(
+                Literal(f"{self.datastore.schema}.{self.events_table_name}:insert")),
+        ]
         # The library's own extension point: statements its create_table() runs.
         for text in _PROTECT_HISTORY:
             self.sql_create_statements.append(SQL(text).format(
@@ -226,15 +237,14 @@ class LedgerRecorder(PostgresApplicationRecorder):
             raise
         if not stored_events:
             return []
-        last: int | None = None
-        while True:  # the only statement that returns rows is the currval
+        row: DictRow | None = None
+        while True:  # the last statement that returns a row is the currval (the lock's is void)
             if cursor.description is not None:
                 row = cursor.fetchone()
-                assert row is not None
-                last = int(next(iter(row.values())))
             if not cursor.nextset():
                 break
-        assert last is not None
+        assert row is not None
+        last = int(next(iter(row.values())))
         return list(range(last - len(stored_events) + 1, last + 1))
 
     def _one_round_trip_query(self, conn: Connection[DictRow], shape: Shape) -> str:

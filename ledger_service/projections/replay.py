@@ -16,20 +16,16 @@ from uuid import UUID
 import psycopg
 
 from ledger_service.domain.account import BillingAccount
-from ledger_service.projections.decoding import ROW_COLUMNS, EventDecoder, StoredRow, stored_row
+from ledger_service.projections.decoding import EventDecoder, StoredRow
+from ledger_service.projections.eventlog import event_rows
 
 EVENTS_FETCHED_PER_ROUND_TRIP = 2_000
 
 
 def account_rows(conn: psycopg.Connection[Any], account_id: UUID) -> Iterator[StoredRow]:
     """An account's stored events in version order, streamed."""
-    with conn.cursor(name=f"account_rows_{account_id.hex}") as cur:
-        cur.itersize = EVENTS_FETCHED_PER_ROUND_TRIP
-        cur.execute(
-            f"SELECT {ROW_COLUMNS} FROM ledger_events WHERE originator_id = %s"  # noqa: S608
-            " ORDER BY originator_version", (account_id,))
-        for values in cur:
-            yield stored_row(values)
+    return event_rows(conn, account_id=account_id, cursor_name=f"account_rows_{account_id.hex}",
+                      rows_per_round_trip=EVENTS_FETCHED_PER_ROUND_TRIP)
 
 
 def fold(events: Iterable[Any], account: BillingAccount | None = None) -> BillingAccount | None:

@@ -24,7 +24,8 @@ import contextlib
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Final
+from datetime import datetime
+from typing import Any, Final, NamedTuple
 from uuid import UUID
 
 import psycopg
@@ -42,6 +43,7 @@ from ledger_service.projections.builders import (
     make_projection,
 )
 from ledger_service.projections.decoding import ROW_COLUMNS, EventDecoder, stored_row
+from ledger_service.projections.eventlog import log_head
 from ledger_service.projections.tables import (
     SHADOW_SUFFIX,
     build_indexes,
@@ -283,18 +285,30 @@ def is_deterministic(exc: BaseException) -> bool:
     return isinstance(exc, DETERMINISTIC_ERRORS)
 
 
-def quarantined_events(conn: psycopg.Connection[Any]) -> list[tuple[Any, ...]]:
-    """(projection, position, account_id, event_type, error, quarantined_at), oldest first;
-    rebuilds in progress excluded."""
-    return conn.execute(
-        "SELECT projection, position, account_id, event_type, error, quarantined_at"
-        " FROM projection_quarantine WHERE projection NOT LIKE %s ORDER BY position, projection",
-        ("%" + SHADOW_SUFFIX,)).fetchall()
+class Quarantined(NamedTuple):
+    projection: str
+    position: int
+    account_id: UUID | None
+    event_type: str
+    error: str
+    quarantined_at: datetime
 
 
-def head_position(conn: psycopg.Connection[Any]) -> int:
-    row = conn.execute("SELECT coalesce(max(notification_id), 0) FROM ledger_events").fetchone()
-    return int(row[0]) if row else 0
+def quarantined_events(conn: psycopg.Connection[Any], account_id: UUID | None = None,
+                       limit: int | None = None) -> list[Quarantined]:
+    """The events the projections set aside (`quarantine`), oldest first, for `ledgerctl
+    status` and `verify`; a rebuild's (in its shadow tables) left out until it swaps in."""
+    query = ("SELECT projection, position, account_id, event_type, error, quarantined_at"
+             " FROM projection_quarantine WHERE projection = ANY(%s)")
+    params: list[Any] = [list(PROJECTION_NAMES)]
+    if account_id is not None:
+        query += " AND account_id = %s"
+        params.append(account_id)
+    query += " ORDER BY position, projection"
+    if limit is not None:
+        query += " LIMIT %s"
+        params.append(limit)
+    return [Quarantined(*row) for row in conn.execute(query, params).fetchall()]
 
 
 Progress = Callable[[int, int, int], None]  # position, head, events applied so far
@@ -369,7 +383,7 @@ class ProjectionRunner:
             if progress is not None and self._conn is not None:
                 head = max(head, result.position)
                 if result.notifications == 0 or result.position >= head:
-                    head = head_position(self._conn)
+                    head = log_head(self._conn)
                 progress(result.position, head, events)
             if result.notifications == 0:
                 return events
@@ -477,7 +491,7 @@ def _rebuild(conn: psycopg.Connection[Any], decoder: EventDecoder, projection: P
         cur.execute("DELETE FROM projection_quarantine WHERE projection = %s", (position_name,))
     target = Target(projection, position_name, tables)
     sizer = BatchSizer(batch_size, batch_size)
-    head = head_position(conn)
+    head = log_head(conn)
     events = 0
     result = BatchResult(0, 0, 0)
     while result.position < head:

@@ -17,6 +17,9 @@ every account's events are read in version order and checked:
   deleted last event, which leaves no gap behind it);
 - the event store's snapshots, which loading an account starts from: each one's state
   against the replay at its version, and none past the account's last event.
+- the signed anchors (for the whole log): each one's Merkle root of chain heads recomputed
+  from the same pass, so the log is read once however many anchors there are
+  (anchors.py `AnchoredRoots`); every period close and every anchor since the last one.
 
 Tables are streamed in account order and merged, so memory follows one account, not the log.
 """
@@ -24,28 +27,37 @@ Tables are streamed in account order and merged, so memory follows one account, 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import date
 from itertools import chain, groupby
 from typing import Any, Final, cast
 from uuid import UUID
 
+import msgspec
 import psycopg
 from eventsourcing.persistence import StoredEvent
 from psycopg import IsolationLevel
 
 from contracts.ledger import LedgerAnchor
-from ledger_service.anchors import check_anchor
+from ledger_service.anchors import (
+    AccountHeads,
+    AnchoredRoots,
+    anchors_to_check,
+    problem_before_replay,
+)
 from ledger_service.domain.account import BillingAccount
 from ledger_service.domain.chain import GENESIS_HASH, chain_keyring, is_keyed, verify_chain
 from ledger_service.domain.postings import event_postings, sum_by_currency
 from ledger_service.domain.times import format_time
 from ledger_service.projections.builders import PROJECTION_NAMES, credits_of, usage_day, usage_lines
-from ledger_service.projections.decoding import ROW_COLUMNS, EventDecoder, StoredRow, stored_row
+from ledger_service.projections.decoding import EventDecoder, StoredRow
+from ledger_service.projections.eventlog import event_rows, log_head
+from ledger_service.projections.runner import quarantined_events
 from ledger_service.projections.statement import entry_seq, statement_entries
 
 ROWS_FETCHED_PER_ROUND_TRIP: Final = 5_000
+QUARANTINED_SHOWN_MAX: Final = 1_000
 STATEMENT_FIELDS: Final = ("entry_id", "kind", "amount_micros", "balance_after_micros",
                            "description")
 # Aggregate attributes added after snapshots were first taken: a snapshot from before lacks
@@ -83,6 +95,7 @@ class VerifyReport:
     allow_unkeyed: bool = False
     unkeyed_events: int = 0
     anchors_checked: int = 0
+    anchors_skipped: int = 0  # interval anchors before the last period close (covered by it)
 
     @property
     def ok(self) -> bool:
@@ -163,8 +176,10 @@ class AccountAudit:
     """Checks one account's events as they stream past, then its projection rows."""
 
     def __init__(self, account_id: UUID, positions: dict[str, int],
-                 streams: dict[str, RowStream], report: VerifyReport) -> None:
+                 streams: dict[str, RowStream], report: VerifyReport,
+                 heads: AccountHeads | None = None) -> None:
         self.account_id = account_id
+        self.heads = heads  # its chain heads at the anchored positions
         self.positions = positions
         self.streams = streams
         self.report = report
@@ -205,7 +220,12 @@ class AccountAudit:
             self.flag("undecodable", where, "a decodable event", f"{type(exc).__name__}: {exc}")
             self.previous_hash = None
             self.replay_ok = False
+            if self.heads is not None:
+                self.heads.see(row.position, row.originator_version, _raw_chain_hash(row))
             return
+        if self.heads is not None:
+            self.heads.see(row.position, row.originator_version,
+                           getattr(event, "chain_hash", None))
         self._check_chain(event, row.state, where)
         self._check_postings(event, where)
         self._capture_before(row.position)
@@ -443,8 +463,11 @@ class AccountAudit:
 
 def verify(conn: psycopg.Connection[Any], decoder: EventDecoder, *,
            account_id: UUID | None = None, progress: Progress | None = None,
-           allow_unkeyed: bool = False) -> VerifyReport:
-    """Check the log (or one account's part of it) and the projections against it."""
+           allow_unkeyed: bool = False, anchors: Sequence[LedgerAnchor] = (),
+           trusted_anchor_key: bytes | None = None) -> VerifyReport:
+    """Check the log (or one account's part of it) and the projections against it, and,
+    for the whole log, against ``anchors`` (signed with ``trusted_anchor_key``): every anchor
+    checked in the same single pass over the log."""
     started = time.perf_counter()
     report = VerifyReport(allow_unkeyed=allow_unkeyed)
     saved = conn.autocommit, conn.isolation_level, conn.read_only
@@ -453,7 +476,8 @@ def verify(conn: psycopg.Connection[Any], decoder: EventDecoder, *,
     conn.read_only = True
     try:
         with conn.transaction():
-            _verify_in_snapshot(conn, decoder, account_id, progress, report)
+            _verify_in_snapshot(conn, decoder, account_id, progress, report,
+                                anchors if account_id is None else (), trusted_anchor_key)
     finally:
         conn.autocommit, conn.isolation_level, conn.read_only = saved
     for currency, total in sorted(report.postings_total.items()):
@@ -468,19 +492,23 @@ def verify(conn: psycopg.Connection[Any], decoder: EventDecoder, *,
 
 def _verify_in_snapshot(conn: psycopg.Connection[Any], decoder: EventDecoder,
                         account_id: UUID | None, progress: Progress | None,
-                        report: VerifyReport) -> None:
+                        report: VerifyReport, anchors: Sequence[LedgerAnchor],
+                        trusted_anchor_key: bytes | None) -> None:
     report.positions = _positions(conn)
-    row = conn.execute("SELECT coalesce(max(notification_id), 0) FROM ledger_events").fetchone()
-    report.log_position = int(row[0]) if row else 0
+    report.log_position = log_head(conn)
+    roots = _anchored_roots(anchors, trusted_anchor_key, report)
     streams = {name: RowStream(_stream(conn, f"verify_{name}", _TABLE_QUERIES[name],
                                        account_id)) for name in PROJECTION_NAMES}
     streams["snapshots"] = RowStream(_stream(conn, "verify_snapshots", _SNAPSHOTS_QUERY,
                                              account_id, key="originator_id"))
-    for current, rows in groupby(_event_rows(conn, account_id), key=lambda r: r.originator_id):
+    rows_in_account_order = event_rows(conn, account_id=account_id, order="account",
+                                       cursor_name="verify_events")
+    for current, rows in groupby(rows_in_account_order, key=lambda r: r.originator_id):
         first = next(rows)
         if not first.is_account_event:
             continue  # the price catalogue: no chain, no postings
-        audit = AccountAudit(current, report.positions, streams, report)
+        heads = roots.account(current) if roots is not None else None
+        audit = AccountAudit(current, report.positions, streams, report, heads)
         report.accounts += 1
         for stored in chain([first], rows):
             audit.feed(stored, decoder)
@@ -488,47 +516,63 @@ def _verify_in_snapshot(conn: psycopg.Connection[Any], decoder: EventDecoder,
             if progress is not None and report.events % 10_000 == 0:
                 progress(report.events)
         report.divergences.extend(audit.finish())
+        if heads is not None:
+            heads.finish()
     for name, stream in streams.items():
         for orphan in stream.finish():
             check = "snapshot" if name == "snapshots" else f"projection:{name}"
             report.divergences.append(Divergence(
                 orphan, check, "rows", "rows for an account", "no events"))
+    if roots is not None:
+        report.divergences.extend(_anchor_divergence(a, problem) for a, problem in roots.problems())
     report.divergences.extend(_missing_indexed_events(conn, account_id))
     report.divergences.extend(_quarantined_events(conn, account_id))
+
+
+def _anchored_roots(anchors: Sequence[LedgerAnchor], trusted_key: bytes | None,
+                    report: VerifyReport) -> AnchoredRoots | None:
+    """The anchors to recompute in the pass; those wrong before any replay (signature, a log
+    that ends before them) are reported now."""
+    if not anchors:
+        return None
+    if trusted_key is None:
+        raise ValueError("anchors to check need the trusted anchor key")
+    chosen, report.anchors_skipped = anchors_to_check(anchors)
+    report.anchors_checked = len(chosen)
+    replayed = []
+    for anchor in chosen:
+        problem = problem_before_replay(anchor, trusted_key, report.log_position)
+        if problem is None:
+            replayed.append(anchor)
+        else:
+            report.divergences.append(_anchor_divergence(anchor, problem))
+    return AnchoredRoots(replayed) if replayed else None
+
+
+def _anchor_divergence(anchor: LedgerAnchor, problem: str) -> Divergence:
+    return Divergence(None, "anchor", f"{anchor.anchor_id} ({anchor.created_at})",
+                      f"root {anchor.merkle_root} at position {anchor.position}", problem)
+
+
+def _raw_chain_hash(row: StoredRow) -> str | None:
+    """The chain hash of an event the mapper cannot decode, read from its JSON as
+    `make_anchor` reads it; None when it is not JSON either."""
+    try:
+        state = msgspec.json.decode(row.state)
+    except msgspec.DecodeError:
+        return None
+    value = state.get("chain_hash") if isinstance(state, dict) else None
+    return value if isinstance(value, str) else None
 
 
 def _quarantined_events(conn: psycopg.Connection[Any],
                         account_id: UUID | None) -> list[Divergence]:
     """Events a projection set aside (runner.quarantine): its rows lack them, so verify fails
     until the cause is fixed and the projection rebuilt."""
-    query = ("SELECT account_id, projection, position, event_type, error"
-             " FROM projection_quarantine WHERE projection = ANY(%s)")
-    params: list[Any] = [list(PROJECTION_NAMES)]
-    if account_id is not None:
-        query += " AND account_id = %s"
-        params.append(account_id)
-    rows = conn.execute(query + " ORDER BY position, projection LIMIT 1000", params).fetchall()
-    return [Divergence(a, f"quarantined:{name}", f"{event_type} at position {position}",
-                       "applied to the projection", _text(error))
-            for a, name, position, event_type, error in rows]
-
-
-def verify_anchors(conn: psycopg.Connection[Any], anchors: list[LedgerAnchor],
-                   trusted_key: bytes, report: VerifyReport) -> None:
-    """Check the log against signed anchors kept outside the database (newest last).
-
-    Each anchor's heads are recomputed from the log at its position, so an edit, deletion,
-    truncation or re-ordering below it shows however the chain hashes were rewritten.
-    """
-    row = conn.execute("SELECT coalesce(max(notification_id), 0) FROM ledger_events").fetchone()
-    log_position = int(row[0]) if row else 0
-    for anchor in anchors:
-        result = check_anchor(conn, anchor, trusted_key, log_position)
-        report.anchors_checked += 1
-        if result.problem is not None:
-            report.divergences.append(Divergence(
-                None, "anchor", f"{anchor.anchor_id} ({anchor.created_at})",
-                f"root {anchor.merkle_root} at position {anchor.position}", result.problem))
+    return [Divergence(q.account_id, f"quarantined:{q.projection}",
+                       f"{q.event_type} at position {q.position}", "applied to the projection",
+                       _text(q.error))
+            for q in quarantined_events(conn, account_id, limit=QUARANTINED_SHOWN_MAX)]
 
 
 def _positions(conn: psycopg.Connection[Any]) -> dict[str, int]:
@@ -537,19 +581,6 @@ def _positions(conn: psycopg.Connection[Any]) -> dict[str, int]:
     positions = {name: 0 for name in PROJECTION_NAMES}
     positions.update({name: int(position) for name, position in rows})
     return positions
-
-
-def _event_rows(conn: psycopg.Connection[Any], account_id: UUID | None) -> Iterator[StoredRow]:
-    cur = conn.cursor(name="verify_events", binary=True)
-    cur.itersize = ROWS_FETCHED_PER_ROUND_TRIP
-    if account_id is None:
-        cur.execute(f"SELECT {ROW_COLUMNS} FROM ledger_events"  # noqa: S608
-                    " ORDER BY originator_id, originator_version")
-    else:
-        cur.execute(f"SELECT {ROW_COLUMNS} FROM ledger_events WHERE originator_id = %s"  # noqa: S608
-                    " ORDER BY originator_version", (account_id,))
-    for values in cur:
-        yield stored_row(values)
 
 
 def _missing_indexed_events(conn: psycopg.Connection[Any],

@@ -86,12 +86,26 @@ class _Collected(Collector):
 
 def process_registry() -> CollectorRegistry:
     """This process's counters, or every process's in multiprocess mode."""
-    directory = os.environ.get(MULTIPROCESS_DIR_VARIABLE)
+    directory = multiprocess_directory()
     if not directory:
         return REGISTRY
     registry = CollectorRegistry()
     multiprocess.MultiProcessCollector(registry, path=directory)
     return registry
+
+
+def multiprocess_directory() -> str | None:
+    return os.environ.get(MULTIPROCESS_DIR_VARIABLE) or None
+
+
+def forget_process() -> None:
+    """At a clean stop in multiprocess mode, drop this process's live gauges (a queue it no
+    longer has must not count in the sum); its counters stay, as totals should. A process that
+    crashed cannot do this: its last gauge values stay until the directory is emptied, which
+    is why the processes of a service start with an empty one."""
+    directory = multiprocess_directory()
+    if directory:
+        multiprocess.mark_process_dead(os.getpid(), directory)
 
 
 def named(name: str, collector: ScrapeCollector) -> ScrapeCollector:

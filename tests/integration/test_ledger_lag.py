@@ -7,6 +7,7 @@ behind."""
 
 from __future__ import annotations
 
+import json
 import re
 import time
 import uuid
@@ -139,6 +140,28 @@ def test_a_held_back_projection_shows_in_metrics_health_status_and_verify(
     wait_for(lambda: lag_status(ledger) == 200, "200 once caught up")
     code, output = ledgerctl_run(infra, "verify", "--account", account, "--lag-max-s", "1")
     assert code == 0, output
+
+
+def test_ledgerctl_status_and_the_lag_route_answer_the_same_followers(
+    ledger: ServiceProcess, infra: Infra,
+) -> None:
+    """Both read ledger_service/lag.py (one query, one JSON shape): a copy of either in the
+    CLI, as there was, would drift from the route unnoticed."""
+    account = str(uuid.uuid4())
+    opened = httpx.post(f"{ledger.url}/v1/accounts", headers=OPERATOR, json={
+        "account_id": account, "type": "prepay", "currency": "GBP", "tax": {"country": "GB"}})
+    assert opened.status_code == 201, opened.text
+    credit(ledger, account, "3.00")
+    wait_for(lambda: all(f["behind_events"] == 0 for f in httpx.get(
+        f"{ledger.url}/v1/health/lag").json()["followers"]), "every follower at the head")
+    route = httpx.get(f"{ledger.url}/v1/health/lag").json()["followers"]
+    result = CliRunner().invoke(ledgerctl, ["status", "--json"], env={
+        "DATABASE_URL": infra.database_url, "LEDGER_LAG_ALERT_S": str(ALERT_S)})
+    assert result.exit_code == 0, result.output
+    status = json.loads(result.stdout)["followers"]
+    assert status == route
+    assert {f["kind"] for f in status} == {"projection", "publisher"}
+    assert all(f["updated_at"] for f in status if f["kind"] == "projection")
 
 
 def test_lag_is_read_when_a_waiting_event_holds_an_escaped_nul(infra: Infra) -> None:

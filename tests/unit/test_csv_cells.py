@@ -8,7 +8,7 @@ import uuid
 
 import pytest
 
-from ledger_service.cli import AuditRecord, _exporter
+from ledger_service.cli.events import AuditRecord, _exporter
 from ledger_service.csv_cells import spreadsheet_row, spreadsheet_safe
 
 

@@ -1,0 +1,5 @@
+"""`python -m ledger_service.cli`: ledgerctl without the console script."""
+
+from ledger_service.cli import app
+
+app()
