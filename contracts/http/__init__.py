@@ -47,6 +47,7 @@ BODIES: Final[tuple[type[Struct], ...]] = (
     invoicing.CreateRecurringItem,
     invoicing.CancelRecurringItem,
     invoicing.ChangeRecurringPlan,
+    invoicing.ChangeRecurringItem,
     invoicing.RecurringItemView,
     invoicing.RecurringItemsPage,
     invoicing.RecurringRunRequest,
