@@ -14,7 +14,8 @@ import queue
 import threading
 from collections.abc import Callable, Sequence
 from enum import IntEnum
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
+from uuid import UUID
 
 import msgspec
 import structlog
@@ -23,19 +24,26 @@ from nats.aio.msg import Msg
 
 from contracts.catalog import PricesUpdated
 from contracts.ledger import AuthorizeReply, AuthorizeRequest
+from contracts.partitioning import partition_of
 from contracts.payments import PaymentReceived, PaymentRefunded
 from contracts.subjects import (
     CATALOG_PRICES_UPDATED,
     LEDGER_AUTHORIZE,
+    LEDGER_AUTHORIZE_BY_ACCOUNT,
     PAYMENTS_RECEIVED,
     PAYMENTS_REFUNDED,
     USAGE_RECORDED,
+    USAGE_RECORDED_BY_ACCOUNT,
+    authorize_partition_subject,
+    usage_partition_filter,
+    usage_partition_subject,
+    wildcard,
 )
 from contracts.usage import UsageRecorded
 from ledger_service.app import accounts, intake
 from ledger_service.app.ledger import AccountNotFound, Ledger
 from ledger_service.domain.errors import LedgerError
-from services.consumer import ACK, UNREADABLE_PAYLOAD, Disposition, DurableConsumer
+from services.consumer import ACK, UNREADABLE_PAYLOAD, Disposition, DurableConsumer, NotNow
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
@@ -45,6 +53,26 @@ AUTHORIZE_BATCH_SIZE_MAX = 512
 AUTHORIZE_DRAIN_S = 10.0  # at stop, how long the requests already taken may take
 SWEEP_INTERVAL_S = 5.0
 AUTHORIZE_QUEUE_GROUP = "ledger-authorize"
+FORWARD_CHUNK = 1_000  # forwarded usage publishes in flight at once
+FORWARDED_ID_PREFIX = "routed:"
+
+
+class Ownership(Protocol):
+    """Which partitions this process applies (ledger_service.partitions.PartitionOwner)."""
+
+    @property
+    def partitions(self) -> int: ...
+
+    def owns(self, partition: int) -> bool: ...
+
+
+class _Routing(msgspec.Struct):
+    """All the forwarder reads of a message: its account."""
+
+    account_id: UUID
+
+
+_routing_decoder = msgspec.json.Decoder(_Routing)
 
 
 class Priority(IntEnum):
@@ -108,14 +136,68 @@ def _settle(future: asyncio.Future[Any], result: Any, exc: BaseException | None)
 
 
 class UsageIntake:
-    """Batches of usage.v1.recorded: decode, apply in one transaction, then ack."""
+    """Batches of usage.v1.recorded: decode, apply in one transaction, then ack.
 
-    def __init__(self, ledger: Ledger, writer: Writer) -> None:
+    With `owner` and `nc` it is also the forwarder of usage.v1.recorded and
+    usage.v1.recorded.<account_id>: a message of a partition this process owns is applied
+    here (no hop: a lone process applies everything as before), any other is republished to
+    usage.v1.part.<p>.<account_id> for its owner and acked only once JetStream stored it.
+    With `partition`, it reads that partition's subject, and only while it owns it.
+    """
+
+    def __init__(self, ledger: Ledger, writer: Writer, owner: Ownership | None = None,
+                 nc: NATS | None = None, partition: int | None = None) -> None:
         self.ledger = ledger
         self.writer = writer
+        self.owner = owner
+        self.nc = nc
+        self.partition = partition
         self._decoder = msgspec.json.Decoder(UsageRecorded)
 
     async def handle(self, msgs: Sequence[Msg]) -> list[Disposition]:
+        owner = self.owner
+        if owner is None:
+            return await self.apply(msgs)
+        if self.partition is not None:
+            if not owner.owns(self.partition):  # handed over or fenced: the owner will read it
+                raise NotNow(f"partition {self.partition} is not owned here")
+            return await self.apply(msgs)
+        dispositions: list[Disposition | None] = [None] * len(msgs)
+        local: list[int] = []
+        remote: list[tuple[int, int, UUID]] = []
+        for index, msg in enumerate(msgs):
+            try:
+                account_id = _routing_decoder.decode(msg.data).account_id
+            except UNREADABLE_PAYLOAD as exc:
+                dispositions[index] = Disposition("dead", "invalid_payload", str(exc))
+                continue
+            partition = partition_of(account_id, owner.partitions)
+            if owner.owns(partition):
+                local.append(index)
+            else:
+                remote.append((index, partition, account_id))
+        if local:
+            applied = await self.apply([msgs[i] for i in local])
+            for index, disposition in zip(local, applied, strict=True):
+                dispositions[index] = disposition
+        if remote:
+            await self._forward(msgs, remote)
+        return [d or ACK for d in dispositions]
+
+    async def _forward(self, msgs: Sequence[Msg], remote: list[tuple[int, int, UUID]]) -> None:
+        """Republish to the partitions' subjects and wait for every PubAck. A failure raises
+        (a dependency is away): the batch is redelivered, and what this process applied of it
+        comes back as harmless duplicates."""
+        assert self.nc is not None
+        js = self.nc.jetstream()
+        for start in range(0, len(remote), FORWARD_CHUNK):
+            chunk = remote[start:start + FORWARD_CHUNK]
+            await asyncio.gather(*(
+                js.publish(usage_partition_subject(partition, account_id), msgs[index].data,
+                           headers=forwarded_headers(msgs[index]))
+                for index, partition, account_id in chunk))
+
+    async def apply(self, msgs: Sequence[Msg]) -> list[Disposition]:
         dispositions: list[Disposition | None] = [None] * len(msgs)
         decoded: list[UsageRecorded] = []
         positions: list[int] = []
@@ -136,6 +218,22 @@ class UsageIntake:
         return [d or ACK for d in dispositions]
 
 
+def forwarded_headers(msg: Msg) -> dict[str, str]:
+    """The forwarded copy's headers. The copy lands in the same stream (USAGE), whose
+    duplicate window is per stream, so it cannot keep the original Nats-Msg-Id (JetStream
+    would drop it as a repeat of the original): it gets `routed:<original id>`, so a forward
+    retried after a lost PubAck is still dropped. The ledger's idempotency key is the
+    payload's event_id, the same in both."""
+    headers = dict(msg.headers or {})
+    original = headers.get("Nats-Msg-Id")
+    if not original:
+        meta = msg.metadata
+        original = f"{meta.stream}:{meta.sequence.stream}" if meta and meta.sequence else ""
+    if original:
+        headers["Nats-Msg-Id"] = FORWARDED_ID_PREFIX + original
+    return headers
+
+
 # ------------------------------------------------------------------ authorize
 
 
@@ -146,27 +244,50 @@ class Authorizer:
     all of them, so throughput grows with load while a lone request waits for one commit.
     """
 
-    def __init__(self, ledger: Ledger, writer: Writer) -> None:
+    def __init__(self, ledger: Ledger, writer: Writer, owner: Ownership | None = None) -> None:
         self.ledger = ledger
         self.writer = writer
+        self.owner = owner
+        self._nc: NATS | None = None
+        self._partitions: dict[int, Any] = {}
         # (request, the message to answer); the batcher replies itself, so a request costs
         # no task and no future of its own (a fifth of the event loop's time per request).
         self._queue: asyncio.Queue[tuple[AuthorizeRequest, Msg]] = asyncio.Queue()
         self._decoder = msgspec.json.Decoder(AuthorizeRequest)
         self._encoder = msgspec.json.Encoder()
         self._task: asyncio.Task[None] | None = None
-        self._subscription: Any = None
+        self._subscriptions: list[Any] = []
 
     async def start(self, nc: NATS) -> None:
+        """Answer ledger.v1.authorize and ledger.v1.authorize.<account_id> (in one queue
+        group across the ledger processes): a request for a partition owned here is answered
+        here; any other is forwarded to its owner's subject, ledger.v1.authorize.part.<p>,
+        with the requester's reply subject, so the owner answers the requester directly."""
+        self._nc = nc
         self._task = asyncio.create_task(self._run(), name="authorize-batcher")
-        self._subscription = await nc.subscribe(
-            LEDGER_AUTHORIZE, queue=AUTHORIZE_QUEUE_GROUP, cb=self._on_request)
+        for subject in (LEDGER_AUTHORIZE, wildcard(LEDGER_AUTHORIZE_BY_ACCOUNT)):
+            self._subscriptions.append(await nc.subscribe(
+                subject, queue=AUTHORIZE_QUEUE_GROUP, cb=self._on_request))
+
+    async def add_partition(self, partition: int) -> None:
+        assert self._nc is not None
+        if partition not in self._partitions:
+            self._partitions[partition] = await self._nc.subscribe(
+                authorize_partition_subject(partition), queue=AUTHORIZE_QUEUE_GROUP,
+                cb=self._on_owned_request)
+
+    async def remove_partition(self, partition: int) -> None:
+        subscription = self._partitions.pop(partition, None)
+        if subscription is not None:
+            with contextlib.suppress(Exception):
+                await subscription.drain()
 
     async def stop(self) -> None:
         """Take no new request, answer every one taken, then stop."""
-        if self._subscription is not None:
+        for subscription in [*self._subscriptions, *self._partitions.values()]:
             with contextlib.suppress(Exception):
-                await self._subscription.drain()
+                await subscription.drain()
+        self._subscriptions, self._partitions = [], {}
         if self._task is not None:
             try:
                 await asyncio.wait_for(self._queue.join(), AUTHORIZE_DRAIN_S)
@@ -179,6 +300,26 @@ class Authorizer:
 
     async def _on_request(self, msg: Msg) -> None:
         # nats-py awaits callbacks one at a time, so this only decodes and queues.
+        try:
+            request = self._decoder.decode(msg.data)
+        except UNREADABLE_PAYLOAD as exc:
+            await self._reply(msg, AuthorizeReply(approved=False, reason="invalid_request",
+                                                  detail=str(exc)[:500]))
+            return
+        owner = self.owner
+        if owner is not None:
+            partition = partition_of(request.account_id, owner.partitions)
+            if not owner.owns(partition) and self._nc is not None:
+                # No owner at this instant (a handover): nobody answers, the requester times
+                # out and retries, and its request_id makes that safe.
+                await self._nc.publish(authorize_partition_subject(partition), msg.data,
+                                       reply=msg.reply, headers=msg.headers)
+                return
+        self._queue.put_nowait((request, msg))
+
+    async def _on_owned_request(self, msg: Msg) -> None:
+        """A request forwarded to a partition of this process: answered here, never again
+        forwarded (the event store's concurrency control covers a handover in between)."""
         try:
             request = self._decoder.decode(msg.data)
         except UNREADABLE_PAYLOAD as exc:
@@ -277,9 +418,11 @@ class CatalogueConsumer:
 class Sweeper:
     """Expires holds past their TTL and grants past their expiry, as events."""
 
-    def __init__(self, ledger: Ledger, writer: Writer, interval_s: float = SWEEP_INTERVAL_S) -> None:
+    def __init__(self, ledger: Ledger, writer: Writer, interval_s: float = SWEEP_INTERVAL_S,
+                 owner: Ownership | None = None) -> None:
         self.ledger = ledger
         self.writer = writer
+        self.owner = owner
         self.interval_s = interval_s
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -292,11 +435,18 @@ class Sweeper:
         if self._task is not None:
             await self._task
 
+    @property
+    def _owns_account(self) -> Callable[[UUID], bool] | None:
+        owner = self.owner
+        if owner is None:
+            return None
+        return lambda account_id: owner.owns(partition_of(account_id, owner.partitions))
+
     async def _run(self) -> None:
         while not self._stopping.is_set():
             try:
                 swept = await self.writer.call(accounts.sweep_expiries, self.ledger,
-                                               priority=Priority.INTAKE)
+                                               self._owns_account, priority=Priority.INTAKE)
                 if swept:
                     log.info("expiry sweep", accounts=swept)
             except Exception:
@@ -308,13 +458,23 @@ class Sweeper:
 # ------------------------------------------------------------------ wiring
 
 
-def consumers(nc: NATS, ledger: Ledger, writer: Writer) -> list[DurableConsumer]:
-    usage = UsageIntake(ledger, writer)
+def consumers(nc: NATS, ledger: Ledger, writer: Writer,
+              owner: Ownership | None = None) -> list[DurableConsumer]:
+    """The durables every ledger process shares (competing consumers): usage on the subjects
+    publishers use (applied here when this process owns the account's partition, forwarded to
+    the owner otherwise), payments and the catalogue (applied by whichever process fetched
+    them; the event store's concurrency control keeps two processes apart)."""
+    usage = UsageIntake(ledger, writer, owner, nc if owner is not None else None)
     payments = PaymentsConsumer(ledger, writer)
     catalogue = CatalogueConsumer(ledger, writer)
+    by_account = [] if owner is None else [
+        DurableConsumer(nc, stream="USAGE", subject=wildcard(USAGE_RECORDED_BY_ACCOUNT),
+                        durable=USAGE_BY_ACCOUNT_DURABLE, handle_batch=usage.handle,
+                        batch_size_max=INTAKE_BATCH_SIZE_MAX)]
     return [
         DurableConsumer(nc, stream="USAGE", subject=USAGE_RECORDED, durable="ledger-usage",
                         handle_batch=usage.handle, batch_size_max=INTAKE_BATCH_SIZE_MAX),
+        *by_account,
         DurableConsumer(nc, stream="PAYMENTS", subject=PAYMENTS_RECEIVED,
                         durable="ledger-payments-received", handle_batch=payments.handle_received,
                         batch_size_max=100),
@@ -324,3 +484,20 @@ def consumers(nc: NATS, ledger: Ledger, writer: Writer) -> list[DurableConsumer]
         DurableConsumer(nc, stream="CATALOG", subject=CATALOG_PRICES_UPDATED,
                         durable="ledger-catalog", handle_batch=catalogue.handle, batch_size_max=10),
     ]
+
+
+USAGE_BY_ACCOUNT_DURABLE = "ledger-usage-by-account"
+
+
+def partition_durable(partition: int) -> str:
+    return f"ledger-usage-p{partition}"
+
+
+def partition_consumer(nc: NATS, ledger: Ledger, writer: Writer, owner: Ownership,
+                       partition: int) -> DurableConsumer:
+    """The owner's reader of usage.v1.part.<partition>.*: started when this process takes
+    the partition, stopped when it gives it up."""
+    intake = UsageIntake(ledger, writer, owner, partition=partition)
+    return DurableConsumer(nc, stream="USAGE", subject=usage_partition_filter(partition),
+                           durable=partition_durable(partition), handle_batch=intake.handle,
+                           batch_size_max=INTAKE_BATCH_SIZE_MAX)
