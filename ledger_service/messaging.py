@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import queue
 import threading
@@ -53,7 +54,8 @@ AUTHORIZE_BATCH_SIZE_MAX = 512
 AUTHORIZE_DRAIN_S = 10.0  # at stop, how long the requests already taken may take
 SWEEP_INTERVAL_S = 5.0
 AUTHORIZE_QUEUE_GROUP = "ledger-authorize"
-FORWARD_CHUNK = 1_000  # forwarded usage publishes in flight at once
+FORWARD_PENDING_MAX = 2 * INTAKE_BATCH_SIZE_MAX  # forwarded publishes awaiting their PubAck
+FORWARD_TIMEOUT_S = 10.0
 FORWARDED_ID_PREFIX = "routed:"
 
 
@@ -65,6 +67,8 @@ class Ownership(Protocol):
 
     def owns(self, partition: int) -> bool: ...
 
+    def owns_all(self) -> bool: ...
+
 
 class _Routing(msgspec.Struct):
     """All the forwarder reads of a message: its account."""
@@ -73,6 +77,8 @@ class _Routing(msgspec.Struct):
 
 
 _routing_decoder = msgspec.json.Decoder(_Routing)
+# The hash is pure Python (a few microseconds); accounts repeat, so remember them.
+_partition = functools.lru_cache(maxsize=100_000)(partition_of)
 
 
 class Priority(IntEnum):
@@ -152,6 +158,7 @@ class UsageIntake:
         self.owner = owner
         self.nc = nc
         self.partition = partition
+        self._js: Any = None
         self._decoder = msgspec.json.Decoder(UsageRecorded)
 
     async def handle(self, msgs: Sequence[Msg]) -> list[Disposition]:
@@ -162,6 +169,8 @@ class UsageIntake:
             if not owner.owns(self.partition):  # handed over or fenced: the owner will read it
                 raise NotNow(f"partition {self.partition} is not owned here")
             return await self.apply(msgs)
+        if owner.owns_all():  # a lone process: no routing, as before partitions
+            return await self.apply(msgs)
         dispositions: list[Disposition | None] = [None] * len(msgs)
         local: list[int] = []
         remote: list[tuple[int, int, UUID]] = []
@@ -171,7 +180,7 @@ class UsageIntake:
             except UNREADABLE_PAYLOAD as exc:
                 dispositions[index] = Disposition("dead", "invalid_payload", str(exc))
                 continue
-            partition = partition_of(account_id, owner.partitions)
+            partition = _partition(account_id, owner.partitions)
             if owner.owns(partition):
                 local.append(index)
             else:
@@ -188,14 +197,23 @@ class UsageIntake:
         """Republish to the partitions' subjects and wait for every PubAck. A failure raises
         (a dependency is away): the batch is redelivered, and what this process applied of it
         comes back as harmless duplicates."""
-        assert self.nc is not None
-        js = self.nc.jetstream()
-        for start in range(0, len(remote), FORWARD_CHUNK):
-            chunk = remote[start:start + FORWARD_CHUNK]
-            await asyncio.gather(*(
-                js.publish(usage_partition_subject(partition, account_id), msgs[index].data,
-                           headers=forwarded_headers(msgs[index]))
-                for index, partition, account_id in chunk))
+        if self._js is None:
+            assert self.nc is not None
+            self._js = self.nc.jetstream(publish_async_max_pending=FORWARD_PENDING_MAX)
+        js = self._js
+        futures = []
+        try:
+            for index, partition, account_id in remote:
+                futures.append(await js.publish_async(
+                    usage_partition_subject(partition, account_id), msgs[index].data,
+                    headers=forwarded_headers(msgs[index]), wait_stall=FORWARD_TIMEOUT_S))
+            await asyncio.wait_for(asyncio.gather(*futures), FORWARD_TIMEOUT_S)
+        except Exception as exc:  # NATS away, the stream full: not the messages' fault
+            raise NotNow(f"forwarding failed: {type(exc).__name__}: {exc}") from exc
+        finally:
+            for future in futures:  # a PubAck that never came must not hold its slot
+                if not future.done():
+                    future.cancel()
 
     async def apply(self, msgs: Sequence[Msg]) -> list[Disposition]:
         dispositions: list[Disposition | None] = [None] * len(msgs)
@@ -307,8 +325,8 @@ class Authorizer:
                                                   detail=str(exc)[:500]))
             return
         owner = self.owner
-        if owner is not None:
-            partition = partition_of(request.account_id, owner.partitions)
+        if owner is not None and not owner.owns_all():
+            partition = _partition(request.account_id, owner.partitions)
             if not owner.owns(partition) and self._nc is not None:
                 # No owner at this instant (a handover): nobody answers, the requester times
                 # out and retries, and its request_id makes that safe.

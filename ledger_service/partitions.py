@@ -205,6 +205,9 @@ class PartitionOwner:
     def owns(self, partition: int) -> bool:
         return partition in self.owned and time.monotonic() < self.valid_until
 
+    def owns_all(self) -> bool:
+        return len(self.owned) == self.partitions and time.monotonic() < self.valid_until
+
     def owns_account(self, account_id: Any) -> bool:
         return self.owns(partition_of(account_id, self.partitions))
 

@@ -166,11 +166,18 @@ class Stack:
         log.info("service process started", service=entry.package, pid=process.pid, port=port)
         return process
 
+    def respawn(self, service: Running) -> subprocess.Popen[bytes]:
+        """A crashed process again, on its own port (the environment's, for the first)."""
+        entry = service.entry
+        if service.port == int(self.env.get(entry.port_variable, entry.port_default)):
+            return self.spawn(entry)
+        return self.spawn(entry, service.port)
+
     def instances(self) -> list[tuple[ServiceEntry, int]]:
         """Each service process to start, with its HTTP port. LEDGER_PROCESSES=N starts N
         ledger processes on the ledger's port, +10, +20, ... (8001, 8011, 8021): they share
         the database and split the account partitions among them (docs/scaling.md)."""
-        started = []
+        started: list[tuple[ServiceEntry, int]] = []
         for entry in SERVICES:
             port = int(self.env.get(entry.port_variable, entry.port_default))
             copies = self.settings.ledger_processes if entry.package == "ledger_service" else 1
@@ -229,7 +236,7 @@ class Stack:
         """One supervision step for one service: notice an exit, or restart when due."""
         if service.restart_at is not None:
             if now >= service.restart_at and not self.stop_requested.is_set():
-                service.process = self.spawn(service.entry, service.port)
+                service.process = self.respawn(service)
                 service.started_at, service.restart_at = now, None
             return
         code = service.process.poll()
