@@ -18,6 +18,7 @@ from ledger_service.http_lag import lag_router
 from ledger_service.lag import lag_metrics, read_lags_async
 from ledger_service.messaging import (
     Authorizer,
+    IntakeBatcher,
     Priority,
     Sweeper,
     Writer,
@@ -67,7 +68,7 @@ def build(runtime: Runtime) -> ServiceParts:
             # Another process applied this partition until now: what is cached is stale.
             await writer.call(ledger.evict_partitions, [partition], settings.partitions,
                               priority=Priority.AUTHORIZE)
-            consumer = partition_consumer(nc, ledger, writer, owner, partition)
+            consumer = partition_consumer(nc, ledger, writer, owner, partition, batcher)
             await consumer.start()
             partition_consumers[partition] = consumer
             await authorizer.add_partition(partition)
@@ -92,7 +93,8 @@ def build(runtime: Runtime) -> ServiceParts:
         owner = PartitionOwner(
             LeaseTable(rt.settings.database_url, SCHEMA, member_id(), settings.partitions),
             on_acquire=on_acquire, on_release=on_release, on_leader=on_leader)
-        durables = consumers(nc, ledger, writer, owner)
+        batcher = IntakeBatcher(ledger, writer)
+        durables = consumers(nc, ledger, writer, owner, batcher)
         authorizer = Authorizer(ledger, writer, owner)
         sweeper = Sweeper(ledger, writer, owner=owner)
         rt.state.update(consumers=durables, authorizer=authorizer, sweeper=sweeper,

@@ -152,9 +152,11 @@ class UsageIntake:
     """
 
     def __init__(self, ledger: Ledger, writer: Writer, owner: Ownership | None = None,
-                 nc: NATS | None = None, partition: int | None = None) -> None:
+                 nc: NATS | None = None, partition: int | None = None,
+                 batcher: IntakeBatcher | None = None) -> None:
         self.ledger = ledger
         self.writer = writer
+        self.batcher = batcher
         self.owner = owner
         self.nc = nc
         self.partition = partition
@@ -226,14 +228,64 @@ class UsageIntake:
             except UNREADABLE_PAYLOAD as exc:
                 dispositions[index] = Disposition("dead", "invalid_payload", str(exc))
         if decoded:
-            verdicts = await self.writer.call(intake.apply_usage, self.ledger, decoded,
-                                              priority=Priority.INTAKE)
+            verdicts = await (self.batcher.apply(decoded) if self.batcher is not None else
+                              self.writer.call(intake.apply_usage, self.ledger, decoded,
+                                               priority=Priority.INTAKE))
             for index, verdict in zip(positions, verdicts, strict=True):
                 dispositions[index] = (
                     Disposition("dead", "rejected", verdict.detail)
                     if verdict.outcome == "dead" else ACK
                 )
         return [d or ACK for d in dispositions]
+
+
+class IntakeBatcher:
+    """One writer transaction for the batches of several consumers that arrive together.
+
+    A process reads each of its partitions with a consumer of its own; without this, each
+    consumer's batch was a transaction of its own, and two processes with 8 partitions each
+    made many small commits where one process made a few large ones (docs/scaling.md).
+    Batches queued while a transaction runs are applied together in the next one.
+    """
+
+    def __init__(self, ledger: Ledger, writer: Writer,
+                 messages_max: int = 2 * INTAKE_BATCH_SIZE_MAX) -> None:
+        self.ledger = ledger
+        self.writer = writer
+        self.messages_max = messages_max
+        self._pending: list[tuple[list[UsageRecorded], asyncio.Future[Any]]] = []
+        self._task: asyncio.Task[None] | None = None
+
+    async def apply(self, decoded: list[UsageRecorded]) -> list[intake.UsageVerdict]:
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._pending.append((decoded, future))
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._drain(), name="intake-batcher")
+        result: list[intake.UsageVerdict] = await future
+        return result
+
+    async def _drain(self) -> None:
+        while self._pending:
+            taken, size = 0, 0
+            while taken < len(self._pending) and (
+                    taken == 0 or size + len(self._pending[taken][0]) <= self.messages_max):
+                size += len(self._pending[taken][0])
+                taken += 1
+            group, self._pending = self._pending[:taken], self._pending[taken:]
+            combined = [message for decoded, _ in group for message in decoded]
+            try:
+                verdicts = await self.writer.call(intake.apply_usage, self.ledger, combined,
+                                                  priority=Priority.INTAKE)
+            except Exception as exc:  # each consumer handles it as its own batch's failure
+                for _, future in group:
+                    if not future.done():
+                        future.set_exception(exc)
+                continue
+            start = 0
+            for decoded, future in group:
+                if not future.done():
+                    future.set_result(verdicts[start:start + len(decoded)])
+                start += len(decoded)
 
 
 def forwarded_headers(msg: Msg) -> dict[str, str]:
@@ -476,13 +528,14 @@ class Sweeper:
 # ------------------------------------------------------------------ wiring
 
 
-def consumers(nc: NATS, ledger: Ledger, writer: Writer,
-              owner: Ownership | None = None) -> list[DurableConsumer]:
+def consumers(nc: NATS, ledger: Ledger, writer: Writer, owner: Ownership | None = None,
+              batcher: IntakeBatcher | None = None) -> list[DurableConsumer]:
     """The durables every ledger process shares (competing consumers): usage on the subjects
     publishers use (applied here when this process owns the account's partition, forwarded to
     the owner otherwise), payments and the catalogue (applied by whichever process fetched
     them; the event store's concurrency control keeps two processes apart)."""
-    usage = UsageIntake(ledger, writer, owner, nc if owner is not None else None)
+    usage = UsageIntake(ledger, writer, owner, nc if owner is not None else None,
+                        batcher=batcher)
     payments = PaymentsConsumer(ledger, writer)
     catalogue = CatalogueConsumer(ledger, writer)
     by_account = [] if owner is None else [
@@ -512,10 +565,10 @@ def partition_durable(partition: int) -> str:
 
 
 def partition_consumer(nc: NATS, ledger: Ledger, writer: Writer, owner: Ownership,
-                       partition: int) -> DurableConsumer:
+                       partition: int, batcher: IntakeBatcher | None = None) -> DurableConsumer:
     """The owner's reader of usage.v1.part.<partition>.*: started when this process takes
     the partition, stopped when it gives it up."""
-    intake = UsageIntake(ledger, writer, owner, partition=partition)
+    intake = UsageIntake(ledger, writer, owner, partition=partition, batcher=batcher)
     return DurableConsumer(nc, stream="USAGE", subject=usage_partition_filter(partition),
                            durable=partition_durable(partition), handle_batch=intake.handle,
                            batch_size_max=INTAKE_BATCH_SIZE_MAX)

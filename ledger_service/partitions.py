@@ -265,9 +265,15 @@ class PartitionOwner:
             await self._set_leader(bool(result.members) and result.members[0] == self.table.member)
 
     async def _drop(self, partitions: list[int]) -> None:
-        for partition in partitions:
-            if self.owned.pop(partition, None) is not None:
-                await self.on_release(partition)
+        """Stop the partitions' work, all at once (each consumer finishes its batch in hand:
+        one after another, a handover of 8 took 8 fetch timeouts)."""
+        dropped = [p for p in partitions if self.owned.pop(p, None) is not None]
+        results = await asyncio.gather(*(self.on_release(p) for p in dropped),
+                                       return_exceptions=True)
+        for partition, result in zip(dropped, results, strict=True):
+            if isinstance(result, BaseException):
+                log.warning("partition did not stop cleanly", partition=partition,
+                            error=f"{type(result).__name__}: {result}")
 
     async def _set_leader(self, leader: bool) -> None:
         if leader != self.leader:
