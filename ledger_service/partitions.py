@@ -105,15 +105,15 @@ class LeaseTable:
                 self._conn.close()
             self._conn = None
 
-    def tick(self, holding: Iterable[int], wanted: bool = True) -> Tick:
+    def tick(self, wanted: bool = True) -> Tick:
         """Heartbeat, renew what this member holds, take free partitions up to the share."""
         try:
-            return self._tick(list(holding), wanted)
+            return self._tick(wanted)
         except Exception:
             self.close()
             raise
 
-    def _tick(self, holding: list[int], wanted: bool) -> Tick:
+    def _tick(self, wanted: bool) -> Tick:
         conn = self._connection()
         with conn.transaction():
             conn.execute(
@@ -135,10 +135,13 @@ class LeaseTable:
                     f"LEDGER_PARTITIONS is {self.partitions} here but {sorted(others)} in a live"
                     " ledger process; all processes must use the same count")
             members = [m for m, _ in rows]
+            # Every unexpired lease of this member, also those its fence stopped locally
+            # (the database was away for a few seconds): nobody else can have taken them,
+            # so they start again at once instead of after their expiry.
             held = dict(conn.execute(
                 "UPDATE partition_leases SET expires_at = now() + %s::interval"
-                " WHERE owner = %s AND expires_at > now() AND partition = ANY(%s)"
-                " RETURNING partition, epoch", (self.lease, self.member, holding)).fetchall())
+                " WHERE owner = %s AND expires_at > now() RETURNING partition, epoch",
+                (self.lease, self.member)).fetchall())
             share = fair_share(self.partitions, len(members)) if wanted else 0
             taken: list[int] = []
             if len(held) < share:
@@ -236,7 +239,7 @@ class PartitionOwner:
     async def tick(self) -> None:
         async with self._lock:
             started = time.monotonic()
-            result = await asyncio.to_thread(self.table.tick, list(self.owned))
+            result = await asyncio.to_thread(self.table.tick)
             lost = sorted(set(self.owned) - set(result.held))
             if lost:  # expired under us (a long stall): someone may own them now
                 log.warning("partition leases lost", partitions=lost)

@@ -37,6 +37,7 @@ from contracts.usage import UsageRecorded
 from ledger_service.app import accounts, intake
 from ledger_service.app.accounts import Idempotency
 from ledger_service.app.ledger import Ledger
+from ledger_service.partitions import LeaseTable, PartitionOwner
 from services.database import conninfo
 from services.http import DEVELOPMENT_JWT_SECRET, mint_token
 from tests.conftest import Infra
@@ -412,3 +413,82 @@ def test_usage_decoded_for_routing_only_by_its_account() -> None:
         {"account_id": str(account), "quantity": "not a number"}).encode()).account_id == account
     with pytest.raises(msgspec.DecodeError):
         _routing_decoder.decode(b'{"event_id": "x"}')
+
+
+# ------------------------------------------------------------------ leases, in-process
+
+
+class Recorder:
+    """Hooks of one PartitionOwner: when each partition started and stopped here."""
+
+    def __init__(self, name: str, events: list[tuple[float, str, str, int]]) -> None:
+        self.name, self.events = name, events
+
+    async def acquire(self, partition: int) -> None:
+        self.events.append((time.monotonic(), self.name, "start", partition))
+
+    async def release(self, partition: int) -> None:
+        self.events.append((time.monotonic(), self.name, "stop", partition))
+
+    async def leader(self, leader: bool) -> None:
+        self.events.append((time.monotonic(), self.name, "leader" if leader else "follower", -1))
+
+
+def lease_owner(infra: Infra, name: str, events: list[tuple[float, str, str, int]],
+                ) -> PartitionOwner:
+    hooks = Recorder(name, events)
+    return PartitionOwner(LeaseTable(infra.database_url, "ledger", f"{name}-{uuid.uuid4()}", 8,
+                                     lease_s=2.0),
+                          on_acquire=hooks.acquire, on_release=hooks.release,
+                          on_leader=hooks.leader, renew_interval_s=0.3, lease_s=2.0,
+                          fence_margin_s=0.6)
+
+
+async def wait_for(check: Any, timeout_s: float = 20) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        assert time.monotonic() < deadline, "not reached"
+        await asyncio.sleep(0.05)
+
+
+async def test_leases_share_out_hand_over_and_a_stalled_owner_fences_itself_first(
+        infra: Infra) -> None:
+    build_ledger(infra).app.close()  # the migrations
+    with psycopg.connect(conninfo(infra.database_url), autocommit=True) as conn:
+        # Other tests' processes are gone: start from free leases, sized 8 for this test.
+        conn.execute("DELETE FROM ledger.partition_leases")
+        conn.execute("DELETE FROM ledger.partition_members")
+    events: list[tuple[float, str, str, int]] = []
+    a, b = lease_owner(infra, "a", events), lease_owner(infra, "b", events)
+    await a.start()
+    assert sorted(a.owned) == list(range(8)) and a.owns_all() and a.leader
+    await b.start()  # B joins: A hands over its surplus, B takes it
+    await wait_for(lambda: len(a.owned) == 4 and len(b.owned) == 4)
+    assert set(a.owned).isdisjoint(b.owned) and a.leader and not b.leader
+    handed = set(b.owned)
+    for partition in handed:  # A stopped each before B started it
+        stopped = [t for t, who, what, p in events if (who, what, p) == ("a", "stop", partition)]
+        started = [t for t, who, what, p in events if (who, what, p) == ("b", "start", partition)]
+        assert stopped and started and stopped[-1] <= started[-1]
+
+    # A stalls (its database calls hang): it must stop its partitions itself before its
+    # leases can expire and B takes them.
+    stalled = threading.Event()
+    real_tick = a.table.tick
+
+    def hanging_tick(*args: Any, **kwargs: Any) -> Any:
+        stalled.wait(30)
+        return real_tick(*args, **kwargs)
+
+    a.table.tick = hanging_tick  # type: ignore[method-assign]
+    a_had = set(a.owned)
+    await wait_for(lambda: len(b.owned) == 8, 30)
+    for partition in a_had:
+        fenced = [t for t, who, what, p in events if (who, what, p) == ("a", "stop", partition)]
+        taken = [t for t, who, what, p in events if (who, what, p) == ("b", "start", partition)]
+        assert fenced and taken and fenced[-1] < taken[-1], partition
+    assert not a.owned and not a.owns(next(iter(a_had))) and b.leader
+    stalled.set()
+    a.table.tick = real_tick  # type: ignore[method-assign]
+    await b.stop()
+    await a.stop()
