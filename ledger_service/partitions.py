@@ -215,8 +215,17 @@ class PartitionOwner:
         return self.owns(partition_of(account_id, self.partitions))
 
     async def start(self) -> None:
-        """The first tick before returning: a lone process owns every partition at once."""
-        await self.tick()
+        """The first tick before returning: a lone process owns every partition at once.
+        If the database cannot be reached just now, the process starts owning nothing (what
+        it reads is forwarded, and waits for owners) and the renewals take its share later;
+        only a partition count that differs from a live peer's refuses the start."""
+        try:
+            await self.tick()
+        except PartitionCountMismatch:
+            raise
+        except Exception as exc:
+            log.warning("partition leases not taken at start; will retry",
+                        error=f"{type(exc).__name__}: {exc}")
         self._tasks = [asyncio.create_task(self._renew(), name="partition-leases"),
                        asyncio.create_task(self._fence(), name="partition-fence")]
 
