@@ -9,6 +9,7 @@ STAMP  := $(VENV)/.installed-stamp
 
 help:
 	@echo "make run        start PostgreSQL + NATS (embedded unless DATABASE_URL/NATS_URL set) and all four services"
+	@echo "                (CLUSTER=3: a 3-node JetStream cluster; LEDGER_PROCESSES=2: two partitioned ledger processes)"
 	@echo "make test       run the whole test suite against real PostgreSQL and NATS"
 	@echo "make faults     fault tests (a NATS node of three killed under load)"
 	@echo "make lint       ruff + mypy"

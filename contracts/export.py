@@ -97,6 +97,7 @@ def asyncapi() -> Json:
         channels[subject] = _channel(subject, cls, subjects.stream_of(subject))
         operations["publish" + cls.__name__] = _operation("send", subject, cls, subject)
     _add_authorize(channels, operations, messages)
+    _add_by_account(channels, operations)
     _add_dead_letters(channels, operations, messages)
     return {
         "asyncapi": "3.0.0",
@@ -135,6 +136,39 @@ def _add_authorize(channels: Json, operations: Json, messages: Json) -> None:
             "messages": [{"$ref": f"#/channels/{reply_channel}/messages/{reply.__name__}"}],
         },
     }
+
+
+ACCOUNT_PARAMETER: Final = {
+    "account_id": {"description": "The payload's account_id, as a lower-case UUID string. "
+                   "Added in v1 beside the subject without it, which keeps working; the ledger "
+                   "routes these to the account's partition owner (docs/scaling.md)."}
+}
+
+
+def _add_by_account(channels: Json, operations: Json) -> None:
+    """`usage.v1.recorded.{account_id}` and `ledger.v1.authorize.{account_id}`: the same
+    messages as the subjects they extend, with the account in the subject."""
+    for subject, template in subjects.BY_ACCOUNT.items():
+        channel = subject + ".by_account"
+        if subject in subjects.EVENTS:
+            cls = subjects.EVENTS[subject]
+            channels[channel] = _channel(template, cls, subjects.stream_of(
+                subjects.wildcard(template))) | {"parameters": ACCOUNT_PARAMETER}
+            operations["publish" + cls.__name__ + "ByAccount"] = _operation(
+                "send", channel, cls, subject)
+            continue
+        request, reply = subjects.REQUESTS[subject], subjects.REPLIES[subject]
+        reply_channel = subject + REPLY_SUFFIX
+        channels[channel] = _channel(template, request, stream=None) | {
+            "parameters": ACCOUNT_PARAMETER}
+        operations["answer" + request.__name__ + "ByAccount"] = _operation(
+            "receive", channel, request, subject) | {
+            "description": "As " + subject + ", answered by the account's partition owner.",
+            "reply": {
+                "channel": {"$ref": f"#/channels/{reply_channel}"},
+                "messages": [{"$ref": f"#/channels/{reply_channel}/messages/{reply.__name__}"}],
+            },
+        }
 
 
 def _add_dead_letters(channels: Json, operations: Json, messages: Json) -> None:

@@ -42,8 +42,20 @@ from contracts.payments import PaymentFailed, PaymentReceived, PaymentRefunded
 from contracts.usage import UsageRecorded
 
 USAGE_RECORDED: Final = "usage.v1.recorded"
+# Added in v1 (issue 12): the same message with the account in the subject, so that NATS can
+# route it by account (contracts/partitioning.py). `usage.v1.recorded` keeps working.
+USAGE_RECORDED_BY_ACCOUNT: Final = USAGE_RECORDED + ".{account_id}"
+# The ledger's own: usage routed to partition p (usage.v1.part.<p>.<account_id>), read only by
+# the owner of p. A publisher that knows the deployment's LEDGER_PARTITIONS may publish here
+# directly (contracts.partitioning.partition_of) and save the forwarding hop.
+USAGE_PARTITION_PREFIX: Final = "usage.v1.part."
 
 LEDGER_AUTHORIZE: Final = "ledger.v1.authorize"
+# Added in v1 (issue 12): the same request with the account in the subject.
+LEDGER_AUTHORIZE_BY_ACCOUNT: Final = LEDGER_AUTHORIZE + ".{account_id}"
+# The ledger's own: requests forwarded to the owner of partition p (the reply subject is the
+# requester's, so the owner answers the requester directly). Not for publishers.
+LEDGER_AUTHORIZE_PARTITION_PREFIX: Final = LEDGER_AUTHORIZE + ".part."
 LEDGER_EVENTS: Final = "ledger.v1.events."
 LEDGER_ENTRY_POSTED: Final = LEDGER_EVENTS + "entry_posted"
 LEDGER_BALANCE_LOW: Final = LEDGER_EVENTS + "balance_low"
@@ -148,6 +160,37 @@ NATS_MSG_ID_FIELD: Final[dict[str, str]] = {
     CATALOG_PRICES_UPDATED: "version",
     DEADLETTERS: "dead_letter_id",
 }
+
+
+# Subjects that carry the account id as their last token, by the subject they extend: the
+# payload and the Nats-Msg-Id are those of the subject without the account.
+BY_ACCOUNT: Final[dict[str, str]] = {
+    USAGE_RECORDED: USAGE_RECORDED_BY_ACCOUNT,
+    LEDGER_AUTHORIZE: LEDGER_AUTHORIZE_BY_ACCOUNT,
+}
+
+
+def by_account(subject: str, account_id: object) -> str:
+    """`usage.v1.recorded.<account_id>` for USAGE_RECORDED; likewise LEDGER_AUTHORIZE."""
+    return BY_ACCOUNT[subject].format(account_id=account_id)
+
+
+def usage_partition_subject(partition: int, account_id: object) -> str:
+    """`usage.v1.part.<partition>.<account_id>`: usage routed to its partition's owner."""
+    return f"{USAGE_PARTITION_PREFIX}{partition}.{account_id}"
+
+
+def usage_partition_filter(partition: int) -> str:
+    return f"{USAGE_PARTITION_PREFIX}{partition}.*"
+
+
+def authorize_partition_subject(partition: int) -> str:
+    return f"{LEDGER_AUTHORIZE_PARTITION_PREFIX}{partition}"
+
+
+def wildcard(template: str) -> str:
+    """The NATS wildcard of a subject template: `{account_id}` becomes `*`."""
+    return template.replace("{account_id}", "*")
 
 
 def dead_letter_subject(subject: str) -> str:

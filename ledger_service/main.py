@@ -17,7 +17,16 @@ from ledger_service.followers import FollowerConfig, Followers
 from ledger_service.http import EXCEPTION_STATUSES, LedgerServices, charges_router, router
 from ledger_service.http_lag import lag_router
 from ledger_service.lag import follower_metrics
-from ledger_service.messaging import Authorizer, Sweeper, Writer, consumers
+from ledger_service.messaging import (
+    Authorizer,
+    IntakeBatcher,
+    Priority,
+    Sweeper,
+    Writer,
+    consumers,
+    partition_consumer,
+)
+from ledger_service.partitions import LeaseTable, PartitionOwner, member_id
 from ledger_service.reader import Reader
 from ledger_service.runtime_role import sync_runtime_rights
 from ledger_service.settings import LedgerSettings
@@ -29,6 +38,7 @@ from services.stream_metrics import consumer_metrics, dead_letter_metrics
 
 log = structlog.get_logger(__name__)
 SCHEMA = "ledger"
+CATALOGUE_CHECK_INTERVAL_S = 2.0
 
 
 def build(runtime: Runtime) -> ServiceParts:
@@ -47,35 +57,78 @@ def build(runtime: Runtime) -> ServiceParts:
         await asyncio.to_thread(ledger.catalogue)  # seeds the default catalogue on first start
         services.ledger, services.writer = ledger, Writer()
         nc = rt.broker.connection
-        durables = consumers(nc, ledger, services.writer)
-        authorizer = Authorizer(ledger, services.writer)
-        sweeper = Sweeper(ledger, services.writer)
-        followers = Followers(FollowerConfig(
+        writer = services.writer
+        follower_config = FollowerConfig(
             parent_pid=os.getpid(), database_url=rt.settings.database_url, nats_url=rt.settings.nats_url,
             schema=SCHEMA, log_level=rt.settings.log_level, log_format=rt.settings.log_format,
             chain_keys=settings.chain_keys, anchor_signing_key=settings.anchor_signing_key,
             anchor_interval_s=settings.anchor_interval_s, anchor_dir=settings.anchor_dir,
-        ))
+        )
+        partition_consumers: dict[int, Any] = {}
+        followers: dict[str, Followers] = {}
+
+        async def on_acquire(partition: int) -> None:
+            # Another process applied this partition until now: what is cached is stale.
+            await writer.call(ledger.evict_partitions, [partition], settings.partitions,
+                              priority=Priority.AUTHORIZE)
+            consumer = partition_consumer(nc, ledger, writer, owner, partition, batcher)
+            await consumer.start()
+            partition_consumers[partition] = consumer
+            await authorizer.add_partition(partition)
+
+        async def on_release(partition: int) -> None:
+            await authorizer.remove_partition(partition)
+            consumer = partition_consumers.pop(partition, None)
+            if consumer is not None:
+                await consumer.stop()
+
+        async def on_leader(leader: bool) -> None:
+            # The followers (publisher, projections, anchorer) run in one ledger process: the
+            # oldest live member. Publisher and projections also hold advisory locks, so the
+            # overlap of a handover is harmless.
+            current = followers.pop("process", None)
+            if current is not None:
+                await current.stop()
+            if leader:
+                followers["process"] = Followers(follower_config)
+                followers["process"].start()
+
+        owner = PartitionOwner(
+            LeaseTable(rt.settings.database_url, SCHEMA, member_id(), settings.partitions),
+            on_acquire=on_acquire, on_release=on_release, on_leader=on_leader)
+        batcher = IntakeBatcher(ledger, writer)
+        durables = consumers(nc, ledger, writer, owner, batcher)
+        authorizer = Authorizer(ledger, writer, owner)
+        sweeper = Sweeper(ledger, writer, owner=owner)
         rt.state.update(consumers=durables, authorizer=authorizer, sweeper=sweeper,
-                        followers=followers, ledger=ledger, writer=services.writer)
+                        followers=followers, ledger=ledger, writer=writer, owner=owner,
+                        partition_consumers=partition_consumers)
+        await authorizer.start(nc)
+        await owner.start()  # a lone process owns every partition before the first message
         for consumer in durables:
             await consumer.start()
-        await authorizer.start(nc)
         sweeper.start()
-        followers.start()
+        rt.state["catalogue_check"] = asyncio.create_task(
+            _check_catalogue(ledger, writer), name="catalogue-check")
 
     async def stop(rt: Runtime) -> None:
         if "ledger" not in rt.state:
             return
         # Stop taking work first, finish what is in hand, then close the store.
+        rt.state["catalogue_check"].cancel()
         await rt.state["authorizer"].stop()
         log.info("stopped authorizer")
         for consumer in rt.state["consumers"]:
             await consumer.stop()
             log.info("stopped consumer", durable=consumer.durable)
+        # Stops the partitions' consumers, then clears their leases and this member's row:
+        # the other processes take them over at their next renewal.
+        await rt.state["owner"].stop()
+        log.info("released partitions")
         await rt.state["sweeper"].stop()
         log.info("stopped sweeper")
-        await rt.state["followers"].stop()
+        for followers in rt.state["followers"].values():
+            await followers.stop()
         log.info("stopped followers (publisher, projections)")
         rt.state["writer"].close()
         services.reader.close()
@@ -94,6 +147,18 @@ def build(runtime: Runtime) -> ServiceParts:
     )
 
 
+async def _check_catalogue(ledger: Ledger, writer: Writer) -> None:
+    """Another ledger process may apply a catalogue update (the durable is shared): notice
+    it, so this process prices with the new catalogue too."""
+    while True:
+        await asyncio.sleep(CATALOGUE_CHECK_INTERVAL_S)
+        try:
+            if await writer.call(ledger.refresh_catalogue):
+                log.info("price catalogue changed elsewhere; reloaded")
+        except Exception as exc:
+            log.warning("catalogue check failed", error=f"{type(exc).__name__}: {exc}")
+
+
 def metrics(runtime: Runtime) -> list[ScrapeCollector]:
     """Lag of the followers (a process of their own: read from the database positions),
     of the durable consumers and the dead letters (asked of NATS), at each scrape."""
@@ -102,7 +167,9 @@ def metrics(runtime: Runtime) -> list[ScrapeCollector]:
         return await follower_metrics(runtime.pool)
 
     def durables() -> list[tuple[str, str]]:
-        return [(c.stream, c.durable) for c in runtime.state.get("consumers", ())]
+        owned = runtime.state.get("partition_consumers", {})
+        return [(c.stream, c.durable)
+                for c in [*runtime.state.get("consumers", ()), *list(owned.values())]]
 
     connection = lambda: runtime.broker.connection  # noqa: E731 (connected after build)
     return [named("ledger-followers", followers), consumer_metrics(connection, durables),

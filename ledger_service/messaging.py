@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import queue
 import threading
 from collections.abc import Callable, Sequence
 from enum import IntEnum
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
+from uuid import UUID
 
 import msgspec
 import structlog
@@ -23,20 +25,27 @@ from nats.aio.msg import Msg
 
 from contracts.catalog import PricesUpdated
 from contracts.ledger import AuthorizeReply, AuthorizeRequest
+from contracts.partitioning import partition_of
 from contracts.payments import PaymentReceived, PaymentRefunded
 from contracts.subjects import (
     CATALOG_PRICES_UPDATED,
     LEDGER_AUTHORIZE,
+    LEDGER_AUTHORIZE_BY_ACCOUNT,
     PAYMENTS_RECEIVED,
     PAYMENTS_REFUNDED,
     USAGE_RECORDED,
+    USAGE_RECORDED_BY_ACCOUNT,
+    authorize_partition_subject,
+    usage_partition_filter,
+    usage_partition_subject,
+    wildcard,
 )
 from contracts.usage import UsageRecorded
 from ledger_service import metrics
 from ledger_service.app import accounts, intake
 from ledger_service.app.ledger import AccountNotFound, Ledger
 from ledger_service.domain.errors import LedgerError
-from services.consumer import ACK, UNREADABLE_PAYLOAD, Disposition, DurableConsumer
+from services.consumer import ACK, UNREADABLE_PAYLOAD, Disposition, DurableConsumer, NotNow
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
@@ -46,6 +55,31 @@ AUTHORIZE_BATCH_SIZE_MAX = 512
 AUTHORIZE_DRAIN_S = 10.0  # at stop, how long the requests already taken may take
 SWEEP_INTERVAL_S = 5.0
 AUTHORIZE_QUEUE_GROUP = "ledger-authorize"
+FORWARD_PENDING_MAX = 2 * INTAKE_BATCH_SIZE_MAX  # forwarded publishes awaiting their PubAck
+FORWARD_TIMEOUT_S = 10.0
+FORWARDED_ID_PREFIX = "routed:"
+
+
+class Ownership(Protocol):
+    """Which partitions this process applies (ledger_service.partitions.PartitionOwner)."""
+
+    @property
+    def partitions(self) -> int: ...
+
+    def owns(self, partition: int) -> bool: ...
+
+    def owns_all(self) -> bool: ...
+
+
+class _Routing(msgspec.Struct):
+    """All the forwarder reads of a message: its account."""
+
+    account_id: UUID
+
+
+_routing_decoder = msgspec.json.Decoder(_Routing)
+# The hash is pure Python (a few microseconds); accounts repeat, so remember them.
+_partition = functools.lru_cache(maxsize=100_000)(partition_of)
 
 
 class Priority(IntEnum):
@@ -112,14 +146,82 @@ def _settle(future: asyncio.Future[Any], result: Any, exc: BaseException | None)
 
 
 class UsageIntake:
-    """Batches of usage.v1.recorded: decode, apply in one transaction, then ack."""
+    """Batches of usage.v1.recorded: decode, apply in one transaction, then ack.
 
-    def __init__(self, ledger: Ledger, writer: Writer) -> None:
+    With `owner` and `nc` it is also the forwarder of usage.v1.recorded and
+    usage.v1.recorded.<account_id>: a message of a partition this process owns is applied
+    here (no hop: a lone process applies everything as before), any other is republished to
+    usage.v1.part.<p>.<account_id> for its owner and acked only once JetStream stored it.
+    With `partition`, it reads that partition's subject, and only while it owns it.
+    """
+
+    def __init__(self, ledger: Ledger, writer: Writer, owner: Ownership | None = None,
+                 nc: NATS | None = None, partition: int | None = None,
+                 batcher: IntakeBatcher | None = None) -> None:
         self.ledger = ledger
         self.writer = writer
+        self.batcher = batcher
+        self.owner = owner
+        self.nc = nc
+        self.partition = partition
+        self._js: Any = None
         self._decoder = msgspec.json.Decoder(UsageRecorded)
 
     async def handle(self, msgs: Sequence[Msg]) -> list[Disposition]:
+        owner = self.owner
+        if owner is None:
+            return await self.apply(msgs)
+        if self.partition is not None:
+            if not owner.owns(self.partition):  # handed over or fenced: the owner will read it
+                raise NotNow(f"partition {self.partition} is not owned here")
+            return await self.apply(msgs)
+        if owner.owns_all():  # a lone process: no routing, as before partitions
+            return await self.apply(msgs)
+        dispositions: list[Disposition | None] = [None] * len(msgs)
+        local: list[int] = []
+        remote: list[tuple[int, int, UUID]] = []
+        for index, msg in enumerate(msgs):
+            try:
+                account_id = _routing_decoder.decode(msg.data).account_id
+            except UNREADABLE_PAYLOAD as exc:
+                dispositions[index] = Disposition("dead", "invalid_payload", str(exc))
+                continue
+            partition = _partition(account_id, owner.partitions)
+            if owner.owns(partition):
+                local.append(index)
+            else:
+                remote.append((index, partition, account_id))
+        if local:
+            applied = await self.apply([msgs[i] for i in local])
+            for index, disposition in zip(local, applied, strict=True):
+                dispositions[index] = disposition
+        if remote:
+            await self._forward(msgs, remote)
+        return [d or ACK for d in dispositions]
+
+    async def _forward(self, msgs: Sequence[Msg], remote: list[tuple[int, int, UUID]]) -> None:
+        """Republish to the partitions' subjects and wait for every PubAck. A failure raises
+        (a dependency is away): the batch is redelivered, and what this process applied of it
+        comes back as harmless duplicates."""
+        if self._js is None:
+            assert self.nc is not None
+            self._js = self.nc.jetstream(publish_async_max_pending=FORWARD_PENDING_MAX)
+        js = self._js
+        futures = []
+        try:
+            for index, partition, account_id in remote:
+                futures.append(await js.publish_async(
+                    usage_partition_subject(partition, account_id), msgs[index].data,
+                    headers=forwarded_headers(msgs[index]), wait_stall=FORWARD_TIMEOUT_S))
+            await asyncio.wait_for(asyncio.gather(*futures), FORWARD_TIMEOUT_S)
+        except Exception as exc:  # NATS away, the stream full: not the messages' fault
+            raise NotNow(f"forwarding failed: {type(exc).__name__}: {exc}") from exc
+        finally:
+            for future in futures:  # a PubAck that never came must not hold its slot
+                if not future.done():
+                    future.cancel()
+
+    async def apply(self, msgs: Sequence[Msg]) -> list[Disposition]:
         dispositions: list[Disposition | None] = [None] * len(msgs)
         decoded: list[UsageRecorded] = []
         positions: list[int] = []
@@ -131,14 +233,80 @@ class UsageIntake:
                 dispositions[index] = Disposition("dead", "invalid_payload", str(exc))
         if decoded:
             metrics.INTAKE_BATCH_SIZE.observe(len(decoded))
-            verdicts = await self.writer.call(intake.apply_usage, self.ledger, decoded,
-                                              priority=Priority.INTAKE)
+            verdicts = await (self.batcher.apply(decoded) if self.batcher is not None else
+                              self.writer.call(intake.apply_usage, self.ledger, decoded,
+                                               priority=Priority.INTAKE))
             for index, verdict in zip(positions, verdicts, strict=True):
                 dispositions[index] = (
                     Disposition("dead", "rejected", verdict.detail)
                     if verdict.outcome == "dead" else ACK
                 )
         return [d or ACK for d in dispositions]
+
+
+class IntakeBatcher:
+    """One writer transaction for the batches of several consumers that arrive together.
+
+    A process reads each of its partitions with a consumer of its own; without this, each
+    consumer's batch was a transaction of its own, and two processes with 8 partitions each
+    made many small commits where one process made a few large ones (docs/scaling.md).
+    Batches queued while a transaction runs are applied together in the next one.
+    """
+
+    def __init__(self, ledger: Ledger, writer: Writer,
+                 messages_max: int = 2 * INTAKE_BATCH_SIZE_MAX) -> None:
+        self.ledger = ledger
+        self.writer = writer
+        self.messages_max = messages_max
+        self._pending: list[tuple[list[UsageRecorded], asyncio.Future[Any]]] = []
+        self._task: asyncio.Task[None] | None = None
+
+    async def apply(self, decoded: list[UsageRecorded]) -> list[intake.UsageVerdict]:
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._pending.append((decoded, future))
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._drain(), name="intake-batcher")
+        result: list[intake.UsageVerdict] = await future
+        return result
+
+    async def _drain(self) -> None:
+        while self._pending:
+            taken, size = 0, 0
+            while taken < len(self._pending) and (
+                    taken == 0 or size + len(self._pending[taken][0]) <= self.messages_max):
+                size += len(self._pending[taken][0])
+                taken += 1
+            group, self._pending = self._pending[:taken], self._pending[taken:]
+            combined = [message for decoded, _ in group for message in decoded]
+            try:
+                verdicts = await self.writer.call(intake.apply_usage, self.ledger, combined,
+                                                  priority=Priority.INTAKE)
+            except Exception as exc:  # each consumer handles it as its own batch's failure
+                for _, future in group:
+                    if not future.done():
+                        future.set_exception(exc)
+                continue
+            start = 0
+            for decoded, future in group:
+                if not future.done():
+                    future.set_result(verdicts[start:start + len(decoded)])
+                start += len(decoded)
+
+
+def forwarded_headers(msg: Msg) -> dict[str, str]:
+    """The forwarded copy's headers. The copy lands in the same stream (USAGE), whose
+    duplicate window is per stream, so it cannot keep the original Nats-Msg-Id (JetStream
+    would drop it as a repeat of the original): it gets `routed:<original id>`, so a forward
+    retried after a lost PubAck is still dropped. The ledger's idempotency key is the
+    payload's event_id, the same in both."""
+    headers = dict(msg.headers or {})
+    original = headers.get("Nats-Msg-Id")
+    if not original:
+        meta = msg.metadata
+        original = f"{meta.stream}:{meta.sequence.stream}" if meta and meta.sequence else ""
+    if original:
+        headers["Nats-Msg-Id"] = FORWARDED_ID_PREFIX + original
+    return headers
 
 
 # ------------------------------------------------------------------ authorize
@@ -151,27 +319,50 @@ class Authorizer:
     all of them, so throughput grows with load while a lone request waits for one commit.
     """
 
-    def __init__(self, ledger: Ledger, writer: Writer) -> None:
+    def __init__(self, ledger: Ledger, writer: Writer, owner: Ownership | None = None) -> None:
         self.ledger = ledger
         self.writer = writer
+        self.owner = owner
+        self._nc: NATS | None = None
+        self._partitions: dict[int, Any] = {}
         # (request, the message to answer); the batcher replies itself, so a request costs
         # no task and no future of its own (a fifth of the event loop's time per request).
         self._queue: asyncio.Queue[tuple[AuthorizeRequest, Msg]] = asyncio.Queue()
         self._decoder = msgspec.json.Decoder(AuthorizeRequest)
         self._encoder = msgspec.json.Encoder()
         self._task: asyncio.Task[None] | None = None
-        self._subscription: Any = None
+        self._subscriptions: list[Any] = []
 
     async def start(self, nc: NATS) -> None:
+        """Answer ledger.v1.authorize and ledger.v1.authorize.<account_id> (in one queue
+        group across the ledger processes): a request for a partition owned here is answered
+        here; any other is forwarded to its owner's subject, ledger.v1.authorize.part.<p>,
+        with the requester's reply subject, so the owner answers the requester directly."""
+        self._nc = nc
         self._task = asyncio.create_task(self._run(), name="authorize-batcher")
-        self._subscription = await nc.subscribe(
-            LEDGER_AUTHORIZE, queue=AUTHORIZE_QUEUE_GROUP, cb=self._on_request)
+        for subject in (LEDGER_AUTHORIZE, wildcard(LEDGER_AUTHORIZE_BY_ACCOUNT)):
+            self._subscriptions.append(await nc.subscribe(
+                subject, queue=AUTHORIZE_QUEUE_GROUP, cb=self._on_request))
+
+    async def add_partition(self, partition: int) -> None:
+        assert self._nc is not None
+        if partition not in self._partitions:
+            self._partitions[partition] = await self._nc.subscribe(
+                authorize_partition_subject(partition), queue=AUTHORIZE_QUEUE_GROUP,
+                cb=self._on_owned_request)
+
+    async def remove_partition(self, partition: int) -> None:
+        subscription = self._partitions.pop(partition, None)
+        if subscription is not None:
+            with contextlib.suppress(Exception):
+                await subscription.drain()
 
     async def stop(self) -> None:
         """Take no new request, answer every one taken, then stop."""
-        if self._subscription is not None:
+        for subscription in [*self._subscriptions, *self._partitions.values()]:
             with contextlib.suppress(Exception):
-                await self._subscription.drain()
+                await subscription.drain()
+        self._subscriptions, self._partitions = [], {}
         if self._task is not None:
             try:
                 await asyncio.wait_for(self._queue.join(), AUTHORIZE_DRAIN_S)
@@ -184,6 +375,26 @@ class Authorizer:
 
     async def _on_request(self, msg: Msg) -> None:
         # nats-py awaits callbacks one at a time, so this only decodes and queues.
+        try:
+            request = self._decoder.decode(msg.data)
+        except UNREADABLE_PAYLOAD as exc:
+            await self._reply(msg, AuthorizeReply(approved=False, reason="invalid_request",
+                                                  detail=str(exc)[:500]))
+            return
+        owner = self.owner
+        if owner is not None and not owner.owns_all():
+            partition = _partition(request.account_id, owner.partitions)
+            if not owner.owns(partition) and self._nc is not None:
+                # No owner at this instant (a handover): nobody answers, the requester times
+                # out and retries, and its request_id makes that safe.
+                await self._nc.publish(authorize_partition_subject(partition), msg.data,
+                                       reply=msg.reply, headers=msg.headers)
+                return
+        self._queue.put_nowait((request, msg))
+
+    async def _on_owned_request(self, msg: Msg) -> None:
+        """A request forwarded to a partition of this process: answered here, never again
+        forwarded (the event store's concurrency control covers a handover in between)."""
         try:
             request = self._decoder.decode(msg.data)
         except UNREADABLE_PAYLOAD as exc:
@@ -284,9 +495,11 @@ class CatalogueConsumer:
 class Sweeper:
     """Expires holds past their TTL and grants past their expiry, as events."""
 
-    def __init__(self, ledger: Ledger, writer: Writer, interval_s: float = SWEEP_INTERVAL_S) -> None:
+    def __init__(self, ledger: Ledger, writer: Writer, interval_s: float = SWEEP_INTERVAL_S,
+                 owner: Ownership | None = None) -> None:
         self.ledger = ledger
         self.writer = writer
+        self.owner = owner
         self.interval_s = interval_s
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -299,11 +512,18 @@ class Sweeper:
         if self._task is not None:
             await self._task
 
+    @property
+    def _owns_account(self) -> Callable[[UUID], bool] | None:
+        owner = self.owner
+        if owner is None:
+            return None
+        return lambda account_id: owner.owns(partition_of(account_id, owner.partitions))
+
     async def _run(self) -> None:
         while not self._stopping.is_set():
             try:
                 swept = await self.writer.call(accounts.sweep_expiries, self.ledger,
-                                               priority=Priority.INTAKE)
+                                               self._owns_account, priority=Priority.INTAKE)
                 if swept:
                     log.info("expiry sweep", accounts=swept)
             except Exception:
@@ -315,13 +535,24 @@ class Sweeper:
 # ------------------------------------------------------------------ wiring
 
 
-def consumers(nc: NATS, ledger: Ledger, writer: Writer) -> list[DurableConsumer]:
-    usage = UsageIntake(ledger, writer)
+def consumers(nc: NATS, ledger: Ledger, writer: Writer, owner: Ownership | None = None,
+              batcher: IntakeBatcher | None = None) -> list[DurableConsumer]:
+    """The durables every ledger process shares (competing consumers): usage on the subjects
+    publishers use (applied here when this process owns the account's partition, forwarded to
+    the owner otherwise), payments and the catalogue (applied by whichever process fetched
+    them; the event store's concurrency control keeps two processes apart)."""
+    usage = UsageIntake(ledger, writer, owner, nc if owner is not None else None,
+                        batcher=batcher)
     payments = PaymentsConsumer(ledger, writer)
     catalogue = CatalogueConsumer(ledger, writer)
+    by_account = [] if owner is None else [
+        DurableConsumer(nc, stream="USAGE", subject=wildcard(USAGE_RECORDED_BY_ACCOUNT),
+                        durable=USAGE_BY_ACCOUNT_DURABLE, handle_batch=usage.handle,
+                        batch_size_max=INTAKE_BATCH_SIZE_MAX)]
     return [
         DurableConsumer(nc, stream="USAGE", subject=USAGE_RECORDED, durable="ledger-usage",
                         handle_batch=usage.handle, batch_size_max=INTAKE_BATCH_SIZE_MAX),
+        *by_account,
         DurableConsumer(nc, stream="PAYMENTS", subject=PAYMENTS_RECEIVED,
                         durable="ledger-payments-received", handle_batch=payments.handle_received,
                         batch_size_max=100),
@@ -331,3 +562,20 @@ def consumers(nc: NATS, ledger: Ledger, writer: Writer) -> list[DurableConsumer]
         DurableConsumer(nc, stream="CATALOG", subject=CATALOG_PRICES_UPDATED,
                         durable="ledger-catalog", handle_batch=catalogue.handle, batch_size_max=10),
     ]
+
+
+USAGE_BY_ACCOUNT_DURABLE = "ledger-usage-by-account"
+
+
+def partition_durable(partition: int) -> str:
+    return f"ledger-usage-p{partition}"
+
+
+def partition_consumer(nc: NATS, ledger: Ledger, writer: Writer, owner: Ownership,
+                       partition: int, batcher: IntakeBatcher | None = None) -> DurableConsumer:
+    """The owner's reader of usage.v1.part.<partition>.*: started when this process takes
+    the partition, stopped when it gives it up."""
+    intake = UsageIntake(ledger, writer, owner, partition=partition, batcher=batcher)
+    return DurableConsumer(nc, stream="USAGE", subject=usage_partition_filter(partition),
+                           durable=partition_durable(partition), handle_batch=intake.handle,
+                           batch_size_max=INTAKE_BATCH_SIZE_MAX)

@@ -53,6 +53,9 @@ TABLE_RIGHTS: Final[Mapping[str, tuple[str, ...]]] = {
     # UPDATE also lets the anchorer take its EXCLUSIVE lock on anchors (PostgreSQL's rule).
     "anchors": ("SELECT", "INSERT", "UPDATE"),
     "anchor_heads": ("SELECT", "INSERT", "UPDATE"),
+    # Partition ownership: leases taken, renewed and released; members join and expire.
+    "partition_leases": _READ_WRITE,
+    "partition_members": _READ_WRITE,
     # Read at start: a role that may not migrate checks that the owner did.
     "schema_migrations": ("SELECT",),
 }

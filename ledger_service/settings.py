@@ -15,6 +15,7 @@ from typing import Annotated, Final
 
 import msgspec
 
+from contracts.partitioning import PARTITIONS_DEFAULT, PARTITIONS_MAX
 from ledger_service.anchors import public_key_of
 from ledger_service.domain.chain import ChainKeyError, ChainKeyring
 from ledger_service.lag import LAG_ALERT_S_DEFAULT
@@ -83,6 +84,11 @@ class LedgerSettings(ServiceSettings, frozen=True, kw_only=True):
     anchor_dir: str = ".run/anchors"
     # GET /v1/health/lag answers 503 once a follower's oldest waiting event is this old.
     lag_alert_s: Annotated[float, msgspec.Meta(gt=0, le=86_400)] = LAG_ALERT_S_DEFAULT
+    # LEDGER_PARTITIONS: the accounts are split into this many partitions, shared out among
+    # the ledger processes on one database (docs/scaling.md). Fixed per deployment: every
+    # process must use the same count, and changing it needs every process stopped and the
+    # usage.v1.part.* backlog drained first.
+    partitions: Annotated[int, msgspec.Meta(ge=1, le=PARTITIONS_MAX)] = PARTITIONS_DEFAULT
 
     def keyring(self) -> ChainKeyring:
         return parse_keyring(self.chain_keys)

@@ -47,8 +47,14 @@ from contracts.subjects import DEADLETTER_PREFIX
 
 log = structlog.get_logger(__name__)
 
+class NotNow(Exception):
+    """A handler cannot take this batch now, through no fault of its messages (the ledger
+    process no longer owns their partition, say): naked with back-off, never dead-lettered."""
+
+
 # Errors that say "a dependency is away", never "this message is bad".
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
+    NotNow,
     OperationalError,
     InterfaceError,
     psycopg.OperationalError,

@@ -60,6 +60,7 @@ SERVICES = (
     ServiceEntry("sync_service", "SYNC_HTTP_PORT", 8004),
 )
 STOP_TIMEOUT_S = 20
+LEDGER_PORT_STEP = 10  # LEDGER_PROCESSES: the n-th ledger process listens on 8001 + 10 n
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,19 +156,37 @@ class Stack:
                 [sys.executable, "-m", entry.package, "migrate"], env=self.env, check=True
             )
 
-    def spawn(self, entry: ServiceEntry) -> subprocess.Popen[bytes]:
+    def spawn(self, entry: ServiceEntry, port: int | None = None) -> subprocess.Popen[bytes]:
+        env = self.env if port is None else {**self.env, entry.port_variable: str(port)}
         process = subprocess.Popen(
             [sys.executable, "-m", entry.package, "serve"],
-            env=self.env,
+            env=env,
             start_new_session=True,  # the runner, not the terminal, decides when it stops
         )
-        log.info("service process started", service=entry.package, pid=process.pid)
+        log.info("service process started", service=entry.package, pid=process.pid, port=port)
         return process
 
-    def start_services(self) -> None:
+    def respawn(self, service: Running) -> subprocess.Popen[bytes]:
+        """A crashed process again, on its own port (the environment's, for the first)."""
+        entry = service.entry
+        if service.port == int(self.env.get(entry.port_variable, entry.port_default)):
+            return self.spawn(entry)
+        return self.spawn(entry, service.port)
+
+    def instances(self) -> list[tuple[ServiceEntry, int]]:
+        """Each service process to start, with its HTTP port. LEDGER_PROCESSES=N starts N
+        ledger processes on the ledger's port, +10, +20, ... (8001, 8011, 8021): they share
+        the database and split the account partitions among them (docs/scaling.md)."""
+        started: list[tuple[ServiceEntry, int]] = []
         for entry in SERVICES:
             port = int(self.env.get(entry.port_variable, entry.port_default))
-            self.running.append(Running(entry, port, self.spawn(entry)))
+            copies = self.settings.ledger_processes if entry.package == "ledger_service" else 1
+            started.extend((entry, port + LEDGER_PORT_STEP * i) for i in range(copies))
+        return started
+
+    def start_services(self) -> None:
+        for entry, port in self.instances():
+            self.running.append(Running(entry, port, self.spawn(entry, port)))
         for service in self.running:
             self.wait_ready(service)
 
@@ -217,7 +236,7 @@ class Stack:
         """One supervision step for one service: notice an exit, or restart when due."""
         if service.restart_at is not None:
             if now >= service.restart_at and not self.stop_requested.is_set():
-                service.process = self.spawn(service.entry)
+                service.process = self.respawn(service)
                 service.started_at, service.restart_at = now, None
             return
         code = service.process.poll()

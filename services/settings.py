@@ -149,6 +149,9 @@ class StackSettings(msgspec.Struct, frozen=True, kw_only=True):
     log_format: Literal["auto", "json", "console"] = "auto"
     # CLUSTER=3 (or 5): the embedded NATS as a JetStream cluster of that many nodes.
     cluster: Annotated[int, msgspec.Meta(ge=1, le=5)] = 1
+    # LEDGER_PROCESSES=2 (up to 8): that many ledger processes on ports 8001, 8011, ...,
+    # splitting the account partitions (LEDGER_PARTITIONS) among them (docs/scaling.md).
+    ledger_processes: Annotated[int, msgspec.Meta(ge=1, le=8)] = 1
     # A crashed service is restarted after restart_delay_initial_s, doubling per crash up to
     # restart_delay_max_s; a service that stayed up restart_stable_s has its back-off reset;
     # after restart_fast_crashes_max crashes in a row, each within restart_stable_s of its

@@ -545,16 +545,23 @@ def reverse_payment(ledger: Ledger, refund_msg: PaymentRefunded) -> bool:
 # ------------------------------------------------------------------ expiry sweep
 
 SWEEP_ACCOUNTS_MAX = 500
+# With several ledger processes each sweeps its own accounts among this many times as many due.
+SWEEP_SCAN_FACTOR = 8
 
 
-def sweep_expiries(ledger: Ledger) -> int:
-    """Expire due holds and grants of accounts on the schedule; returns accounts swept."""
+def sweep_expiries(ledger: Ledger, owns: Callable[[UUID], bool] | None = None) -> int:
+    """Expire due holds and grants of accounts on the schedule; returns accounts swept.
+
+    With `owns`, only the accounts it accepts (those of this process's partitions): the
+    others are their owners' to sweep."""
 
     def command(work: UnitOfWork) -> int:
         now = ledger.clock()
         rows = ledger.query(
             "SELECT DISTINCT account_id FROM {schema}.expiry_schedule WHERE due_at <= %s"
-            " LIMIT %s", (now, SWEEP_ACCOUNTS_MAX))
+            " LIMIT %s", (now, SWEEP_ACCOUNTS_MAX * (1 if owns is None else SWEEP_SCAN_FACTOR)))
+        if owns is not None:
+            rows = [row for row in rows if owns(row[0])][:SWEEP_ACCOUNTS_MAX]
         for (account_id,) in rows:
             try:
                 account = ledger.load(account_id)

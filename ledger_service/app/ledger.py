@@ -24,6 +24,7 @@ from eventsourcing.application import AggregateNotFoundError, Application, Proce
 from eventsourcing.persistence import IntegrityError
 from psycopg.sql import SQL, Identifier
 
+from contracts.partitioning import partition_of
 from ledger_service.app.catalogue import CATALOGUE_ID, Catalogue
 from ledger_service.app.recorder import EntryRow, LedgerRows
 from ledger_service.domain.account import BillingAccount
@@ -143,6 +144,7 @@ class Ledger:
         self.app = app
         self.clock = clock
         self._catalogue: PriceCatalog | None = None
+        self._catalogue_version: int | None = None
         # Authorize replies this process gave lately, encoded, by request id (intake.authorize).
         self.recent_replies: dict[str, bytes] = {}
 
@@ -220,6 +222,20 @@ class Ledger:
             with contextlib.suppress(KeyError):
                 cache.get(account_id, evict=True)
 
+    def evict_partitions(self, partitions: Iterable[int], count: int) -> int:
+        """Drop the cached accounts of `partitions` (of `count`), as this process takes them
+        over: another process applied them meanwhile, so what is cached may be stale. Returns
+        how many were dropped."""
+        cache = self.app.repository.cache
+        if cache is None:
+            return 0
+        wanted = set(partitions)
+        stale = [key for key in list(cache.cache)
+                 if isinstance(key, UUID) and key != CATALOGUE_ID
+                 and partition_of(key, count) in wanted]
+        self.evict(stale)
+        return len(stale)
+
     def commit(self, work: UnitOfWork) -> None:
         """Save the changed aggregates and the side rows in one transaction."""
         for account in work.accounts.values():
@@ -296,8 +312,23 @@ class Ledger:
 
     def catalogue(self) -> PriceCatalog:
         if self._catalogue is None:
-            self._catalogue = self._load_catalogue().price_catalog()
+            catalogue = self._load_catalogue()
+            self._catalogue, self._catalogue_version = catalogue.price_catalog(), catalogue.version
         return self._catalogue
+
+    def refresh_catalogue(self) -> bool:
+        """Forget the cached catalogue if another process replaced it (the catalogue consumer
+        is shared by the ledger processes, so only one of them applies an update). One
+        indexed look-up; True when it was stale."""
+        if self._catalogue is None:
+            return False
+        rows = self.query("SELECT max(originator_version) FROM {schema}.ledger_events"
+                          " WHERE originator_id = %s", (CATALOGUE_ID,))
+        if rows and rows[0][0] is not None and rows[0][0] != self._catalogue_version:
+            self._catalogue = None
+            self.evict([CATALOGUE_ID])
+            return True
+        return False
 
     def _load_catalogue(self) -> Catalogue:
         try:

@@ -58,3 +58,34 @@ def test_a_service_that_keeps_crashing_is_restarted_then_the_stack_gives_up(
     assert stack.supervise() == 1
     assert len(spawned) == 4  # the first run and three restarts
     assert all(p.wait() == 3 for p in spawned)
+
+
+def test_ledger_processes_start_that_many_ledgers_on_ports_ten_apart(tmp_path: Path) -> None:
+    settings = load_stack_settings({"RUN_DIR": str(tmp_path), "LEDGER_PROCESSES": "3"})
+    stack = Stack(settings)
+    stack.env = {"LEDGER_HTTP_PORT": "9001"}
+    started = [(entry.package, port) for entry, port in stack.instances()]
+    assert started == [("ledger_service", 9001), ("ledger_service", 9011),
+                       ("ledger_service", 9021), ("payments_service", 8002),
+                       ("invoicing_service", 8003), ("sync_service", 8004)]
+    stack.env = {}
+    assert [p for e, p in Stack(load_stack_settings({"RUN_DIR": str(tmp_path)})).instances()
+            if e.package == "ledger_service"] == [8001]
+
+
+def test_a_restarted_ledger_keeps_its_own_port(tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    stack = Stack(load_stack_settings({"RUN_DIR": str(tmp_path), "LEDGER_PROCESSES": "2"}))
+    stack.env = {}
+    spawned: list[tuple[str, int | None]] = []
+
+    def spawn(entry: ServiceEntry, port: int | None = None) -> subprocess.Popen[bytes]:
+        spawned.append((entry.package, port))
+        return subprocess.Popen([sys.executable, "-c", "pass"])
+
+    monkeypatch.setattr(stack, "spawn", spawn)
+    for port in (8001, 8011):
+        stack.respawn(Running(SERVICES[0], port, spawn(SERVICES[0], port)))
+    # (each first spawn here is the test's own; the restart is the one after it)
+    assert spawned == [("ledger_service", 8001), ("ledger_service", None),
+                       ("ledger_service", 8011), ("ledger_service", 8011)]

@@ -1,0 +1,209 @@
+"""partitions: usage intake with 1 and 2 ledger processes sharing the account partitions.
+
+    .venv/bin/python -m bench.partitions [--events 30000] [--accounts 200]
+
+For each case a fresh database (BENCH_PARTITIONS_DATABASE, default billing_partition_bench)
+with the accounts opened in-process, our own nats-server, and N ledger processes
+(LEDGER_PARTITIONS=16) waited for until the leases are shared out. Then the events are
+published as fast as nats-py can, and the clock stops when every event has its idempotency
+key in the database (committed). CPU is read from /proc for every process involved: the
+ledger processes and their follower processes, the PostgreSQL backends, nats-server and this
+load generator; "us per event" divides the sum by the events.
+
+Cases:
+- `1 process, usage.v1.recorded`: today's path (a lone owner applies everything, no hop);
+- `2 processes, usage.v1.recorded`: the shared durable; a message of the other process's
+  partitions is forwarded to usage.v1.part.<p>.<account_id> (one more JetStream hop);
+- `2 processes, usage.v1.part.<p>.<account_id>`: a publisher that knows the partitioning
+  (contracts.partitioning) publishes straight to the owner's subject: no hop.
+
+Every case checks the balances (credit - events x unit price) before it counts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+import msgspec
+import nats
+import psycopg
+
+from bench import infra
+from bench.accounts import SMS_UNIT_PRICE_MICROS, open_prepay_accounts
+from bench.cpu import CpuMeter
+from contracts.partitioning import partition_of
+from contracts.subjects import USAGE_RECORDED, usage_partition_subject
+from services.database import conninfo
+
+DATABASE = os.environ.get("BENCH_PARTITIONS_DATABASE", "billing_partition_bench")
+PARTITIONS = 16
+CREDIT_MICROS = 1_000_000_000
+DRAIN_TIMEOUT_S = 600.0
+
+
+def children(pid: int) -> list[int]:
+    found: list[int] = []
+    with contextlib.suppress(OSError):
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            text = (task / "children").read_text().split()
+            found.extend(int(p) for p in text)
+    return found
+
+
+def owned_counts(url: str) -> list[int]:
+    try:
+        return _owned_counts(url)
+    except psycopg.OperationalError:  # a shared machine's PostgreSQL out of connections
+        return []
+
+
+def _owned_counts(url: str) -> list[int]:
+    with psycopg.connect(conninfo(url), autocommit=True) as conn:
+        rows = conn.execute("SELECT owner, count(*) FROM ledger.partition_leases"
+                            " WHERE expires_at > now() AND owner IS NOT NULL GROUP BY owner"
+                            ).fetchall()
+    return sorted(int(n) for _, n in rows)
+
+
+def applied(url: str) -> int:
+    try:
+        with psycopg.connect(conninfo(url), autocommit=True) as conn:
+            row = conn.execute("SELECT count(*) FROM ledger.idempotency_keys"
+                               " WHERE scope = 'usage'").fetchone()
+    except psycopg.OperationalError:
+        return 0
+    return int(row[0]) if row else 0
+
+
+@contextlib.contextmanager
+def ledgers(url: str, nats_url: str, count: int) -> Iterator[list[infra.LedgerProcess]]:
+    processes = []
+    try:
+        for _ in range(count):
+            processes.append(infra.LedgerProcess(url, nats_url, extra_env={
+                "LEDGER_PARTITIONS": str(PARTITIONS)}).start())
+        deadline = time.monotonic() + 60
+        share = -(-PARTITIONS // count)
+        while owned_counts(url) != sorted([share] * (PARTITIONS // share)
+                                          + ([PARTITIONS % share] if PARTITIONS % share else [])):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"leases not shared out: {owned_counts(url)}")
+            time.sleep(0.2)
+        yield processes
+    finally:
+        for process in processes:
+            process.stop()
+
+
+async def publish(nats_url: str, messages: Sequence[tuple[str, str, bytes]]) -> float:
+    nc = await nats.connect(nats_url)
+    try:
+        js = nc.jetstream()
+        started = time.perf_counter()
+        for subject, msg_id, payload in messages:
+            await js.publish_async(subject, payload, headers={"Nats-Msg-Id": msg_id})
+        await js.publish_async_completed()
+        return time.perf_counter() - started
+    finally:
+        await nc.close()
+
+
+def run_case(name: str, processes: int, subject_of: Callable[[UUID], str], events: int,
+             accounts: int) -> dict[str, Any]:
+    url = infra.recreate_database(DATABASE)
+    ledger = infra.open_ledger(url)
+    try:
+        account_ids = open_prepay_accounts(ledger, accounts, CREDIT_MICROS)
+    finally:
+        ledger.app.close()
+    messages = []
+    for index in range(events):
+        account_id = account_ids[index % accounts]
+        event_id = f"part-{index:07d}"
+        messages.append((subject_of(account_id), event_id, msgspec.json.encode({
+            "event_id": event_id, "account_id": account_id, "product": "sms", "quantity": 1,
+            "occurred_at": "2026-12-04T12:00:00Z", "status": "submitted"})))
+    with infra.own_nats(infra.RUN_DIR / "partitions") as nats_server, \
+            ledgers(url, nats_server.url, processes) as running:
+        meter = CpuMeter({
+            "ledger": lambda: [p for s in running for p in (s.pid, *children(s.pid))],
+            "postgres_backends": lambda: infra.backend_pids(url, DATABASE),
+            "nats_server": lambda: [nats_server.process.pid],
+            "bench_client": lambda: [os.getpid()],
+        })
+        meter.start()
+        started = time.perf_counter()
+        publish_s = asyncio.run(publish(nats_server.url, messages))
+        deadline = started + DRAIN_TIMEOUT_S
+        while applied(url) < events:
+            if time.perf_counter() > deadline:
+                raise TimeoutError(f"{name}: {applied(url)} of {events} applied")
+            time.sleep(0.05)
+        elapsed_s = time.perf_counter() - started
+        cpu = meter.stop()
+    verify(url, account_ids, events)
+    total_cpu_s = sum(cpu.cpu_s_by_group.values())
+    result = {
+        "case": name, "processes": processes, "events": events, "accounts": accounts,
+        "elapsed_s": round(elapsed_s, 2), "publish_s": round(publish_s, 2),
+        "events_per_s": round(events / elapsed_s),
+        "cpu_us_per_event": round(total_cpu_s / events * 1e6, 1),
+        "ledger_cpu_us_per_event": round(cpu.cpu_s_by_group["ledger"] / events * 1e6, 1),
+        "machine_cpu_us_per_event": round(cpu.machine_busy_s / events * 1e6, 1),
+        "cpu": cpu.as_dict(),
+    }
+    print(f"  {name}: {events:,} events in {elapsed_s:.2f} s = {result['events_per_s']:,}/s;"
+          f" {result['cpu_us_per_event']} us CPU per event (ledger"
+          f" {result['ledger_cpu_us_per_event']}); {cpu.line()}", flush=True)
+    return result
+
+
+def verify(url: str, account_ids: Sequence[UUID], events: int) -> None:
+    per_account = events // len(account_ids)
+    with psycopg.connect(conninfo(url), autocommit=True) as conn:
+        keys = conn.execute("SELECT count(*) FROM ledger.idempotency_keys WHERE scope = 'usage'"
+                            ).fetchone()
+    assert keys is not None and keys[0] == events, keys
+    ledger = infra.open_ledger(url)
+    try:
+        for account_id in account_ids[:20]:
+            balance = ledger.load(account_id).balance_micros
+            assert balance == CREDIT_MICROS - per_account * SMS_UNIT_PRICE_MICROS, account_id
+    finally:
+        ledger.app.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.partitions", description=__doc__)
+    parser.add_argument("--events", type=int, default=30_000)
+    parser.add_argument("--accounts", type=int, default=200)
+    parser.add_argument("--out", type=Path, default=infra.RESULTS_DIR / "partitions.json")
+    parser.add_argument("--only", type=int, choices=(0, 1, 2), action="append",
+                        help="run only these cases (by index)")
+    args = parser.parse_args(argv)
+    cases = [
+        ("1 process, usage.v1.recorded", 1, lambda _: USAGE_RECORDED),
+        ("2 processes, usage.v1.recorded (forwarded)", 2, lambda _: USAGE_RECORDED),
+        ("2 processes, usage.v1.part.<p>.<account>", 2,
+         lambda a: usage_partition_subject(partition_of(a, PARTITIONS), a)),
+    ]
+    results = [run_case(name, processes, subject_of, args.events, args.accounts)
+               for index, (name, processes, subject_of) in enumerate(cases)
+               if not args.only or index in args.only]
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
