@@ -138,6 +138,18 @@ def rss_mib(pid: int) -> float | None:
     return None
 
 
+def pss_mib(pid: int) -> float | None:
+    """Proportional set size: memory shared by several processes (PostgreSQL's buffers)
+    counted in proportion, so a sum over processes means something. RSS when unreadable."""
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        return rss_mib(pid)
+    return rss_mib(pid)
+
+
 class Postgres:
     """The embedded PostgreSQL of the fault run, which a fault stops and starts again."""
 
