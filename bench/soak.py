@@ -14,7 +14,8 @@ processes: tests/faults/stack.py).
 Steady means: every minute applies what was offered within 10%, the last minute's authorize
 p99 is within 2x the first's, and no process's RSS grew by more than 20% + 10 MiB. The
 summary says which held; nothing is asserted (a figure is not a test), the exit status is 1
-only when the checks of step 3 fail. Results: bench/results/soak.json.
+only when the checks of step 3 fail. Results: bench/results/soak.json (soak-short.json for a
+run shorter than 20 minutes).
 """
 
 from __future__ import annotations
@@ -51,17 +52,20 @@ AUTHORIZE_PROBE_S = 10.0
 REQUESTERS = 32
 WARM_UP_S = 30.0
 LOAD_FRACTION_EACH = 0.25
+FULL_MINUTES = 20.0
 MINUTE_S = 60.0
 
 
 def main() -> int:
-    minutes = float(os.environ.get("SOAK_MINUTES", "20"))
+    minutes = float(os.environ.get("SOAK_MINUTES", str(FULL_MINUTES)))
     with running_stack(RUN_DIR) as stack:
         result = asyncio.run(soak(stack, minutes))
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    # A shortened soak proves the harness works; only the full one stands for the figures.
+    path = RESULTS if minutes >= FULL_MINUTES else RESULTS.with_name("soak-short.json")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2) + "\n")
     print(summary(result))
-    print(f"\nFigures: {RESULTS.relative_to(ROOT)}")
+    print(f"\nFigures: {path.relative_to(ROOT)}")
     return 0 if result["checks"]["ok"] else 1
 
 
@@ -254,7 +258,7 @@ def check_counts(stack: Stack, sent: Sent, accounts: list[str]) -> dict[str, Any
 def summary(result: dict[str, Any]) -> str:
     lines = [f"soak: {result['minutes']:g} min; capacity measured: usage"
              f" {result['capacity']['usage_per_s']:,}/s, authorize"
-             f" {result['capacity']['authorize_per_s']:,}/s; offered half of each",
+             f" {result['capacity']['authorize_per_s']:,}/s; offered a quarter of each"
              f"{'minute':>6} {'applied/s':>10} {'authorize/s':>12} {'auth p50':>9}"
              f" {'auth p99':>9} {'PubAck p99':>11} {'backlog':>8}"]
     for n, m in enumerate(result["per_minute"], 1):
