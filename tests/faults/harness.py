@@ -210,7 +210,10 @@ def kill_payments_after_commit(ctx: Context) -> None:
     session = checkout.json()["session_id"]
     completed = event("checkout.session.completed",
                       stack.stripe.paid_session(session, f"pi_{uuid.uuid4().hex[:24]}"))
-    assert deliver(payments, completed).status_code == 200  # committed: the answer says so
+    # The relay, woken by the commit, may exit before the webhook's answer is sent (Stripe
+    # would deliver again, as below); the unsent row checked next proves the commit.
+    with contextlib.suppress(httpx.TransportError):
+        assert deliver(payments, completed).status_code == 200
     assert payments.process is not None
     code = payments.process.wait(30)
     ctx.fault_at = time.monotonic()
