@@ -5,13 +5,14 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
 .DEFAULT_GOAL := help
-.PHONY: help setup run test test-fast faults lint format bench contracts clean
+.PHONY: help setup run test test-fast faults soak lint format bench contracts clean
 
 help:
 	@echo "make run        start PostgreSQL + NATS (embedded unless DATABASE_URL/NATS_URL set) and all four services"
 	@echo "                (CLUSTER=3: a 3-node JetStream cluster; LEDGER_PROCESSES=2: two partitioned ledger processes)"
 	@echo "make test       run the whole test suite against real PostgreSQL and NATS"
-	@echo "make faults     fault tests (a NATS node of three killed under load)"
+	@echo "make faults     fault tests under load (NATS node, PostgreSQL, follower, payments, ledger); prints a table"
+	@echo "make soak       20 min at half the measured capacity (SOAK_MINUTES=3 for a short one); prints a summary"
 	@echo "make lint       ruff + mypy"
 	@echo "make bench      benchmarks (figures go to docs/benchmarks.md)"
 	@echo "make contracts  regenerate contracts/schema (JSON Schema + AsyncAPI)"
@@ -32,8 +33,12 @@ run: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+# Own servers (embedded PostgreSQL, a 3-node NATS cluster) under .run/faults: never 5432/4222.
 faults: $(STAMP)
-	FAULTS=1 $(PY) -m pytest tests/integration/test_nats_cluster.py $(PYTEST_ARGS)
+	FAULTS=1 $(PY) -m pytest tests/integration/test_nats_cluster.py tests/faults -p no:cacheprovider $(PYTEST_ARGS)
+
+soak: $(STAMP)
+	$(PY) -m bench.soak
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -26,7 +26,7 @@ from nats.js.api import (
     StorageType,
     StreamConfig,
 )
-from nats.js.errors import NotFoundError, ServiceUnavailableError
+from nats.js.errors import APIError, NotFoundError, ServiceUnavailableError
 
 from contracts.subjects import STREAMS
 from services.backoff import Backoff
@@ -109,13 +109,25 @@ async def ensure_streams(broker: NatsBroker, replicas: int = 1, bytes_scale: flo
             try:
                 await _ensure_stream(js, name, config)
                 break
-            except (NatsTimeoutError, NoRespondersError, ServiceUnavailableError) as exc:
-                if asyncio.get_running_loop().time() > deadline:
+            except (NatsTimeoutError, NoRespondersError, APIError) as exc:
+                if not _not_ready_yet(exc) or asyncio.get_running_loop().time() > deadline:
                     raise
                 wait_s = backoff.next_wait_s()
                 log.info("JetStream not ready; retrying", stream=name, error=repr(exc),
                          retry_in_s=round(wait_s, 2))
                 await asyncio.sleep(wait_s)
+
+
+# "no suitable peers for placement": a cluster's meta leader, just elected, has not yet heard
+# from enough peers to place every replica; it has a few seconds later.
+JS_CLUSTER_NO_PEERS = 10005
+
+
+def _not_ready_yet(exc: BaseException) -> bool:
+    """The cluster is still settling (electing, or learning its peers): ask again later."""
+    if isinstance(exc, (NatsTimeoutError, NoRespondersError, ServiceUnavailableError)):
+        return True
+    return isinstance(exc, APIError) and exc.err_code == JS_CLUSTER_NO_PEERS
 
 
 async def _ensure_stream(js: Any, name: str, config: StreamConfig) -> None:

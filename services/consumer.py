@@ -29,7 +29,7 @@ import hashlib
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Any, Literal
 
 import msgspec
 import psycopg
@@ -40,10 +40,11 @@ from nats.aio.msg import Msg
 from nats.errors import ConnectionClosedError, NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
-from nats.js.errors import APIError
+from nats.js.errors import APIError, ServiceUnavailableError
 
 from contracts.deadletter import PAYLOAD_KEPT_BYTES_MAX, DeadLetter, DeadLetterReason
 from contracts.subjects import DEADLETTER_PREFIX
+from services.backoff import Backoff
 
 log = structlog.get_logger(__name__)
 
@@ -66,6 +67,11 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     ConnectionError,
 )
 DETAIL_LENGTH_MAX = 2_000
+# Setting a consumer up in a JetStream cluster that is electing leaders (a node just died or
+# came back): how long to keep asking, and what counts as "not yet" rather than "no".
+SETUP_TIMEOUT_S = 60.0
+SETUP_RETRIABLE: tuple[type[BaseException], ...] = (
+    NatsTimeoutError, TimeoutError, NoRespondersError, ServiceUnavailableError)
 # JetStream's own limit on deliveries of one message (the consumer's max_deliver). Far above
 # deliveries_max, because transient failures (PostgreSQL away) count too: with naks backing
 # off to TRANSIENT_RETRY_DELAY_S_MAX, 1,000 deliveries are about eight hours of outage.
@@ -108,6 +114,7 @@ class DurableConsumer:
         retry_delay_s: float = 1.0,
         ack_pending_max: int = 50_000,
         server_deliveries_max: int = SERVER_DELIVERIES_MAX,
+        setup_timeout_s: float = SETUP_TIMEOUT_S,
     ) -> None:
         self.nc = nc
         self.stream = stream
@@ -121,6 +128,7 @@ class DurableConsumer:
         self.retry_delay_s = retry_delay_s
         self.ack_pending_max = ack_pending_max
         self.server_deliveries_max = max(server_deliveries_max, deliveries_max)
+        self.setup_timeout_s = setup_timeout_s
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -135,15 +143,35 @@ class DurableConsumer:
             max_deliver=self.server_deliveries_max,
             filter_subject=self.subject,
         )
+        deadline = asyncio.get_running_loop().time() + self.setup_timeout_s
+        backoff = Backoff(0.2, 2.0)
+        while True:
+            try:
+                await self._set_up(js, config)
+                break
+            except SETUP_RETRIABLE as exc:
+                # In a JetStream cluster, the consumer's (or the stream's) RAFT group may be
+                # electing a leader: the request times out or is answered 503 for a few
+                # seconds. A service starting then must wait, not crash.
+                if asyncio.get_running_loop().time() > deadline:
+                    raise
+                wait_s = backoff.next_wait_s()
+                log.info("JetStream not ready for the consumer; retrying",
+                         consumer=self.durable, error=repr(exc), retry_in_s=round(wait_s, 2))
+                await asyncio.sleep(wait_s)
+        self._task = asyncio.create_task(self._run(), name=f"consumer:{self.durable}")
+
+    async def _set_up(self, js: Any, config: ConsumerConfig) -> None:
         # Create, or update a durable made before max_deliver was set (pull_subscribe leaves
         # an existing consumer as it is).
         try:
             await js.add_consumer(self.stream, config)
+        except ServiceUnavailableError:
+            raise
         except APIError as exc:
             log.warning("consumer config not updated", consumer=self.durable, error=str(exc))
         self._sub = await js.pull_subscribe(
             self.subject, durable=self.durable, stream=self.stream, config=config)
-        self._task = asyncio.create_task(self._run(), name=f"consumer:{self.durable}")
 
     async def stop(self) -> None:
         """Finish the batch in hand (so it is acked), then stop fetching."""

@@ -110,20 +110,32 @@ def start_nats(run_dir: Path, port: int | None = None) -> NatsProcess:
     store.mkdir(parents=True, exist_ok=True)
     pid_file = run_dir / "nats.pid"
     _stop_stale(pid_file)
-    port = port or free_port(NATS_PORT_PREFERRED)
-    monitor_port = free_port(NATS_MONITOR_PORT_PREFERRED)
-    log_file = (run_dir / "nats.log").open("ab")
-    process = subprocess.Popen(
-        [nats_server_binary(), "-a", "127.0.0.1", "-p", str(port), "-m", str(monitor_port),
-         "-js", "-sd", str(store)],
-        stdout=log_file,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,  # Ctrl-C in the terminal reaches the runner, which stops it
-    )
-    pid_file.write_text(str(process.pid))
-    _wait_for_port(port, process, run_dir / "nats.log")
-    return NatsProcess(process, f"nats://127.0.0.1:{port}", f"http://127.0.0.1:{monitor_port}",
-                       pid_file)
+    log_path = run_dir / "nats.log"
+    for attempt in range(1, START_ATTEMPTS_MAX + 1):
+        client_port = port or free_port(NATS_PORT_PREFERRED)
+        monitor_port = free_port(NATS_MONITOR_PORT_PREFERRED)
+        offset = log_path.stat().st_size if log_path.exists() else 0
+        process = subprocess.Popen(
+            [nats_server_binary(), "-a", "127.0.0.1", "-p", str(client_port),
+             "-m", str(monitor_port), "-js", "-sd", str(store)],
+            stdout=log_path.open("ab"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # Ctrl-C in the terminal reaches the runner, which stops it
+        )
+        pid_file.write_text(str(process.pid))
+        try:
+            _wait_until_ready(process, log_path, offset)
+        except PortTaken:
+            # A port found free was taken before nats-server bound it (another test session
+            # starting servers): pick others, unless the caller named the port.
+            if port is not None or attempt == START_ATTEMPTS_MAX:
+                raise
+            log.warning("a port was taken before nats-server bound it; trying others",
+                        attempt=attempt)
+            continue
+        return NatsProcess(process, f"nats://127.0.0.1:{client_port}",
+                           f"http://127.0.0.1:{monitor_port}", pid_file)
+    raise AssertionError("unreachable")
 
 
 def _stop_stale(pid_file: Path) -> None:
@@ -142,16 +154,42 @@ def _stop_stale(pid_file: Path) -> None:
     pid_file.unlink(missing_ok=True)
 
 
-def _wait_for_port(port: int, process: subprocess.Popen[bytes], log_path: Path) -> None:
-    deadline = time.monotonic() + 15
+START_ATTEMPTS_MAX = 3
+READY_LINE = b"Server is ready"
+READY_TIMEOUT_S = 15.0
+
+
+class PortTaken(RuntimeError):
+    """nats-server could not bind a port: another process listens there."""
+
+
+def _wait_until_ready(process: subprocess.Popen[bytes], log_path: Path, offset: int) -> None:
+    """Until this nats-server says it is ready (every listener bound), in its own log after
+    `offset`. Not "until something answers on its port": on a busy machine another process
+    may have bound that port in the meantime, and then this server exits at once while the
+    port still answers (a "cluster" of two nodes that cannot place three replicas)."""
+    deadline = time.monotonic() + READY_TIMEOUT_S
     while time.monotonic() < deadline:
+        written = _log_since(log_path, offset)
+        if READY_LINE in written:
+            return
         if process.poll() is not None:
-            raise RuntimeError(f"nats-server exited at start; see {log_path}")
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return
+            last = (_log_since(log_path, offset).strip().splitlines() or [b""])[-1]
+            reason = last.decode(errors="replace")
+            if b"address already in use" in last:
+                raise PortTaken(f"nats-server could not bind its port: {reason}")
+            raise RuntimeError(f"nats-server exited at start ({reason}); see {log_path}")
         time.sleep(0.05)
-    raise TimeoutError(f"nats-server did not listen on {port} within 15 s; see {log_path}")
+    raise TimeoutError(f"nats-server not ready within {READY_TIMEOUT_S:g} s; see {log_path}")
+
+
+def _log_since(log_path: Path, offset: int) -> bytes:
+    try:
+        with log_path.open("rb") as handle:
+            handle.seek(offset)
+            return handle.read()
+    except OSError:
+        return b""
 
 
 @dataclass(slots=True)
@@ -192,17 +230,38 @@ def start_nats_cluster(run_dir: Path, size: int = 3) -> NatsCluster:
     """Start (or restart) an embedded JetStream cluster of `size` nodes under run_dir/nats-N."""
     assert size in (3, 5), "a JetStream cluster needs 3 or 5 nodes to survive losing one"
     ports_file = run_dir / "nats-cluster.ports"
-    client_ports: list[int]
-    cluster_ports: list[int]
     if ports_file.exists():  # the same ports as last time: a node's peers know it by them
         numbers = [int(p) for p in ports_file.read_text().split()]
         client_ports, cluster_ports = numbers[:size], numbers[size:2 * size]
-    else:
+        return _start_nodes(run_dir, client_ports, cluster_ports)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    for attempt in range(1, START_ATTEMPTS_MAX + 1):
         client_ports = [free_port(NATS_PORT_PREFERRED + i) for i in range(size)]
         cluster_ports = [free_port(NATS_PORT_PREFERRED + 1000 + i) for i in range(size)]
-        run_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            cluster = _start_nodes(run_dir, client_ports, cluster_ports)
+        except PortTaken:
+            # A new cluster: no node knows its peers by these ports yet, so others will do.
+            if attempt == START_ATTEMPTS_MAX:
+                raise
+            log.warning("a port was taken before nats-server bound it; trying others",
+                        attempt=attempt)
+            continue
         ports_file.write_text(" ".join(str(p) for p in client_ports + cluster_ports))
-    nodes = [_start_node(run_dir, index, client_ports, cluster_ports) for index in range(size)]
+        return cluster
+    raise AssertionError("unreachable")
+
+
+def _start_nodes(run_dir: Path, client_ports: list[int], cluster_ports: list[int]) -> NatsCluster:
+    """Every node, or none: a node that cannot start stops the ones started before it."""
+    nodes: list[NatsProcess] = []
+    try:
+        for index in range(len(client_ports)):
+            nodes.append(_start_node(run_dir, index, client_ports, cluster_ports))
+    except BaseException:
+        for node in nodes:
+            node.stop()
+        raise
     return NatsCluster(nodes, client_ports, cluster_ports, run_dir)
 
 
@@ -215,6 +274,7 @@ def _start_node(run_dir: Path, index: int, client_ports: list[int],
     _stop_stale(pid_file)
     routes = ",".join(f"nats://127.0.0.1:{p}" for i, p in enumerate(cluster_ports) if i != index)
     log_path = home / "nats.log"
+    offset = log_path.stat().st_size if log_path.exists() else 0
     process = subprocess.Popen(
         [nats_server_binary(), "-a", "127.0.0.1", "-p", str(client_ports[index]),
          "-n", f"billing-{index}", "-js", "-sd", str(store),
@@ -225,5 +285,5 @@ def _start_node(run_dir: Path, index: int, client_ports: list[int],
         start_new_session=True,
     )
     pid_file.write_text(str(process.pid))
-    _wait_for_port(client_ports[index], process, log_path)
+    _wait_until_ready(process, log_path, offset)
     return NatsProcess(process, f"nats://127.0.0.1:{client_ports[index]}", "", pid_file)

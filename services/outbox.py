@@ -32,6 +32,7 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
 from contracts.subjects import DEADLETTERS, NATS_MSG_ID_FIELD, subject_matches
+from services import fault_points
 from services.backoff import Backoff
 
 log = structlog.get_logger(__name__)
@@ -187,6 +188,8 @@ class OutboxRelay:
             rows = await self._claim(conn)
             if not rows:
                 return 0
+            # Committed, claimed, not published: the window the fault tests must hit.
+            fault_points.reach("outbox.before_publish")
             results = await asyncio.gather(
                 *(self._publish(row.subject, row.payload, self._headers(row)) for row in rows),
                 return_exceptions=True,

@@ -27,6 +27,7 @@ from faststream.nats import NatsBroker
 from litestar import Litestar
 from psycopg_pool import AsyncConnectionPool
 
+from services import fault_points
 from services.broker import check_nats, create_broker, ensure_streams
 from services.database import (
     apply_migrations,
@@ -257,6 +258,7 @@ def main(spec: ServiceSpec, argv: Sequence[str] | None = None) -> int:
         nats=settings.nats_url,
         command=args.command,
     )
+    fault_points.arm(settings.fault_inject)
     if args.command == "migrate":
         applied = migrate(spec, settings)
         log.info("migrations up to date", schema=spec.schema, applied=applied)

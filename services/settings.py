@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal, TypeVar, overload
 
 import msgspec
 
+from services.fault_points import FaultPoint
 from services.http.auth import DEVELOPMENT_JWT_SECRET
 
 AppEnv = Literal["development", "production"]
@@ -47,6 +48,9 @@ class ServiceSettings(msgspec.Struct, frozen=True, kw_only=True):
     # Multiplies every stream's max_bytes (services/broker.py STREAM_LIMITS).
     nats_stream_bytes_scale: Annotated[float, msgspec.Meta(gt=0, le=1000)] = 1.0
     shutdown_grace_s: Annotated[float, msgspec.Meta(ge=0, le=300)] = 10.0
+    # For the fault tests only (`make faults`): the process exits at this point of its code
+    # (services/fault_points.py). Production refuses it.
+    fault_inject: FaultPoint | None = None
 
     @property
     def is_production(self) -> bool:
@@ -60,6 +64,9 @@ class ServiceSettings(msgspec.Struct, frozen=True, kw_only=True):
             raise SettingsError("JWT_SERVICE_SECRET must be at least 32 characters")
         if not self.is_production:
             return
+        if self.fault_inject is not None:
+            raise SettingsError("FAULT_INJECT makes the process exit on purpose, for the fault"
+                                " tests; APP_ENV=production refuses it")
         if self.jwt_jwks_url is None and self.jwt_secret == DEVELOPMENT_JWT_SECRET:
             raise SettingsError(
                 "APP_ENV=production needs JWT_JWKS_URL or a JWT_SECRET of its own; "
