@@ -32,7 +32,8 @@ from ledger_service.domain.errors import (
     LedgerError,
     UnknownProduct,
 )
-from ledger_service.domain.values import UsageLine
+from ledger_service.domain.pricing import PriceCatalog
+from ledger_service.domain.values import HoldResult, UsageLine
 
 log = structlog.get_logger(__name__)
 
@@ -188,12 +189,19 @@ def _authorize(ledger: Ledger, work: UnitOfWork, requests: Sequence[AuthorizeReq
             continue
         try:
             account = work.accounts.get(request.account_id) or ledger.load(request.account_id)
-            price = account.unit_price_for(request.product, catalogue)
-            ttl_s = request.ttl_seconds or HOLD_TTL_S_DEFAULT
-            hold = account.authorize(
-                hold_id_for(account.id, request.request_id), request.request_id,
-                request.product, request.quantity, price, now + timedelta(seconds=ttl_s), now,
-            )
+            try:
+                hold = _place_hold(account, request, catalogue, now)
+            except LedgerError:
+                # A refusal writes no event, so no version conflict would reveal a cached
+                # account that another process changed since (a credit): decide it again on
+                # the stored account before the refusal becomes the request's stored answer.
+                if account.id in work.accounts:
+                    raise
+                fresh = ledger.read(account.id)
+                if fresh.version == account.version:
+                    raise
+                account = fresh
+                hold = _place_hold(account, request, catalogue, now)
         except LedgerError as exc:
             reply = refusal(exc)
         else:
@@ -211,6 +219,16 @@ def _authorize(ledger: Ledger, work: UnitOfWork, requests: Sequence[AuthorizeReq
         ))
         replies.append(reply)
     return replies
+
+
+def _place_hold(account: BillingAccount, request: AuthorizeRequest, catalogue: PriceCatalog,
+                now: datetime) -> HoldResult:
+    price = account.unit_price_for(request.product, catalogue)
+    ttl_s = request.ttl_seconds or HOLD_TTL_S_DEFAULT
+    return account.authorize(
+        hold_id_for(account.id, request.request_id), request.request_id,
+        request.product, request.quantity, price, now + timedelta(seconds=ttl_s), now,
+    )
 
 
 def _stored_replies(ledger: Ledger, request_ids: list[str]) -> dict[str, AuthorizeReply]:

@@ -31,6 +31,7 @@ from eventsourcing.persistence import IntegrityError
 from nats.js.api import StreamConfig, SubjectTransform
 
 from contracts.http.ledger import GrantCredit, OpenAccount, Tax
+from contracts.ledger import AuthorizeRequest
 from contracts.partitioning import partition_of
 from contracts.subjects import by_account
 from contracts.usage import UsageRecorded
@@ -183,6 +184,33 @@ def test_forced_overlap_of_two_owners_doubles_and_loses_nothing(infra: Infra) ->
             assert stored_balance(b, account) == start[account] - events * SMS_MICROS
         assert a.seen_keys("usage", [e.event_id for e in shared]) == {
             e.event_id for e in shared}
+    finally:
+        a.app.close()
+        b.app.close()
+
+
+def test_a_refusal_is_never_decided_on_a_cache_another_process_left_behind(
+    infra: Infra,
+) -> None:
+    """A refusal writes no event, so no version conflict reveals a stale cached account: B
+    credits an account A holds in cache with nothing left; A's authorize must see the credit
+    (not store `insufficient_funds` as the request's answer for good)."""
+    a, b = build_ledger(infra), build_ledger(infra)
+    try:
+        account_id = open_prepay(a, credit="0.01")
+        a.load(account_id)  # cached by A with 0.01
+        accounts.grant_credit(b, account_id,
+                              GrantCredit(kind="purchased", amount="10.00", reason="top-up"),
+                              "tester", Idempotency("http:grant", "top-up-b", "h2"))
+        request = AuthorizeRequest(request_id=f"req-{uuid.uuid4()}", account_id=account_id,
+                                   product="sms", quantity=10)
+        [reply] = intake.authorize(a, [request])
+        assert reply.approved, reply
+        # And a request that truly cannot be covered is still refused.
+        [refused] = intake.authorize(a, [AuthorizeRequest(
+            request_id=f"req-{uuid.uuid4()}", account_id=account_id, product="sms",
+            quantity=100_000_000)])
+        assert not refused.approved and refused.reason == "insufficient_funds"
     finally:
         a.app.close()
         b.app.close()
