@@ -180,9 +180,16 @@ def after_migrate(settings: ServiceSettings) -> None:
     """The event store's tables and the log's append-only trigger (the library makes them),
     then the runtime group role's rights over every table. A role that may not change the
     schema does neither (services/event_store.py, runtime_role.py)."""
-    LedgerApplication(env=ledger_env(eventsourcing_env(settings.database_url, SCHEMA))).close()
     with psycopg.connect(conninfo(settings.database_url), autocommit=True) as conn:
-        sync_runtime_rights(conn, SCHEMA)
+        # Under the migrations' lock: ledger processes starting together on a new database
+        # would race on CREATE TABLE IF NOT EXISTS (a unique violation in pg_type).
+        conn.execute("SELECT pg_advisory_lock(hashtext(%s))", (f"migrate:{SCHEMA}",))
+        try:
+            LedgerApplication(
+                env=ledger_env(eventsourcing_env(settings.database_url, SCHEMA))).close()
+            sync_runtime_rights(conn, SCHEMA)
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(hashtext(%s))", (f"migrate:{SCHEMA}",))
 
 
 SPEC = ServiceSpec(

@@ -263,3 +263,32 @@ def test_a_superuser_or_the_owner_is_not_made_a_runtime_role(
                                 env={"DATABASE_URL": database.owner_url, "COLUMNS": "200"})
     assert result.exit_code == 2, result.output
     assert "must hold less than that" in result.output
+
+
+def test_ledger_processes_starting_together_on_a_new_database_all_migrate(infra: Infra) -> None:
+    """`make run LEDGER_PROCESSES=N` starts N processes at once: the event store's tables are
+    made under the migrations' lock, not raced for (a unique violation in pg_type)."""
+    import threading
+
+    from ledger_service.main import SPEC
+    from services.runtime import load, migrate
+    from tests.integration.own_database import own_database
+
+    with own_database(infra, "together") as fresh:
+        settings = load(SPEC, {"DATABASE_URL": fresh.database_url, "NATS_URL": fresh.nats_url})
+        barrier = threading.Barrier(4)
+        failures: list[BaseException] = []
+
+        def start() -> None:
+            barrier.wait()
+            try:
+                migrate(SPEC, settings)
+            except BaseException as exc:  # collected for the assertion
+                failures.append(exc)
+
+        threads = [threading.Thread(target=start) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(120)
+        assert failures == []
