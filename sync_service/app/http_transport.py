@@ -57,8 +57,8 @@ class _CoalescingStream(httpcore.AsyncNetworkStream):
 
 
 class _CoalescingBackend(httpcore.AsyncNetworkBackend):
-    def __init__(self) -> None:
-        self._backend = httpcore.AnyIOBackend()
+    def __init__(self, backend: httpcore.AsyncNetworkBackend) -> None:
+        self._backend = backend
 
     async def connect_tcp(self, host: str, port: int, timeout: float | None = None,
                           local_address: str | None = None, socket_options: Any = None
@@ -79,7 +79,10 @@ class _CoalescingBackend(httpcore.AsyncNetworkBackend):
 class OneWriteTransport(httpx.AsyncHTTPTransport):
     """httpx's transport (HTTP/1.1, TLS verified), each request sent in one write."""
 
-    def __init__(self, *, limits: httpx.Limits) -> None:
+    def __init__(self, *, limits: httpx.Limits,
+                 network_backend: httpcore.AsyncNetworkBackend | None = None) -> None:
+        """`network_backend`: the sockets underneath (httpcore's AnyIO one unless a test
+        gives another)."""
         super().__init__(limits=limits)
         # httpx builds its httpcore pool without a way to pass a network backend; this is
         # the same pool as httpx's own for a transport without a proxy, with ours.
@@ -88,5 +91,5 @@ class OneWriteTransport(httpx.AsyncHTTPTransport):
             max_connections=limits.max_connections,
             max_keepalive_connections=limits.max_keepalive_connections,
             keepalive_expiry=limits.keepalive_expiry,
-            network_backend=_CoalescingBackend(),
+            network_backend=_CoalescingBackend(network_backend or httpcore.AnyIOBackend()),
         )
