@@ -22,7 +22,6 @@ import stamina
 import structlog
 
 from services.logging import register_secret, scrub
-from sync_service.app.http_transport import OneWriteTransport
 from sync_service.app.pacing import Pacer
 from sync_service.domain.errors import (
     GrantBroken,
@@ -69,11 +68,8 @@ class XeroClient:
         self._api_base = api_base.rstrip("/")
         self.pacer = pacer
         limits = httpx.Limits(max_connections=200, max_keepalive_connections=100)
-        # Each request in one write (OneWriteTransport); mounted for every URL, so a proxy
-        # from the environment (HTTPS_PROXY, more specific) still wins where one is set.
-        self._http = httpx.AsyncClient(
-            timeout=httpx.Timeout(timeout_s), limits=limits, transport=transport,
-            mounts=None if transport else {"all://": OneWriteTransport(limits=limits)})
+        self._http = httpx.AsyncClient(timeout=httpx.Timeout(timeout_s), limits=limits,
+                                       transport=transport)
         register_secret(client_secret)
 
     async def aclose(self) -> None:
