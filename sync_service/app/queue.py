@@ -115,8 +115,8 @@ def _builtins(message: msgspec.Struct) -> dict[str, Any]:
 
 
 # The invoice, its HubSpot job (while HubSpot is active) and its Xero job (on the account's
-# connection, else the default one; as `_connection_for`), in one statement: intake is one
-# round trip per invoice, and the payload is encoded once for all three.
+# connection, else the default one; as `_connection_for`), in one statement (so atomic even
+# in autocommit: intake is one round trip per invoice), the payload encoded once for all.
 _ADD_INVOICE: Final = (
     "WITH invoice AS (INSERT INTO invoices (invoice_id, number, account_id, currency,"
     " subtotal_micros, vat_total_micros, total_micros, issued) VALUES (%(invoice_id)s,"
