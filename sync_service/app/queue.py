@@ -239,6 +239,7 @@ class SyncQueue:
                  wait_initial_s: float, wait_max_s: float) -> None:
         self._pool = pool
         self._lease = timedelta(seconds=lease_s)
+        self.lease_s = lease_s
         self.attempts_max = attempts_max
         self._wait_initial_s = wait_initial_s
         self._wait_max_s = wait_max_s

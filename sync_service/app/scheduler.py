@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -27,7 +28,7 @@ log = structlog.get_logger(__name__)
 @dataclass
 class _Lane:
     connection_id: str
-    claimed: deque[Job] = field(default_factory=deque)  # claimed, not started
+    claimed: deque[tuple[float, Job]] = field(default_factory=deque)  # (when, job): not started
     claiming: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
@@ -90,7 +91,7 @@ class Scheduler:
             await self._release(lane)
 
     async def _release(self, lane: _Lane) -> None:
-        jobs = list(lane.claimed)
+        jobs = [job for _, job in lane.claimed]
         lane.claimed.clear()
         try:
             await self._queue.release(jobs)
@@ -99,12 +100,21 @@ class Scheduler:
                         error=str(exc))
 
     async def _next(self, lane: _Lane) -> Job | None:
-        if not lane.claimed:
-            async with lane.claiming:
-                if not lane.claimed:  # another worker may have claimed meanwhile
-                    lane.claimed.extend(await self._queue.claim(lane.connection_id,
-                                                                self._claim_batch_max))
-        return lane.claimed.popleft() if lane.claimed else None
+        while True:
+            if not lane.claimed:
+                async with lane.claiming:
+                    if not lane.claimed:  # another worker may have claimed meanwhile
+                        claimed_at = time.monotonic()
+                        lane.claimed.extend((claimed_at, job) for job in await self._queue.claim(
+                            lane.connection_id, self._claim_batch_max))
+            if not lane.claimed:
+                return None
+            claimed_at, job = lane.claimed.popleft()
+            # Held too long (the organisation's daily budget ran out meanwhile): its lease may
+            # run out while it is pushed, and a claim would take it a second time. Back it goes.
+            if time.monotonic() - claimed_at < self._queue.lease_s / 2:
+                return job
+            await self._queue.release([job])
 
     async def _work(self, lane: _Lane) -> None:
         connection_id = lane.connection_id
