@@ -12,6 +12,10 @@ longest wait of any organisation's first invoice (fairness); the sync process's 
    organisations), then the clock runs until every invoice is in the fake.
 4. Rate = API calls the fake served / drain time, against organisations x 1 call/s.
    Quick: 20 organisations, 2,000 invoices (the same per-organisation load, so also ~100 s).
+
+BENCH_SYNC_ORGANISATIONS / BENCH_SYNC_INVOICES change the size; BENCH_SYNC_DATABASE the
+database (dropped and created again: one per person when several run benchmarks at once);
+`--profile` samples the sync process with py-spy while the backlog drains.
 """
 
 from __future__ import annotations
