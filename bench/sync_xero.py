@@ -12,6 +12,10 @@ longest wait of any organisation's first invoice (fairness); the sync process's 
    organisations), then the clock runs until every invoice is in the fake.
 4. Rate = API calls the fake served / drain time, against organisations x 1 call/s.
    Quick: 20 organisations, 2,000 invoices (the same per-organisation load, so also ~100 s).
+
+BENCH_SYNC_ORGANISATIONS / BENCH_SYNC_INVOICES change the size; BENCH_SYNC_DATABASE the
+database (dropped and created again: one per person when several run benchmarks at once);
+`--profile` samples the sync process with py-spy while the backlog drains.
 """
 
 from __future__ import annotations
@@ -33,14 +37,14 @@ import nats
 
 from bench import infra
 from bench.cpu import process_cpu_s
-from bench.options import RunOptions
+from bench.options import RunOptions, profiled
 from contracts.invoicing import InvoiceIssued, InvoiceLine, VatBreakdown
 from services.embedded import free_port
 from services.http import DEVELOPMENT_JWT_SECRET, mint_token
 from tests.fakes.xero import FakeXero
 
 NAME = "sync_xero"
-DATABASE = "billing_bench_sync"
+DATABASE = os.environ.get("BENCH_SYNC_DATABASE", "billing_bench_sync")
 CALLS_PER_MINUTE = 60
 RATE_TARGET = 0.95
 OPERATOR = {"Authorization": "Bearer " + mint_token(DEVELOPMENT_JWT_SECRET, sub="bench",
@@ -66,14 +70,15 @@ def run(options: RunOptions) -> dict[str, Any]:
                 httpx.put(f"http://127.0.0.1:{port}/v1/sync/accounts/{account}/connection",
                           json={"connection_id": tenant}, headers=OPERATOR).raise_for_status()
             calls_before = sum(fake.api_calls.values())
-            cpu_before_s = process_cpu_s(service.pid)
-            started = time.monotonic()
-            asyncio.run(_publish(nats_server.url, accounts, invoices))
-            published_s = time.monotonic() - started
-            drained_at = _wait_drained(fake, invoices, timeout_s=invoices / organisations * 3
-                                       + 120)
-            drain_s = drained_at - started
-            cpu_s = process_cpu_s(service.pid) - cpu_before_s
+            with profiled(options, service.pid, f"{NAME}-service"):
+                cpu_before_s = process_cpu_s(service.pid)
+                started = time.monotonic()
+                asyncio.run(_publish(nats_server.url, accounts, invoices))
+                published_s = time.monotonic() - started
+                drained_at = _wait_drained(fake, invoices,
+                                           timeout_s=invoices / organisations * 3 + 120)
+                drain_s = drained_at - started
+                cpu_s = process_cpu_s(service.pid) - cpu_before_s
         finally:
             service.send_signal(signal.SIGTERM)
             service.wait(60)

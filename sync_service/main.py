@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from services.outbox import OutboxRelay, jetstream_publisher
@@ -36,6 +37,10 @@ def build(runtime: Runtime) -> ServiceParts:
     settings = runtime.settings
     assert isinstance(settings, SyncSettings)
     keys = load_key_ring(settings)
+    # httpx logs every request at INFO: a line (and its CPU) per Xero or HubSpot call. Ours
+    # say what matters: failures, rejections, rate limits, and each change's outcome in status.
+    logging.getLogger("httpx").setLevel(
+        max(logging.WARNING, logging.getLevelName(settings.log_level)))
     relay = OutboxRelay(
         runtime.pool,
         jetstream_publisher(lambda: runtime.broker.connection),

@@ -29,7 +29,7 @@ from contracts.subjects import PAYMENTS_RECEIVED
 from services.outbox import enqueue
 from sync_service.app.credentials import CredentialsUnreadable
 from sync_service.app.grants import Grants
-from sync_service.app.queue import Job, SyncQueue, read_customer
+from sync_service.app.queue import Job, SyncQueue, read_customer, single_statements
 from sync_service.app.xero_api import XeroClient
 from sync_service.domain import xero_documents as docs
 from sync_service.domain.errors import (
@@ -60,6 +60,9 @@ class _Attempt:
     job: Job
     grant_id: str
     unknown: bool  # a create of this job may have reached Xero
+    # The reference (kind, our id, Xero id) of what the job made last: written with the
+    # job's completion, in the same statement.
+    made: tuple[str, str, str] | None = None
 
 
 class XeroPusher:
@@ -101,7 +104,7 @@ class XeroPusher:
             log.warning("sync.failed", job_id=job.job_id, kind=job.kind, dead=dead,
                         error=str(exc))
         else:
-            await self._queue.done(job, invoice_synced=synced_invoice)
+            await self._queue.done(job, invoice_synced=synced_invoice, made=attempt.made)
 
     async def _push(self, attempt: _Attempt) -> str | None:
         kind = attempt.job.kind
@@ -161,7 +164,7 @@ class XeroPusher:
     # -- references ----------------------------------------------------------------------------
 
     async def _ref(self, connection_id: str, kind: str, our_id: str) -> str | None:
-        async with self._pool.connection() as conn:
+        async with single_statements(self._pool) as conn:
             row = await (await conn.execute(
                 "SELECT external_id FROM external_refs WHERE connection_id = %s AND kind = %s"
                 " AND our_id = %s", (connection_id, kind, our_id))).fetchone()
@@ -169,7 +172,7 @@ class XeroPusher:
 
     async def _remember(self, connection_id: str, kind: str, our_id: str, external_id: str
                         ) -> None:
-        async with self._pool.connection() as conn:
+        async with single_statements(self._pool) as conn:
             await conn.execute(
                 "INSERT INTO external_refs (connection_id, kind, our_id, external_id)"
                 " VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING",
@@ -224,7 +227,10 @@ class XeroPusher:
                                      ) -> tuple[str, bool]:
         """The account's contact in this organisation, made with the customer's details when
         there was none; and whether it was made now."""
-        connection_id = attempt.job.connection_id
+        job = attempt.job
+        connection_id = job.connection_id
+        if job.contact_ref is not None and str(job.account_id) == account_id:
+            return job.contact_ref, False  # read with the claim
         lock = self._contact_locks.setdefault((connection_id, account_id), asyncio.Lock())
         async with lock:
             found = await self._ref(connection_id, "contact", account_id)
@@ -279,7 +285,7 @@ class XeroPusher:
     async def _push_invoice(self, attempt: _Attempt) -> str:
         invoice = msgspec.convert(attempt.job.payload, InvoiceIssued)
         connection_id = attempt.job.connection_id
-        if await self._ref(connection_id, "invoice", invoice.invoice_id) is not None:
+        if attempt.job.ref is not None:  # read with the claim
             return invoice.invoice_id
         contact_id = await self._contact(attempt, str(invoice.account_id))
         existing = None
@@ -299,8 +305,7 @@ class XeroPusher:
             key = docs.idempotency_key("invoice", connection_id, invoice.invoice_id)
             answer = await self._create(attempt, "PUT", "/Invoices", {"Invoices": [payload]}, key)
             existing = answer["Invoices"][0]
-        await self._remember(connection_id, "invoice", invoice.invoice_id,
-                             str(existing["InvoiceID"]))
+        attempt.made = ("invoice", invoice.invoice_id, str(existing["InvoiceID"]))
         return invoice.invoice_id
 
     async def _invoice_ref(self, attempt: _Attempt, invoice_id: str) -> str:
@@ -312,7 +317,7 @@ class XeroPusher:
     async def _push_payment(self, attempt: _Attempt) -> None:
         payment = msgspec.convert(attempt.job.payload, PaymentReceived)
         connection_id = attempt.job.connection_id
-        if await self._ref(connection_id, "payment", payment.payment_id) is not None:
+        if attempt.job.ref is not None:  # read with the claim
             return
         assert payment.invoice_id is not None
         invoice_xero_id = await self._invoice_ref(attempt, payment.invoice_id)
@@ -337,8 +342,7 @@ class XeroPusher:
             key = docs.idempotency_key("payment", connection_id, payment.payment_id)
             answer = await self._create(attempt, "PUT", "/Payments", {"Payments": [body]}, key)
             existing = answer["Payments"][0]
-        await self._remember(connection_id, "payment", payment.payment_id,
-                             str(existing["PaymentID"]))
+        attempt.made = ("payment", payment.payment_id, str(existing["PaymentID"]))
 
     async def _push_credit_note(self, attempt: _Attempt) -> None:
         note = msgspec.convert(attempt.job.payload, CreditNoteIssued)

@@ -3,15 +3,20 @@ advances at its own pace and one organisation's backlog never starves another's.
 
 The supervisor looks for connections with due work every poll interval (or at once when
 woken) and starts a lane for each that has none. A lane runs up to the organisation's
-concurrency in workers; each claims one change at a time and pushes it through the
-organisation's pacer. A lane ends when its connection has nothing due.
+concurrency in workers; they take changes from the lane's batch, claimed a few at a time
+(one round trip for several changes), and push each through the organisation's pacer. A
+lane ends when its connection has nothing due; changes it claimed and did not start go back
+to the queue (on a 429 pause or a stop), so none sits out its lease.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
+from collections import deque
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 
 import structlog
 
@@ -20,14 +25,24 @@ from sync_service.app.queue import Job, SyncQueue
 log = structlog.get_logger(__name__)
 
 
+@dataclass
+class _Lane:
+    connection_id: str
+    claimed: deque[tuple[float, Job]] = field(default_factory=deque)  # (when, job): not started
+    claiming: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
 class Scheduler:
     def __init__(self, queue: SyncQueue, push: Callable[[Job], Awaitable[None]],
                  paused_for_s: Callable[[str], float], *, workers_per_connection: int,
-                 poll_interval_s: float) -> None:
+                 poll_interval_s: float, claim_batch_max: int | None = None) -> None:
         self._queue = queue
         self._push = push
         self._paused_for_s = paused_for_s
         self._workers = workers_per_connection
+        # One claim per round of the lane's workers: a claimed change waits at most that
+        # many paced calls (seconds at Xero's pace) before it starts, far inside its lease.
+        self._claim_batch_max = claim_batch_max or workers_per_connection
         self._poll_interval_s = poll_interval_s
         self._lanes: dict[str, asyncio.Task[None]] = {}
         self._wake = asyncio.Event()
@@ -69,17 +84,49 @@ class Scheduler:
                 await asyncio.wait_for(self._wake.wait(), timeout=self._poll_interval_s)
 
     async def _lane(self, connection_id: str) -> None:
-        await asyncio.gather(*(self._work(connection_id) for _ in range(self._workers)))
+        lane = _Lane(connection_id)
+        try:
+            await asyncio.gather(*(self._work(lane) for _ in range(self._workers)))
+        finally:
+            await self._release(lane)
 
-    async def _work(self, connection_id: str) -> None:
+    async def _release(self, lane: _Lane) -> None:
+        jobs = [job for _, job in lane.claimed]
+        lane.claimed.clear()
+        try:
+            await self._queue.release(jobs)
+        except Exception as exc:  # their leases run out instead
+            log.warning("sync.release_failed", connection_id=lane.connection_id,
+                        error=str(exc))
+
+    async def _next(self, lane: _Lane) -> Job | None:
+        while True:
+            if not lane.claimed:
+                async with lane.claiming:
+                    if not lane.claimed:  # another worker may have claimed meanwhile
+                        claimed_at = time.monotonic()
+                        lane.claimed.extend((claimed_at, job) for job in await self._queue.claim(
+                            lane.connection_id, self._claim_batch_max))
+            if not lane.claimed:
+                return None
+            claimed_at, job = lane.claimed.popleft()
+            # Held too long (the organisation's daily budget ran out meanwhile): its lease may
+            # run out while it is pushed, and a claim would take it a second time. Back it goes.
+            if time.monotonic() - claimed_at < self._queue.lease_s / 2:
+                return job
+            await self._queue.release([job])
+
+    async def _work(self, lane: _Lane) -> None:
+        connection_id = lane.connection_id
         while not self._stopping.is_set():
-            # An organisation paused by a 429 claims nothing meanwhile: a change held past its
-            # lease would be claimed a second time.
+            # An organisation paused by a 429 claims nothing meanwhile, and gives back what
+            # it holds: a change held past its lease would be claimed a second time.
             if (paused_s := self._paused_for_s(connection_id)) > 0:
+                await self._release(lane)
                 await asyncio.sleep(min(paused_s, self._poll_interval_s * 10))
                 continue
             try:
-                job = await self._queue.claim(connection_id)
+                job = await self._next(lane)
                 if job is None:
                     return
                 await self._push(job)

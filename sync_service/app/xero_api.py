@@ -17,6 +17,7 @@ from typing import Any, Final
 from urllib.parse import urlencode
 
 import httpx
+import msgspec
 import stamina
 import structlog
 
@@ -187,11 +188,16 @@ class XeroClient:
                    "Accept": "application/json"}
         if idempotency_key is not None:
             headers["Idempotency-Key"] = idempotency_key
+        content = None
+        if body is not None:
+            # msgspec: the same compact JSON as httpx's json=, at a fraction of the CPU.
+            content = _encode(body)
+            headers["Content-Type"] = "application/json"
         async with self.pacer.call(tenant_id):
             try:
                 response = await self._http.request(
-                    method, f"{self._api_base}{API_PATH}{path}", params=params, json=body,
-                    headers=headers)
+                    method, f"{self._api_base}{API_PATH}{path}", params=params,
+                    content=content, headers=headers)
             except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
                 raise ProviderUnavailable(f"Xero unreachable: {type(exc).__name__}",
                                           outcome_unknown=False) from None
@@ -232,10 +238,14 @@ def _retry_after_s(response: httpx.Response) -> float:
     return min(max(value, 0.0), _RETRY_AFTER_MAX_S)
 
 
+_encode = msgspec.json.Encoder().encode
+_decode = msgspec.json.Decoder().decode
+
+
 def _json(response: httpx.Response) -> dict[str, Any]:
     try:
-        body = response.json()
-    except ValueError:
+        body = _decode(response.content)
+    except msgspec.DecodeError:
         return {}
     return body if isinstance(body, dict) else {}
 
