@@ -60,7 +60,7 @@ from ledger_service.domain.errors import (
 )
 from ledger_service.domain.fees import FeeCharge
 from ledger_service.domain.times import parse_time
-from ledger_service.domain.values import DebitRef, TaxProfile
+from ledger_service.domain.values import DebitRef, EntryResult, TaxProfile
 
 _encoder = msgspec.json.Encoder()
 
@@ -351,16 +351,31 @@ def _charge(ledger: Ledger, work: UnitOfWork, account_id: UUID, body: ChargeFee,
     """Price one fee for the account (its override, else the catalogue), charge it, and keep
     the answer under its charge key in the same transaction."""
     account = ledger.load(account_id)
-    unit_price = account.unit_price_for(body.product, ledger.catalogue())
     proration = body.proration
-    fee = FeeCharge(
-        charge_key=body.charge_key, product=body.product, quantity=body.quantity,
-        unit_price_micros=unit_price, reference=body.reference, period=body.period,
-        days=proration.days if proration else None,
-        days_in_period=proration.days_in_period if proration else None,
-        description=body.description or "",
-    )
-    result = account.charge_fee(fee, now)
+
+    def charge(account: BillingAccount) -> tuple[int, EntryResult]:
+        unit_price = account.unit_price_for(body.product, ledger.catalogue())
+        fee = FeeCharge(
+            charge_key=body.charge_key, product=body.product, quantity=body.quantity,
+            unit_price_micros=unit_price, reference=body.reference, period=body.period,
+            days=proration.days if proration else None,
+            days_in_period=proration.days_in_period if proration else None,
+            description=body.description or "",
+        )
+        return unit_price, account.charge_fee(fee, now)
+
+    try:
+        unit_price, result = charge(account)
+    except InsufficientFunds:
+        # A refusal writes nothing, so no version conflict would reveal a cached account
+        # another ledger process credited since: decide it again on the stored account.
+        if account.id in work.accounts:
+            raise
+        fresh = ledger.read(account_id)
+        if fresh.version == account.version:
+            raise
+        account = fresh
+        unit_price, result = charge(account)
     work.touch(account)
     view = FeeView(
         entry_id=result.entry_id, account_id=account.id, charge_key=body.charge_key,

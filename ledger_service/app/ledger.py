@@ -253,8 +253,16 @@ class Ledger:
             work = UnitOfWork()
             try:
                 result = command(work)
+            except LedgerError:
+                # A refusal writes nothing, so no version conflict reveals an account cached
+                # here that another ledger process changed since: if one was, decide again.
+                stale = self._any_stale(work.accounts.values())
+                self.evict(work.accounts)  # a command refused half-way may leave events
+                if stale and attempt < SAVE_ATTEMPTS_MAX:
+                    log.info("refusal on a stale cached account; deciding again")
+                    continue
+                raise
             except Exception:
-                # A command refused half-way may leave events on a cached aggregate.
                 self.evict(work.accounts)
                 raise
             if not work.accounts and not work.rows and not work.extra:
@@ -268,6 +276,14 @@ class Ledger:
                 continue
             return result
         raise AssertionError("unreachable")
+
+    def _any_stale(self, accounts: Iterable[BillingAccount]) -> bool:
+        """Whether the log holds events of any of these accounts beyond what was loaded."""
+        for account in accounts:
+            loaded = account.version - len(account.pending_events)
+            if any(True for _ in self.app.events.get(account.id, gt=loaded, limit=1)):
+                return True
+        return False
 
     def _index(self, account: BillingAccount, rows: LedgerRows) -> None:
         for event in account.pending_events:

@@ -30,7 +30,15 @@ import pytest
 from eventsourcing.persistence import IntegrityError
 from nats.js.api import StreamConfig, SubjectTransform
 
-from contracts.http.ledger import GrantCredit, OpenAccount, Tax
+from contracts.http.ledger import (
+    AccountFee,
+    Adjustment,
+    ChargeFees,
+    FeeOutcomes,
+    GrantCredit,
+    OpenAccount,
+    Tax,
+)
 from contracts.ledger import AuthorizeRequest
 from contracts.partitioning import partition_of
 from contracts.subjects import by_account
@@ -211,6 +219,28 @@ def test_a_refusal_is_never_decided_on_a_cache_another_process_left_behind(
             request_id=f"req-{uuid.uuid4()}", account_id=account_id, product="sms",
             quantity=100_000_000)])
         assert not refused.approved and refused.reason == "insufficient_funds"
+
+        # A fee (renewals' batch route) is decided on the stored account too.
+        fee_account = open_prepay(a, credit="0.01")
+        a.load(fee_account)
+        accounts.grant_credit(b, fee_account,
+                              GrantCredit(kind="purchased", amount="50.00", reason="top-up"),
+                              "tester", Idempotency("http:grant", "top-up-fee", "h3"))
+        outcomes = msgspec.json.decode(accounts.charge_fees(a, ChargeFees(charges=[AccountFee(
+            account_id=fee_account, charge_key=f"recurring:{uuid.uuid4()}:2026-12",
+            product="vmn", quantity=1, period="2026-12")])), type=FeeOutcomes)
+        assert [o.outcome for o in outcomes.results] == ["charged"], outcomes
+
+        # An operator's command over HTTP too: a debit adjustment A would refuse on its cache.
+        debited = open_prepay(a, credit="0.01")
+        a.load(debited)
+        accounts.grant_credit(b, debited,
+                              GrantCredit(kind="purchased", amount="50.00", reason="top-up"),
+                              "tester", Idempotency("http:grant", "top-up-adj", "h4"))
+        outcome = accounts.adjust(a, debited, Adjustment(
+            direction="debit", amount="5.00", memo="setup work invoiced by hand"), "tester",
+            Idempotency("http:adjust", "adj-1", "h5"))
+        assert not outcome.replayed
     finally:
         a.app.close()
         b.app.close()
