@@ -37,6 +37,7 @@ from contracts.http.ledger import (
     FeeOutcomes,
     GrantCredit,
     OpenAccount,
+    RefundRequest,
     Tax,
 )
 from contracts.ledger import AuthorizeRequest
@@ -45,7 +46,8 @@ from contracts.subjects import by_account
 from contracts.usage import UsageRecorded
 from ledger_service.app import accounts, intake
 from ledger_service.app.accounts import Idempotency
-from ledger_service.app.ledger import Ledger
+from ledger_service.app.ledger import Ledger, UnitOfWork
+from ledger_service.domain.errors import InsufficientFunds
 from ledger_service.partitions import LeaseTable, PartitionOwner
 from services.database import conninfo
 from services.http import DEVELOPMENT_JWT_SECRET, mint_token
@@ -241,6 +243,34 @@ def test_a_refusal_is_never_decided_on_a_cache_another_process_left_behind(
             direction="debit", amount="5.00", memo="setup work invoiced by hand"), "tester",
             Idempotency("http:adjust", "adj-1", "h5"))
         assert not outcome.replayed
+
+        # A refund of a debit B recorded after A cached the account.
+        refunded = open_prepay(a, credit="10.00")
+        a.load(refunded)
+        assert apply_until_done(b, [usage_event(refunded, f"u-{uuid.uuid4()}")]) == ["applied"]
+        [(entry_id,)] = b.query("SELECT entry_id FROM {schema}.entry_index WHERE account_id = %s"
+                                " AND kind = 'usage'", (refunded,))
+        accounts.refund(a, refunded, RefundRequest(entry_id=str(entry_id), reason="bad route"),
+                        "tester", Idempotency("http:refund", "refund-1", "h6"))
+        assert stored_balance(a, refunded) == 10_000_000
+
+        # Any command that refuses on what it loaded: decided again when that was stale.
+        gated = open_prepay(a, credit="0.01")
+        a.load(gated)
+        accounts.grant_credit(b, gated,
+                              GrantCredit(kind="purchased", amount="20.00", reason="top-up"),
+                              "tester", Idempotency("http:grant", "top-up-gate", "h7"))
+        seen: list[int] = []
+
+        def needs_funds(work: UnitOfWork) -> int:
+            account = work.touch(a.load(gated))
+            seen.append(account.balance_micros)
+            if account.balance_micros < 10_000_000:
+                raise InsufficientFunds("not on this balance")
+            return account.balance_micros
+
+        assert a.run(needs_funds) == 20_010_000
+        assert seen == [10_000, 20_010_000]
     finally:
         a.app.close()
         b.app.close()
