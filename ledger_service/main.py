@@ -12,6 +12,7 @@ import structlog
 
 from ledger_service import http_queries
 from ledger_service.app.ledger import Ledger, LedgerApplication, ledger_env
+from ledger_service.command_routing import CommandRouter
 from ledger_service.domain.chain import configure_chain_keys
 from ledger_service.followers import FollowerConfig, Followers
 from ledger_service.http import EXCEPTION_STATUSES, LedgerServices, charges_router, router
@@ -44,6 +45,7 @@ CATALOGUE_CHECK_INTERVAL_S = 2.0
 def build(runtime: Runtime) -> ServiceParts:
     services = LedgerServices()
     services.pool = runtime.pool
+    commands = CommandRouter()  # an account's HTTP writes go to its partition's owner
     queries = http_queries.QueryServices(services, runtime.pool)
 
     async def start(rt: Runtime) -> None:
@@ -75,8 +77,10 @@ def build(runtime: Runtime) -> ServiceParts:
             await consumer.start()
             partition_consumers[partition] = consumer
             await authorizer.add_partition(partition)
+            await commands.add_partition(partition)
 
         async def on_release(partition: int) -> None:
+            await commands.remove_partition(partition)
             await authorizer.remove_partition(partition)
             consumer = partition_consumers.pop(partition, None)
             if consumer is not None:
@@ -104,6 +108,7 @@ def build(runtime: Runtime) -> ServiceParts:
                         followers=followers, ledger=ledger, writer=writer, owner=owner,
                         partition_consumers=partition_consumers)
         await authorizer.start(nc)
+        commands.connect(nc, owner)
         await owner.start()  # a lone process owns every partition before the first message
         for consumer in durables:
             await consumer.start()
@@ -124,6 +129,7 @@ def build(runtime: Runtime) -> ServiceParts:
         # Stops the partitions' consumers, then clears their leases and this member's row:
         # the other processes take them over at their next renewal.
         await rt.state["owner"].stop()
+        await commands.stop()
         log.info("released partitions")
         await rt.state["sweeper"].stop()
         log.info("stopped sweeper")
@@ -144,6 +150,7 @@ def build(runtime: Runtime) -> ServiceParts:
         on_startup=[start],
         on_shutdown=[stop],
         metrics=metrics(runtime),
+        wrap_http=commands.wrap,
     )
 
 

@@ -67,6 +67,9 @@ class ServiceParts:
     on_shutdown: Sequence[Hook] = ()
     # Figures `/metrics` reads when scraped (lag, backlogs): services/http/metrics.py
     metrics: Sequence[ScrapeCollector] = ()
+    # A layer of the service's own around its HTTP handling, inside the request context:
+    # called with that handler and the whole application (the ledger's command routing).
+    wrap_http: Callable[[Any, Any], Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,6 +165,9 @@ def build_app(spec: ServiceSpec, settings: ServiceSettings) -> Litestar:
         metrics_collectors=parts.metrics,
     )
     app.state.runtime = runtime
+    if parts.wrap_http is not None:
+        context = app.asgi_handler  # the request context, outermost (services/http/app.py)
+        context.app = parts.wrap_http(context.app, app)  # type: ignore[attr-defined]
     return app
 
 

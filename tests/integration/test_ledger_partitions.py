@@ -18,6 +18,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -400,6 +401,53 @@ def test_two_processes_apply_usage_over_both_subjects_exactly_once(
     eventually(lambda: assert_exact(second.url, start, expected), 90)
     time.sleep(2)  # nothing more arrives late
     assert_exact(first.url, start, expected)
+
+
+def test_an_accounts_http_commands_are_applied_by_its_owner_whichever_process_they_reach(
+    infra: Infra, two_ledgers: list[ServiceProcess],
+) -> None:
+    first, second = two_ledgers
+    accounts_ = [open_account(first.url, credit="1.00") for _ in range(16)]
+    owners = leases(infra)
+    members = {owner for owner in owners.values() if owner}
+    assert len(members) == 2
+    # Which member is which process: the pid is the member id's second field.
+    member_of = {int(member.split(":")[1]): member for member in members}
+    assert first.process is not None and second.process is not None
+    first_member, second_member = member_of[first.process.pid], member_of[second.process.pid]
+
+    def grant(url: str, account: str, key: str) -> httpx.Response:
+        return httpx.post(f"{url}/v1/accounts/{account}/credits",
+                          headers={**OPERATOR, "Idempotency-Key": key}, timeout=30,
+                          json={"kind": "bonus", "amount": "2.00", "reason": "routing test"})
+
+    routed = 0
+    for account in accounts_:
+        owner = owners[partition_of(account, PARTITIONS)]
+        for process in (first, second):
+            member = first_member if process is first else second_member
+            key = f"grant-{account}-{member}"
+            answers = [grant(process.url, account, key) for _ in range(2)]
+            assert [a.status_code for a in answers] == [201, 201], answers[0].text
+            assert answers[0].json() == answers[1].json()  # the replay answers the first
+            applied_by = answers[0].headers.get("x-ledger-applied-by")
+            if owner == member:
+                assert applied_by is None  # applied where it arrived
+            else:
+                assert applied_by == owner  # forwarded to the owner and applied there
+                routed += 1
+            assert answers[0].headers.get("x-request-id")
+    assert routed == 16
+    # Concurrent commands for the same accounts through both processes: each applied once.
+    with httpx.Client(timeout=30) as client, \
+            ThreadPoolExecutor(8) as pool:
+        jobs = [pool.submit(lambda u=process.url, a=account, n=n: client.post(
+                    f"{u}/v1/accounts/{a}/credits", headers=OPERATOR,
+                    json={"kind": "bonus", "amount": "0.50", "reason": f"burst {n}"}))
+                for n in range(3) for account in accounts_ for process in (first, second)]
+        assert {job.result().status_code for job in jobs} == {201}
+    for account in accounts_:
+        assert balance_micros(second.url, account) == 1_000_000 + 2 * 2_000_000 + 6 * 500_000
 
 
 def test_authorize_through_both_subjects_is_answered_by_the_owner(
