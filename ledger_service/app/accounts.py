@@ -12,6 +12,7 @@ import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any, cast
 from uuid import UUID
 
 import msgspec
@@ -351,21 +352,9 @@ def _charge(ledger: Ledger, work: UnitOfWork, account_id: UUID, body: ChargeFee,
     """Price one fee for the account (its override, else the catalogue), charge it, and keep
     the answer under its charge key in the same transaction."""
     account = ledger.load(account_id)
-    proration = body.proration
-
-    def charge(account: BillingAccount) -> tuple[int, EntryResult]:
-        unit_price = account.unit_price_for(body.product, ledger.catalogue())
-        fee = FeeCharge(
-            charge_key=body.charge_key, product=body.product, quantity=body.quantity,
-            unit_price_micros=unit_price, reference=body.reference, period=body.period,
-            days=proration.days if proration else None,
-            days_in_period=proration.days_in_period if proration else None,
-            description=body.description or "",
-        )
-        return unit_price, account.charge_fee(fee, now)
-
+    fee = _priced(account, ledger, body)
     try:
-        unit_price, result = charge(account)
+        result = account.charge_fee(fee, now)
     except InsufficientFunds:
         # A refusal writes nothing, so no version conflict would reveal a cached account
         # another ledger process credited since: decide it again on the stored account.
@@ -374,20 +363,42 @@ def _charge(ledger: Ledger, work: UnitOfWork, account_id: UUID, body: ChargeFee,
         fresh = ledger.read(account_id)
         if fresh.version == account.version:
             raise
-        account = fresh
-        unit_price, result = charge(account)
+        account, fee = fresh, _priced(fresh, ledger, body)
+        result = account.charge_fee(fee, now)
     work.touch(account)
+    return _keep(work, account, body, fee, result, now)
+
+
+def _priced(account: BillingAccount, ledger: Ledger, body: ChargeFee) -> FeeCharge:
+    """The fee at the account's price (its override, else the catalogue). Raises
+    UnknownProduct."""
+    unit_price = account.unit_price_for(body.product, ledger.catalogue())
+    proration = body.proration
+    return FeeCharge(
+        charge_key=body.charge_key, product=body.product, quantity=body.quantity,
+        unit_price_micros=unit_price, reference=body.reference, period=body.period,
+        days=proration.days if proration else None,
+        days_in_period=proration.days_in_period if proration else None,
+        description=body.description or "",
+    )
+
+
+def _keep(work: UnitOfWork, account: BillingAccount, body: ChargeFee, fee: FeeCharge,
+          result: EntryResult, now: datetime) -> FeeView:
+    """The answer to a fee charged, kept under its charge key in the same transaction."""
+    proration = body.proration
     view = FeeView(
         entry_id=result.entry_id, account_id=account.id, charge_key=body.charge_key,
         kind="fee", product=body.product, quantity=body.quantity,
-        unit_price=format_micros(unit_price), amount=format_micros(-result.amount_micros),
+        unit_price=format_micros(fee.unit_price_micros),
+        amount=format_micros(-result.amount_micros),
         currency=account.currency, reference=body.reference,  # type: ignore[arg-type]
         period=body.period,
         proration=FeeProration(days=proration.days, days_in_period=proration.days_in_period)
         if proration else None,
         balance_after=format_micros(result.balance_after_micros), occurred_at=now,
     )
-    work.rows.keys.append(IdempotencyRow(f"{FEE_SCOPE}:{account_id}", body.charge_key,
+    work.rows.keys.append(IdempotencyRow(f"{FEE_SCOPE}:{account.id}", body.charge_key,
                                          account.id, None, _encoder.encode(view)))
     return view
 
@@ -402,47 +413,100 @@ _FEE_REJECTIONS: dict[type[Exception], tuple[int, str]] = {
 }
 
 
+def _not_charged(fee: AccountFee, exc: LedgerError) -> FeeOutcome:
+    """A fee refused for funds (nothing written; the key may succeed later) or rejected."""
+    if isinstance(exc, InsufficientFunds):
+        return FeeOutcome(charge_key=fee.charge_key, account_id=fee.account_id,
+                          outcome="refused", status=422, problem_type="insufficient-funds",
+                          detail=str(exc)[:500])
+    status, kind = next((v for k, v in _FEE_REJECTIONS.items() if isinstance(exc, k)),
+                        (422, "ledger-rule"))
+    return FeeOutcome(charge_key=fee.charge_key, account_id=fee.account_id, outcome="rejected",
+                      status=status, problem_type=kind, detail=str(exc)[:500])
+
+
 def charge_fees(ledger: Ledger, body: ChargeFees) -> bytes:
     """Many accounts' fees in one transaction: each charged once per charge key (a key
     charged before answers with its first charge), refused for funds or rejected on its own
     without stopping the others. The whole batch commits together, or is retried together
-    when another writer saved one of its accounts first."""
+    when another writer saved one of its accounts first.
+
+    An account's fees of the batch are charged together, in the order sent, as ONE
+    FeesCharged event (each fee its own line: its own entry, statement line and
+    entry_posted message, exactly as one FeeCharged event per fee gave), and the batch's
+    accounts not in the cache are loaded in one query (`Ledger.load_many`)."""
 
     def command(work: UnitOfWork) -> FeeOutcomes:
         now = ledger.clock()
-        first = _charged_before(ledger, body.charges)
-        results: list[FeeOutcome] = []
-        # The same key twice in one batch: the second answers the first (a dict, not a scan
-        # of the results: a batch of 500 made that 125,000 comparisons).
-        charged_now: dict[tuple[UUID, str], FeeView] = {}
-        for fee in body.charges:
+        fees = body.charges
+        first = _charged_before(ledger, fees)
+        results: list[FeeOutcome | None] = [None] * len(fees)
+        by_account: dict[UUID, list[int]] = {}
+        for index, fee in enumerate(fees):
             known = first.get((f"{FEE_SCOPE}:{fee.account_id}", fee.charge_key))
-            if known is None:
-                known = charged_now.get((fee.account_id, fee.charge_key))
             if known is not None:
-                results.append(FeeOutcome(charge_key=fee.charge_key, account_id=fee.account_id,
-                                          outcome="charged", fee=known))
-                continue
-            try:
-                view = _charge(ledger, work, fee.account_id, fee, now)
-            except InsufficientFunds as exc:
-                results.append(FeeOutcome(charge_key=fee.charge_key, account_id=fee.account_id,
-                                          outcome="refused", status=422,
-                                          problem_type="insufficient-funds",
-                                          detail=str(exc)[:500]))
-            except LedgerError as exc:
-                status, kind = next((v for k, v in _FEE_REJECTIONS.items()
-                                     if isinstance(exc, k)), (422, "ledger-rule"))
-                results.append(FeeOutcome(charge_key=fee.charge_key, account_id=fee.account_id,
-                                          outcome="rejected", status=status,
-                                          problem_type=kind, detail=str(exc)[:500]))
+                results[index] = FeeOutcome(charge_key=fee.charge_key,
+                                            account_id=fee.account_id, outcome="charged",
+                                            fee=known)
             else:
-                charged_now[(fee.account_id, fee.charge_key)] = view
-                results.append(FeeOutcome(charge_key=fee.charge_key, account_id=fee.account_id,
-                                          outcome="charged", fee=view))
-        return FeeOutcomes(results=results)
+                by_account.setdefault(fee.account_id, []).append(index)
+        ledger.load_many(list(by_account))
+        for account_id, indexes in by_account.items():
+            _charge_account(ledger, work, account_id, [(i, fees[i]) for i in indexes],
+                            results, now)
+        return FeeOutcomes(results=cast("list[FeeOutcome]", results))
 
     return _encoder.encode(ledger.run(command))
+
+
+def _charge_account(ledger: Ledger, work: UnitOfWork, account_id: UUID,
+                    fees: list[tuple[int, AccountFee]], results: list[FeeOutcome | None],
+                    now: datetime) -> None:
+    """One account's fees of a batch: priced, then charged by the account as one event."""
+    try:
+        account = ledger.load(account_id)
+    except AccountNotFound as exc:
+        for index, fee in fees:
+            results[index] = _not_charged(fee, exc)
+        return
+    loaded_version = account.version
+
+    def price_and_charge(account: BillingAccount
+                         ) -> tuple[list[tuple[int, AccountFee, FeeCharge]], list[Any]]:
+        priced: list[tuple[int, AccountFee, FeeCharge]] = []
+        for index, fee in fees:
+            try:
+                priced.append((index, fee, _priced(account, ledger, fee)))
+            except LedgerError as exc:
+                results[index] = _not_charged(fee, exc)
+        if not priced:
+            return priced, []
+        return priced, list(account.charge_fees([charge for _, _, charge in priced], now))
+
+    priced, outcomes = price_and_charge(account)
+    if (any(isinstance(outcome, InsufficientFunds) for outcome in outcomes)
+            and any(True for _ in ledger.app.events.get(account_id, gt=loaded_version,
+                                                          limit=1))):
+        # Refused on a cached account another ledger process changed since (a credit): a
+        # refusal writes nothing, so no conflict would reveal it. Decide on the stored one.
+        ledger.evict([account_id])
+        account = ledger.load(account_id)
+        priced, outcomes = price_and_charge(account)
+    if not priced:
+        return
+    charged: dict[str, FeeView] = {}  # the same key twice: the second answers the first
+    for (index, fee, charge), outcome in zip(priced, outcomes, strict=True):
+        if isinstance(outcome, EntryResult):
+            charged[fee.charge_key] = _keep(work, account, fee, charge, outcome, now)
+            results[index] = FeeOutcome(charge_key=fee.charge_key, account_id=account_id,
+                                        outcome="charged", fee=charged[fee.charge_key])
+        elif isinstance(outcome, DuplicateKey) and fee.charge_key in charged:
+            results[index] = FeeOutcome(charge_key=fee.charge_key, account_id=account_id,
+                                        outcome="charged", fee=charged[fee.charge_key])
+        else:
+            results[index] = _not_charged(fee, outcome)
+    if charged:
+        work.touch(account)
 
 
 def _charged_before(ledger: Ledger, fees: list[AccountFee]) -> dict[tuple[str, str], FeeView]:
@@ -491,7 +555,9 @@ def find_debit(ledger: Ledger, account_id: UUID, entry_id: str) -> DebitRef:
         raise EntryNotFound(f"no entry {entry_id} on account {account_id}")
     version = rows[0][0]
     for event in ledger.app.events.get(account_id, gt=version - 1, lte=version):
-        for line in getattr(event, "lines", ()) or ():
+        # Usage lines are refundable debits; the lines of a FeesCharged event are fees, which
+        # are not (as a FeeCharged event is not).
+        for line in event.lines if isinstance(event, BillingAccount.UsageRecorded) else ():
             if line["entry_id"] == entry_id:
                 return DebitRef.from_usage_line(line)
         if getattr(event, "entry_id", None) == entry_id and getattr(event, "direction", None) == "debit":

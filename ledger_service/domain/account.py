@@ -50,6 +50,7 @@ from ledger_service.domain.errors import (
     InvalidMemo,
     InvalidRequest,
     InvalidTransition,
+    LedgerError,
     RefundExceedsDebit,
 )
 from ledger_service.domain.fees import FeeCharge, check_fee
@@ -75,6 +76,7 @@ from ledger_service.domain.payloads import (
     Currency,
     ExpiredGrant,
     ExpiredHold,
+    FeeLineRecord,
     GrantExpiryReason,
     GrantKind,
     GrantUse,
@@ -125,6 +127,8 @@ CAPTURED_HOLDS_REMEMBERED: Final = 256
 # Fee charge keys remembered by the account (a duplicate is refused by the model too); the
 # app's idempotency rows are the complete record, this is the second guard.
 FEE_KEYS_REMEMBERED: Final = 256
+# Fees of one FeesCharged event: POST /v1/charges carries at most 500 fees in all.
+FEES_PER_COMMAND_MAX: Final = 1_000
 SETTINGS_CHANGEABLE: Final = frozenset(
     {"credit_limit_micros", "low_balance_threshold_micros", "billing_basis", "tier", "tax",
      "name"})
@@ -451,6 +455,21 @@ class BillingAccount(Aggregate):
         def apply_to(self, account: "BillingAccount") -> None:
             account._consume(self.grants_consumed, self.overdraft_micros, self.amount_micros)
             account._remember_fee(self.charge_key)
+
+    @stored_as("ledger.account.FeesCharged")
+    class FeesCharged(Event):
+        # One event per account per batch of fees (POST /v1/charges): each line is what a
+        # FeeCharged event holds and stays its own statement entry, entry_posted message and
+        # invoice line; one stored row, one chain link and one load's worth of replay for the
+        # batch instead of one per fee (docs/recurring.md, "Speed").
+        lines: list[FeeLineRecord]
+        balance_after_micros: int
+
+        def apply_to(self, account: "BillingAccount") -> None:
+            for line in self.lines:
+                account._consume(line["grants_consumed"], line["overdraft_micros"],
+                                 line["amount_micros"])
+                account._remember_fee(line["charge_key"])
 
     @stored_as("ledger.account.BalanceLow")
     class BalanceLow(Event):
@@ -1138,6 +1157,78 @@ class BillingAccount(Aggregate):
         )
         self._signal(now)
         return self._entry_result(entry_id, -amount)
+
+    def charge_fees(self, fees: Sequence[FeeCharge],
+                    now: datetime) -> list[EntryResult | LedgerError]:
+        """Charge a batch of fees as ONE FeesCharged event, each fee as `charge_fee` would
+        have charged it on its own, in order: one outcome per fee, an EntryResult or the
+        error that refused it (InsufficientFunds, DuplicateKey, InvalidRequest, ...). A fee
+        refused records nothing and does not stop the others; grants due to expire expire
+        once, before the first fee charged. Nothing charged: nothing recorded.
+
+        The balance-low and overdrawn signals are checked once, after the batch (one fee at
+        a time they fired after the fee that crossed, with that fee's available).
+        """
+        now = check_now(now)
+        if len(fees) > FEES_PER_COMMAND_MAX:
+            raise InvalidRequest(f"at most {FEES_PER_COMMAND_MAX} fees per batch")
+        due = due_for_expiry(self._grants, format_time(now))
+        prepaid = self._account_type in ("prepay", "trial")
+        available = self._available_after_expiry(due)
+        outcomes: list[EntryResult | LedgerError | None] = []
+        accepted: list[tuple[int, FeeCharge, int]] = []
+        keys: set[str] = set()
+        for index, fee in enumerate(fees):
+            try:  # in charge_fee's order of checks
+                check_fee(fee)
+                if self._closed:
+                    raise AccountClosed("account is closed")
+                if self._account_type == "system":
+                    raise InvalidRequest("system accounts are not billed")
+                if fee.charge_key in keys or self.was_fee_charged(fee.charge_key):
+                    raise DuplicateKey(f"fee {fee.charge_key} already charged")
+                amount = fee.amount_micros
+                if prepaid and available - amount < 0:
+                    raise InsufficientFunds(f"a fee of {amount} would take available to"
+                                            f" {available - amount}, below 0")
+            except LedgerError as exc:
+                outcomes.append(exc)
+                continue
+            available -= amount
+            keys.add(fee.charge_key)
+            outcomes.append(None)
+            accepted.append((index, fee, amount))
+        if not accepted:
+            return cast("list[EntryResult | LedgerError]", outcomes)
+        self._expire(due, "expired", now)
+        spender = Spender(self._grants, spendable_for(self._account_type))
+        customer = customer_available(self.id)
+        balance = self._balance_micros
+        lines: list[FeeLineRecord] = []
+        for _, fee, amount in accepted:
+            consumed, overdraft = spender.take(amount)
+            balance -= amount
+            lines.append({
+                "entry_id": self._entry_id("fee", fee.charge_key),
+                "charge_key": fee.charge_key, "product": fee.product,
+                "quantity": fee.quantity, "unit_price_micros": fee.unit_price_micros,
+                "days": fee.days, "days_in_period": fee.days_in_period,
+                "amount_micros": amount, "reference": fee.reference, "period": fee.period,
+                "description": fee.description, "grants_consumed": consumed,
+                "overdraft_micros": overdraft, "balance_after_micros": balance,
+                "postings": postings_of([(customer, -amount), (REVENUE_RECURRING, amount)],
+                                        self._currency),
+            })
+        self._record(self.FeesCharged, now, lines=lines, balance_after_micros=balance)
+        self._signal(now)
+        # Each fee's balance and available right after it (later fees of the batch not yet).
+        later = sum(amount for _, _, amount in accepted)
+        for (index, _, amount), line in zip(accepted, lines, strict=True):
+            later -= amount
+            outcomes[index] = EntryResult(line["entry_id"], -amount,
+                                          line["balance_after_micros"],
+                                          self.available_micros + later)
+        return cast("list[EntryResult | LedgerError]", outcomes)
 
     def reverse_payment(self, payment_id: str, provider: str, amount_micros: int,
                         now: datetime, *, reason: str = "") -> EntryResult:

@@ -112,6 +112,26 @@ class UsageLineRecord(TypedDict):
     postings: list[Posting]
 
 
+class FeeLineRecord(TypedDict):
+    """One fee of a FeesCharged event: its own statement entry, as a FeeCharged event is."""
+
+    entry_id: str
+    charge_key: str
+    product: str
+    quantity: int
+    unit_price_micros: int
+    days: int | None  # proration: days charged of days_in_period; None: charged whole
+    days_in_period: int | None
+    amount_micros: int
+    reference: str | None
+    period: str | None  # YYYY-MM; None for a setup fee
+    description: str
+    grants_consumed: list[GrantUse]
+    overdraft_micros: int
+    balance_after_micros: int
+    postings: list[Posting]
+
+
 class TaxPayload(TypedDict):
     country: str
     vat_number: str | None

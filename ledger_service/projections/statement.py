@@ -6,9 +6,11 @@ their text. The statement projection, the verifier's replay and the publisher of
 message announcing it can never disagree.
 
 Entries are the events that change the balance: top-ups, grants, refunds, adjustments,
-payment reversals, grant expiries, and each billed usage line (one UsageRecorded event holds
-a batch of lines, each its own entry). Holds move money between available and held without
-changing the balance, and a failed message's released hold bills nothing: neither is an entry.
+payment reversals, grant expiries, fees, and each billed usage line (one UsageRecorded event
+holds a batch of lines, each its own entry) and each fee of a batch (FeesCharged: one event per
+account per batch of fees, each line the entry a FeeCharged event of that fee would make).
+Holds move money between available and held without changing the balance, and a failed
+message's released hold bills nothing: neither is an entry.
 """
 
 from __future__ import annotations
@@ -93,6 +95,10 @@ def statement_entries(event: Any) -> list[StatementEntry]:
     if name == "UsageRecorded":
         return [_usage_entry(index, line) for index, line in enumerate(event.lines)
                 if line["amount_micros"] != 0]
+    if name == "FeesCharged":
+        occurred_at = format_time(event.timestamp)
+        return [_fee_line_entry(index, line, occurred_at)
+                for index, line in enumerate(event.lines)]
     kind = ENTRY_KINDS.get(name)
     if kind is None:
         return []
@@ -120,12 +126,34 @@ def _fee_entry(event: Any) -> StatementEntry:
     )
 
 
+def _fee_line_entry(index: int, line: dict[str, Any], occurred_at: str) -> StatementEntry:
+    """One fee of a FeesCharged event: the entry a FeeCharged event of that fee makes, at
+    its line of the event."""
+    return StatementEntry(
+        entry_id=line["entry_id"], line=index, kind="fee",
+        amount_micros=-int(line["amount_micros"]),
+        balance_after_micros=int(line["balance_after_micros"]),
+        currency=_currency(line["postings"]), occurred_at=occurred_at,
+        description=_clip(line["description"] or _describe_fee(
+            line["product"], line["quantity"], line["unit_price_micros"], line["period"],
+            line["days"], line["days_in_period"])),
+        reference=line["reference"], actor="system", product=line["product"],
+        quantity=line["quantity"], unit_price_micros=line["unit_price_micros"],
+    )
+
+
 def _fee_description(event: Any) -> str:
-    text = f"{event.product} x {event.quantity} at {format_micros(event.unit_price_micros)}"
-    if event.period:
-        text += f" for {event.period}"
-    if event.days is not None:
-        text += f" ({event.days}/{event.days_in_period} days)"
+    return _describe_fee(event.product, event.quantity, event.unit_price_micros, event.period,
+                         event.days, event.days_in_period)
+
+
+def _describe_fee(product: str, quantity: int, unit_price_micros: int, period: str | None,
+                  days: int | None, days_in_period: int | None) -> str:
+    text = f"{product} x {quantity} at {format_micros(unit_price_micros)}"
+    if period:
+        text += f" for {period}"
+    if days is not None:
+        text += f" ({days}/{days_in_period} days)"
     return text
 
 

@@ -162,3 +162,21 @@ def test_a_batch_charges_each_fee_on_its_own_once_per_key(api: httpx.Client) -> 
     single = charge(api, rich, rich_key)  # the per-account route knows the key too
     assert single.json() == first
     assert balance(api, rich) == "8.00"
+
+
+def test_an_accounts_fees_of_a_batch_are_each_a_statement_line(api: httpx.Client) -> None:
+    """One FeesCharged event per account per batch; the statement still has a line per fee,
+    with its own entry id, amount, balance after and reference."""
+    account = opened(api, credit="10.00")
+    keys = [f"recurring:{uuid.uuid4()}:2026-12" for _ in range(3)]
+    batch = {"charges": [{"account_id": account, "charge_key": key, "product": "vmn",
+                          "quantity": 1, "reference": f"+44770090012{n}", "period": "2026-12"}
+                         for n, key in enumerate(keys)]}
+    response = api.post("/v1/charges", json=batch, headers=OPERATOR)
+    fees = [r["fee"] for r in response.json()["results"]]
+    assert [f["balance_after"] for f in fees] == ["8.00", "6.00", "4.00"]
+    items = statement(api, account, 4)
+    lines = [(i["entry_id"], i["kind"], i["amount"], i["balance_after"], i["reference"])
+             for i in items if i["kind"] == "fee"]
+    assert sorted(lines) == sorted((f["entry_id"], "fee", "-2.00", f["balance_after"],
+                                    f["reference"]) for f in fees)

@@ -21,7 +21,17 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from contracts.http.ledger import Adjustment, GrantCredit, OpenAccount, PatchAccount, RefundRequest, Tax
+from contracts.http.ledger import (
+    AccountFee,
+    Adjustment,
+    ChargeFee,
+    ChargeFees,
+    GrantCredit,
+    OpenAccount,
+    PatchAccount,
+    RefundRequest,
+    Tax,
+)
 from contracts.ledger import AuthorizeRequest
 from contracts.payments import PaymentReceived, PaymentRefunded
 from contracts.usage import UsageRecorded
@@ -194,6 +204,22 @@ class Workload:
         body = Adjustment(direction=direction, amount=amount, memo=memo)  # type: ignore[arg-type]
         self.attempt(accounts.adjust, self.ledger, self.pick(index), body, "ops", key())
 
+    def fees(self, index: int, count: int, period: str = "2026-12") -> None:
+        """A batch of fees (POST /v1/charges): the account's fees are one FeesCharged event;
+        its first key sent twice."""
+        account_id = self.pick(index)
+        keys = [self.next_id("fee") for _ in range(count)]
+        accounts.charge_fees(self.ledger, ChargeFees(charges=[
+            AccountFee(account_id=account_id, charge_key=k, product="vmn", quantity=1,
+                       reference=f"+4477009001{n:02d}", period=period)
+            for n, k in enumerate([*keys, keys[0]])]))
+
+    def fee(self, index: int) -> None:
+        """One fee by the per-account route: a FeeCharged event."""
+        body = ChargeFee(charge_key=self.next_id("fee"), product="shortcode_keyword",
+                         quantity=1, reference="HELLO", period="2026-12")
+        self.attempt(accounts.charge_fee, self.ledger, self.pick(index), body, key())
+
     def convert(self, index: int) -> None:
         self.attempt(accounts.patch_account, self.ledger, self.pick(index),
                      PatchAccount(type="prepay"), "ops", key())
@@ -229,6 +255,9 @@ class Workload:
         self.adjust(1, "credit", "0.50", memo='tab\there, new\nline, back\\slash, "quoted", café')
         self.adjust(2, "debit", "7.00")  # past the credit limit: overdrawn
         self.reverse(1, "2.00")
+        self.fees(1, 3)
+        self.fee(1)
+        self.fees(2, 2)  # postpay: past the credit limit
         self.sweep(120)  # the bonus grant and the short hold expire
         self.convert(0)  # trial -> prepay: promotional credit expires
         self.authorize(2, 1)
@@ -241,7 +270,7 @@ def commands(rng: random.Random, count: int) -> list[tuple[str, tuple[Any, ...]]
     chosen = []
     for _ in range(count):
         name = rng.choice(["use", "use", "use", "grant", "pay", "authorize", "capture",
-                           "refund", "adjust", "reverse", "sweep"])
+                           "refund", "adjust", "reverse", "sweep", "fees"])
         index = rng.randrange(10)
         args: tuple[Any, ...] = {
             "use": (index, rng.randint(1, 5)),
@@ -254,6 +283,7 @@ def commands(rng: random.Random, count: int) -> list[tuple[str, tuple[Any, ...]]
             "adjust": (index, rng.choice(["credit", "debit"]), "0.25"),
             "reverse": (index, "0.50"),
             "sweep": (rng.choice([1, 40]),),
+            "fees": (index, rng.randint(1, 4)),
         }[name]
         chosen.append(("use" if name == "capture" else name, args))
     return chosen
@@ -279,7 +309,8 @@ def test_the_workload_records_every_event_type_the_projections_read(infra: Infra
         ledger.app.close()
     assert types >= {"Opened", "CreditGranted", "CreditPurchased", "HoldPlaced", "UsageRecorded",
                      "Refunded", "Adjusted", "PaymentReversed", "GrantsExpired", "HoldsExpired",
-                     "TypeChanged", "Closed", "BalanceLow", "AccountOverdrawn"}, types
+                     "TypeChanged", "Closed", "BalanceLow", "AccountOverdrawn", "FeeCharged",
+                     "FeesCharged"}, types
 
 
 # ------------------------------------------------------------------ the oracle
@@ -299,7 +330,8 @@ def expected_rows(ledger: Ledger, account_id: UUID) -> dict[str, Any]:
             assert running == entry.balance_after_micros, entry
             entries.append((str(entry.entry_id), entry.kind, entry.amount_micros,
                             entry.balance_after_micros))
-        for line in getattr(event, "lines", None) or ():
+        usage_lines = event.lines if event_name(type(event)) == "UsageRecorded" else ()
+        for line in usage_lines:  # a FeesCharged event's lines are fees, not usage
             if line["hold_outcome"] == "released":
                 continue
             key = (line["occurred_at"][:10], line["product"])

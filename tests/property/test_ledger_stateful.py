@@ -564,6 +564,52 @@ class LedgerMachine(RuleBasedStateMachine):
         if ref.account_type in ("prepay", "trial"):
             assert account.available_micros >= 0, "a fee took a prepay account below its floor"
 
+    @rule(account_id=accounts, drawn=st.lists(st.tuples(
+              st.integers(0, 3), st.sampled_from(["setup", "2026-02", "2026-03"]),
+              st.integers(1, 3), st.sampled_from([0, 1, 1_000_000, 2_000_000, 9_000_000])),
+              min_size=1, max_size=6))
+    def charge_fees(self, account_id: UUID, drawn: list[tuple[int, str, int, int]]) -> None:
+        """A batch of fees as one FeesCharged event (POST /v1/charges): each fee judged as
+        charge_fee would judge it, in turn (repeated keys, refusals for funds alone); nothing
+        charged records nothing."""
+        account, ref = self.live[account_id], self.ref[account_id]
+        fees = [FeeCharge(charge_key=f"recurring:item{item}:{period}", product="vmn",
+                          quantity=quantity, unit_price_micros=price, reference="+447700900",
+                          period=None if period == "setup" else period)
+                for item, period, quantity, price in drawn]
+        before = (self.log_length(), account.version)
+        outcomes = account.charge_fees(fees, self.now)
+        expected: list[type[Exception] | int] = []
+        for fee in fees:
+            if ref.closed:
+                expected.append(AccountClosed)
+            elif ref.account_type == "system":
+                expected.append(InvalidRequest)
+            elif fee.charge_key in ref.fees_charged:
+                expected.append(DuplicateKey)
+            else:
+                due = ref.due(self.now)
+                available = ref.available - sum(
+                    ref.grants[g].remaining for g in due if ref.spendable(ref.grants[g].kind))
+                if ref.account_type in ("prepay", "trial") and available < fee.amount_micros:
+                    expected.append(InsufficientFunds)
+                    continue
+                ref.expire_due(self.now)
+                ref.consume(fee.amount_micros)
+                ref.fees_charged.add(fee.charge_key)
+                expected.append(-fee.amount_micros)
+        got = [type(o) if isinstance(o, Exception) else o.amount_micros for o in outcomes]
+        assert got == expected
+        if all(isinstance(o, Exception) for o in outcomes):
+            assert account.pending_events == []
+            assert (self.log_length(), account.version) == before
+            return
+        pending = self.save(account)
+        note(f"fees charged ({ref.account_type}): {sum(isinstance(g, int) for g in got)}")
+        assert [type(e).__name__ for e in pending].count("FeesCharged") == 1
+        if ref.account_type in ("prepay", "trial"):
+            assert account.available_micros >= 0, "fees took a prepay account below its floor"
+
     @rule(account_id=accounts, data=st.data(), amount=amounts)
     def reverse_payment(self, account_id: UUID, data: st.DataObject, amount: int) -> None:
         account, ref = self.live[account_id], self.ref[account_id]

@@ -18,6 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ledger_service.domain import BillingAccount, LedgerError, UsageLine, debit_refs_of
+from ledger_service.domain.fees import FeeCharge
 from ledger_service.projections.decoding import EventDecoder, FastMapper, StoredRow
 from ledger_service.projections.statement import statement_entries
 
@@ -93,6 +94,15 @@ class Driver:
                 now = self.tick(a % 100)
                 account.expire_holds(now)
                 account.expire_grants(now)
+            elif name == "fee":
+                account.charge_fee(FeeCharge(self.key("f"), "vmn", 1, a, period="2026-02"), now)
+            elif name == "fees":  # one FeesCharged event; a repeated key; maybe refused ones
+                keys = [self.key("f") for _ in range(1 + b % 4)]
+                keys += keys[:1] if b % 3 == 0 else []
+                account.charge_fees([FeeCharge(k, "vmn", 1 + i % 2, a, reference=f"+44{i}",
+                                               period="2026-02", days=1 + b % 28 if i % 2 else None,
+                                               days_in_period=28 if i % 2 else None)
+                                     for i, k in enumerate(keys)], now)
             elif name == "convert":
                 account.change_type("prepay", now)
             elif name == "close":
@@ -104,7 +114,8 @@ class Driver:
 
 command = st.tuples(
     st.sampled_from(["grant", "grant", "pay", "authorize", "usage", "usage", "usage", "release",
-                     "refund", "adjust", "reverse", "expire", "convert", "close"]),
+                     "refund", "adjust", "reverse", "expire", "fee", "fees", "fees", "convert",
+                     "close"]),
     amounts, st.integers(0, 50))
 
 
@@ -125,7 +136,9 @@ def test_every_entry_explains_the_balance_after_it(account_type: str,
         for entry in entries:
             running += entry.amount_micros
             assert entry.balance_after_micros == running, (type(event).__name__, entry)
-            assert entry.amount_micros != 0
+            # A free fee (a zero price, or prorated below half a micro-unit) is still a line
+            # of its own, as one FeeCharged event always made one; other entries move money.
+            assert entry.amount_micros != 0 or entry.kind == "fee"
         if entries:
             assert running == replayed.balance_micros
     assert running == driver.account.balance_micros

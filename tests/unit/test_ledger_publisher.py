@@ -130,3 +130,27 @@ def test_a_fee_is_published_as_a_negative_fee_entry_with_its_product_price_and_r
     assert (fee["kind"], fee["amount"], fee["balance_after"], fee["product"], fee["quantity"],
             fee["unit_price"], fee["reference"]) == (
         "fee", "-2.00", "8.00", "vmn", 1, "2.00", "+447700900123")
+
+
+def test_a_batch_of_fees_publishes_exactly_the_messages_the_fees_one_at_a_time_did() -> None:
+    """One FeesCharged event: one entry_posted per fee, each the very message (id, amount,
+    balance after, product, price, reference, time) a FeeCharged of that fee published."""
+    account_id = uuid4()
+    fees = [FeeCharge(charge_key=f"recurring:i{n}:2026-11", product="vmn", quantity=1 + n % 2,
+                      unit_price_micros=2 * POUND, reference=f"+44770090012{n}",
+                      period="2026-11", days=17 if n == 1 else None,
+                      days_in_period=30 if n == 1 else None) for n in range(3)]
+    twins = []
+    for _ in range(2):
+        account = BillingAccount.open(account_id, T0, account_type="prepay")
+        account.grant("g1", "purchased", 10 * POUND, T0)
+        published(account)
+        twins.append(account)
+    one_by_one, batched = twins
+    for fee in fees:
+        one_by_one.charge_fee(fee, T0)
+    batched.charge_fees(fees, T0)
+    singles, together = published(one_by_one), published(batched)
+    assert [m for m in together if m[0] == "entry_posted"] == [
+        m for m in singles if m[0] == "entry_posted"]
+    assert len([m for m in together if m[0] == "entry_posted"]) == 3

@@ -14,7 +14,11 @@ from uuid import uuid4
 
 from eventsourcing.application import Application, LRUCache, Repository
 from eventsourcing.persistence import EventStore, JSONTranscoder, Mapper, StoredEvent
-from eventsourcing.postgres import PostgresApplicationRecorder, PostgresRecorder
+from eventsourcing.postgres import (
+    PostgresAggregateRecorder,
+    PostgresApplicationRecorder,
+    PostgresRecorder,
+)
 
 from ledger_service.app.ledger import LedgerApplication
 from ledger_service.app.recorder import LedgerRecorder
@@ -94,3 +98,31 @@ def test_the_aggregate_cache_evicts_through_get() -> None:
         pass
     else:
         raise AssertionError("evict=True left the entry in the cache")
+
+
+def test_a_cached_account_is_what_the_repository_gets_and_a_miss_reconstructs() -> None:
+    """Ledger.load_many builds a batch's uncached accounts itself (their newest snapshot and
+    the events after it, from the tables the recorders name) and puts them in the repository's
+    cache; `load` (Repository.get) must then return that object as is: no store read, no
+    fast-forward, no deep copy (the ledger's env turns both off), and only a miss reaches
+    `_reconstruct_aggregate`, which reads the newest snapshot and the events after it."""
+    source = inspect.getsource(Repository.get)
+    assert "self.cache.get(aggregate_id)" in source and "except KeyError" in source
+    assert "self._reconstruct_aggregate(" in source
+    reconstruct = inspect.getsource(Repository._reconstruct_aggregate)
+    assert "desc=True" in reconstruct and "gt=gt" in reconstruct
+    app = LedgerApplication(env={
+        "AGGREGATE_CACHE_MAXSIZE": "10", "AGGREGATE_CACHE_FASTFORWARD": "n",
+        "DEEPCOPY_FROM_AGGREGATE_CACHE": "n", "IS_SNAPSHOTTING_ENABLED": "y"})
+    try:
+        marker = object()
+        account_id = uuid4()
+        app.repository.cache.put(account_id, marker)  # type: ignore[union-attr]
+        assert app.repository.get(account_id) is marker
+        assert app.snapshots is not None
+        assert app.snapshots.mapper is not None and app.snapshots.recorder is not None
+    finally:
+        app.close()
+    # the table each recorder writes, which load_many's query reads
+    assert "self.events_table_name = events_table_name" in inspect.getsource(
+        PostgresAggregateRecorder.__init__)

@@ -531,7 +531,9 @@ class Renewals:
                               charged: Sequence[tuple[Item, DueCharge, Charged]],
                               now: datetime) -> None:
         """The batch's charged outcomes in three set-based statements (charge rows, history,
-        outbox), each over arrays: no per-row round trip or statement."""
+        outbox), each over arrays: no per-row round trip or statement. The arrays go in
+        binary (`%b`): dumping them as text quoted every element, 39% of this process's CPU
+        in the renewals benchmark (docs/benchmarks.md)."""
         if not charged:
             return
         item_ids, account_ids, periods, entry_ids, amounts, currencies = [], [], [], [], [], []
@@ -562,18 +564,18 @@ class Renewals:
             "UPDATE recurring_charges c SET status = 'charged', attempts = c.attempts + 1,"
             " entry_id = u.entry_id, amount = u.amount, currency = u.currency,"
             " charged_at = u.charged_at, unit_price = u.unit_price, last_error = NULL"
-            " FROM unnest(%s::uuid[], %s::text[], %s::text[], %s::text[], %s::text[],"
-            " %s::timestamptz[], %s::text[]) AS u(item_id, period, entry_id, amount, currency,"
+            " FROM unnest(%b::uuid[], %b::text[], %b::text[], %b::text[], %b::text[],"
+            " %b::timestamptz[], %b::text[]) AS u(item_id, period, entry_id, amount, currency,"
             " charged_at, unit_price) WHERE c.item_id = u.item_id AND c.period = u.period",
             (item_ids, periods, entry_ids, amounts, currencies, charged_ats, unit_prices))
         await conn.execute(
             "INSERT INTO recurring_item_events (item_id, account_id, kind, data, occurred_at)"
             " SELECT h.item_id, h.account_id, 'charged', h.data::jsonb, %s"
-            " FROM unnest(%s::uuid[], %s::uuid[], %s::text[]) AS h(item_id, account_id, data)",
+            " FROM unnest(%b::uuid[], %b::uuid[], %b::text[]) AS h(item_id, account_id, data)",
             (now, item_ids, account_ids, history))
         await conn.execute(
             "INSERT INTO outbox (subject, msg_id, payload)"
-            " SELECT %s, m.msg_id, m.payload FROM unnest(%s::text[], %s::bytea[])"
+            " SELECT %s, m.msg_id, m.payload FROM unnest(%b::text[], %b::bytea[])"
             " AS m(msg_id, payload)", (INVOICING_RECURRING_CHARGED, msg_ids, payloads))
         await conn.execute("SELECT pg_notify(%s, '')", (announce.OUTBOX_CHANNEL,))
 
