@@ -88,7 +88,7 @@ def _audit_record(row: StoredRow, decoder: EventDecoder,
 
 def summary_of(record: AuditRecord) -> str:
     data = record.data
-    if record.type == "UsageRecorded":
+    if record.type in ("UsageRecorded", "FeesCharged"):
         lines = data.get("lines", [])
         total = sum(line["amount_micros"] for line in lines)
         return f"{len(lines)} line(s), -{format_micros(total)}"
