@@ -45,7 +45,15 @@ from ledger_service import metrics
 from ledger_service.app import accounts, intake
 from ledger_service.app.ledger import AccountNotFound, Ledger
 from ledger_service.domain.errors import LedgerError
-from services.consumer import ACK, UNREADABLE_PAYLOAD, Disposition, DurableConsumer, NotNow
+from services.consumer import (
+    ACK,
+    ORIGINAL_MSG_ID_HEADER,
+    ORIGINAL_SUBJECT_HEADER,
+    UNREADABLE_PAYLOAD,
+    Disposition,
+    DurableConsumer,
+    NotNow,
+)
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
@@ -306,6 +314,8 @@ def forwarded_headers(msg: Msg) -> dict[str, str]:
         original = f"{meta.stream}:{meta.sequence.stream}" if meta and meta.sequence else ""
     if original:
         headers["Nats-Msg-Id"] = FORWARDED_ID_PREFIX + original
+        headers[ORIGINAL_MSG_ID_HEADER] = original
+    headers[ORIGINAL_SUBJECT_HEADER] = msg.subject
     return headers
 
 

@@ -324,16 +324,24 @@ def kept_payload(data: bytes) -> tuple[str, bool]:
     return text[:keep] + marker, True
 
 
+# Set by a forwarder on the copy it publishes (ledger_service/messaging.py forwarded_headers).
+ORIGINAL_SUBJECT_HEADER = "Billing-Original-Subject"
+ORIGINAL_MSG_ID_HEADER = "Billing-Original-Msg-Id"
+
+
 def dead_letter(msg: Msg, reason: DeadLetterReason, detail: str, *, consumer: str) -> DeadLetter:
     meta = msg.metadata
     stream_seq = meta.sequence.stream if meta and meta.sequence else None
-    msg_id = (msg.headers or {}).get("Nats-Msg-Id")
+    headers = msg.headers or {}
+    # A message forwarded on our side (the ledger's partition routing) is dead-lettered as
+    # the producer sent it: its subject and message id, so the producer's id finds it.
+    msg_id = headers.get(ORIGINAL_MSG_ID_HEADER) or headers.get("Nats-Msg-Id")
     # Stable per original message: re-burying the same message is de-duplicated by JetStream.
     basis = f"{meta.stream if meta else ''}:{stream_seq}:{consumer}"
     payload, truncated = kept_payload(msg.data)
     return DeadLetter(
         dead_letter_id="dl-" + hashlib.sha256(basis.encode()).hexdigest()[:32],
-        subject=msg.subject,
+        subject=headers.get(ORIGINAL_SUBJECT_HEADER) or msg.subject,
         reason=reason,
         detail=detail[:DETAIL_LENGTH_MAX],
         payload=payload,
