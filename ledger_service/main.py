@@ -17,7 +17,7 @@ from ledger_service.http import EXCEPTION_STATUSES, LedgerServices, charges_rout
 from ledger_service.http_lag import lag_router
 from ledger_service.lag import lag_metrics, read_lags_async
 from ledger_service.messaging import Authorizer, Sweeper, Writer, consumers
-from ledger_service.reader import Reader
+from ledger_service.reader import Reader, Readers
 from ledger_service.settings import LedgerSettings
 from services.database import eventsourcing_env
 from services.http.metrics import ScrapeCollector, named
@@ -31,7 +31,7 @@ SCHEMA = "ledger"
 def build(runtime: Runtime) -> ServiceParts:
     services = LedgerServices()
     services.pool = runtime.pool
-    queries = http_queries.QueryServices(services, runtime.pool)
+    queries = http_queries.QueryServices(services, runtime.pool, runtime.reads)
 
     async def start(rt: Runtime) -> None:
         settings = rt.settings
@@ -41,6 +41,7 @@ def build(runtime: Runtime) -> ServiceParts:
         app = await asyncio.to_thread(LedgerApplication, env)
         ledger = Ledger(app)
         services.reader = Reader(Ledger(await asyncio.to_thread(LedgerApplication, env)))
+        services.readers = Readers(services.reader, await replica_reader(rt), rt.reads)
         await asyncio.to_thread(ledger.catalogue)  # seeds the default catalogue on first start
         services.ledger, services.writer = ledger, Writer()
         nc = rt.broker.connection
@@ -75,6 +76,7 @@ def build(runtime: Runtime) -> ServiceParts:
         await rt.state["followers"].stop()
         log.info("stopped followers (publisher, projections)")
         rt.state["writer"].close()
+        services.readers.close()
         services.reader.close()
         rt.state["ledger"].app.close()
 
@@ -89,6 +91,17 @@ def build(runtime: Runtime) -> ServiceParts:
         on_shutdown=[stop],
         metrics=metrics(runtime),
     )
+
+
+async def replica_reader(rt: Runtime) -> Reader | None:
+    """Loads accounts from the read replica (DATABASE_READ_URL); read-only, so it creates no
+    tables, and it connects on first use (a replica that is down does not stop the start)."""
+    url = rt.settings.database_read_url
+    if not url:
+        return None
+    env = ledger_env(eventsourcing_env(url, SCHEMA, CREATE_TABLE="n",
+                                       POSTGRES_CONNECT_TIMEOUT="1"))
+    return Reader(Ledger(await asyncio.to_thread(LedgerApplication, env)))
 
 
 def metrics(runtime: Runtime) -> list[ScrapeCollector]:
