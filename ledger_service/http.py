@@ -164,7 +164,8 @@ async def open_account(
 
 
 @get("/{account_id:uuid}", summary="An account's settings and state", **READERS,  # type: ignore[arg-type]
-     responses={200: ResponseSpec(AccountView, generate_examples=False),
+     responses={200: ResponseSpec(AccountView, generate_examples=False,
+                                  description="The account's settings and state"),
                 **problem_responses(401, 403, 404)})
 async def get_account(account_id: FromPath[UUID], svc: Services,
                       principal: CurrentPrincipal) -> Response[bytes]:

@@ -17,7 +17,8 @@ and remembers it with the time it was read; then the replica's replay position. 
 transaction that committed on the primary before a sample was taken has its commit record
 below that sample's position, so once the replica has replayed past it, the replica holds
 everything committed before the sample's time. The lag is the age of the newest sample the
-replica has passed: an upper bound (to within a probe interval), never an underestimate. A
+replica has passed (aged by the time since the probe while it is reused): an upper bound,
+never an underestimate; it may overstate by up to a probe interval. A
 replica behind every remembered sample has an unknown lag and is treated as too far behind.
 
 A probe is two cheap queries, at most once per LAG_CACHE_S (concurrent reads share it). A
@@ -103,17 +104,21 @@ class ReplicaLag:
         self._samples: deque[tuple[float, int]] = deque(maxlen=SAMPLES_MAX)
         self._lag_s: float | None = None  # None: down
         self._valid_until = float("-inf")
+        self._measured_at = 0.0
         self._lock = asyncio.Lock()
 
     async def lag_s(self) -> float | None:
         """The replica's lag in seconds (inf: unknown, treat as too far behind); None while
         it is down."""
-        if self.clock() < self._valid_until:
-            return self._lag_s
-        async with self._lock:
-            if self.clock() >= self._valid_until:  # not refreshed while we waited
-                await self._probe()
-            return self._lag_s
+        if self.clock() >= self._valid_until:
+            async with self._lock:
+                if self.clock() >= self._valid_until:  # not refreshed while we waited
+                    await self._probe()
+        if self._lag_s is None:
+            return None
+        # A measurement ages: between probes the lag may have grown by as much as the time
+        # since, so it stays an upper bound.
+        return self._lag_s + max(0.0, self.clock() - self._measured_at)
 
     def mark_down(self, reason: str) -> None:
         if self._lag_s is not None:
@@ -146,7 +151,7 @@ class ReplicaLag:
         if self._lag_s is None:
             log.info("read replica available", lag_ms=None if lag_s == UNKNOWN_LAG_S
                      else round(lag_s * 1000))
-        self._lag_s = lag_s
+        self._lag_s, self._measured_at = lag_s, now
         self._valid_until = now + LAG_CACHE_S
 
     def _remember(self, sampled_at: float, position: int) -> None:
