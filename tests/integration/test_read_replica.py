@@ -14,6 +14,7 @@ it lag deterministically. What is pinned (docs/design.md, "Reads"):
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import subprocess
@@ -29,8 +30,12 @@ import httpx
 import psycopg
 import pytest
 
+from invoicing_service.app.queries import InvoiceFilter, InvoiceQueries
+from payments_service.app.queries import PaymentFilter, PaymentRecords
+from services.database import apply_migrations, create_pool
 from services.embedded import free_port
 from services.http import DEVELOPMENT_JWT_SECRET, mint_token
+from services.read_replica import ReadRouting
 from tests.conftest import Infra
 from tests.integration.service_process import ServiceProcess
 
@@ -263,3 +268,53 @@ def test_reads_fall_back_to_the_primary_when_the_replica_goes_away(
         cluster.start("replica", cluster.replica_port)
     back = until(lambda: served_by("replica", service, account, "/entries", entries=2))
     assert back is not None, service.logs()[-3000:]
+
+
+async def test_invoice_and_payment_lists_answer_as_of_the_replica_within_the_bound(
+        cluster: Cluster) -> None:
+    """Invoicing's and payments' listings choose the same way, over the same real standby."""
+    for schema, service_package in (("invoicing", "invoicing_service"),
+                                    ("payments", "payments_service")):
+        migrations = Path(__file__).resolve().parents[2] / service_package / "migrations"
+        apply_migrations(cluster.primary_url, schema, migrations)
+    primary = create_pool(cluster.primary_url, "invoicing", max_size=4, name="test-primary")
+    replica = create_pool(cluster.replica_url, "invoicing", max_size=4, name="test-replica",
+                          timeout_s=1)
+    payments_primary = create_pool(cluster.primary_url, "payments", max_size=2, name="p1")
+    payments_replica = create_pool(cluster.replica_url, "payments", max_size=2, name="p2",
+                                   timeout_s=1)
+    pools = (primary, replica, payments_primary, payments_replica)
+    for pool in pools:
+        await pool.open(wait=False)
+    invoices = InvoiceQueries(primary, ReadRouting(primary, replica, lag_max_s=0.5))
+    payments = PaymentRecords(payments_primary, ReadRouting(payments_primary, payments_replica,
+                                                           lag_max_s=0.5))
+
+    async def sources() -> tuple[str, str]:
+        _, invoice_route = await invoices.page(InvoiceFilter(), tenant_id=uuid.uuid4(),
+                                               limit=10, cursor=None)
+        _, payment_route = await payments.page(PaymentFilter(), limit=10, cursor=None)
+        return (invoice_route.headers()["X-Read-Source"],
+                payment_route.headers()["X-Read-Source"])
+
+    async def settle(wanted: str) -> bool:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if await sources() == (wanted, wanted):
+                return True
+            await asyncio.sleep(0.1)
+        return False
+
+    try:
+        assert await settle("replica")
+        cluster.on_replica("SELECT pg_wal_replay_pause()")
+        try:
+            async with primary.connection() as conn:  # the primary moves on; the replica not
+                await conn.execute("CREATE TABLE public.replica_test_write (n int)")
+            assert await settle("primary")
+        finally:
+            cluster.on_replica("SELECT pg_wal_replay_resume()")
+        assert await settle("replica")
+    finally:
+        for pool in pools:
+            await pool.close()
