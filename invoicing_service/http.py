@@ -145,14 +145,16 @@ async def list_invoices(
     status: InvoiceStatus | None = None,
     limit: Annotated[int, Parameter(ge=1, le=INVOICES_PAGE_MAX)] = PAGE_SIZE_DEFAULT,
     cursor: Annotated[str | None, Parameter(min_length=1, max_length=512)] = None,
-) -> InvoicesPage:
+) -> Response[InvoicesPage]:
     tenant = tenant_of(principal)
     if tenant is not None:
         if account_id is not None and account_id != tenant:
             raise errors.AccountNotVisible(f"account {account_id} not found")
         account_id = tenant
-    return await services.queries.page(InvoiceFilter(account_id=account_id, status=status),
-                                       tenant_id=tenant, limit=limit, cursor=cursor)
+    page, route = await services.queries.page(
+        InvoiceFilter(account_id=account_id, status=status), tenant_id=tenant, limit=limit,
+        cursor=cursor)
+    return Response(page, headers=route.headers())
 
 
 @get("/v1/invoices/{invoice_id:str}", summary="One invoice with its lines and VAT breakdown",

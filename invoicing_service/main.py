@@ -47,7 +47,7 @@ def build(runtime: Runtime) -> ServiceParts:
                         channel=OUTBOX_CHANNEL, poll_interval_s=settings.outbox_poll_interval_s,
                         name="invoicing-outbox")
     customers = Customers(runtime.pool)
-    queries = InvoiceQueries(runtime.pool)
+    queries = InvoiceQueries(runtime.pool, runtime.reads)
     # The event store opens at start-up, after the kernel applied the migrations.
     invoices = Invoices()
     runs = BillingRuns(runtime.pool, customers, invoices, page_size=settings.billing_run_page_size)

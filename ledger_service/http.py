@@ -51,7 +51,7 @@ from ledger_service.app.ledger import (
 from ledger_service.domain import errors
 from ledger_service.messaging import Writer
 from ledger_service.projections import reads
-from ledger_service.reader import Reader
+from ledger_service.reader import Reader, Readers
 from services.http import (
     BEARER_SECURITY,
     OPERATOR,
@@ -113,6 +113,7 @@ class LedgerServices:
     writer: Writer
     reader: Reader  # loads for reads, off the writer (ledger_service/reader.py)
     pool: AsyncConnectionPool  # the service's pool, for projection reads
+    readers: Readers  # the reader, and the replica's with DATABASE_READ_URL
 
 
 Services = NamedDependency[LedgerServices]
@@ -163,10 +164,19 @@ async def open_account(
 
 
 @get("/{account_id:uuid}", summary="An account's settings and state", **READERS,  # type: ignore[arg-type]
-     responses=problem_responses(401, 403, 404))
-async def get_account(account_id: FromPath[UUID], svc: Services, principal: CurrentPrincipal) -> AccountView:
+     responses={200: ResponseSpec(AccountView, generate_examples=False,
+                                  description="The account's settings and state"),
+                **problem_responses(401, 403, 404)})
+async def get_account(account_id: FromPath[UUID], svc: Services,
+                      principal: CurrentPrincipal) -> Response[bytes]:
     check_may_read(principal, account_id)
-    return await svc.reader.call(accounts.read_account, svc.reader.ledger, account_id)
+    readers = svc.readers
+    # With a replica: the account's newest version from the primary, so that a replica that
+    # lags cannot answer with an older account.
+    head = await reads.account_head(svc.pool, account_id) if readers.routing.configured \
+        else None
+    view, from_replica = await readers.account_view(account_id, head)
+    return respond_view(view, readers.headers(from_replica))
 
 
 @patch("/{account_id:uuid}", summary="Change type, limits, threshold, basis, tier or tax",
@@ -204,25 +214,31 @@ async def get_balance(
 ) -> Response[bytes]:
     check_may_read(principal, account_id)
     as_of = parse_instant(as_of_text, "as_of")
+    readers = svc.readers
     if as_of is not None:
-        account = await svc.reader.account_as_of(account_id, as_of)
+        head = await reads.account_head(svc.pool, account_id) \
+            if readers.routing.configured else None
+        account, from_replica = await readers.account_as_of(account_id, as_of, head)
         return respond_view(accounts.balance_view(account, as_of.astimezone(UTC)),
-                            {"X-Account-Version": str(account.version)})
-    head, row = await reads.current_balance(svc.pool, account_id, account_id)
+                            {"X-Account-Version": str(account.version),
+                             **readers.headers(from_replica)})
+    found = await reads.fresh_balance(readers.routing, account_id, account_id)
+    row = found.row
     if row is None:
-        if head is None:
+        if found.head is None:
             raise NotFoundException(detail=f"account {account_id} not found")
         # The projection has not applied this account's newest events yet: load the account.
-        account = await svc.reader.account(account_id)
+        account, from_replica = await readers.account(account_id, found.head)
         return respond_view(accounts.balance_view(account, datetime.now(UTC)),
-                            {"X-Account-Version": str(account.version)})
+                            {"X-Account-Version": str(account.version),
+                             **readers.headers(from_replica)})
     view = accounts.balance_view_of(
         account_id, row.currency, row.account_type, row.balance_micros, row.available_micros,
         row.held_micros, row.credit_limit_micros,
         [(c["grant_id"], c["kind"], c["granted_micros"], c["remaining_micros"], c["expires_at"])
          for c in row.credits],
         datetime.now(UTC))
-    return respond_view(view, row.headers())
+    return respond_view(view, {**row.headers(), **readers.headers(found.from_replica)})
 
 
 _encode = msgspec.json.Encoder().encode

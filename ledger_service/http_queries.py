@@ -10,6 +10,12 @@ projection from a quiet account:
 - ``X-Log-Position``: notification id of the newest event in the log. Equal positions mean
   the read reflects every event recorded when it was answered.
 
+With a read replica (DATABASE_READ_URL) these reads answer as of the replica's position
+while its lag is within DATABASE_READ_LAG_MAX_S, and from the primary otherwise; the headers
+say which: ``X-Read-Source`` (``replica`` or ``primary``) and, from the replica,
+``X-Replica-Lag-Ms`` (an upper bound on how far behind the primary it was;
+services/read_replica.py). Without a replica neither header is sent.
+
 A portal token reads only its own tenant (another account is 404, not 403), enforced twice:
 by the route, and by row-level security on the tables (projections/reads.py).
 """
@@ -57,6 +63,7 @@ from ledger_service.projections.decoding import EventDecoder, stored_row
 from services.http import Principal, problem_responses
 from services.http.auth import CurrentPrincipal
 from services.http.parameters import cursor_parameter, instant_parameter, parse_instant
+from services.read_replica import REPLICA_ERRORS, ReadRoute, ReadRouting
 
 JSON: Final = "application/json"
 CSV: Final = "text/csv"
@@ -72,9 +79,11 @@ _encoder = msgspec.json.Encoder()
 class QueryServices:
     """What the read routes need; main.py builds it."""
 
-    def __init__(self, ledger_services: LedgerServices, pool: AsyncConnectionPool) -> None:
+    def __init__(self, ledger_services: LedgerServices, pool: AsyncConnectionPool,
+                 routing: ReadRouting | None = None) -> None:
         self.ledger_services = ledger_services
         self.pool = pool
+        self.routing = routing or ReadRouting(pool)
         self.csv_streams = asyncio.Semaphore(CSV_STREAMS_MAX)
         self._decoder: EventDecoder | None = None
 
@@ -150,7 +159,8 @@ async def get_entries(
     if request.accept.best_match([JSON, CSV], default=JSON) == CSV:
         return await _entries_csv(q, account_id, tenant, where)
     try:
-        found = await reads.entries_page(q.pool, account_id, tenant, where, cursor, limit)
+        found, route = await q.routing.run(lambda route: reads.entries_page(
+            route.pool, account_id, tenant, where, cursor, limit))
     except reads.BadCursor as exc:
         raise ValidationException(detail=str(exc), extra=[
             {"key": "cursor", "message": str(exc), "source": "query"}]) from None
@@ -158,27 +168,39 @@ async def get_entries(
         raise _not_found(account_id)
     page = EntriesPage(items=[entry_view(r) for r in found.entries],
                        next_cursor=found.next_cursor)
-    return Response(_encoder.encode(page), media_type=JSON, headers=found.freshness.headers())
+    return Response(_encoder.encode(page), media_type=JSON,
+                    headers={**found.freshness.headers(), **route.headers()})
 
 
 async def _entries_csv(q: QueryServices, account_id: UUID, tenant: UUID,
                        where: reads.EntryFilter) -> Response[Any]:
     if q.csv_streams.locked():
         raise TooManyDownloads()
-    body = _csv_body(q, account_id, tenant, where)
-    read = await anext(body)
+    route = await q.routing.route()
+    body = _csv_body(q, route, account_id, tenant, where)
+    try:
+        read = await anext(body)
+    except REPLICA_ERRORS as exc:
+        if not route.replica:
+            raise
+        # The replica failed before the first byte: the whole download from the primary.
+        # (A failure later, mid-stream, ends the download: the headers are gone.)
+        q.routing.replica_failed(exc)
+        route = q.routing.primary_route()
+        body = _csv_body(q, route, account_id, tenant, where)
+        read = await anext(body)
     if not isinstance(read, reads.TenantRead) or read.currency is None:
         await body.aclose()
         raise _not_found(account_id)
-    headers = {**read.freshness.headers(),
+    headers = {**read.freshness.headers(), **route.headers(),
                "Content-Disposition": f'attachment; filename="statement-{account_id}.csv"'}
     return Stream(body, media_type=CSV, headers=headers)  # Litestar adds charset=utf-8
 
 
-async def _csv_body(q: QueryServices, account_id: UUID, tenant: UUID,
+async def _csv_body(q: QueryServices, route: ReadRoute, account_id: UUID, tenant: UUID,
                     where: reads.EntryFilter) -> AsyncGenerator[Any, None]:
     """First the read's freshness (for the headers), then the CSV, in one transaction."""
-    async with q.csv_streams, reads.tenant_read(q.pool, "statement", account_id,
+    async with q.csv_streams, reads.tenant_read(route.pool, "statement", account_id,
                                                  tenant) as read:
         yield read
         async for chunk in reads.statement_csv(read, account_id, where):
@@ -205,8 +227,8 @@ async def get_usage(
 ) -> Response[Any]:
     check_may_read(principal, account_id)
     tenant = tenant_of(principal, account_id)
-    answer, rows = await reads.usage(q.pool, account_id, tenant, group_by, day_from, day_to,
-                                     USAGE_ITEMS_MAX + 1)
+    (answer, rows), route = await q.routing.run(lambda route: reads.usage(
+        route.pool, account_id, tenant, group_by, day_from, day_to, USAGE_ITEMS_MAX + 1))
     if answer.currency is None:
         raise _not_found(account_id)
     if len(rows) > USAGE_ITEMS_MAX:
@@ -217,7 +239,8 @@ async def get_usage(
         currency=answer.currency, group_by=group_by,  # type: ignore[arg-type]
         items=[UsageItem(period=r.period, product=r.product, quantity=r.quantity,
                          amount=format_micros(r.amount_micros)) for r in rows])
-    return Response(_encoder.encode(view), media_type=JSON, headers=answer.freshness.headers())
+    return Response(_encoder.encode(view), media_type=JSON,
+                    headers={**answer.freshness.headers(), **route.headers()})
 
 
 @get("/accounts/{account_id:uuid}/events", summary="The account's raw events with hashes",
@@ -235,7 +258,8 @@ async def get_audit_events(
     recomputes it)."""
     after = _audit_cursor(cursor)
     # The event before the page too: its hash is the first item's previous_hash.
-    rows = await reads.account_event_rows(q.pool, account_id, max(after, 1), limit + 2)
+    rows, route = await q.routing.run(lambda route: reads.account_event_rows(
+        route.pool, account_id, max(after, 1), limit + 2))
     stored = [stored_row(r) for r in rows]
     decoded = [q.decoder.decode(row) for row in stored]
     if not decoded and after == 0:
@@ -258,7 +282,7 @@ async def get_audit_events(
         previous = chain_hash
     next_cursor = str(page[-1].originator_version) if len(decoded) > limit else None
     body = AuditEventsPage(items=items, next_cursor=next_cursor)
-    return Response(_encoder.encode(body), media_type=JSON)
+    return Response(_encoder.encode(body), media_type=JSON, headers=route.headers())
 
 
 def _audit_cursor(cursor: str | None) -> int:

@@ -28,7 +28,7 @@ from ledger_service.messaging import (
     partition_consumer,
 )
 from ledger_service.partitions import LeaseTable, PartitionOwner, member_id
-from ledger_service.reader import Reader
+from ledger_service.reader import Reader, Readers
 from ledger_service.runtime_role import sync_runtime_rights
 from ledger_service.settings import LedgerSettings
 from services.database import conninfo, eventsourcing_env
@@ -46,7 +46,7 @@ def build(runtime: Runtime) -> ServiceParts:
     services = LedgerServices()
     services.pool = runtime.pool
     commands = CommandRouter()  # an account's HTTP writes go to its partition's owner
-    queries = http_queries.QueryServices(services, runtime.pool)
+    queries = http_queries.QueryServices(services, runtime.pool, runtime.reads)
 
     async def start(rt: Runtime) -> None:
         settings = rt.settings
@@ -56,6 +56,7 @@ def build(runtime: Runtime) -> ServiceParts:
         app = await asyncio.to_thread(LedgerApplication, env)
         ledger = Ledger(app)
         services.reader = Reader(Ledger(await asyncio.to_thread(LedgerApplication, env)))
+        services.readers = Readers(services.reader, await replica_reader(rt), rt.reads)
         await asyncio.to_thread(ledger.catalogue)  # seeds the default catalogue on first start
         services.ledger, services.writer = ledger, Writer()
         nc = rt.broker.connection
@@ -137,6 +138,7 @@ def build(runtime: Runtime) -> ServiceParts:
             await followers.stop()
         log.info("stopped followers (publisher, projections)")
         rt.state["writer"].close()
+        services.readers.close()
         services.reader.close()
         rt.state["ledger"].app.close()
 
@@ -164,6 +166,17 @@ async def _check_catalogue(ledger: Ledger, writer: Writer) -> None:
                 log.info("price catalogue changed elsewhere; reloaded")
         except Exception as exc:
             log.warning("catalogue check failed", error=f"{type(exc).__name__}: {exc}")
+
+
+async def replica_reader(rt: Runtime) -> Reader | None:
+    """Loads accounts from the read replica (DATABASE_READ_URL); read-only, so it creates no
+    tables, and it connects on first use (a replica that is down does not stop the start)."""
+    url = rt.settings.database_read_url
+    if not url:
+        return None
+    env = ledger_env(eventsourcing_env(url, SCHEMA, CREATE_TABLE="n",
+                                       POSTGRES_CONNECT_TIMEOUT="1"))
+    return Reader(Ledger(await asyncio.to_thread(LedgerApplication, env)))
 
 
 def metrics(runtime: Runtime) -> list[ScrapeCollector]:

@@ -12,7 +12,7 @@ from typing import Annotated, Any, Final
 from uuid import UUID
 
 import msgspec
-from litestar import Request, Router, get, post, put
+from litestar import Request, Response, Router, get, post, put
 from litestar.di import Provide
 from litestar.params import Parameter
 
@@ -342,15 +342,16 @@ async def list_payments(
         "Payments recorded before this instant", name="to")] = None,
     limit: Annotated[int, Parameter(ge=1, le=PAYMENTS_PAGE_MAX)] = PAGE_SIZE_DEFAULT,
     cursor: Annotated[str | None, cursor_parameter(512)] = None,
-) -> PaymentsPage:
+) -> Response[PaymentsPage]:
     where = PaymentFilter(
         account_id=_visible_account(principal, account_id),
         status=status,
         created_from=parse_instant(created_from, "from"),
         created_to=parse_instant(created_to, "to"),
     )
-    rows, next_cursor = await payments.records.page(where, limit=limit, cursor=cursor)
-    return PaymentsPage(items=[payment_view(row) for row in rows], next_cursor=next_cursor)
+    (rows, next_cursor), route = await payments.records.page(where, limit=limit, cursor=cursor)
+    page = PaymentsPage(items=[payment_view(row) for row in rows], next_cursor=next_cursor)
+    return Response(page, headers=route.headers())
 
 
 @get(

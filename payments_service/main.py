@@ -62,7 +62,7 @@ def build(runtime: Runtime) -> ServiceParts:
         hubspot_webhooks=HubSpotWebhooks(runtime.pool, hubspot,
                                          client_secret=settings.hubspot_client_secret,
                                          on_commit=relay.wake),
-        records=PaymentRecords(runtime.pool),
+        records=PaymentRecords(runtime.pool, runtime.reads),
         invoices=InvoiceBook(runtime.pool),
     )
     subscribe_invoices(runtime.broker, payments.invoices)

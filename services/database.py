@@ -250,7 +250,8 @@ class _IdleCheck:
             await AsyncConnectionPool.check_connection(conn)
 
 
-def create_pool(url: str, schema: str, *, max_size: int, name: str) -> AsyncConnectionPool:
+def create_pool(url: str, schema: str, *, max_size: int, name: str,
+                timeout_s: float = CONNECT_TIMEOUT_S) -> AsyncConnectionPool:
     """An async pool whose connections use the service's schema first on the search path,
     checked before use when they have been idle (`_IdleCheck`)."""
     idle_check = _IdleCheck()
@@ -262,7 +263,7 @@ def create_pool(url: str, schema: str, *, max_size: int, name: str) -> AsyncConn
         name=name,
         check=idle_check.check,
         reset=idle_check.reset,
-        timeout=CONNECT_TIMEOUT_S,
+        timeout=timeout_s,
     )
 
 

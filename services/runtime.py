@@ -39,6 +39,7 @@ from services.database import (
 from services.http import JwtVerifier, create_app
 from services.http.metrics import ScrapeCollector, forget_process, multiprocess_directory
 from services.logging import configure_logging
+from services.read_replica import PROBE_TIMEOUT_S, ReadRouting
 from services.settings import ServiceSettings, SettingsError, load_settings
 
 log = structlog.get_logger(__name__)
@@ -54,6 +55,8 @@ class Runtime:
     pool: AsyncConnectionPool
     broker: NatsBroker
     verifier: JwtVerifier
+    # Portal reads: the primary pool, and a replica's when DATABASE_READ_URL is set.
+    reads: ReadRouting
     state: dict[str, Any] = field(default_factory=dict)
 
 
@@ -109,11 +112,14 @@ def migrate(spec: ServiceSpec, settings: ServiceSettings) -> list[str]:
 
 def build_app(spec: ServiceSpec, settings: ServiceSettings) -> Litestar:
     """The Litestar app of a service, with its lifespan owning every resource."""
+    pool = create_pool(
+        settings.database_url, spec.schema, max_size=settings.db_pool_size_max, name=spec.name
+    )
     runtime = Runtime(
         settings=settings,
-        pool=create_pool(
-            settings.database_url, spec.schema, max_size=settings.db_pool_size_max, name=spec.name
-        ),
+        pool=pool,
+        reads=ReadRouting(pool, read_pool(spec, settings),
+                          lag_max_s=settings.database_read_lag_max_s),
         broker=create_broker(settings.nats_url, graceful_timeout_s=settings.shutdown_grace_s),
         verifier=JwtVerifier(
             secret=None if settings.jwt_jwks_url else settings.jwt_secret,
@@ -128,6 +134,7 @@ def build_app(spec: ServiceSpec, settings: ServiceSettings) -> Litestar:
     async def lifespan(_: Litestar) -> AsyncIterator[None]:
         await asyncio.to_thread(migrate, spec, settings)
         await runtime.pool.open(wait=True, timeout=30)
+        await runtime.reads.open()
         await runtime.broker.connect()
         await ensure_streams(runtime.broker, settings.nats_stream_replicas,
                              settings.nats_stream_bytes_scale)
@@ -144,6 +151,7 @@ def build_app(spec: ServiceSpec, settings: ServiceSettings) -> Litestar:
             for hook in reversed(parts.on_shutdown):
                 await hook(runtime)
             await runtime.broker.stop()
+            await runtime.reads.close()
             await runtime.pool.close()
             forget_process()
             log.info("service stopped")
@@ -169,6 +177,16 @@ def build_app(spec: ServiceSpec, settings: ServiceSettings) -> Litestar:
         context = app.asgi_handler  # the request context, outermost (services/http/app.py)
         context.app = parts.wrap_http(context.app, app)  # type: ignore[attr-defined]
     return app
+
+
+def read_pool(spec: ServiceSpec, settings: ServiceSettings) -> AsyncConnectionPool | None:
+    """The replica's pool: a connection it cannot give at once fails fast, since the read
+    then goes to the primary (services/read_replica.py)."""
+    if not settings.database_read_url:
+        return None
+    return create_pool(settings.database_read_url, spec.schema,
+                       max_size=settings.db_pool_size_max, name=f"{spec.name}-read",
+                       timeout_s=PROBE_TIMEOUT_S)
 
 
 class _Server(uvicorn.Server):
@@ -261,6 +279,8 @@ def main(spec: ServiceSpec, argv: Sequence[str] | None = None) -> int:
     log.info(
         "configuration loaded",
         database=redact_url(settings.database_url),
+        database_read=redact_url(settings.database_read_url) if settings.database_read_url
+        else None,
         nats=settings.nats_url,
         command=args.command,
     )

@@ -34,6 +34,12 @@ class ServiceSettings(msgspec.Struct, frozen=True, kw_only=True):
     # connections among them), to serve more requests than one Python process can.
     http_reuse_port: bool = False
     database_url: Annotated[str, msgspec.Meta(min_length=1)]
+    # A streaming replica of DATABASE_URL for portal reads (services/read_replica.py); unset:
+    # every read from DATABASE_URL.
+    database_read_url: str | None = None
+    # Reads that answer "as of the replica's position" (statement, usage, lists) go to the
+    # primary while the replica is further behind than this.
+    database_read_lag_max_s: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 5.0
     nats_url: Annotated[str, msgspec.Meta(min_length=1)]
     jwt_secret: str = DEVELOPMENT_JWT_SECRET
     jwt_jwks_url: str | None = None

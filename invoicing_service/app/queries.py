@@ -26,6 +26,7 @@ from contracts.http.invoicing import (
 from contracts.money import format_micros
 from invoicing_service.app.customers import tenant_scope
 from invoicing_service.domain import errors
+from services.read_replica import ReadRoute, ReadRouting
 
 PAGE_SIZE_DEFAULT: Final = 50
 _view_decoder = msgspec.json.Decoder(InvoiceView)
@@ -54,11 +55,20 @@ def decode_cursor(cursor: str) -> int:
 
 
 class InvoiceQueries:
-    def __init__(self, pool: AsyncConnectionPool) -> None:
+    def __init__(self, pool: AsyncConnectionPool, routing: ReadRouting | None = None) -> None:
         self.pool = pool
+        self.routing = routing or ReadRouting(pool)
 
     async def page(self, where: InvoiceFilter, *, tenant_id: UUID | None, limit: int,
-                   cursor: str | None) -> InvoicesPage:
+                   cursor: str | None) -> tuple[InvoicesPage, ReadRoute]:
+        """The listing, from the read replica while its lag is within
+        DATABASE_READ_LAG_MAX_S (as of its position: the route says how far behind it may
+        be), else from the primary (services/read_replica.py)."""
+        return await self.routing.run(lambda route: self._page(
+            route.pool, where, tenant_id=tenant_id, limit=limit, cursor=cursor))
+
+    async def _page(self, pool: AsyncConnectionPool, where: InvoiceFilter, *,
+                    tenant_id: UUID | None, limit: int, cursor: str | None) -> InvoicesPage:
         conditions: list[sql.Composable] = [sql.SQL("status <> 'draft'")]
         params: list[Any] = []
         if where.account_id is not None:
@@ -73,7 +83,7 @@ class InvoiceQueries:
         if cursor is not None:
             paged = sql.SQL(" AND ").join([matching, sql.SQL("seq < %s")])
             page_params.append(decode_cursor(cursor))
-        async with tenant_scope(self.pool, tenant_id) as conn:
+        async with tenant_scope(pool, tenant_id) as conn:
             cur = conn.cursor(row_factory=dict_row)
             await cur.execute(sql.SQL(
                 "SELECT seq, view FROM invoices WHERE {} ORDER BY seq DESC LIMIT %s"

@@ -13,6 +13,7 @@ currency, from its Opened event), so a read costs one extra round trip, not four
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import contextlib
@@ -34,6 +35,7 @@ from psycopg_pool import AsyncConnectionPool
 from contracts.money import format_micros
 from ledger_service.csv_cells import spreadsheet_row
 from ledger_service.projections.decoding import ACCOUNT_TOPIC_PREFIX, LEGACY_ACCOUNT_TOPIC_PREFIX
+from services.read_replica import REPLICA_ERRORS, ReadRouting
 
 READER_ROLE: Final = "ledger_reader"
 TENANT_SETTING: Final = "ledger.tenant_id"
@@ -216,6 +218,49 @@ async def current_balance(pool: AsyncConnectionPool, account_id: UUID,
         return head, None
     return head, ProjectedBalance(row[0], row[1], row[2], row[3], row[4], row[5],
                                   _decode_credits(row[6]), row[7], row[8], row[9])
+
+
+_HEAD = SQL("SELECT max(originator_version) FROM ledger_events WHERE originator_id = %s")
+
+
+async def account_head(pool: AsyncConnectionPool, account_id: UUID) -> int | None:
+    """The account's newest version in the log (one primary-key probe); None: no account."""
+    async with pool.connection() as conn:
+        cur = await conn.execute(_HEAD, [account_id])
+        row = await cur.fetchone()
+    return None if row is None or row[0] is None else int(row[0])
+
+
+@dataclass(frozen=True, slots=True)
+class BalanceRead:
+    head: int | None  # the account's newest version on the primary; None: no such account
+    row: ProjectedBalance | None  # a row that has applied `head` (None: load the account)
+    from_replica: bool  # the row came from the replica
+
+
+async def fresh_balance(routing: ReadRouting, account_id: UUID, tenant_id: UUID) -> BalanceRead:
+    """`current_balance`, from the replica when it can prove the row is fresh.
+
+    A replica's row and its log can lag together, so the replica cannot vouch for itself:
+    the account's newest version comes from the primary (a primary-key probe, sent alongside
+    the replica's read), and the replica's row answers only when it has applied that version.
+    Otherwise the primary answers as without a replica (its row, or the account loaded).
+    """
+    replica = await routing.replica_if_up()
+    if replica is not None:
+        try:
+            head, (_, row) = await asyncio.gather(
+                account_head(routing.primary, account_id),
+                current_balance(replica, account_id, tenant_id))
+        except REPLICA_ERRORS as exc:
+            routing.replica_failed(exc)
+        else:
+            if head is None:
+                return BalanceRead(None, None, False)
+            if row is not None and row.version >= head:
+                return BalanceRead(head, row, True)
+    head, row = await current_balance(routing.primary, account_id, tenant_id)
+    return BalanceRead(head, row, False)
 
 
 # ------------------------------------------------------------------ statement

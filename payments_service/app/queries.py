@@ -15,6 +15,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from payments_service.app.records import PAYMENT_COLUMNS, PaymentRow
 from payments_service.domain.errors import InvalidCursor
+from services.read_replica import ReadRoute, ReadRouting
 
 PAGE_SIZE_DEFAULT: Final = 50
 
@@ -46,11 +47,21 @@ def decode_cursor(cursor: str) -> _Cursor:
 
 
 class PaymentRecords:
-    def __init__(self, pool: AsyncConnectionPool) -> None:
+    def __init__(self, pool: AsyncConnectionPool, routing: ReadRouting | None = None) -> None:
         self._pool = pool
+        self._routing = routing or ReadRouting(pool)
 
     async def page(
         self, where: PaymentFilter, *, limit: int, cursor: str | None
+    ) -> tuple[tuple[list[PaymentRow], str | None], ReadRoute]:
+        """The listing, from the read replica while its lag is within
+        DATABASE_READ_LAG_MAX_S (as of its position), else from the primary
+        (services/read_replica.py)."""
+        return await self._routing.run(
+            lambda route: self._page(route.pool, where, limit=limit, cursor=cursor))
+
+    async def _page(
+        self, pool: AsyncConnectionPool, where: PaymentFilter, *, limit: int, cursor: str | None
     ) -> tuple[list[PaymentRow], str | None]:
         clauses: list[str] = []
         params: list[Any] = []
@@ -72,7 +83,7 @@ class PaymentRecords:
                + " ORDER BY created_at DESC, payment_id DESC LIMIT %s")
         # One row more than asked says whether there is a next page without a count.
         params.append(limit + 1)
-        async with self._pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+        async with pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
             await cur.execute(sql, params)
             rows = [PaymentRow(**row) for row in await cur.fetchall()]
         page = rows[:limit]

@@ -26,9 +26,10 @@ from ledger_service.http import EXCEPTION_STATUSES, LedgerServices, router
 from ledger_service.messaging import Writer
 from ledger_service.projections.reads import decode_cursor
 from ledger_service.projections.runner import ProjectionRunner
-from ledger_service.reader import Reader
+from ledger_service.reader import Reader, Readers
 from services.database import conninfo, create_pool, eventsourcing_env
 from services.http import DEVELOPMENT_JWT_SECRET, JwtVerifier, create_app, mint_token
+from services.read_replica import ReadRouting
 from tests.conftest import Infra
 from tests.integration.test_projections_workload import Clock, Workload, build, runner_for
 
@@ -98,6 +99,7 @@ def portal(infra: Infra) -> Iterator[Portal]:
         infra.database_url, "ledger")))))
     pool = create_pool(infra.database_url, "ledger", max_size=6, name="portal-test")
     services.pool = pool
+    services.readers = Readers(services.reader, None, ReadRouting(pool))
     app = build_app(services, http_queries.QueryServices(services, pool), pool)
     runner = runner_for(ledger, infra.database_url)
     try:
