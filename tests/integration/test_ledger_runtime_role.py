@@ -162,8 +162,10 @@ def test_the_ledger_application_and_its_followers_run_as_the_runtime_role(
         workload.every_kind()
         for index in range(len(workload.accounts)):
             workload.use(index, 2)
+        funded = workload.open("prepay")  # the workload's own accounts may be spent
+        workload.grant(len(workload.accounts) - 1, "purchased", "10.00")
         reply = intake.authorize(ledger, [AuthorizeRequest(
-            request_id=f"r-{uuid.uuid4()}", account_id=workload.accounts[1], product="sms",
+            request_id=f"r-{uuid.uuid4()}", account_id=funded, product="sms",
             quantity=1)])[0]
         assert reply.approved, reply
         runner = runner_for(ledger, database.runtime_url)
