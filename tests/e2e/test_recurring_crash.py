@@ -69,7 +69,7 @@ def test_a_renewal_run_killed_half_way_charges_each_renewal_once_after_restart(
             response = httpx.post(
                 f"{first.url}/v1/accounts/{account}/recurring-items",
                 headers={**OPERATOR, "Idempotency-Key": f"{account}-{n}"},
-                json={"product": "vmn", "quantity": 1, "reference": f"+4477{uuid.uuid4().int % 10**8:08d}",
+                json={"product": "vmn", "quantity": 1, "reference": f"+4477{uuid.uuid4().int % 10**12:012d}",
                       "starts_on": starts_on.isoformat()})
             assert response.status_code == 201, response.text
     as_of = month_start(next_period(next_month))

@@ -42,7 +42,7 @@ def api(infra: Infra, tmp_path_factory: pytest.TempPathFactory) -> Iterator[http
 
 def create(api: httpx.Client, account: str, key: str | None = None,
            **body: Any) -> httpx.Response:
-    payload = {"product": "vmn", "quantity": 1, "reference": f"+4477{uuid.uuid4().int % 10**8:08d}",
+    payload = {"product": "vmn", "quantity": 1, "reference": f"+4477{uuid.uuid4().int % 10**12:012d}",
                "starts_on": LATER, **body}
     return api.post(f"/v1/accounts/{account}/recurring-items", json=payload,
                     headers={**OPERATOR, "Idempotency-Key": key or uuid.uuid4().hex})

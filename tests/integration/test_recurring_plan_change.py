@@ -78,7 +78,7 @@ def this_month() -> tuple[date, date, int]:
 async def add_number(recurring: RecurringItems, account: str, starts_on: date
                      ) -> RecurringItemView:
     body = CreateRecurringItem(product="vmn", quantity=1, starts_on=starts_on,
-                               reference=f"+44770{uuid.uuid4().int % 10**7:07d}")
+                               reference=f"+4477{uuid.uuid4().int % 10**12:012d}")
     response, _ = await recurring.create(UUID(account), body, uuid.uuid4().hex,
                                          msgspec.json.encode(body).hex())
     return msgspec.json.decode(response, type=RecurringItemView)

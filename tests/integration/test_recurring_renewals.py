@@ -54,7 +54,7 @@ async def pool(infra: Infra) -> AsyncIterator[AsyncConnectionPool]:
 def new_item(product: str = "vmn", reference: str | None = None, *, quantity: int = 1,
              starts_on: date, ends_on: date | None = None) -> CreateRecurringItem:
     return CreateRecurringItem(product=product, quantity=quantity,
-                               reference=reference or f"+44770{uuid.uuid4().int % 10**7:07d}",
+                               reference=reference or f"+4477{uuid.uuid4().int % 10**12:012d}",
                                starts_on=starts_on, ends_on=ends_on)
 
 
