@@ -375,9 +375,10 @@ class Ledger:
     def seen_keys(self, scope: str, keys: Sequence[str]) -> set[str]:
         if not keys:
             return set()
-        rows = self.query(
-            "SELECT key FROM {schema}.idempotency_keys WHERE scope = %s AND key = ANY(%s)",
-            (scope, list(keys)),
+        rows = self.query(  # a primary-key probe per key (intake._stored_replies says why)
+            "SELECT k.key FROM unnest(%s::text[]) AS wanted(key)"
+            " JOIN {schema}.idempotency_keys k ON k.scope = %s AND k.key = wanted.key",
+            (list(keys), scope),
         )
         return {row[0] for row in rows}
 
