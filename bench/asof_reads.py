@@ -21,15 +21,17 @@ hammers old instants of a very long account, and what each such read costs.
    (opened in-process before the service starts) gets one warm-up request each.
 3. Authorize at a fixed rate (open loop, latency from the scheduled instant:
    bench/authorize.py) in phases of ``phase_s``: one settling phase (not reported), then
-   ``rounds`` rounds of three phases, interleaved so that other people's work on the shared
+   ``rounds`` rounds of four phases, interleaved so that other people's work on the shared
    machine weighs on each kind alike: "alone"; "with as_of reads", while a process of its
    own keeps ``readers`` concurrent ``GET /v1/accounts/{id}/balance?as_of=<random instant in
    the history>`` of the big account going (closed loop: as many as the service answers);
    "with a CPU burner", the control: processes spinning for as many cores as the reads'
    phase used beyond the phase alone, touching nothing of the service. If authorize suffers
    as much from the burner as from the reads, what it suffers from is a busy machine, not
-   the reads. CPU per process group from /proc for every phase; per authorization (phases
-   alone) and per as-of read (beyond the same round's phase alone).
+   the reads. "with paced as_of reads": the same readers held to ``paced_reads_per_s`` in
+   all (a portal's steady trickle rather than a flood). CPU per process group from /proc for
+   every phase; per authorization (phases alone) and per as-of read (the unpaced phase,
+   beyond the same round's phase alone).
 
 ``python -m bench.asof_reads [--quick] [--reseed]`` or ``python -m bench --only asof_reads``.
 """
@@ -91,14 +93,15 @@ class Settings:
     phase_s: float
     readers: int
     rounds: int
+    paced_reads_per_s: float  # the paced phase: a portal's steady trickle rather than a flood
 
     @classmethod
     def for_mode(cls, quick: bool) -> Settings:
         if quick:
             return cls(events=20_000, auth_accounts=100, rate_per_s=200, phase_s=5.0, readers=4,
-                       rounds=1)
+                       rounds=1, paced_reads_per_s=10.0)
         return cls(events=1_000_000, auth_accounts=500, rate_per_s=200, phase_s=20.0, readers=4,
-                   rounds=3)
+                   rounds=3, paced_reads_per_s=10.0)
 
 
 def run(options: RunOptions, reseed: bool = False) -> dict[str, Any]:
@@ -131,7 +134,8 @@ def run(options: RunOptions, reseed: bool = False) -> dict[str, Any]:
     return result
 
 
-PHASES = ("alone", "with_asof_reads", "with_cpu_burner")
+PHASES = ("alone", "with_asof_reads", "with_cpu_burner", "with_paced_asof_reads")
+READ_PHASES = ("with_asof_reads", "with_paced_asof_reads")
 
 
 def summarize_rounds(rounds: list[dict[str, Any]]) -> dict[str, Any]:
@@ -147,13 +151,14 @@ def summarize_rounds(rounds: list[dict[str, Any]]) -> dict[str, Any]:
     summary["cpu_ms_per_authorization"] = {
         group: round(1000 * sum(r["alone"]["cpu_s"][group] for r in rounds) / sum(authorizations), 3)
         for group in ("service", "service_followers", "postgres_backends")}
+    for kind in READ_PHASES:
+        kind_reads = [r[kind]["asof_reads"] for r in rounds]
+        summary[kind]["asof_reads"] = {
+            "per_round_rate_per_s": [item["rate_per_s"] for item in kind_reads],
+            "answered": sum(item["ok"] for item in kind_reads),
+            **{f"{p}_median": statistics.median(item["latency"][p] for item in kind_reads)
+               for p in ("ms_p50", "ms_p95", "ms_p99")}}
     reads = [r["with_asof_reads"]["asof_reads"] for r in rounds]
-    summary["asof_reads"] = {
-        "per_round_rate_per_s": [item["rate_per_s"] for item in reads],
-        "ms_p50_median": statistics.median(item["latency"]["ms_p50"] for item in reads),
-        "ms_p95_median": statistics.median(item["latency"]["ms_p95"] for item in reads),
-        "ms_p99_median": statistics.median(item["latency"]["ms_p99"] for item in reads),
-    }
     answered = sum(item["ok"] for item in reads)
     summary["cpu_ms_per_asof_read"] = {
         group: round(1000 * sum(r["with_asof_reads"]["cpu_s"][group] - r["alone"]["cpu_s"][group]
@@ -162,7 +167,6 @@ def summarize_rounds(rounds: list[dict[str, Any]]) -> dict[str, Any]:
     summary["cpu_ms_per_asof_read"]["asof_client"] = round(
         1000 * sum(r["with_asof_reads"]["cpu_s"].get("asof_client", 0.0) for r in rounds)
         / max(answered, 1), 3)
-    summary["asof_reads"]["answered"] = answered
     return summary
 
 
@@ -334,8 +338,11 @@ async def measure(settings: Settings, url: str, service_url: str, nats_url: str,
                                           f"with a CPU burner of {burn_cores:.2f} cores")
                 meter.groups = {k: v for k, v in meter.groups.items() if k != "cpu_burner"}
             with_burner["burner_cores_wanted"] = round(burn_cores, 2)
+            paced = await phase(nc, requests, settings, meter,
+                                ReadLoad(service_url, seed, settings.readers,
+                                         settings.paced_reads_per_s))
             rounds.append({"alone": alone, "with_asof_reads": with_reads,
-                           "with_cpu_burner": with_burner})
+                           "with_cpu_burner": with_burner, "with_paced_asof_reads": paced})
     finally:
         await nc.close()
     return {"warm_up": warm_up, "settling": settling, "rounds": rounds,
@@ -345,7 +352,8 @@ async def measure(settings: Settings, url: str, service_url: str, nats_url: str,
 async def phase(nc: Any, requests: RequestFactory, settings: Settings, meter: CpuMeter,
                 reads: ReadLoad | None, label: str = "alone") -> dict[str, Any]:
     if reads is not None:
-        label = f"with {settings.readers} as_of readers"
+        label = f"with {settings.readers} as_of readers" + (
+            f" paced at {reads.rate_per_s:g}/s" if reads.rate_per_s else "")
     if reads is not None:
         reads.start()
         meter.groups = {**meter.groups, "asof_client": lambda: [reads.pid]}
@@ -375,15 +383,18 @@ class ReadLoad:
     """``readers`` concurrent as-of balance reads of the big account, in a process of its own
     (so the generator timing authorize does not share an interpreter with it)."""
 
-    def __init__(self, service_url: str, seed: dict[str, Any], readers: int) -> None:
+    def __init__(self, service_url: str, seed: dict[str, Any], readers: int,
+                 rate_per_s: float | None = None) -> None:
         self.service_url = service_url
         self.seed = seed
         self.readers = readers
+        self.rate_per_s = rate_per_s
         context = multiprocessing.get_context("spawn")
         self._ours, theirs = context.Pipe()
         self._stopping = context.Event()
         self._process = context.Process(target=read_process, name="bench-asof-reads", daemon=True,
-                                         args=(service_url, seed, readers, self._stopping, theirs))
+                                         args=(service_url, seed, readers, rate_per_s, self._stopping,
+                                               theirs))
 
     @property
     def pid(self) -> int:
@@ -400,9 +411,10 @@ class ReadLoad:
         return result
 
 
-def read_process(service_url: str, seed: dict[str, Any], readers: int, stopping: Any,
-                 pipe: Any) -> None:
-    pipe.send(read_until(service_url, seed, readers, stopping.is_set, ready=lambda: pipe.send("ready")))
+def read_process(service_url: str, seed: dict[str, Any], readers: int, rate_per_s: float | None,
+                 stopping: Any, pipe: Any) -> None:
+    pipe.send(read_until(service_url, seed, readers, stopping.is_set,
+                         ready=lambda: pipe.send("ready"), paced_per_s=rate_per_s))
 
 
 def read_for(service_url: str, seed: dict[str, Any], readers: int, seconds: float) -> dict[str, Any]:
@@ -411,7 +423,10 @@ def read_for(service_url: str, seed: dict[str, Any], readers: int, seconds: floa
 
 
 def read_until(service_url: str, seed: dict[str, Any], readers: int, done: Any,
-               ready: Any = None) -> dict[str, Any]:
+               ready: Any = None, paced_per_s: float | None = None) -> dict[str, Any]:
+    """Reads until ``done()``: each reader sends its next read when the last is answered, or,
+    with ``paced_per_s``, at its next slot of a fixed schedule (all readers together making
+    that rate) unless the last read is still running."""
     first = datetime.fromisoformat(seed["first_recorded_at"])
     last = datetime.fromisoformat(seed["last_recorded_at"])
     span_us = int((last - first) / timedelta(microseconds=1))
@@ -421,8 +436,14 @@ def read_until(service_url: str, seed: dict[str, Any], readers: int, done: Any,
     statuses: Counter[str] = Counter()
     rng = random.Random(14)
 
-    async def reader(client: httpx.AsyncClient) -> None:
+    async def reader(client: httpx.AsyncClient, number: int) -> None:
+        interval_s = readers / paced_per_s if paced_per_s else 0.0
+        next_s = time.perf_counter() + number * interval_s / readers
         while not done():
+            if interval_s:
+                if (wait_s := next_s - time.perf_counter()) > 0:
+                    await asyncio.sleep(wait_s)
+                next_s = max(next_s + interval_s, time.perf_counter())
             instant = first + timedelta(microseconds=rng.randrange(span_us + 1))
             started_s = time.perf_counter()
             response = await client.get(path, params={"as_of": instant.isoformat()})
@@ -439,12 +460,12 @@ def read_until(service_url: str, seed: dict[str, Any], readers: int, done: Any,
             if ready is not None:
                 ready()
             started_s = time.perf_counter()
-            await asyncio.gather(*(reader(client) for _ in range(readers)))
+            await asyncio.gather(*(reader(client, n) for n in range(readers)))
             return time.perf_counter() - started_s
 
     elapsed_s = uvloop.run(main())
     ok = len(latencies_s)
-    return {"readers": readers, "ok": ok, "statuses": dict(statuses),
+    return {"readers": readers, "rate_per_s_paced": paced_per_s, "ok": ok, "statuses": dict(statuses),
             "elapsed_s": round(elapsed_s, 2), "rate_per_s": round(rate_per_s(ok, elapsed_s), 1),
             "latency": LatencySummary.of_seconds(latencies_s).as_dict()}
 
@@ -525,7 +546,8 @@ def verify(result: dict[str, Any]) -> dict[str, Any]:
         replies.update(item["authorize"]["replies"])
     statuses: Counter[str] = Counter()
     for r in result["rounds"]:
-        statuses.update(r["with_asof_reads"]["asof_reads"]["statuses"])
+        for kind in READ_PHASES:
+            statuses.update(r[kind]["asof_reads"]["statuses"])
     sent = sum(int(item["authorize"]["rate_per_s_offered"] * item["authorize"]["duration_s"])
                for item in phases)
     ok = replies["approved"] == sent and set(statuses) == {"200"}
