@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import account_load, authorize, billing_run, infra, intake_e2e, projections, sync_xero
+from bench import account_load, asof_reads, authorize, billing_run, infra, intake_e2e, projections, sync_xero
 from bench.cpu import machine_busy_s
 from bench.options import RunOptions
 from services.embedded import nats_server_binary
@@ -35,6 +35,7 @@ BENCHMARKS: dict[str, Benchmark] = {
     intake_e2e.NAME: intake_e2e.run,
     authorize.NAME: authorize.run,
     account_load.NAME: account_load.run,
+    asof_reads.NAME: asof_reads.run,
     projections.NAME: projections.run,
     sync_xero.NAME: sync_xero.run,
     billing_run.NAME: billing_run.run,
