@@ -37,7 +37,8 @@ from services.runtime import tune_garbage_collector
 
 ROOT = Path(__file__).resolve().parents[1]
 RUN_DIR = ROOT / ".run" / "bench"
-DATABASE_NAME = "billing_bench"
+# BENCH_DATABASE: another name, so two checkouts (or two people) can bench at once
+DATABASE_NAME = os.environ.get("BENCH_DATABASE", "billing_bench")
 BASE_DATABASE_URL = os.environ.get("BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 MIGRATIONS = ROOT / "ledger_service" / "migrations"
 RESULTS_DIR = ROOT / "bench" / "results"
