@@ -1,8 +1,8 @@
 """The servers a benchmark runs against, owned by the benchmark alone.
 
 - PostgreSQL: the machine's own server (``BENCH_DATABASE_URL``, default the local 5432), in a
-  database of our own, ``billing_bench``, dropped and created again by every benchmark so no
-  figure depends on what an earlier run left behind.
+  database of our own, ``billing_bench`` (or ``BENCH_DATABASE``), dropped and created again by
+  every benchmark so no figure depends on what an earlier run left behind.
 - NATS: a nats-server of our own from the wheel, with a fresh JetStream store: other people's
   test suites delete the USAGE/LEDGER streams on the shared server, which would wreck a run.
 - The ledger service: ``python -m ledger_service serve`` as its own process, as production
