@@ -1,8 +1,8 @@
 """The servers a benchmark runs against, owned by the benchmark alone.
 
 - PostgreSQL: the machine's own server (``BENCH_DATABASE_URL``, default the local 5432), in a
-  database of our own, ``billing_bench``, dropped and created again by every benchmark so no
-  figure depends on what an earlier run left behind.
+  database of our own, ``billing_bench`` (or ``BENCH_DATABASE``), dropped and created again by
+  every benchmark so no figure depends on what an earlier run left behind.
 - NATS: a nats-server of our own from the wheel, with a fresh JetStream store: other people's
   test suites delete the USAGE/LEDGER streams on the shared server, which would wreck a run.
 - The ledger service: ``python -m ledger_service serve`` as its own process, as production
@@ -37,7 +37,8 @@ from services.runtime import tune_garbage_collector
 
 ROOT = Path(__file__).resolve().parents[1]
 RUN_DIR = ROOT / ".run" / "bench"
-DATABASE_NAME = "billing_bench"
+# BENCH_DATABASE: another name, so two checkouts (or two people) can bench at once
+DATABASE_NAME = os.environ.get("BENCH_DATABASE", "billing_bench")
 BASE_DATABASE_URL = os.environ.get("BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 MIGRATIONS = ROOT / "ledger_service" / "migrations"
 RESULTS_DIR = ROOT / "bench" / "results"
