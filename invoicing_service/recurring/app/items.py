@@ -133,11 +133,7 @@ class RecurringItems:
                 await conn.execute("UPDATE recurring_items SET planned_through = %s"
                                    " WHERE item_id = %s", (period_of(today), item_id))
                 await self.renewals.collect(conn, [item], ("pending",), today, now)
-            (view,) = await item_views(conn, "i.item_id = %s", (item_id,))
-            response = _encoder.encode(view)
-            await conn.execute(
-                "INSERT INTO recurring_requests (scope, key, request_hash, response)"
-                " VALUES (%s, %s, %s, %s)", (scope, key, body_hash, response))
+            response = await _answer_kept(conn, item_id, scope, key, body_hash)
         self.renewals.committed()
         return response, False
 
@@ -232,11 +228,7 @@ class RecurringItems:
                                                now)
             else:
                 await self._change_now(conn, item, body, key, actor, now)
-            (view,) = await item_views(conn, "i.item_id = %s", (item_id,))
-            response = _encoder.encode(view)
-            await conn.execute(
-                "INSERT INTO recurring_requests (scope, key, request_hash, response)"
-                " VALUES (%s, %s, %s, %s)", (scope, key, body_hash, response))
+            response = await _answer_kept(conn, item_id, scope, key, body_hash)
         self.renewals.committed()
         return response, False
 
@@ -525,3 +517,15 @@ def _utc(value: datetime | None) -> datetime | None:
 
 
 __all__ = ["ConflictingIdempotencyKey", "InvalidItem", "RecurringItems", "item_views"]
+
+
+async def _answer_kept(conn: Conn, item_id: UUID, scope: str, key: str, body_hash: str
+                       ) -> bytes:
+    """The item's view as the request's answer, kept under its Idempotency-Key in the same
+    transaction (a replay gets these bytes)."""
+    (view,) = await item_views(conn, "i.item_id = %s", (item_id,))
+    response = _encoder.encode(view)
+    await conn.execute(
+        "INSERT INTO recurring_requests (scope, key, request_hash, response)"
+        " VALUES (%s, %s, %s, %s)", (scope, key, body_hash, response))
+    return response
