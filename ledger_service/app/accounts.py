@@ -356,14 +356,11 @@ def _charge(ledger: Ledger, work: UnitOfWork, account_id: UUID, body: ChargeFee,
     try:
         result = account.charge_fee(fee, now)
     except InsufficientFunds:
-        # A refusal writes nothing, so no version conflict would reveal a cached account
-        # another ledger process credited since: decide it again on the stored account.
-        if account.id in work.accounts:
+        # Decided again on the stored account if the cached one is stale (Ledger.behind).
+        if account.id in work.accounts or not ledger.behind(account):
             raise
-        fresh = ledger.read(account_id)
-        if fresh.version == account.version:
-            raise
-        account, fee = fresh, _priced(fresh, ledger, body)
+        account = ledger.reloaded(account_id)
+        fee = _priced(account, ledger, body)
         result = account.charge_fee(fee, now)
     work.touch(account)
     return _keep(work, account, body, fee, result, now)
@@ -469,7 +466,6 @@ def _charge_account(ledger: Ledger, work: UnitOfWork, account_id: UUID,
         for index, fee in fees:
             results[index] = _not_charged(fee, exc)
         return
-    loaded_version = account.version
 
     def price_and_charge(account: BillingAccount
                          ) -> tuple[list[tuple[int, AccountFee, FeeCharge]], list[Any]]:
@@ -485,12 +481,9 @@ def _charge_account(ledger: Ledger, work: UnitOfWork, account_id: UUID,
 
     priced, outcomes = price_and_charge(account)
     if (any(isinstance(outcome, InsufficientFunds) for outcome in outcomes)
-            and any(True for _ in ledger.app.events.get(account_id, gt=loaded_version,
-                                                          limit=1))):
-        # Refused on a cached account another ledger process changed since (a credit): a
-        # refusal writes nothing, so no conflict would reveal it. Decide on the stored one.
-        ledger.evict([account_id])
-        account = ledger.load(account_id)
+            and ledger.behind(account)):
+        # Refused on a stale cached account: decided again on the stored one.
+        account = ledger.reloaded(account_id)
         priced, outcomes = price_and_charge(account)
     if not priced:
         return

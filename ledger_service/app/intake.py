@@ -192,15 +192,11 @@ def _authorize(ledger: Ledger, work: UnitOfWork, requests: Sequence[AuthorizeReq
             try:
                 hold = _place_hold(account, request, catalogue, now)
             except LedgerError:
-                # A refusal writes no event, so no version conflict would reveal a cached
-                # account that another process changed since (a credit): decide it again on
-                # the stored account before the refusal becomes the request's stored answer.
-                if account.id in work.accounts:
+                # Decided again on the stored account before a refusal from a stale cache
+                # becomes the request's stored answer (Ledger.behind).
+                if account.id in work.accounts or not ledger.behind(account):
                     raise
-                fresh = ledger.read(account.id)
-                if fresh.version == account.version:
-                    raise
-                account = fresh
+                account = ledger.reloaded(account.id)
                 hold = _place_hold(account, request, catalogue, now)
         except LedgerError as exc:
             reply = refusal(exc)

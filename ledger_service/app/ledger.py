@@ -312,7 +312,7 @@ class Ledger:
             except LedgerError:
                 # A refusal writes nothing, so no version conflict reveals an account cached
                 # here that another ledger process changed since: if one was, decide again.
-                stale = self._any_stale(work.accounts.values())
+                stale = any(self.behind(a) for a in work.accounts.values())
                 self.evict(work.accounts)  # a command refused half-way may leave events
                 if stale and attempt < SAVE_ATTEMPTS_MAX:
                     log.info("refusal on a stale cached account; deciding again")
@@ -333,13 +333,19 @@ class Ledger:
             return result
         raise AssertionError("unreachable")
 
-    def _any_stale(self, accounts: Iterable[BillingAccount]) -> bool:
-        """Whether the log holds events of any of these accounts beyond what was loaded."""
-        for account in accounts:
-            loaded = account.version - len(account.pending_events)
-            if any(True for _ in self.app.events.get(account.id, gt=loaded, limit=1)):
-                return True
-        return False
+    def behind(self, account: BillingAccount) -> bool:
+        """Whether the log holds events of the account beyond what this copy was loaded from
+        (another ledger process wrote since it was cached); its own pending events aside.
+
+        A refusal writes no event, so no version conflict reveals a stale copy: callers about
+        to refuse on a cached account ask this, and decide again on `reloaded` when it is."""
+        loaded = account.version - len(account.pending_events)
+        return any(True for _ in self.app.events.get(account.id, gt=loaded, limit=1))
+
+    def reloaded(self, account_id: UUID) -> BillingAccount:
+        """The account as stored, whatever this process had cached."""
+        self.evict([account_id])
+        return self.load(account_id)
 
     def _index(self, account: BillingAccount, rows: LedgerRows) -> None:
         for event in account.pending_events:
