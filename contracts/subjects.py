@@ -56,6 +56,9 @@ LEDGER_AUTHORIZE_BY_ACCOUNT: Final = LEDGER_AUTHORIZE + ".{account_id}"
 # The ledger's own: requests forwarded to the owner of partition p (the reply subject is the
 # requester's, so the owner answers the requester directly). Not for publishers.
 LEDGER_AUTHORIZE_PARTITION_PREFIX: Final = LEDGER_AUTHORIZE + ".part."
+# The ledger's own: an account's HTTP commands forwarded to the owner of partition p
+# (ledger_service/command_routing.py; msgpack, core NATS request-reply). Not for publishers.
+LEDGER_COMMANDS_PARTITION_PREFIX: Final = "ledger.v1.commands.part."
 LEDGER_EVENTS: Final = "ledger.v1.events."
 LEDGER_ENTRY_POSTED: Final = LEDGER_EVENTS + "entry_posted"
 LEDGER_BALANCE_LOW: Final = LEDGER_EVENTS + "balance_low"
@@ -186,6 +189,10 @@ def usage_partition_filter(partition: int) -> str:
 
 def authorize_partition_subject(partition: int) -> str:
     return f"{LEDGER_AUTHORIZE_PARTITION_PREFIX}{partition}"
+
+
+def commands_partition_subject(partition: int) -> str:
+    return f"{LEDGER_COMMANDS_PARTITION_PREFIX}{partition}"
 
 
 def wildcard(template: str) -> str:

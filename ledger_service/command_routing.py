@@ -34,6 +34,7 @@ from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
 
 from contracts.partitioning import partition_of
+from contracts.subjects import commands_partition_subject
 from ledger_service.partitions import PartitionOwner
 from services.http.middleware import current_correlation_id, current_request_id
 
@@ -46,7 +47,6 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
-COMMANDS_PREFIX: Final = "ledger.v1.commands.part."
 COMMANDS_QUEUE_GROUP: Final = "ledger-commands"
 # Marks a request an owner runs for another process: never forwarded again.
 FORWARDED_HEADER: Final = b"x-ledger-forwarded"
@@ -65,10 +65,6 @@ _DROPPED_HEADERS: Final = frozenset({b"host", b"content-length", b"connection",
                                      b"transfer-encoding", b"keep-alive"})
 # Stamped again by this process's request context (with the same ids).
 _STAMPED_HEADERS: Final = frozenset({b"x-request-id", b"x-correlation-id", b"content-length"})
-
-
-def commands_subject(partition: int) -> str:
-    return f"{COMMANDS_PREFIX}{partition}"
 
 
 class ForwardedRequest(msgspec.Struct, frozen=True):
@@ -167,7 +163,7 @@ class CommandRouter:
             if self.owner.owns(partition):
                 return None  # taken over meanwhile: apply it here
             try:
-                reply = await self._nc.request(commands_subject(partition), payload,
+                reply = await self._nc.request(commands_partition_subject(partition), payload,
                                                timeout=REQUEST_TIMEOUT_S)
                 return _response_decoder.decode(reply.data)
             except NoRespondersError:
@@ -186,7 +182,7 @@ class CommandRouter:
         if self._nc is None or partition in self._subscriptions:
             return
         self._subscriptions[partition] = await self._nc.subscribe(
-            commands_subject(partition), queue=COMMANDS_QUEUE_GROUP, cb=self._on_command)
+            commands_partition_subject(partition), queue=COMMANDS_QUEUE_GROUP, cb=self._on_command)
 
     async def remove_partition(self, partition: int) -> None:
         subscription = self._subscriptions.pop(partition, None)
