@@ -51,7 +51,7 @@ from ledger_service.app.ledger import (
 from ledger_service.domain import errors
 from ledger_service.messaging import Writer
 from ledger_service.projections import reads
-from ledger_service.reader import Reader, Readers
+from ledger_service.reader import Readers
 from services.http import (
     BEARER_SECURITY,
     OPERATOR,
@@ -111,9 +111,8 @@ class LedgerServices:
 
     ledger: Ledger
     writer: Writer
-    reader: Reader  # loads for reads, off the writer (ledger_service/reader.py)
     pool: AsyncConnectionPool  # the service's pool, for projection reads
-    readers: Readers  # the reader, and the replica's with DATABASE_READ_URL
+    readers: Readers  # loads for reads, off the writer (ledger_service/reader.py)
 
 
 Services = NamedDependency[LedgerServices]
@@ -218,20 +217,18 @@ async def get_balance(
     if as_of is not None:
         head = await reads.account_head(svc.pool, account_id) \
             if readers.routing.configured else None
-        account, from_replica = await readers.account_as_of(account_id, as_of, head)
-        return respond_view(accounts.balance_view(account, as_of.astimezone(UTC)),
-                            {"X-Account-Version": str(account.version),
-                             **readers.headers(from_replica)})
+        (view, version), from_replica = await readers.balance_as_of(account_id, as_of, head)
+        return respond_view(view, {"X-Account-Version": str(version),
+                                   **readers.headers(from_replica)})
     found = await reads.fresh_balance(readers.routing, account_id, account_id)
     row = found.row
     if row is None:
         if found.head is None:
             raise NotFoundException(detail=f"account {account_id} not found")
         # The projection has not applied this account's newest events yet: load the account.
-        account, from_replica = await readers.account(account_id, found.head)
-        return respond_view(accounts.balance_view(account, datetime.now(UTC)),
-                            {"X-Account-Version": str(account.version),
-                             **readers.headers(from_replica)})
+        (view, version), from_replica = await readers.balance(account_id, found.head)
+        return respond_view(view, {"X-Account-Version": str(version),
+                                   **readers.headers(from_replica)})
     view = accounts.balance_view_of(
         account_id, row.currency, row.account_type, row.balance_micros, row.available_micros,
         row.held_micros, row.credit_limit_micros,

@@ -28,7 +28,7 @@ from ledger_service.messaging import (
     partition_consumer,
 )
 from ledger_service.partitions import LeaseTable, PartitionOwner, member_id
-from ledger_service.reader import Reader, Readers
+from ledger_service.reader import PRIMARY, REPLICA, Reader, ReaderConfig, Readers
 from ledger_service.runtime_role import sync_runtime_rights
 from ledger_service.settings import LedgerSettings
 from services.database import conninfo, eventsourcing_env
@@ -55,8 +55,10 @@ def build(runtime: Runtime) -> ServiceParts:
         env = ledger_env(eventsourcing_env(rt.settings.database_url, SCHEMA))
         app = await asyncio.to_thread(LedgerApplication, env)
         ledger = Ledger(app)
-        services.reader = Reader(Ledger(await asyncio.to_thread(LedgerApplication, env)))
-        services.readers = Readers(services.reader, await replica_reader(rt), rt.reads)
+        services.readers = Readers(Reader(reader_config(rt, env), settings.reader_processes),
+                                   rt.reads)
+        rt.state["reader_warm"] = asyncio.create_task(services.readers.reader.warm(),
+                                                      name="reader-warm")
         await asyncio.to_thread(ledger.catalogue)  # seeds the default catalogue on first start
         services.ledger, services.writer = ledger, Writer()
         nc = rt.broker.connection
@@ -122,6 +124,7 @@ def build(runtime: Runtime) -> ServiceParts:
             return
         # Stop taking work first, finish what is in hand, then close the store.
         rt.state["catalogue_check"].cancel()
+        rt.state["reader_warm"].cancel()
         await rt.state["authorizer"].stop()
         log.info("stopped authorizer")
         for consumer in rt.state["consumers"]:
@@ -138,8 +141,7 @@ def build(runtime: Runtime) -> ServiceParts:
             await followers.stop()
         log.info("stopped followers (publisher, projections)")
         rt.state["writer"].close()
-        services.readers.close()
-        services.reader.close()
+        await asyncio.to_thread(services.readers.close)
         rt.state["ledger"].app.close()
 
     settings = runtime.settings
@@ -168,15 +170,18 @@ async def _check_catalogue(ledger: Ledger, writer: Writer) -> None:
             log.warning("catalogue check failed", error=f"{type(exc).__name__}: {exc}")
 
 
-async def replica_reader(rt: Runtime) -> Reader | None:
-    """Loads accounts from the read replica (DATABASE_READ_URL); read-only, so it creates no
-    tables, and it connects on first use (a replica that is down does not stop the start)."""
-    url = rt.settings.database_read_url
-    if not url:
-        return None
-    env = ledger_env(eventsourcing_env(url, SCHEMA, CREATE_TABLE="n",
-                                       POSTGRES_CONNECT_TIMEOUT="1"))
-    return Reader(Ledger(await asyncio.to_thread(LedgerApplication, env)))
+def reader_config(rt: Runtime, env: dict[str, str]) -> ReaderConfig:
+    """The reader's stores: the primary and, with DATABASE_READ_URL, the replica (read-only,
+    so it creates no tables; it connects on first use, so a replica that is down does not
+    stop the start)."""
+    settings = rt.settings
+    assert isinstance(settings, LedgerSettings)
+    sources = {PRIMARY: env}
+    if settings.database_read_url:
+        sources[REPLICA] = ledger_env(eventsourcing_env(
+            settings.database_read_url, SCHEMA, CREATE_TABLE="n", POSTGRES_CONNECT_TIMEOUT="1"))
+    return ReaderConfig(sources=sources, chain_keys=settings.chain_keys,
+                        log_level=settings.log_level, log_format=settings.log_format)
 
 
 def metrics(runtime: Runtime) -> list[ScrapeCollector]:

@@ -89,6 +89,10 @@ class LedgerSettings(ServiceSettings, frozen=True, kw_only=True):
     # process must use the same count, and changing it needs every process stopped and the
     # usage.v1.part.* backlog drained first.
     partitions: Annotated[int, msgspec.Meta(ge=1, le=PARTITIONS_MAX)] = PARTITIONS_DEFAULT
+    # READER_PROCESSES: processes of their own for reads that load accounts from the store
+    # (GET /v1/accounts/{id}, ?as_of=, a balance whose projection is behind), so they never
+    # share the writer's interpreter (ledger_service/reader.py). 0: threads in this process.
+    reader_processes: Annotated[int, msgspec.Meta(ge=0, le=8)] = 1
 
     def keyring(self) -> ChainKeyring:
         return parse_keyring(self.chain_keys)

@@ -20,13 +20,13 @@ from litestar import Litestar
 from litestar.testing import TestClient
 
 from ledger_service import http_queries
-from ledger_service.app.ledger import Ledger, LedgerApplication, ledger_env
+from ledger_service.app.ledger import Ledger, ledger_env
 from ledger_service.domain.chain import GENESIS_HASH, compute_chain_hash
 from ledger_service.http import EXCEPTION_STATUSES, LedgerServices, router
 from ledger_service.messaging import Writer
 from ledger_service.projections.reads import decode_cursor
 from ledger_service.projections.runner import ProjectionRunner
-from ledger_service.reader import Reader, Readers
+from ledger_service.reader import PRIMARY, Reader, ReaderConfig, Readers
 from services.database import conninfo, create_pool, eventsourcing_env
 from services.http import DEVELOPMENT_JWT_SECRET, JwtVerifier, create_app, mint_token
 from services.read_replica import ReadRouting
@@ -95,11 +95,12 @@ def portal(infra: Infra) -> Iterator[Portal]:
     ledger = build(infra.database_url, clock)
     services = LedgerServices()
     services.ledger, services.writer = ledger, Writer()
-    services.reader = Reader(Ledger(LedgerApplication(env=ledger_env(eventsourcing_env(
-        infra.database_url, "ledger")))))
+    # A reader process, as the service runs it: the account loads cross the process boundary.
+    reader = Reader(ReaderConfig({PRIMARY: ledger_env(eventsourcing_env(infra.database_url,
+                                                                        "ledger"))}), 1)
     pool = create_pool(infra.database_url, "ledger", max_size=6, name="portal-test")
     services.pool = pool
-    services.readers = Readers(services.reader, None, ReadRouting(pool))
+    services.readers = Readers(reader, ReadRouting(pool))
     app = build_app(services, http_queries.QueryServices(services, pool), pool)
     runner = runner_for(ledger, infra.database_url)
     try:
@@ -108,7 +109,7 @@ def portal(infra: Infra) -> Iterator[Portal]:
     finally:
         runner.close()
         services.writer.close()
-        services.reader.close()
+        services.readers.close()
         ledger.app.close()
 
 
