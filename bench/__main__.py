@@ -23,7 +23,17 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import account_load, asof_reads, authorize, billing_run, infra, intake_e2e, projections, sync_xero
+from bench import (
+    account_load,
+    asof_reads,
+    authorize,
+    billing_run,
+    infra,
+    intake_e2e,
+    nats_replicas,
+    projections,
+    sync_xero,
+)
 from bench.cpu import machine_busy_s
 from bench.options import RunOptions
 from services.embedded import nats_server_binary
@@ -39,6 +49,7 @@ BENCHMARKS: dict[str, Benchmark] = {
     projections.NAME: projections.run,
     sync_xero.NAME: sync_xero.run,
     billing_run.NAME: billing_run.run,
+    nats_replicas.NAME: nats_replicas.run,
 }
 
 
