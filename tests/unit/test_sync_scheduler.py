@@ -7,7 +7,7 @@ import asyncio
 from typing import Any, cast
 
 from sync_service.app.queue import Job, SyncQueue
-from sync_service.app.scheduler import Scheduler
+from sync_service.app.scheduler import Scheduler, _Lane
 
 
 def _job(n: int) -> Job:
@@ -37,7 +37,7 @@ class _Queue:
 async def _drain(queue: _Queue, push: Any, paused_for_s: Any = lambda _: 0.0) -> None:
     scheduler = Scheduler(cast(SyncQueue, queue), push, paused_for_s,
                           workers_per_connection=1, poll_interval_s=0.01, claim_batch_max=3)
-    await scheduler._lane("org")
+    await scheduler._lane(_Lane("org"))
 
 
 async def test_a_batch_is_claimed_once_and_pushed_in_order() -> None:
