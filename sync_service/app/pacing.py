@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
@@ -75,7 +75,7 @@ class PaceState:
         return {"spacing": self.spacing, "day": self.day, "paused_s": self.paused_s}
 
     @classmethod
-    def from_builtins(cls, data: dict[str, object]) -> PaceState:
+    def from_builtins(cls, data: Mapping[str, object]) -> PaceState:
         def number(name: str) -> float:
             value = data.get(name, 0.0)
             return float(value) if isinstance(value, int | float) else 0.0
