@@ -166,13 +166,18 @@ async def test_two_processes_share_the_organisations_and_keep_their_limits(
         accounts = connect_and_assign(processes[0], fake_xero)
         numbers = await publish_invoices(infra.nats_url, accounts)
         seen_owners: set[str] = set()
+        shown_owners: set[str] = set()
 
         def drained() -> bool:
             seen_owners.update(owners(database).values())
+            view = httpx.get(f"{processes[1].url}/v1/sync/status", headers=AUTH).json()
+            xero = next(t for t in view["targets"] if t["target"] == "xero")
+            shown_owners.update(c["owner"] for c in xero["connections"] if c["owner"])
             return pushed(fake_xero) >= len(numbers)
 
         await asyncio.to_thread(eventually, drained, 90)
         assert len(seen_owners) == 2  # both drained some organisations
+        assert shown_owners == seen_owners  # and the status page says which
         assert_exactly_once_within_limits(fake_xero, numbers)
         # The status page reads the database: the same from either process.
         views = [httpx.get(f"{p.url}/v1/sync/status", headers=AUTH).json() for p in processes]
