@@ -216,3 +216,32 @@ async def test_a_killed_process_hands_its_organisations_to_the_survivor(
         assert_exactly_once_within_limits(fake_xero, numbers)
     finally:
         stop_all([survivor, victim])
+
+
+async def test_a_process_joining_mid_drain_is_handed_half_the_organisations(
+    infra: Infra, database: Infra, fake_xero: FakeXero, tmp_path: Any
+) -> None:
+    """The first process holds every organisation at full pace; the second joins: the first
+    stops the lanes of its surplus, then clears their leases with their pacing, and the
+    second carries on from it (no window over the limit at the handover)."""
+    (first,) = start_processes(database, fake_xero, tmp_path, 1)
+    processes = [first]
+    try:
+        accounts = connect_and_assign(first, fake_xero)
+        numbers = await publish_invoices(infra.nats_url, accounts)
+        await asyncio.to_thread(
+            eventually, lambda: len(owners(database)) == ORGANISATIONS
+            and pushed(fake_xero) >= 30, 30)
+        processes += start_processes(database, fake_xero, tmp_path, 1)
+        half = ORGANISATIONS // 2
+
+        def handed_over() -> bool:
+            held = list(owners(database).values())
+            return len(set(held)) == 2 and all(held.count(m) == half for m in set(held))
+
+        await asyncio.to_thread(eventually, handed_over, 20)
+        assert pushed(fake_xero) < len(numbers)  # mid-drain
+        await asyncio.to_thread(eventually, lambda: pushed(fake_xero) >= len(numbers), 90)
+        assert_exactly_once_within_limits(fake_xero, numbers)
+    finally:
+        stop_all(processes)
