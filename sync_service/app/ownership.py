@@ -19,9 +19,10 @@ lease row (connection_leases) held by at most one member. Every RENEW_INTERVAL_S
 
 Self-fencing: a lease renewed by a tick that started at local time t is held until t +
 LEASE_S on the database's clock at the earliest, so `owns` turns false at t + LEASE_S -
-FENCE_MARGIN_S unless a later tick renewed it; the lanes then start no new change. A process
-that cannot reach the database (or stalls) thus stops before anyone may take over; the
-margin leaves a push in hand the time to finish its few calls.
+FENCE_MARGIN_S unless a later tick renewed it; the lanes then start no new change, and the
+Xero pacer refuses any further call to the organisation (`Pacer.may_call`; the change is
+retried later, not lost). A process that cannot reach the database (or stalls) thus stops
+calling before anyone may take over.
 
 The ledger's partition leases (ledger_service/partitions.py) are the model; the differences:
 the set of leases is the connections with work, not a fixed count, and a lease carries the

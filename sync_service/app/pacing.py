@@ -12,7 +12,8 @@ and pause is exported when its ownership is renewed or given up, and restored by
 owner (`PaceState`), so that a handover neither bursts nor forgets a 429.
 
 The buckets are ours rather than aiolimiter's (which the first version used, with the same
-arithmetic) only because their level must be read and set across a handover.
+arithmetic, and which is no longer a dependency) only because their level must be read and
+set across a handover.
 """
 
 from __future__ import annotations
