@@ -55,7 +55,7 @@ BENCHMARKS: dict[str, Benchmark] = {
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    options = RunOptions(quick=args.quick, profile=args.profile)
+    options = RunOptions(quick=args.quick, profile=args.profile, processes=args.processes)
     machine = describe_machine()
     print(f"bench: {'quick' if options.quick else 'full'} run on {machine['cpu_model']}"
           f" x{machine['nproc']}, {machine['postgresql']}, nats-server {machine['nats_server']}",
@@ -97,6 +97,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help=f"run only this benchmark (repeatable): {', '.join(BENCHMARKS)}")
     parser.add_argument("--profile", action="store_true",
                         help="py-spy the service while it is measured (bench/results/*.svg, *.gil.txt)")
+    parser.add_argument("--processes", type=int, metavar="N",
+                        help="sync_xero: sync service processes sharing the organisations"
+                        f" (default {sync_xero.PROCESSES_DEFAULT})")
     return parser.parse_args(argv)
 
 

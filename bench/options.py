@@ -13,6 +13,7 @@ from bench.infra import Profiler
 class RunOptions:
     quick: bool = False  # smaller numbers: a smoke run of about a minute
     profile: bool = False  # py-spy the service while it is measured
+    processes: int | None = None  # service processes, where a benchmark can run several
 
 
 @contextlib.contextmanager

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 from services.outbox import OutboxRelay, jetstream_publisher
 from services.runtime import Runtime, ServiceParts, ServiceSpec
@@ -12,12 +13,14 @@ from sync_service.app.connections import XeroConnections
 from sync_service.app.credentials import load_key_ring
 from sync_service.app.grants import Grants
 from sync_service.app.hubspot_api import BUCKET as HUBSPOT_BUCKET
+from sync_service.app.hubspot_api import SEARCH_BUCKET as HUBSPOT_SEARCH_BUCKET
 from sync_service.app.hubspot_api import HubSpotClient
 from sync_service.app.hubspot_catalog import HubSpotCatalogue
 from sync_service.app.hubspot_pusher import CONNECTION_ID as HUBSPOT_CONNECTION
 from sync_service.app.hubspot_pusher import HubSpotPusher
 from sync_service.app.mappings import MappingBook
-from sync_service.app.pacing import Limits, Pacer
+from sync_service.app.ownership import LeaseTable, Ownership, member_id
+from sync_service.app.pacing import Limits, Pacer, PaceState
 from sync_service.app.pusher import OUTBOX_CHANNEL, XeroPusher
 from sync_service.app.queue import Job, SyncQueue
 from sync_service.app.scheduler import Scheduler
@@ -31,6 +34,38 @@ from sync_service.settings import SyncSettings
 
 # A change for a target no longer configured looks again this late (it stays in the status).
 UNCONFIGURED_RECHECK_S = 60.0
+SCHEMA = "sync"
+
+
+class _Pacing:
+    """The pacing state of each connection for its lease row: a Xero organisation's pacer,
+    or HubSpot's two (calls, searches)."""
+
+    def __init__(self, xero: Pacer | None, hubspot: HubSpotClient | None) -> None:
+        self._xero = xero
+        self._hubspot = hubspot
+
+    def _pacers(self, connection_id: str) -> list[tuple[str, Pacer, str]]:
+        if connection_id == HUBSPOT_CONNECTION:
+            if self._hubspot is None:
+                return []
+            return [("calls", self._hubspot.pacer, HUBSPOT_BUCKET),
+                    ("search", self._hubspot.search_pacer, HUBSPOT_SEARCH_BUCKET)]
+        return [] if self._xero is None else [("calls", self._xero, connection_id)]
+
+    def export(self, connection_id: str) -> dict[str, Any]:
+        return {name: pacer.export(bucket).to_builtins()
+                for name, pacer, bucket in self._pacers(connection_id)}
+
+    def restore(self, connection_id: str, state: dict[str, Any], elapsed_s: float) -> None:
+        for name, pacer, bucket in self._pacers(connection_id):
+            saved = state.get(name)
+            if isinstance(saved, dict):
+                pacer.restore(bucket, PaceState.from_builtins(saved), elapsed_s)
+
+    def forget(self, connection_id: str) -> None:
+        for _, pacer, bucket in self._pacers(connection_id):
+            pacer.forget(bucket)
 
 
 def build(runtime: Runtime) -> ServiceParts:
@@ -91,7 +126,9 @@ def build(runtime: Runtime) -> ServiceParts:
             names=PropertyNames(key=settings.hubspot_product_key_property,
                                 tier=settings.hubspot_tier_property),
             interval_s=settings.hubspot_catalog_interval_s, outbox_channel=OUTBOX_CHANNEL,
-            on_publish=relay.wake)
+            on_publish=relay.wake,
+            # The scheduled pull runs where HubSpot's lease is, beside its pushes and pacer.
+            scheduled_here=lambda: owns(HUBSPOT_CONNECTION))
         hubspot_pusher = HubSpotPusher(runtime.pool, hubspot, queue)
 
     async def push(job: Job) -> None:
@@ -108,9 +145,22 @@ def build(runtime: Runtime) -> ServiceParts:
             return hubspot.pacer.paused_for_s(HUBSPOT_BUCKET) if hubspot else 0.0
         return xero_pacer.paused_for_s(connection_id) if xero_pacer else 0.0
 
+    # Each connection is drained by one sync process at a time, so its pacer's limits are
+    # the organisation's whatever the number of processes (app/ownership.py).
+    owner: Ownership | None = None
+
+    def owns(connection_id: str) -> bool:
+        return owner is not None and owner.owns(connection_id)
+
     scheduler = Scheduler(queue, push, paused_for_s,
                           workers_per_connection=settings.xero_concurrent_max,
-                          poll_interval_s=settings.poll_interval_s)
+                          poll_interval_s=settings.poll_interval_s, owns=owns)
+    owner = Ownership(
+        LeaseTable(settings.database_url, SCHEMA, member_id(),
+                   always=[HUBSPOT_CONNECTION] if hubspot is not None else []),
+        _Pacing(xero_pacer, hubspot), stop_lane=scheduler.stop_lane, on_acquire=scheduler.wake)
+    if xero_pacer is not None:
+        xero_pacer.may_call = owns
 
     sync = SyncApp(
         connections=XeroConnections(runtime.pool, keys, xero, grants, on_connected=scheduler.wake),
@@ -135,12 +185,14 @@ def build(runtime: Runtime) -> ServiceParts:
                 (HUBSPOT_CONNECTION, "active" if hubspot and settings.hubspot_push_invoices
                  else "disconnected"))
         await relay.start()
+        await owner.start()
         await scheduler.start()
         if catalogue is not None:
             await catalogue.start()
 
     async def stop(_: Runtime) -> None:
         await scheduler.stop()
+        await owner.stop()
         if catalogue is not None:
             await catalogue.stop()
         await relay.stop()
@@ -161,7 +213,7 @@ SPEC = ServiceSpec(
     name="sync_service",
     title="Sync service",
     version="0.1.0",
-    schema="sync",
+    schema=SCHEMA,
     http_port_default=8004,
     migrations=Path(__file__).parent / "migrations",
     build=build,

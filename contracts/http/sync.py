@@ -31,6 +31,8 @@ class ConnectionStatus(Struct, frozen=True, kw_only=True):
     failures: Count
     dead_letters: Count
     last_error: Annotated[str, Meta(max_length=500)] | None = None
+    owner: Annotated[str | None, Meta(
+        description="The sync process draining it now (host:pid:id), while it has work")] = None
 
 
 class TargetStatus(Struct, frozen=True, kw_only=True):

@@ -29,7 +29,7 @@ class HubSpotClient:
                  timeout_s: float) -> None:
         register_secret(access_token)
         self.pacer = pacer
-        self._search_pacer = search_pacer
+        self.search_pacer = search_pacer
         self._http = httpx.AsyncClient(base_url=base_url.rstrip("/"),
                                        timeout=httpx.Timeout(timeout_s),
                                        headers={"Authorization": f"Bearer {access_token}",
@@ -52,7 +52,7 @@ class HubSpotClient:
                      ) -> list[dict[str, Any]]:
         body = {"filterGroups": [{"filters": [{"propertyName": property_name, "operator": "EQ",
                                                "value": value}]}], "limit": 10}
-        async with self._search_pacer.call(SEARCH_BUCKET):
+        async with self.search_pacer.call(SEARCH_BUCKET):
             answer = await self.request("POST", f"/crm/v3/objects/{object_type}/search",
                                         body=body)
         return [r for r in answer.get("results") or [] if isinstance(r, dict)]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -45,13 +46,16 @@ class PullResult:
 class HubSpotCatalogue:
     def __init__(self, pool: AsyncConnectionPool, hubspot: HubSpotClient, *,
                  names: PropertyNames, interval_s: float, outbox_channel: str,
-                 on_publish: Any = None) -> None:
+                 on_publish: Any = None,
+                 scheduled_here: Callable[[], bool] = lambda: True) -> None:
         self._pool = pool
         self._hubspot = hubspot
         self._names = names
         self._interval_s = interval_s
         self._channel = outbox_channel
         self._on_publish = on_publish
+        # With several sync processes, only the one owning HubSpot's lease pulls on schedule.
+        self._scheduled_here = scheduled_here
         self._lock = asyncio.Lock()
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -69,8 +73,9 @@ class HubSpotCatalogue:
 
     async def _run(self) -> None:
         while not self._stopping.is_set():
-            with contextlib.suppress(ProviderError, OSError):
-                await self.pull()
+            if self._scheduled_here():
+                with contextlib.suppress(ProviderError, OSError):
+                    await self.pull()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), timeout=self._interval_s)
 

@@ -1,21 +1,30 @@
 """Client-side pacing per Xero organisation, so that our own traffic provokes no 429.
 
 Each organisation (tenant) gets its own limits, never one global limit shared by all (Lago's
-throttling was global per provider): calls evenly spaced at `share` of the minute limit
-(aiolimiter, with no burst, so that no rolling window ever holds more than the limit), a daily
-budget, and a semaphore for Xero's 5 concurrent calls. A 429 pauses that organisation alone
-for its `Retry-After`.
+throttling was global per provider): calls evenly spaced at `share` of the minute limit (a
+leaky bucket of capacity one, so with no burst and no rolling window ever holding more than
+the limit), a daily budget, and a semaphore for Xero's 5 concurrent calls. A 429 pauses that
+organisation alone for its `Retry-After`.
+
+Only the process that owns an organisation calls it (app/ownership.py), so these limits are
+the organisation's, not this process's share of them. The state of an organisation's buckets
+and pause is exported when its ownership is renewed or given up, and restored by its next
+owner (`PaceState`), so that a handover neither bursts nor forgets a 429.
+
+The buckets are ours rather than aiolimiter's (which the first version used, with the same
+arithmetic, and which is no longer a dependency) only because their level must be read and
+set across a handover.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
-from aiolimiter import AsyncLimiter
+from sync_service.domain.errors import ProviderUnavailable
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,27 +40,73 @@ class Limits:
         return self.window_s / (self.calls_per_window * self.share)
 
 
+@dataclass(slots=True)
+class Bucket:
+    """A leaky bucket: `capacity` calls, leaking at `capacity / period_s` a second; a call
+    waits until it fits. Capacity one is an even spacing of `period_s`."""
+
+    capacity: float
+    period_s: float
+    level: float = 0.0
+    at: float = field(default_factory=time.monotonic)
+
+    def leak(self) -> float:
+        now = time.monotonic()
+        self.level = max(0.0, self.level - (now - self.at) * self.capacity / self.period_s)
+        self.at = now
+        return self.level
+
+    async def acquire(self) -> None:
+        # Check and increment with no await between: atomic on the event loop.
+        while (excess := self.leak() + 1 - self.capacity) > 0:  # noqa: ASYNC110 (a clock)
+            await asyncio.sleep(excess * self.period_s / self.capacity)
+        self.level += 1
+
+
+@dataclass(frozen=True, slots=True)
+class PaceState:
+    """What an organisation's next owner must start from: the buckets' levels and the pause
+    left, as they were `elapsed_s` ago (the database's clock measures that)."""
+
+    spacing: float = 0.0
+    day: float = 0.0
+    paused_s: float = 0.0
+
+    def to_builtins(self) -> dict[str, float]:
+        return {"spacing": self.spacing, "day": self.day, "paused_s": self.paused_s}
+
+    @classmethod
+    def from_builtins(cls, data: Mapping[str, object]) -> PaceState:
+        def number(name: str) -> float:
+            value = data.get(name, 0.0)
+            return float(value) if isinstance(value, int | float) else 0.0
+
+        return cls(spacing=number("spacing"), day=number("day"), paused_s=number("paused_s"))
+
+
 @dataclass
 class _TenantPace:
-    spacing: AsyncLimiter
-    day: AsyncLimiter
+    spacing: Bucket
+    day: Bucket
     in_flight: asyncio.Semaphore
     paused_until: float = 0.0
     calls: int = 0
-    waits_s: float = field(default=0.0)
 
 
 class Pacer:
-    def __init__(self, limits: Limits) -> None:
+    def __init__(self, limits: Limits, may_call: Callable[[str], bool] | None = None) -> None:
         self.limits = limits
+        # Whether this process still owns the organisation, checked just before each call:
+        # a push in hand when the lease may be lapsing (the database away) stops there.
+        self.may_call = may_call
         self._tenants: dict[str, _TenantPace] = {}
 
     def _pace(self, tenant_id: str) -> _TenantPace:
         pace = self._tenants.get(tenant_id)
         if pace is None:
             pace = _TenantPace(
-                spacing=AsyncLimiter(1, self.limits.spacing_s),
-                day=AsyncLimiter(self.limits.calls_per_day, 86_400),
+                spacing=Bucket(1, self.limits.spacing_s),
+                day=Bucket(self.limits.calls_per_day, 86_400),
                 in_flight=asyncio.Semaphore(self.limits.concurrent_max),
             )
             self._tenants[tenant_id] = pace
@@ -64,6 +119,26 @@ class Pacer:
     def paused_for_s(self, tenant_id: str) -> float:
         return max(0.0, self._pace(tenant_id).paused_until - time.monotonic())
 
+    def export(self, tenant_id: str) -> PaceState:
+        pace = self._pace(tenant_id)
+        return PaceState(spacing=pace.spacing.leak(), day=pace.day.leak(),
+                         paused_s=self.paused_for_s(tenant_id))
+
+    def restore(self, tenant_id: str, state: PaceState, elapsed_s: float) -> None:
+        """Start an organisation where its previous owner left it `elapsed_s` ago (before
+        any call of ours to it: the levels are set, not added)."""
+        pace = self._pace(tenant_id)
+        now = time.monotonic()
+        elapsed_s = max(0.0, elapsed_s)
+        for bucket, level in ((pace.spacing, state.spacing), (pace.day, state.day)):
+            bucket.level = max(0.0, level - elapsed_s * bucket.capacity / bucket.period_s)
+            bucket.at = now
+        pace.paused_until = max(pace.paused_until, now + state.paused_s - elapsed_s)
+
+    def forget(self, tenant_id: str) -> None:
+        """No longer ours: its state lives in the lease row until we own it again."""
+        self._tenants.pop(tenant_id, None)
+
     @asynccontextmanager
     async def call(self, tenant_id: str) -> AsyncIterator[None]:
         """Hold one of the organisation's concurrent slots for one paced call."""
@@ -74,5 +149,8 @@ class Pacer:
                 await asyncio.sleep(wait_s)
             await pace.day.acquire()
             await pace.spacing.acquire()
+            if self.may_call is not None and not self.may_call(tenant_id):
+                raise ProviderUnavailable("this process no longer owns the organisation",
+                                          outcome_unknown=False)
             pace.calls += 1
             yield

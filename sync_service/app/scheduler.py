@@ -7,6 +7,10 @@ concurrency in workers; they take changes from the lane's batch, claimed a few a
 (one round trip for several changes), and push each through the organisation's pacer. A
 lane ends when its connection has nothing due; changes it claimed and did not start go back
 to the queue (on a 429 pause or a stop), so none sits out its lease.
+
+With several sync processes, a lane runs only for a connection this process owns (`owns`,
+app/ownership.py), and ends once it no longer does: a handover stops the lane
+(`stop_lane`: no new change starts, the pushes in hand finish) before the lease is cleared.
 """
 
 from __future__ import annotations
@@ -30,12 +34,14 @@ class _Lane:
     connection_id: str
     claimed: deque[tuple[float, Job]] = field(default_factory=deque)  # (when, job): not started
     claiming: asyncio.Lock = field(default_factory=asyncio.Lock)
+    stopping: bool = False
 
 
 class Scheduler:
     def __init__(self, queue: SyncQueue, push: Callable[[Job], Awaitable[None]],
                  paused_for_s: Callable[[str], float], *, workers_per_connection: int,
-                 poll_interval_s: float, claim_batch_max: int | None = None) -> None:
+                 poll_interval_s: float, claim_batch_max: int | None = None,
+                 owns: Callable[[str], bool] = lambda _: True) -> None:
         self._queue = queue
         self._push = push
         self._paused_for_s = paused_for_s
@@ -44,7 +50,8 @@ class Scheduler:
         # many paced calls (seconds at Xero's pace) before it starts, far inside its lease.
         self._claim_batch_max = claim_batch_max or workers_per_connection
         self._poll_interval_s = poll_interval_s
-        self._lanes: dict[str, asyncio.Task[None]] = {}
+        self._owns = owns
+        self._lanes: dict[str, tuple[_Lane, asyncio.Task[None]]] = {}
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -59,7 +66,8 @@ class Scheduler:
     async def stop(self, timeout_s: float = 10.0) -> None:
         self._stopping.set()
         self._wake.set()
-        tasks = [t for t in (self._task, *self._lanes.values()) if t is not None]
+        lanes = [task for _, task in self._lanes.values()]
+        tasks = [t for t in (self._task, *lanes) if t is not None]
         if not tasks:
             return
         _, pending = await asyncio.wait(tasks, timeout=timeout_s)
@@ -74,17 +82,28 @@ class Scheduler:
             self._wake.clear()
             try:
                 for connection_id in await self._queue.due_connections():
-                    lane = self._lanes.get(connection_id)
-                    if lane is None or lane.done():
-                        self._lanes[connection_id] = asyncio.create_task(
-                            self._lane(connection_id), name=f"sync-lane:{connection_id}")
+                    running = self._lanes.get(connection_id)
+                    if (running is None or running[1].done()) and self._owns(connection_id):
+                        lane = _Lane(connection_id)
+                        self._lanes[connection_id] = (lane, asyncio.create_task(
+                            self._lane(lane), name=f"sync-lane:{connection_id}"))
             except Exception as exc:  # the database away: try again next round
                 log.warning("sync.scheduler_failed", error=str(exc))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=self._poll_interval_s)
 
-    async def _lane(self, connection_id: str) -> None:
-        lane = _Lane(connection_id)
+    async def stop_lane(self, connection_id: str) -> None:
+        """Stop a connection's lane: its workers start no new change and finish the one in
+        hand; what it claimed and did not start goes back to the queue."""
+        running = self._lanes.get(connection_id)
+        if running is None:
+            return
+        lane, task = running
+        lane.stopping = True
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
+
+    async def _lane(self, lane: _Lane) -> None:
         try:
             await asyncio.gather(*(self._work(lane) for _ in range(self._workers)))
         finally:
@@ -118,7 +137,7 @@ class Scheduler:
 
     async def _work(self, lane: _Lane) -> None:
         connection_id = lane.connection_id
-        while not self._stopping.is_set():
+        while not (self._stopping.is_set() or lane.stopping) and self._owns(connection_id):
             # An organisation paused by a 429 claims nothing meanwhile, and gives back what
             # it holds: a change held past its lease would be claimed a second time.
             if (paused_s := self._paused_for_s(connection_id)) > 0:
@@ -128,6 +147,9 @@ class Scheduler:
             try:
                 job = await self._next(lane)
                 if job is None:
+                    return
+                if lane.stopping or not self._owns(connection_id):  # lost while claiming
+                    await self._queue.release([job])
                     return
                 await self._push(job)
             except Exception as exc:

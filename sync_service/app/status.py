@@ -20,12 +20,13 @@ SELECT c.connection_id, c.name, c.status, c.is_default, c.last_success_at, c.las
        coalesce(g.status = 'active', false) AND c.status = 'active' AS connected,
        count(j.job_id) FILTER (WHERE j.status IN ('pending', 'running')) AS backlog,
        count(j.job_id) FILTER (WHERE j.status IN ('pending', 'running') AND j.failures > 0),
-       count(j.job_id) FILTER (WHERE j.status = 'dead')
+       count(j.job_id) FILTER (WHERE j.status = 'dead'), l.owner
   FROM connections c
   LEFT JOIN xero_grants g ON g.grant_id = c.grant_id
   LEFT JOIN sync_jobs j ON j.connection_id = c.connection_id
+  LEFT JOIN connection_leases l ON l.connection_id = c.connection_id AND l.expires_at > now()
  WHERE c.target = 'xero'
- GROUP BY c.connection_id, g.status
+ GROUP BY c.connection_id, g.status, l.owner
  ORDER BY c.name, c.connection_id
 """
 
@@ -57,7 +58,7 @@ class SyncStatusReader:
         connections = [
             ConnectionStatus(connection_id=r[0], name=r[1], state=r[2], is_default=r[3],
                              last_success_at=r[4], last_error=r[5], connected=bool(r[6]),
-                             backlog=r[7], failures=r[8], dead_letters=r[9])
+                             backlog=r[7], failures=r[8], dead_letters=r[9], owner=r[10])
             for r in rows
         ]
         successes = [c.last_success_at for c in connections if c.last_success_at]

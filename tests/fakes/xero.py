@@ -147,6 +147,8 @@ class FakeXero:
     rate_limited: list[tuple[str, str]] = field(default_factory=list)  # (tenant, problem)
     contact_updates: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     api_calls: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    # When each admitted call arrived, per tenant (wall clock), for rolling-window checks.
+    call_times: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
     # When each invoice was created, per tenant (monotonic clock), for fairness figures.
     invoice_times: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
     faults_injected: dict[str, int] = field(default_factory=lambda: defaultdict(int))
@@ -243,6 +245,19 @@ class FakeXero:
 
     def invoices_numbered(self, tenant_id: str, number: str) -> list[dict[str, Any]]:
         return [i for i in self.invoices[tenant_id].values() if i["InvoiceNumber"] == number]
+
+    def busiest_window(self, tenant_id: str, window_s: float | None = None) -> int:
+        """The most calls admitted for a tenant within any window of `window_s` (default:
+        the minute window), whoever made them."""
+        span = self.minute_window_s if window_s is None else window_s
+        with self._lock:
+            times = sorted(self.call_times[tenant_id])
+        most, first = 0, 0
+        for last, at in enumerate(times):
+            while times[first] <= at - span:
+                first += 1
+            most = max(most, last - first + 1)
+        return most
 
     def webhook_body(self, tenant_id: str, invoice_id: str, event_type: str = "UPDATE") -> bytes:
         return json.dumps({
@@ -463,6 +478,7 @@ class FakeXero:
             self._day_calls[tenant] += 1
             self._in_flight[tenant] += 1
             self.api_calls[tenant] += 1
+            self.call_times[tenant].append(now)
 
     def _limit_headers(self, tenant: str) -> dict[str, str]:
         with self._lock:
