@@ -33,8 +33,9 @@ from nats.aio.msg import Msg
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
 
-from contracts.partitioning import partition_of
+from contracts.partitioning import fnv1a_32, partition_of
 from contracts.subjects import commands_partition_subject
+from ledger_service.databases import DatabaseMap
 from ledger_service.partitions import PartitionOwner
 from services.http.middleware import current_correlation_id, current_request_id
 
@@ -54,6 +55,8 @@ FORWARDED_HEADER: Final = b"x-ledger-forwarded"
 APPLIED_BY_HEADER: Final = b"x-ledger-applied-by"
 WRITE_METHODS: Final = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 _ACCOUNT_PATH: Final = re.compile(r"^/v1/accounts/([0-9a-fA-F-]{36})/")
+_READ_PATH: Final = re.compile(r"^/v1/(?:audit/)?accounts/([0-9a-fA-F-]{36})(?:/|$)")
+_OPEN_PATHS: Final = frozenset({"/v1/accounts", "/v1/accounts/"})
 # A command's owner answers within this; a partition between owners (about 6 s after a
 # process dies) is tried again until HANDOVER_WAIT_S, then the command is applied here.
 REQUEST_TIMEOUT_S: Final = 15.0
@@ -81,6 +84,11 @@ class ForwardedResponse(msgspec.Struct, frozen=True):
     body: bytes
 
 
+class _OpenedId(msgspec.Struct):
+    account_id: UUID | None = None
+
+
+_open_decoder = msgspec.json.Decoder(_OpenedId)
 _encoder = msgspec.msgpack.Encoder()
 _request_decoder = msgspec.msgpack.Decoder(ForwardedRequest)
 _response_decoder = msgspec.msgpack.Decoder(ForwardedResponse)
@@ -90,7 +98,19 @@ def account_of(scope: Scope) -> UUID | None:
     """The account a command is for, from its path; None for what is not routed."""
     if scope.get("type") != "http" or scope.get("method") not in WRITE_METHODS:
         return None
-    match = _ACCOUNT_PATH.match(scope.get("path", ""))
+    return _account_in(_ACCOUNT_PATH, scope)
+
+
+def read_account_of(scope: Scope) -> UUID | None:
+    """The account a read is of (`GET /v1/accounts/{id}...`, `/v1/audit/accounts/{id}/...`):
+    routed only between the databases of LEDGER_DATABASES."""
+    if scope.get("type") != "http" or scope.get("method") != "GET":
+        return None
+    return _account_in(_READ_PATH, scope)
+
+
+def _account_in(pattern: re.Pattern[str], scope: Scope) -> UUID | None:
+    match = pattern.match(scope.get("path", ""))
     if match is None:
         return None
     try:
@@ -99,11 +119,28 @@ def account_of(scope: Scope) -> UUID | None:
         return None
 
 
+def open_partition(body: bytes, idempotency_key: str | None, partitions: int) -> int | None:
+    """Where `POST /v1/accounts` belongs among several databases: the partition of the
+    account id the client chose; without one, a partition chosen by the Idempotency-Key (so a
+    retry reaches the same database, where the key is kept); None: anywhere will do."""
+    try:
+        chosen = _open_decoder.decode(body).account_id
+    except (msgspec.DecodeError, ValueError):
+        chosen = None  # malformed: the handler answers 400 wherever it runs
+    if chosen is not None:
+        return partition_of(chosen, partitions)
+    if idempotency_key:
+        return fnv1a_32(idempotency_key.encode()) % partitions
+    return None
+
+
 class CommandRouter:
     """The ASGI layer (wrap) and the owner's side (add_partition / remove_partition)."""
 
     def __init__(self) -> None:
         self.owner: PartitionOwner | None = None  # set at start, with the NATS connection
+        # LEDGER_DATABASES: an account of another group's database is read and opened there.
+        self.databases: DatabaseMap | None = None
         self._nc: NATS | None = None
         self._outer: ASGIApp | None = None  # the whole HTTP stack an owner runs commands on
         self._subscriptions: dict[int, Any] = {}
@@ -116,9 +153,11 @@ class CommandRouter:
         async def route(scope: Scope, receive: Receive, send: Send) -> None:
             account_id = account_of(scope)
             owner = self.owner
+            if self.databases is not None and account_id is None and owner is not None:
+                await self._route_between_databases(scope, receive, send, app, owner)
+                return
             if (account_id is None or owner is None or self._nc is None or owner.owns_all()
-                    or owner.owns_account(account_id)
-                    or any(name == FORWARDED_HEADER for name, _ in scope.get("headers", ()))):
+                    or owner.owns_account(account_id) or _forwarded(scope)):
                 await app(scope, receive, send)
                 return
             await self._forward(scope, receive, send, app,
@@ -126,8 +165,37 @@ class CommandRouter:
 
         return route
 
-    def connect(self, nc: NATS, owner: PartitionOwner) -> None:
-        self._nc, self.owner = nc, owner
+    def connect(self, nc: NATS, owner: PartitionOwner,
+                databases: DatabaseMap | None = None) -> None:
+        self._nc, self.owner, self.databases = nc, owner, databases
+
+    async def _route_between_databases(self, scope: Scope, receive: Receive, send: Send,
+                                       app: ASGIApp, owner: PartitionOwner) -> None:
+        """With several databases, what is not an account's command: a read of an account
+        of another group goes to that account's owner (whose database has it), and an open
+        to the group of the account it opens. The rest runs here."""
+        if self._nc is None or _forwarded(scope):
+            await app(scope, receive, send)
+            return
+        read = read_account_of(scope)
+        if read is not None:
+            partition = partition_of(read, owner.partitions)
+            if owner.in_group(partition):
+                await app(scope, receive, send)
+            else:
+                await self._forward(scope, receive, send, app, partition)
+            return
+        if scope.get("method") == "POST" and scope.get("path") in _OPEN_PATHS:
+            body, complete = await _read_body(receive)
+            key = next((v.decode("latin-1") for k, v in scope.get("headers", ())
+                        if k.lower() == b"idempotency-key"), None)
+            target = open_partition(body, key, owner.partitions) if complete else None
+            if target is None or owner.in_group(target):
+                await app(scope, _replay(body), send)
+            else:
+                await self._forward(scope, _replay(body), send, app, target)
+            return
+        await app(scope, receive, send)
 
     # -- the process the client reached ---------------------------------------------------------
 
@@ -150,6 +218,12 @@ class CommandRouter:
         response = await self._ask_owner(partition, _encoder.encode(request))
         if response is not None:
             await _answer(send, response)
+            return
+        if self.owner is not None and not self.owner.in_group(partition):
+            # Another database's account: it cannot be applied (or read) here.
+            await _answer(send, ForwardedResponse(
+                503, [(b"content-type", b"application/problem+json"), (b"retry-after", b"1")],
+                _NO_OWNER))
             return
         log.warning("command applied here: no owner answered", partition=partition,
                     path=scope["path"])
@@ -244,8 +318,15 @@ class CommandRouter:
 _GATEWAY_TIMEOUT: Final = (b'{"type":"https://billing.example/problems/owner-timeout",'
                            b'"title":"The account\'s ledger process did not answer in time",'
                            b'"status":504,"detail":"retry with the same Idempotency-Key"}')
+_NO_OWNER: Final = (b'{"type":"https://billing.example/problems/owner-unavailable",'
+                    b'"title":"No ledger process serves the account\'s database just now",'
+                    b'"status":503,"detail":"its partition is between owners: retry"}')
 _SERVER_ERROR: Final = (b'{"type":"about:blank","title":"Internal Server Error",'
                         b'"status":500}')
+
+
+def _forwarded(scope: Scope) -> bool:
+    return any(name == FORWARDED_HEADER for name, _ in scope.get("headers", ()))
 
 
 async def _read_body(receive: Receive) -> tuple[bytes, bool]:
