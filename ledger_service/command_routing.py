@@ -57,6 +57,7 @@ WRITE_METHODS: Final = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 _ACCOUNT_PATH: Final = re.compile(r"^/v1/accounts/([0-9a-fA-F-]{36})/")
 _READ_PATH: Final = re.compile(r"^/v1/(?:audit/)?accounts/([0-9a-fA-F-]{36})(?:/|$)")
 _OPEN_PATHS: Final = frozenset({"/v1/accounts", "/v1/accounts/"})
+CHARGES_PATH: Final = "/v1/charges"
 # A command's owner answers within this; a partition between owners (about 6 s after a
 # process dies) is tried again until HANDOVER_WAIT_S, then the command is applied here.
 REQUEST_TIMEOUT_S: Final = 15.0
@@ -89,6 +90,23 @@ class _OpenedId(msgspec.Struct):
 
 
 _open_decoder = msgspec.json.Decoder(_OpenedId)
+
+
+class _Batch(msgspec.Struct):
+    charges: list[msgspec.Raw]
+
+
+class _Charge(msgspec.Struct):
+    account_id: UUID
+
+
+class _Results(msgspec.Struct):
+    results: list[msgspec.Raw]
+
+
+_batch_decoder = msgspec.json.Decoder(_Batch)
+_charge_decoder = msgspec.json.Decoder(_Charge)
+_results_decoder = msgspec.json.Decoder(_Results)
 _encoder = msgspec.msgpack.Encoder()
 _request_decoder = msgspec.msgpack.Decoder(ForwardedRequest)
 _response_decoder = msgspec.msgpack.Decoder(ForwardedResponse)
@@ -185,6 +203,10 @@ class CommandRouter:
             else:
                 await self._forward(scope, receive, send, app, partition)
             return
+        if scope.get("method") == "POST" and scope.get("path") == CHARGES_PATH:
+            body, complete = await _read_body(receive)
+            await self._charge_across(scope, body if complete else b"", send, app, owner)
+            return
         if scope.get("method") == "POST" and scope.get("path") in _OPEN_PATHS:
             body, complete = await _read_body(receive)
             key = next((v.decode("latin-1") for k, v in scope.get("headers", ())
@@ -197,6 +219,57 @@ class CommandRouter:
             return
         await app(scope, receive, send)
 
+    async def _charge_across(self, scope: Scope, body: bytes, send: Send, app: ASGIApp,
+                             owner: PartitionOwner) -> None:
+        """`POST /v1/charges` with accounts in several databases: each database's fees are
+        charged there, as one batch (one transaction) per database, at once; the outcomes
+        come back in the order sent. A database that fails answers for the whole request
+        (the others' fees are charged: a retry charges each charge_key once)."""
+        assert self.databases is not None
+        try:
+            raws = _batch_decoder.decode(body).charges
+            accounts = [_charge_decoder.decode(raw).account_id for raw in raws]
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            await app(scope, _replay(body), send)  # malformed: the handler answers 400
+            return
+        parts: dict[int, list[int]] = {}
+        for index, account_id in enumerate(accounts):
+            partition = partition_of(account_id, owner.partitions)
+            parts.setdefault(self.databases.group_of_partition(partition).index, []).append(index)
+        if len(parts) <= 1 and (not parts or owner.in_group(partition_of(accounts[0],
+                                                                         owner.partitions))):
+            await app(scope, _replay(body), send)
+            return
+        answers = await asyncio.gather(*(
+            self._exchange(scope, b'{"charges":[' + b",".join(raws[i] for i in indexes) + b"]}",
+                           partition_of(accounts[indexes[0]], owner.partitions), app)
+            for indexes in parts.values()))
+        failed = next((answer for answer in answers if answer.status != 200), None)
+        if failed is not None:
+            await _answer(send, failed)
+            return
+        results: list[bytes] = [b""] * len(accounts)
+        for indexes, answer in zip(parts.values(), answers, strict=True):
+            for index, result in zip(indexes, _results_decoder.decode(answer.body).results,
+                                     strict=True):
+                results[index] = result
+        await _answer(send, ForwardedResponse(200, [(b"content-type", b"application/json")],
+                                              b'{"results":[' + b",".join(results) + b"]}"))
+
+    async def _exchange(self, scope: Scope, body: bytes, partition: int,
+                        app: ASGIApp) -> ForwardedResponse:
+        """The response to the request `scope` with `body`: run here when `partition` is in
+        this process's database, else by the partition's owner."""
+        assert self.owner is not None
+        if self.owner.in_group(partition):
+            headers = [(k, v) for k, v in scope.get("headers", ()) if k.lower() != b"content-length"]
+            local = {**scope, "headers": [*headers, (b"content-length", str(len(body)).encode())]}
+            return await _captured(app, local, body)
+        response = await self._ask_owner(partition, _encoder.encode(_request_for(scope, body)))
+        return response if response is not None else ForwardedResponse(
+            503, [(b"content-type", b"application/problem+json"), (b"retry-after", b"1")],
+            _NO_OWNER)
+
     # -- the process the client reached ---------------------------------------------------------
 
     async def _forward(self, scope: Scope, receive: Receive, send: Send, app: ASGIApp,
@@ -206,16 +279,7 @@ class CommandRouter:
             await _answer(send, ForwardedResponse(413, [(b"content-type", b"text/plain")],
                                                   b"request body too large"))
             return
-        headers = [(name, value) for name, value in scope.get("headers", ())
-                   if name.lower() not in _DROPPED_HEADERS and name.lower() != b"x-request-id"
-                   and name.lower() != b"x-correlation-id"]
-        headers += [(FORWARDED_HEADER, b"1"),
-                    (b"x-request-id", (current_request_id() or "").encode()),
-                    (b"x-correlation-id", (current_correlation_id() or "").encode())]
-        request = ForwardedRequest(method=scope["method"], path=scope["path"],
-                                   query_string=scope.get("query_string", b""),
-                                   headers=headers, body=body)
-        response = await self._ask_owner(partition, _encoder.encode(request))
+        response = await self._ask_owner(partition, _encoder.encode(_request_for(scope, body)))
         if response is not None:
             await _answer(send, response)
             return
@@ -292,27 +356,45 @@ class CommandRouter:
                         (b"content-length", str(len(request.body)).encode())],
             "client": ("127.0.0.1", 0), "server": ("127.0.0.1", 0), "state": {},
         }
-        status, headers, chunks = 500, [], []
-
-        async def capture(message: Message) -> None:
-            nonlocal status, headers
-            if message["type"] == "http.response.start":
-                status = int(message["status"])
-                headers = [(bytes(k), bytes(v)) for k, v in message.get("headers", ())]
-            elif message["type"] == "http.response.body":
-                chunks.append(bytes(message.get("body", b"")))
-
-        try:
-            await self._outer(scope, _replay(request.body), capture)
-        except Exception:
-            log.exception("forwarded command failed", path=request.path)
-            status, headers, chunks = 500, [(b"content-type", b"application/problem+json")], \
-                [_SERVER_ERROR]
+        response = await _captured(self._outer, scope, request.body)
         if self.owner is not None:  # which process applied it, for the operator's eyes
-            headers.append((APPLIED_BY_HEADER, self.owner.table.member.encode()))
+            response.headers.append((APPLIED_BY_HEADER, self.owner.table.member.encode()))
         with contextlib.suppress(Exception):
-            await msg.respond(_encoder.encode(ForwardedResponse(status, headers,
-                                                                b"".join(chunks))))
+            await msg.respond(_encoder.encode(response))
+
+
+def _request_for(scope: Scope, body: bytes) -> ForwardedRequest:
+    """The request as its owner will run it: marked forwarded, with this request's ids."""
+    headers = [(name, value) for name, value in scope.get("headers", ())
+               if name.lower() not in _DROPPED_HEADERS and name.lower() != b"x-request-id"
+               and name.lower() != b"x-correlation-id"]
+    headers += [(FORWARDED_HEADER, b"1"),
+                (b"x-request-id", (current_request_id() or "").encode()),
+                (b"x-correlation-id", (current_correlation_id() or "").encode())]
+    return ForwardedRequest(method=scope["method"], path=scope["path"],
+                            query_string=scope.get("query_string", b""), headers=headers,
+                            body=body)
+
+
+async def _captured(app: ASGIApp, scope: Scope, body: bytes) -> ForwardedResponse:
+    """Run `app` on the request and keep its response instead of sending it."""
+    status, headers, chunks = 500, [], []
+
+    async def capture(message: Message) -> None:
+        nonlocal status, headers
+        if message["type"] == "http.response.start":
+            status = int(message["status"])
+            headers = [(bytes(k), bytes(v)) for k, v in message.get("headers", ())]
+        elif message["type"] == "http.response.body":
+            chunks.append(bytes(message.get("body", b"")))
+
+    try:
+        await app(scope, _replay(body), capture)
+    except Exception:
+        log.exception("forwarded command failed", path=scope.get("path"))
+        return ForwardedResponse(500, [(b"content-type", b"application/problem+json")],
+                                 _SERVER_ERROR)
+    return ForwardedResponse(status, headers, b"".join(chunks))
 
 
 _GATEWAY_TIMEOUT: Final = (b'{"type":"https://billing.example/problems/owner-timeout",'

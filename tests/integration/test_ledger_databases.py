@@ -315,3 +315,29 @@ def test_ledgerctl_verifies_every_database_and_names_the_tampered_group(
     assert [g["ok"] for g in as_json["groups"]] == [True, False]
     # The account's chain, and the anchor made above (of the whole log: no account).
     assert {d["account_id"] for d in as_json["groups"][1]["divergences"]} == {victim, None}
+
+
+def test_a_charges_batch_across_both_databases_charges_each_fee_in_its_own(
+    ledgers: list[ServiceProcess], databases: list[str],
+) -> None:
+    accounts = funded_accounts(ledgers, 4)
+    run = uuid.uuid4()
+    fees = [{"account_id": account, "charge_key": f"recurring:{run}:{i}", "product": "vmn",
+             "quantity": 1, "period": "2026-12"} for i, account in enumerate(accounts * 2)]
+    fees.append({**fees[0], "account_id": str(uuid.uuid4()), "charge_key": f"nobody:{run}"})
+    before = {a: balance_micros(ledgers[0].url, a) for a in accounts}
+    answers = [httpx.post(f"{via.url}/v1/charges", json={"charges": fees}, headers=OPERATOR,
+                          timeout=30) for via in ledgers]  # the second: every key again
+    assert [a.status_code for a in answers] == [200, 200], answers[0].text
+    for answer in answers:
+        results = answer.json()["results"]
+        assert [r["charge_key"] for r in results] == [f["charge_key"] for f in fees]
+        assert [r["outcome"] for r in results] == ["charged"] * 8 + ["rejected"]
+    assert answers[0].json() == answers[1].json()  # the first charges, answered again
+    for account in accounts:
+        charged = before[account] - balance_micros(ledgers[1].url, account)
+        price = charged // 2
+        assert charged == 2 * price and price > 0, account
+        keys = query(databases[group_of(account)], "SELECT count(*) FROM ledger.ledger_events"
+                     " WHERE originator_id = %s", uuid.UUID(account))[0][0]
+        assert keys >= 2 and events_in(databases[1 - group_of(account)], account) == 0
