@@ -170,6 +170,10 @@ class StackSettings(msgspec.Struct, frozen=True, kw_only=True):
     # LEDGER_PROCESSES=2 (up to 8): that many ledger processes on ports 8001, 8011, ...,
     # splitting the account partitions (LEDGER_PARTITIONS) among them (docs/scaling.md).
     ledger_processes: Annotated[int, msgspec.Meta(ge=1, le=8)] = 1
+    # LEDGER_GROUPS=2 (up to 8): the ledger's partitions split among that many databases on
+    # the stack's PostgreSQL (LEDGER_DATABASES; the first is DATABASE_URL's, the others
+    # <database>_ledger_g<n>), LEDGER_PROCESSES ledger processes for each.
+    ledger_groups: Annotated[int, msgspec.Meta(ge=1, le=8)] = 1
     # A crashed service is restarted after restart_delay_initial_s, doubling per crash up to
     # restart_delay_max_s; a service that stayed up restart_stable_s has its back-off reset;
     # after restart_fast_crashes_max crashes in a row, each within restart_stable_s of its

@@ -26,12 +26,14 @@ from ledger_service.cli.tools import (
     run,
     tools,
 )
+from ledger_service.databases import DatabaseGroup, DatabaseMap
 from ledger_service.lag import LAG_ALERT_S_DEFAULT, FollowerLag, read_lags
 from ledger_service.projections.eventlog import events_count
-from ledger_service.projections.verify import VerifyReport, verify
+from ledger_service.projections.verify import Divergence, VerifyReport, verify
 from ledger_service.settings import LedgerToolSettings, parse_seed
 
 DIVERGENCES_SHOWN_MAX: Final = 200
+OPENED_TOPIC: Final = "ledger.account.Opened"  # one per account
 
 commands = typer.Typer()
 
@@ -117,6 +119,9 @@ def _verify_one(t: Tools, account_id: UUID | None, as_json: bool, anchors: Path 
             covered = (f"; {report.anchors_skipped} older interval anchors are covered by"
                        " the period close after them" if report.anchors_skipped else "")
             err.print(f"Checked {report.anchors_checked} anchors from {source}{covered}.")
+        if t.group is not None and t.databases is not None:
+            report.divergences.extend(misplaced_accounts(conn, t.databases, t.group,
+                                                         account_id))
         lags = read_lags(conn)
     # the projections only: their rows are what verify checks (status shows the publisher)
     behind = [lag for lag in lags if lag.kind == "projection" and lag.stuck(lag_max_s)]
@@ -130,6 +135,22 @@ def _verify_one(t: Tools, account_id: UUID | None, as_json: bool, anchors: Path 
     if not report.ok:
         return 1, result
     return (3 if behind else 0), result
+
+
+def misplaced_accounts(conn: psycopg.Connection[Any], databases: DatabaseMap,
+                       group: DatabaseGroup, account_id: UUID | None) -> list[Divergence]:
+    """With LEDGER_DATABASES: the accounts opened in this database whose partition is
+    another group's (the ledger would never read them here)."""
+    rows = conn.execute("SELECT originator_id FROM ledger_events WHERE topic = %s"
+                        " AND (%s::uuid IS NULL OR originator_id = %s)",
+                        (OPENED_TOPIC, account_id, account_id)).fetchall()
+    found = []
+    for (opened,) in rows:
+        home = databases.group_of_account(opened)
+        if home.index != group.index:
+            found.append(Divergence(opened, "database", group.label, home.label,
+                                    f"stored in {group.name}"))
+    return found
 
 
 def _anchors_to_check(conn: psycopg.Connection[Any], keys: LedgerToolSettings,

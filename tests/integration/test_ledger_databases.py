@@ -341,3 +341,25 @@ def test_a_charges_batch_across_both_databases_charges_each_fee_in_its_own(
         keys = query(databases[group_of(account)], "SELECT count(*) FROM ledger.ledger_events"
                      " WHERE originator_id = %s", uuid.UUID(account))[0][0]
         assert keys >= 2 and events_in(databases[1 - group_of(account)], account) == 0
+
+
+def test_verify_finds_an_account_stored_in_another_groups_database(
+    databases: list[str], database_map: str, ledgers: list[ServiceProcess], tmp_path: Path,
+) -> None:
+    stray = funded_accounts(ledgers, 2)
+    stray_account = next(a for a in stray if group_of(a) == 1)
+    (row,) = query(databases[1], "SELECT originator_version, topic, state FROM"
+                   " ledger.ledger_events WHERE originator_id = %s AND originator_version = 1",
+                   uuid.UUID(stray_account))
+    with psycopg.connect(conninfo(databases[0], options="-c search_path=ledger"),
+                         autocommit=True) as conn:  # an insert: the log allows it
+        conn.execute("INSERT INTO ledger_events (originator_id, originator_version, topic,"
+                     " state) VALUES (%s, %s, %s, %s)", (uuid.UUID(stray_account), *row))
+    report = json.loads(ledgerctl(database_map, databases, tmp_path, "verify", "--json",
+                                  "--account", stray_account).stdout)
+    [group] = report["groups"]  # --account: the account's own database only, intact
+    assert group["group"] == "g1" and group["ok"], group
+    whole = json.loads(ledgerctl(database_map, databases, tmp_path, "verify", "--json").stdout)
+    misplaced = [d for d in whole["groups"][0]["divergences"] if d["check"] == "database"]
+    assert [d["account_id"] for d in misplaced] == [stray_account]
+    assert "g1" in misplaced[0]["expected"] and not whole["ok"]
