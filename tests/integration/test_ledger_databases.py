@@ -89,7 +89,9 @@ def ledgers(infra: Infra, databases: list[str], database_map: str,
     """`migrate` once (both databases), then one ledger process per group: the first finds
     its group by its DATABASE_URL, the second by LEDGER_DATABASE_GROUP."""
     log_dir = tmp_path_factory.mktemp("ledger-databases-logs")
-    env = infra.service_env(LEDGER_PARTITIONS=str(PARTITIONS), LEDGER_DATABASES=database_map)
+    # Small pools: two processes (and their followers) on a PostgreSQL others share.
+    env = infra.service_env(LEDGER_PARTITIONS=str(PARTITIONS), LEDGER_DATABASES=database_map,
+                            DB_POOL_SIZE_MAX="3")
     subprocess.run([sys.executable, "-m", "ledger_service", "migrate"],
                    env={**env, "DATABASE_URL": databases[0]}, check=True, timeout=120)
     processes = [
@@ -111,7 +113,7 @@ def ledgers(infra: Infra, databases: list[str], database_map: str,
 
 def query(url: str, statement: str, *args: Any) -> list[tuple[Any, ...]]:
     with psycopg.connect(conninfo(url), autocommit=True) as conn:
-        return conn.execute(statement, args).fetchall()  # type: ignore[arg-type]
+        return conn.execute(statement, args).fetchall()
 
 
 def events_in(url: str, account: str) -> int:
@@ -281,7 +283,8 @@ def test_ledgerctl_verifies_every_database_and_names_the_tampered_group(
     databases: list[str], database_map: str, ledgers: list[ServiceProcess], tmp_path: Path,
 ) -> None:
     accounts = funded_accounts(ledgers, 4)
-    assert ledgerctl(database_map, databases, tmp_path, "catch-up").exit_code == 0
+    caught_up = ledgerctl(database_map, databases, tmp_path, "catch-up")
+    assert caught_up.exit_code == 0, caught_up.output
     status = ledgerctl(database_map, databases, tmp_path, "status", "--json")
     assert status.exit_code == 0, status.output
     assert [g["group"] for g in json.loads(status.stdout)["groups"]] == ["g0", "g1"]

@@ -9,9 +9,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from contracts.partitioning import partition_of
+from ledger_service.command_routing import open_partition
 from ledger_service.databases import account_id_in, parse_database_map, ranges_text
 from ledger_service.settings import LedgerSettings
-from services.settings import SettingsError
+from services.settings import SettingsError, load_settings
 
 A = "postgresql://postgres@127.0.0.1:5432/ledger_a"
 B = "postgresql://postgres@127.0.0.1:5432/ledger_b"
@@ -98,7 +99,6 @@ def test_new_account_ids_fall_in_the_group() -> None:
 
 
 def settings(**environ: str) -> LedgerSettings:
-    from services.settings import load_settings
     return load_settings(LedgerSettings, service_name="ledger_service", http_port_default=8001,
                          environ={"NATS_URL": "nats://127.0.0.1:4222", **environ})
 
@@ -123,7 +123,6 @@ def test_a_process_serves_the_group_of_its_database_url_or_the_one_it_is_given()
 
 
 def test_open_goes_to_the_partition_of_its_id_or_of_its_key() -> None:
-    from ledger_service.command_routing import open_partition
     chosen = uuid.uuid4()
     assert open_partition(f'{{"account_id": "{chosen}"}}'.encode(), "k", 16) == \
         partition_of(chosen, 16)

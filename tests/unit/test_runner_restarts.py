@@ -9,7 +9,15 @@ from pathlib import Path
 
 import pytest
 
-from services.runner import SERVICES, RestartPolicy, Running, ServiceEntry, Stack
+from ledger_service.databases import parse_database_map
+from services.runner import (
+    SERVICES,
+    RestartPolicy,
+    Running,
+    ServiceEntry,
+    Stack,
+    ledger_database_map,
+)
 from services.settings import load_stack_settings
 
 POLICY = RestartPolicy(delay_initial_s=1, delay_max_s=30, stable_s=60, fast_crashes_max=8)
@@ -92,9 +100,6 @@ def test_a_restarted_ledger_keeps_its_own_port(tmp_path: Path,
 
 
 def test_ledger_groups_start_a_ledger_per_group_with_its_database(tmp_path: Path) -> None:
-    from services.runner import ledger_database_map
-    from ledger_service.databases import parse_database_map
-
     stack = Stack(load_stack_settings({"RUN_DIR": str(tmp_path), "LEDGER_GROUPS": "2"}))
     stack.env = {}
     ledgers = [port for entry, port in stack.instances() if entry.package == "ledger_service"]
