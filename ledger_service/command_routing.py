@@ -15,6 +15,13 @@ and any command whose owner does not answer within the hand-over time (a partiti
 owners): the event store's optimistic concurrency keeps those exact, and a refusal decided
 on a stale cache is decided again (Ledger.run). A single process owns every partition and
 forwards nothing.
+
+With several databases (LEDGER_DATABASES, ledger_service/databases.py) a process can reach
+only its own group's database, so it also forwards what concerns another group's accounts:
+reads of an account, an open (by the partition of its id, or of its Idempotency-Key), and
+each group's share of `POST /v1/charges`; and a command for another group that no owner
+answers is refused (503), never applied here (docs/scaling.md, "Partitions across
+databases").
 """
 
 from __future__ import annotations
