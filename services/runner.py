@@ -252,6 +252,12 @@ class Stack:
             )
         lines.append(f"  {'PostgreSQL':<18} {redact_url(self.env['DATABASE_URL'])}")
         lines.append(f"  {'NATS':<18} {self.env['NATS_URL']}")
+        if "LEDGER_DATABASES" in self.env and self.settings.ledger_groups > 1:
+            # ledgerctl needs the map to go over every database (docs/scaling.md)
+            shown = ";".join(f"{ranges}={redact_url(url)}" for ranges, url in
+                             (entry.split("=", 1) for entry in
+                              self.env["LEDGER_DATABASES"].split(";")))
+            lines.append(f"  {'LEDGER_DATABASES':<18} {shown}")
         lines.append("Mint a token: .venv/bin/billing-token --scope operator")
         lines.append("Press Ctrl-C to stop.")
         print("\n".join(lines), flush=True)
