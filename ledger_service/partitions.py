@@ -20,6 +20,9 @@ optimistic concurrency (and the idempotency keys) is the backstop for that overl
 (tests/integration/test_ledger_partitions.py forces one).
 
 The oldest live member also runs the followers (publisher, projections, anchorer): `leader`.
+
+With several databases (LEDGER_DATABASES) the tables are each database's and a process's
+`group` is the partitions of its own: it leases, shares out and leads among its group only.
 """
 
 from __future__ import annotations
