@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed-stamp
 
 help:
 	@echo "make run        start PostgreSQL + NATS (embedded unless DATABASE_URL/NATS_URL set) and all four services"
-	@echo "                (CLUSTER=3: a 3-node JetStream cluster; LEDGER_PROCESSES=2: two partitioned ledger processes)"
+	@echo "                (CLUSTER=3: a 3-node JetStream cluster; LEDGER_PROCESSES=2: two partitioned ledger processes; LEDGER_GROUPS=2: the partitions in two databases)"
 	@echo "make test       run the whole test suite against real PostgreSQL and NATS"
 	@echo "make faults     fault tests under load (NATS node, PostgreSQL, follower, payments, ledger); prints a table"
 	@echo "make soak       20 min at half the measured capacity (SOAK_MINUTES=3 for a short one); prints a summary"

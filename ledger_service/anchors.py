@@ -120,13 +120,18 @@ def signed_text(position: int, accounts: int, merkle_root_hex: str, reason: str,
 
 
 def sign_anchor(seed: bytes, *, position: int, accounts: int, merkle_root_hex: str,
-                reason: Reason, period: str | None, now: datetime) -> LedgerAnchor:
+                reason: Reason, period: str | None, now: datetime,
+                group: str | None = None) -> LedgerAnchor:
+    """`group`: the database group of LEDGER_DATABASES the log is, named in the anchor id
+    (`anchor-g1-<position>-<reason>`) since each database has positions of its own and the
+    ids are the Nats-Msg-Id of ledger.v1.anchors."""
     created_at = now.astimezone(UTC)
     key = Ed25519PrivateKey.from_private_bytes(seed)
     signature = key.sign(signed_text(position, accounts, merkle_root_hex, reason, period,
                                      format_time(created_at)))
     return LedgerAnchor(
-        anchor_id=f"anchor-{position}-{reason}", position=position, accounts=accounts,
+        anchor_id=f"anchor-{group + '-' if group else ''}{position}-{reason}",
+        position=position, accounts=accounts,
         merkle_root=merkle_root_hex, reason=reason, period=period, created_at=created_at,
         public_key=base64.b64encode(public_key_of(seed)).decode(),
         signature=base64.b64encode(signature).decode(),
@@ -250,7 +255,8 @@ def _last_anchored(conn: psycopg.Connection[Any]) -> int:
 
 
 def make_anchor(conn: psycopg.Connection[Any], seed: bytes, *, reason: Reason,
-                period: str | None = None, now: datetime | None = None) -> LedgerAnchor | None:
+                period: str | None = None, now: datetime | None = None,
+                group: str | None = None) -> LedgerAnchor | None:
     """Anchor the log as it is now; None when nothing was written since the last anchor
     (a manual or period-close anchor is made all the same).
 
@@ -280,7 +286,7 @@ def make_anchor(conn: psycopg.Connection[Any], seed: bytes, *, reason: Reason,
                 tree.add(leaf_bytes(account_id, int(version), chain_hash))
         anchor = sign_anchor(seed, position=position, accounts=tree.count,
                              merkle_root_hex=tree.hexdigest(), reason=reason, period=period,
-                             now=now)
+                             now=now, group=group)
         inserted = conn.execute(
             "INSERT INTO anchors (anchor_id, position, body) VALUES (%s, %s, %s)"
             " ON CONFLICT DO NOTHING", (anchor.anchor_id, position, msgspec.json.encode(anchor)))
@@ -333,8 +339,10 @@ class Anchorer:
 
     def __init__(self, connect: Callable[[], psycopg.Connection[Any]], nc: Any, seed: bytes,
                  *, interval_s: float, directory: Path,
-                 clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+                 clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+                 group: str | None = None) -> None:
         self._connect = connect
+        self._group = group
         self._nc = nc
         self._seed = seed
         self._interval_s = interval_s
@@ -366,7 +374,7 @@ class Anchorer:
     def _make(self, reason: Reason, period: str | None) -> LedgerAnchor | None:
         with self._connect() as conn:
             anchor = make_anchor(conn, self._seed, reason=reason, period=period,
-                                 now=self._clock())
+                                 now=self._clock(), group=self._group)
         if anchor is not None:
             append_to_file(self._directory, anchor)
         return anchor

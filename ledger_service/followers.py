@@ -56,6 +56,7 @@ class FollowerConfig:
     anchor_signing_key: str
     anchor_interval_s: float
     anchor_dir: str
+    anchor_group: str | None = None  # LEDGER_DATABASES: the group, named in anchor ids
 
 
 def run(config: FollowerConfig) -> None:
@@ -78,7 +79,8 @@ async def _follow(config: FollowerConfig) -> None:
     projections = ProjectionRunner.for_service(config.database_url, config.schema, app)
     anchorer = Anchorer(schema_connector(config.database_url, config.schema), nc,
                         parse_seed(config.anchor_signing_key),
-                        interval_s=config.anchor_interval_s, directory=Path(config.anchor_dir))
+                        interval_s=config.anchor_interval_s, directory=Path(config.anchor_dir),
+                        group=config.anchor_group)
     # As the service does for itself: a catch-up batch allocates hundreds of thousands of
     # short-lived objects, and with the default thresholds the collector spent a tenth of the
     # runner's time walking the start-up heap (bench/projections.py).

@@ -8,6 +8,8 @@ A portal token reads only its own account; any other account is 404, never 403.
 from __future__ import annotations
 
 import re
+import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
 from functools import partial
 from typing import Annotated, Any
@@ -113,6 +115,9 @@ class LedgerServices:
     writer: Writer
     pool: AsyncConnectionPool  # the service's pool, for projection reads
     readers: Readers  # loads for reads, off the writer (ledger_service/reader.py)
+    # The id of an account opened without one; with LEDGER_DATABASES, one of this process's
+    # database (ledger_service/databases.py, account_id_in).
+    new_account_id: Callable[[], UUID] = staticmethod(uuid.uuid4)
 
 
 Services = NamedDependency[LedgerServices]
@@ -159,7 +164,8 @@ async def open_account(
     principal: CurrentPrincipal, idempotency_key: IdempotencyKey = None,
 ) -> Response[bytes]:
     return await write(request, svc, "http:open", idempotency_key, 201,
-                       partial(accounts.open_account, actor=actor_of(principal)), data)
+                       partial(accounts.open_account, actor=actor_of(principal),
+                               new_id=svc.new_account_id), data)
 
 
 @get("/{account_id:uuid}", summary="An account's settings and state", **READERS,  # type: ignore[arg-type]

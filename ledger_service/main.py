@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import os
+from functools import partial
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import psycopg
 import structlog
 
 from ledger_service import http_queries
 from ledger_service.app.ledger import Ledger, LedgerApplication, ledger_env
 from ledger_service.command_routing import CommandRouter
+from ledger_service.databases import account_id_in
 from ledger_service.domain.chain import configure_chain_keys
 from ledger_service.followers import FollowerConfig, Followers
 from ledger_service.http import EXCEPTION_STATUSES, LedgerServices, charges_router, router
@@ -52,6 +55,13 @@ def build(runtime: Runtime) -> ServiceParts:
         settings = rt.settings
         assert isinstance(settings, LedgerSettings)
         configure_chain_keys(settings.keyring())
+        # LEDGER_DATABASES: this process serves one group of partitions, whose database
+        # DATABASE_URL already is (LedgerSettings.resolved); None: every partition, one database.
+        databases = settings.database_map()
+        group = settings.database_group_of(databases) if databases is not None else None
+        if group is not None:
+            services.new_account_id = partial(account_id_in, group, settings.partitions)
+            log.info("serving one database group", group=group.label)
         env = ledger_env(eventsourcing_env(rt.settings.database_url, SCHEMA))
         app = await asyncio.to_thread(LedgerApplication, env)
         ledger = Ledger(app)
@@ -68,6 +78,7 @@ def build(runtime: Runtime) -> ServiceParts:
             schema=SCHEMA, log_level=rt.settings.log_level, log_format=rt.settings.log_format,
             chain_keys=settings.chain_keys, anchor_signing_key=settings.anchor_signing_key,
             anchor_interval_s=settings.anchor_interval_s, anchor_dir=settings.anchor_dir,
+            anchor_group=group.name if group is not None else None,
         )
         partition_consumers: dict[int, Any] = {}
         followers: dict[str, Followers] = {}
@@ -101,17 +112,18 @@ def build(runtime: Runtime) -> ServiceParts:
                 followers["process"].start()
 
         owner = PartitionOwner(
-            LeaseTable(rt.settings.database_url, SCHEMA, member_id(), settings.partitions),
+            LeaseTable(rt.settings.database_url, SCHEMA, member_id(), settings.partitions,
+                       group=group.partitions if group is not None else None),
             on_acquire=on_acquire, on_release=on_release, on_leader=on_leader)
         batcher = IntakeBatcher(ledger, writer)
-        durables = consumers(nc, ledger, writer, owner, batcher)
+        durables = consumers(nc, ledger, writer, owner, batcher, group)
         authorizer = Authorizer(ledger, writer, owner)
         sweeper = Sweeper(ledger, writer, owner=owner)
         rt.state.update(consumers=durables, authorizer=authorizer, sweeper=sweeper,
                         followers=followers, ledger=ledger, writer=writer, owner=owner,
                         partition_consumers=partition_consumers)
         await authorizer.start(nc)
-        commands.connect(nc, owner)
+        commands.connect(nc, owner, databases)
         await owner.start()  # a lone process owns every partition before the first message
         for consumer in durables:
             await consumer.start()
@@ -217,6 +229,16 @@ def after_migrate(settings: ServiceSettings) -> None:
             conn.execute("SELECT pg_advisory_unlock(hashtext(%s))", (f"migrate:{SCHEMA}",))
 
 
+def every_database(settings: ServiceSettings) -> list[ServiceSettings]:
+    """`migrate` applies the schema to every database of LEDGER_DATABASES (each a complete
+    ledger of its partitions), or to DATABASE_URL's alone without it."""
+    assert isinstance(settings, LedgerSettings)
+    databases = settings.database_map()
+    if databases is None:
+        return [settings]
+    return [msgspec.structs.replace(settings, database_url=group.url) for group in databases]
+
+
 SPEC = ServiceSpec(
     name="ledger_service",
     title="Ledger service",
@@ -227,4 +249,5 @@ SPEC = ServiceSpec(
     build=build,
     settings_class=LedgerSettings,
     after_migrate=after_migrate,
+    databases=every_database,
 )

@@ -44,6 +44,7 @@ from contracts.usage import UsageRecorded
 from ledger_service import metrics
 from ledger_service.app import accounts, intake
 from ledger_service.app.ledger import AccountNotFound, Ledger
+from ledger_service.databases import DatabaseGroup
 from ledger_service.domain.errors import LedgerError
 from services.consumer import (
     ACK,
@@ -447,11 +448,17 @@ class Authorizer:
 
 
 class PaymentsConsumer:
-    """payments.v1.received credits the account, payments.v1.refunded takes it back; once."""
+    """payments.v1.received credits the account, payments.v1.refunded takes it back; once.
 
-    def __init__(self, ledger: Ledger, writer: Writer) -> None:
+    With several databases (LEDGER_DATABASES) each group reads every payment on a durable of
+    its own and applies those of its accounts (`mine`), acknowledging the others: their
+    group's durable applies them. Payments are few; no routing hop is worth it."""
+
+    def __init__(self, ledger: Ledger, writer: Writer,
+                 mine: Callable[[UUID], bool] | None = None) -> None:
         self.ledger = ledger
         self.writer = writer
+        self.mine = mine
 
     async def handle_received(self, msgs: Sequence[Msg]) -> list[Disposition]:
         return [await self._one(msg, PaymentReceived, accounts.credit_payment) for msg in msgs]
@@ -465,6 +472,8 @@ class PaymentsConsumer:
             message = msgspec.json.decode(msg.data, type=message_type)
         except UNREADABLE_PAYLOAD as exc:
             return Disposition("dead", "invalid_payload", str(exc))
+        if self.mine is not None and not self.mine(message.account_id):
+            return ACK  # another database's account: its group applies it
         try:
             applied = await self.writer.call(apply, self.ledger, message)
         except (LedgerError, AccountNotFound) as exc:
@@ -546,15 +555,22 @@ class Sweeper:
 
 
 def consumers(nc: NATS, ledger: Ledger, writer: Writer, owner: Ownership | None = None,
-              batcher: IntakeBatcher | None = None) -> list[DurableConsumer]:
+              batcher: IntakeBatcher | None = None,
+              group: DatabaseGroup | None = None) -> list[DurableConsumer]:
     """The durables every ledger process shares (competing consumers): usage on the subjects
     publishers use (applied here when this process owns the account's partition, forwarded to
     the owner otherwise), payments and the catalogue (applied by whichever process fetched
-    them; the event store's concurrency control keeps two processes apart)."""
+    them; the event store's concurrency control keeps two processes apart).
+
+    With several databases, payments and the catalogue are read by each `group` on durables
+    of its own (`-g<n>`): every database keeps its own catalogue, and a payment is applied by
+    its account's group (PaymentsConsumer)."""
     usage = UsageIntake(ledger, writer, owner, nc if owner is not None else None,
                         batcher=batcher)
-    payments = PaymentsConsumer(ledger, writer)
+    payments = PaymentsConsumer(ledger, writer, mine=None if group is None or owner is None
+                                else _in_group(group, owner.partitions))
     catalogue = CatalogueConsumer(ledger, writer)
+    suffix = "" if group is None else f"-{group.name}"
     by_account = [] if owner is None else [
         DurableConsumer(nc, stream="USAGE", subject=wildcard(USAGE_RECORDED_BY_ACCOUNT),
                         durable=USAGE_BY_ACCOUNT_DURABLE, handle_batch=usage.handle,
@@ -564,17 +580,22 @@ def consumers(nc: NATS, ledger: Ledger, writer: Writer, owner: Ownership | None 
                         handle_batch=usage.handle, batch_size_max=INTAKE_BATCH_SIZE_MAX),
         *by_account,
         DurableConsumer(nc, stream="PAYMENTS", subject=PAYMENTS_RECEIVED,
-                        durable="ledger-payments-received", handle_batch=payments.handle_received,
+                        durable="ledger-payments-received" + suffix, handle_batch=payments.handle_received,
                         batch_size_max=100),
         DurableConsumer(nc, stream="PAYMENTS", subject=PAYMENTS_REFUNDED,
-                        durable="ledger-payments-refunded", handle_batch=payments.handle_refunded,
+                        durable="ledger-payments-refunded" + suffix, handle_batch=payments.handle_refunded,
                         batch_size_max=100),
         DurableConsumer(nc, stream="CATALOG", subject=CATALOG_PRICES_UPDATED,
-                        durable="ledger-catalog", handle_batch=catalogue.handle, batch_size_max=10),
+                        durable="ledger-catalog" + suffix, handle_batch=catalogue.handle, batch_size_max=10),
     ]
 
 
 USAGE_BY_ACCOUNT_DURABLE = "ledger-usage-by-account"
+
+
+def _in_group(group: DatabaseGroup, partitions: int) -> Callable[[UUID], bool]:
+    members = frozenset(group.partitions)
+    return lambda account_id: _partition(account_id, partitions) in members
 
 
 def partition_durable(partition: int) -> str:

@@ -20,6 +20,9 @@ optimistic concurrency (and the idempotency keys) is the backstop for that overl
 (tests/integration/test_ledger_partitions.py forces one).
 
 The oldest live member also runs the followers (publisher, projections, anchorer): `leader`.
+
+With several databases (LEDGER_DATABASES) the tables are each database's and a process's
+`group` is the partitions of its own: it leases, shares out and leads among its group only.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -85,11 +88,15 @@ class LeaseTable:
     """The SQL of the leases; synchronous (run in a thread), one connection of its own."""
 
     def __init__(self, database_url: str, schema: str, member: str, partitions: int,
-                 lease_s: float = LEASE_S) -> None:
+                 lease_s: float = LEASE_S, group: Sequence[int] | None = None) -> None:
         self.info = conninfo(database_url, options=f"-c search_path={schema} "
                              f"-c statement_timeout={STATEMENT_TIMEOUT_MS}")
         self.member = member
         self.partitions = partitions
+        # The partitions this database holds (LEDGER_DATABASES): all of them without a map.
+        # Leases are taken, and the fair share computed, among these only.
+        self.group = sorted(group) if group is not None else list(range(partitions))
+        self.in_group = frozenset(self.group)
         self.lease = f"{lease_s} seconds"
         self._conn: psycopg.Connection[Any] | None = None
 
@@ -117,8 +124,8 @@ class LeaseTable:
         conn = self._connection()
         with conn.transaction():
             conn.execute(
-                "INSERT INTO partition_leases (partition) SELECT generate_series(0, %s - 1)"
-                " ON CONFLICT DO NOTHING", (self.partitions,))
+                "INSERT INTO partition_leases (partition) SELECT unnest(%s::int[])"
+                " ON CONFLICT DO NOTHING", (self.group,))
             conn.execute(
                 "INSERT INTO partition_members (member, partitions, expires_at)"
                 " VALUES (%s, %s, now() + %s::interval) ON CONFLICT (member) DO UPDATE"
@@ -142,17 +149,17 @@ class LeaseTable:
                 "UPDATE partition_leases SET expires_at = now() + %s::interval"
                 " WHERE owner = %s AND expires_at > now() RETURNING partition, epoch",
                 (self.lease, self.member)).fetchall())
-            share = fair_share(self.partitions, len(members)) if wanted else 0
+            share = fair_share(len(self.group), len(members)) if wanted else 0
             taken: list[int] = []
             if len(held) < share:
                 got = conn.execute(
                     "UPDATE partition_leases SET owner = %s, epoch = epoch + 1,"
                     " expires_at = now() + %s::interval WHERE partition IN ("
                     "  SELECT partition FROM partition_leases"
-                    "  WHERE partition < %s AND (owner IS NULL OR expires_at <= now())"
+                    "  WHERE partition = ANY(%s) AND (owner IS NULL OR expires_at <= now())"
                     "  ORDER BY partition LIMIT %s FOR UPDATE SKIP LOCKED)"
                     " RETURNING partition, epoch",
-                    (self.member, self.lease, self.partitions, share - len(held))).fetchall()
+                    (self.member, self.lease, self.group, share - len(held))).fetchall()
                 for partition, epoch in got:
                     held[partition] = epoch
                     taken.append(partition)
@@ -209,7 +216,12 @@ class PartitionOwner:
         return partition in self.owned and time.monotonic() < self.valid_until
 
     def owns_all(self) -> bool:
+        # Never true for a process of one group of several: it holds its group's only.
         return len(self.owned) == self.partitions and time.monotonic() < self.valid_until
+
+    def in_group(self, partition: int) -> bool:
+        """Whether `partition` lives in this process's database (LEDGER_DATABASES)."""
+        return partition in self.table.in_group
 
     def owns_account(self, account_id: Any) -> bool:
         return self.owns(partition_of(account_id, self.partitions))

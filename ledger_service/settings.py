@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import base64
 from pathlib import Path
-from typing import Annotated, Final
+from typing import Annotated, Final, Self
 
 import msgspec
 
 from contracts.partitioning import PARTITIONS_DEFAULT, PARTITIONS_MAX
 from ledger_service.anchors import public_key_of
+from ledger_service.databases import DatabaseGroup, DatabaseMap, parse_database_map
 from ledger_service.domain.chain import ChainKeyError, ChainKeyring
 from ledger_service.lag import LAG_ALERT_S_DEFAULT
 from services.settings import ServiceSettings, SettingsError, ToolSettings
@@ -57,10 +58,17 @@ class LedgerToolSettings(ToolSettings, frozen=True, kw_only=True):
     # The service's threshold (LAG_ALERT_S), so `ledgerctl status --json` says "stuck" of the
     # same followers as GET /v1/health/lag.
     lag_alert_s: Annotated[float, msgspec.Meta(gt=0, le=86_400)] = LAG_ALERT_S_DEFAULT
+    # As the service's: with LEDGER_DATABASES, verify, rebuild, status, ... go over every
+    # database of the map (ledger_service/databases.py).
+    partitions: Annotated[int, msgspec.Meta(ge=1, le=PARTITIONS_MAX)] = PARTITIONS_DEFAULT
+    databases: str | None = None
 
     @property
     def anchor_path(self) -> Path:
         return Path(self.anchor_dir) if self.anchor_dir else Path(self.run_dir) / "anchors"
+
+    def database_map(self) -> DatabaseMap | None:
+        return parse_database_map(self.databases, self.partitions) if self.databases else None
 
     def keyring(self) -> ChainKeyring:
         return parse_keyring(self.chain_keys)
@@ -93,6 +101,39 @@ class LedgerSettings(ServiceSettings, frozen=True, kw_only=True):
     # (GET /v1/accounts/{id}, ?as_of=, a balance whose projection is behind), so they never
     # share the writer's interpreter (ledger_service/reader.py). 0: threads in this process.
     reader_processes: Annotated[int, msgspec.Meta(ge=0, le=8)] = 1
+    # LEDGER_DATABASES: `0-7=postgresql://.../a;8-15=postgresql://.../b`, the partitions each
+    # database holds (ledger_service/databases.py); unset: all of them in DATABASE_URL.
+    databases: str | None = None
+    # LEDGER_DATABASE_GROUP: the group of the map this process serves (`1` or `g1`); unset:
+    # the group whose database DATABASE_URL names. Only with LEDGER_DATABASES.
+    database_group: str | None = None
+
+    def database_map(self) -> DatabaseMap | None:
+        return parse_database_map(self.databases, self.partitions) if self.databases else None
+
+    def database_group_of(self, databases: DatabaseMap) -> DatabaseGroup:
+        """The group this process serves: LEDGER_DATABASE_GROUP's, else DATABASE_URL's."""
+        if self.database_group:
+            return databases.named(self.database_group)
+        group = databases.group_of_url(self.database_url)
+        if group is None:
+            raise SettingsError("DATABASE_URL is none of LEDGER_DATABASES' databases: set"
+                                " LEDGER_DATABASE_GROUP, or DATABASE_URL to the URL of this"
+                                " process's group")
+        return group
+
+    def resolved(self) -> Self:
+        """With LEDGER_DATABASES: DATABASE_URL becomes the database of this process's group
+        (so the pool, the migrations at start, the leases and the followers all use it), and
+        ANCHOR_DIR a folder of the group's own (anchor positions are per database)."""
+        databases = self.database_map()
+        if databases is None:
+            if self.database_group:
+                raise SettingsError("LEDGER_DATABASE_GROUP needs LEDGER_DATABASES")
+            return self
+        group = self.database_group_of(databases)
+        return msgspec.structs.replace(self, database_url=group.url,
+                                       anchor_dir=str(Path(self.anchor_dir) / group.name))
 
     def keyring(self) -> ChainKeyring:
         return parse_keyring(self.chain_keys)

@@ -94,6 +94,12 @@ def conninfo(url: str, **overrides: Any) -> str:
     return psycopg.conninfo.make_conninfo(**values)
 
 
+def with_database(url: str, dbname: str) -> str:
+    """`url` naming the database `dbname` instead (same server, role and parameters)."""
+    parts = urlsplit(url)
+    return parts._replace(path=f"/{dbname}").geturl()
+
+
 def redact_url(url: str) -> str:
     """The URL without its password (in the authority or the query), for logs and errors."""
     parts = urlsplit(url)

@@ -29,7 +29,8 @@ from typing import TextIO
 
 import structlog
 
-from services.database import redact_url
+from contracts.partitioning import PARTITIONS_DEFAULT
+from services.database import parse_database_url, redact_url, with_database
 from services.embedded import NatsCluster, NatsProcess, start_nats, start_nats_cluster, start_postgres
 from services.logging import configure_logging
 from services.settings import (
@@ -61,6 +62,22 @@ SERVICES = (
 )
 STOP_TIMEOUT_S = 20
 LEDGER_PORT_STEP = 10  # LEDGER_PROCESSES: the n-th ledger process listens on 8001 + 10 n
+
+
+def ledger_database_map(database_url: str, groups: int, partitions: int) -> str:
+    """LEDGER_DATABASES for `make run LEDGER_GROUPS=n`: the partitions cut into n ranges as
+    even as they go, the first in `database_url`'s database, the others in databases beside
+    it (<database>_ledger_g<k>; `migrate` creates them)."""
+    if groups > partitions:
+        raise ValueError(f"LEDGER_GROUPS={groups} is more than LEDGER_PARTITIONS={partitions}")
+    name = parse_database_url(database_url).dbname
+    entries = []
+    for group in range(groups):
+        first, last = group * partitions // groups, (group + 1) * partitions // groups - 1
+        url = database_url if group == 0 else with_database(database_url,
+                                                            f"{name}_ledger_g{group}")
+        entries.append(f"{first}-{last}={url}")
+    return ";".join(entries)
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,6 +163,13 @@ class Stack:
             log.info("started embedded NATS", url=nats_url, monitor=node.monitor_url)
         self.env["DATABASE_URL"] = database_url
         self.env["NATS_URL"] = nats_url
+        if self.settings.ledger_groups > 1:
+            self.env["LEDGER_DATABASES"] = ledger_database_map(
+                database_url, self.settings.ledger_groups,
+                int(self.env.get("LEDGER_PARTITIONS") or PARTITIONS_DEFAULT))
+            log.info("ledger partitions across databases", groups=self.settings.ledger_groups,
+                     databases=[redact_url(entry.split("=", 1)[1])
+                                for entry in self.env["LEDGER_DATABASES"].split(";")])
         # The ledger's signed anchors go beside the stack's data (ledgerctl reads them there).
         self.env.setdefault("ANCHOR_DIR", str(self.run_dir / "anchors"))
         log.info("infrastructure ready", database=redact_url(database_url), nats=nats_url)
@@ -158,6 +182,9 @@ class Stack:
 
     def spawn(self, entry: ServiceEntry, port: int | None = None) -> subprocess.Popen[bytes]:
         env = self.env if port is None else {**self.env, entry.port_variable: str(port)}
+        group = self.ledger_group(entry, port)
+        if group is not None:
+            env = {**env, "LEDGER_DATABASE_GROUP": str(group)}
         process = subprocess.Popen(
             [sys.executable, "-m", entry.package, "serve"],
             env=env,
@@ -173,6 +200,14 @@ class Stack:
             return self.spawn(entry)
         return self.spawn(entry, service.port)
 
+    def ledger_group(self, entry: ServiceEntry, port: int | None) -> int | None:
+        """LEDGER_GROUPS: the database group of the ledger process on `port` (the n-th ledger
+        process serves group n mod LEDGER_GROUPS); None otherwise."""
+        if entry.package != "ledger_service" or self.settings.ledger_groups == 1:
+            return None
+        base = int(self.env.get(entry.port_variable, entry.port_default))
+        return ((port or base) - base) // LEDGER_PORT_STEP % self.settings.ledger_groups
+
     def instances(self) -> list[tuple[ServiceEntry, int]]:
         """Each service process to start, with its HTTP port. LEDGER_PROCESSES=N starts N
         ledger processes on the ledger's port, +10, +20, ... (8001, 8011, 8021): they share
@@ -180,7 +215,8 @@ class Stack:
         started: list[tuple[ServiceEntry, int]] = []
         for entry in SERVICES:
             port = int(self.env.get(entry.port_variable, entry.port_default))
-            copies = self.settings.ledger_processes if entry.package == "ledger_service" else 1
+            copies = self.settings.ledger_processes * self.settings.ledger_groups \
+                if entry.package == "ledger_service" else 1
             started.extend((entry, port + LEDGER_PORT_STEP * i) for i in range(copies))
         return started
 
@@ -216,6 +252,12 @@ class Stack:
             )
         lines.append(f"  {'PostgreSQL':<18} {redact_url(self.env['DATABASE_URL'])}")
         lines.append(f"  {'NATS':<18} {self.env['NATS_URL']}")
+        if "LEDGER_DATABASES" in self.env and self.settings.ledger_groups > 1:
+            # ledgerctl needs the map to go over every database (docs/scaling.md)
+            shown = ";".join(f"{ranges}={redact_url(url)}" for ranges, url in
+                             (entry.split("=", 1) for entry in
+                              self.env["LEDGER_DATABASES"].split(";")))
+            lines.append(f"  {'LEDGER_DATABASES':<18} {shown}")
         lines.append("Mint a token: .venv/bin/billing-token --scope operator")
         lines.append("Press Ctrl-C to stop.")
         print("\n".join(lines), flush=True)

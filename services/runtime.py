@@ -91,6 +91,10 @@ class ServiceSpec:
     # the eventsourcing library): made by `migrate` too, so that a role that may not create
     # them can run the service once the owner has migrated.
     after_migrate: Callable[[ServiceSettings], None] | None = None
+    # The settings of every database the service's data lives in, for `migrate` (the
+    # ledger's partition -> database map); None: DATABASE_URL's alone. A process's start-up
+    # migrates its own database only.
+    databases: Callable[[ServiceSettings], list[ServiceSettings]] | None = None
 
 
 def load(spec: ServiceSpec, environ: Mapping[str, str] | None = None) -> ServiceSettings:
@@ -286,8 +290,10 @@ def main(spec: ServiceSpec, argv: Sequence[str] | None = None) -> int:
     )
     fault_points.arm(settings.fault_inject)
     if args.command == "migrate":
-        applied = migrate(spec, settings)
-        log.info("migrations up to date", schema=spec.schema, applied=applied)
+        for target in spec.databases(settings) if spec.databases else [settings]:
+            applied = migrate(spec, target)
+            log.info("migrations up to date", schema=spec.schema, applied=applied,
+                     database=redact_url(target.database_url))
         return 0
     serve(spec, settings)
     return 0

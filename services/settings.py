@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from typing import Annotated, Any, Literal, TypeVar, overload
+from typing import Annotated, Any, Literal, Self, TypeVar, overload
 
 import msgspec
 
@@ -81,6 +81,11 @@ class ServiceSettings(msgspec.Struct, frozen=True, kw_only=True):
         if self.jwt_service_secret == DEVELOPMENT_JWT_SECRET:
             raise SettingsError("APP_ENV=production refuses the development JWT_SERVICE_SECRET")
 
+    def resolved(self) -> Self:
+        """The settings as the process uses them, once validated: a service may derive
+        values from others here (the ledger's database group picks its DATABASE_URL)."""
+        return self
+
     @property
     def service_token_secret(self) -> str:
         """What this service signs its calls to the other services with."""
@@ -135,7 +140,7 @@ def load_settings(
         cls, environ, prefix=service_prefix(service_name), skip=frozenset({"service_name"}),
         preset={"service_name": service_name, "http_port": http_port_default})
     settings.require_production_secrets()
-    return settings
+    return settings.resolved()
 
 
 def _explain(exc: msgspec.ValidationError, prefix: str) -> str:
@@ -165,6 +170,10 @@ class StackSettings(msgspec.Struct, frozen=True, kw_only=True):
     # LEDGER_PROCESSES=2 (up to 8): that many ledger processes on ports 8001, 8011, ...,
     # splitting the account partitions (LEDGER_PARTITIONS) among them (docs/scaling.md).
     ledger_processes: Annotated[int, msgspec.Meta(ge=1, le=8)] = 1
+    # LEDGER_GROUPS=2 (up to 8): the ledger's partitions split among that many databases on
+    # the stack's PostgreSQL (LEDGER_DATABASES; the first is DATABASE_URL's, the others
+    # <database>_ledger_g<n>), LEDGER_PROCESSES ledger processes for each.
+    ledger_groups: Annotated[int, msgspec.Meta(ge=1, le=8)] = 1
     # A crashed service is restarted after restart_delay_initial_s, doubling per crash up to
     # restart_delay_max_s; a service that stayed up restart_stable_s has its back-off reset;
     # after restart_fast_crashes_max crashes in a row, each within restart_stable_s of its

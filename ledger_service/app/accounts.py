@@ -221,8 +221,10 @@ def posted_view(account: BillingAccount, entry_id: str, kind: str, amount_micros
 
 
 def open_account(ledger: Ledger, body: OpenAccount, idem: Idempotency,
-                 actor: str = "") -> Outcome:
-    account_id = body.account_id or uuid.uuid4()
+                 actor: str = "", new_id: Callable[[], UUID] = uuid.uuid4) -> Outcome:
+    """`new_id` makes the id when the client gave none: with several databases, one whose
+    partition is in this process's database (ledger_service/databases.py)."""
+    account_id = body.account_id or new_id()
 
     def command(work: UnitOfWork, _: str) -> AccountView:
         try:

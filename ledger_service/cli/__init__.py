@@ -8,6 +8,11 @@ grant-runtime-role`` grants a role membership of the runtime group.
 Exit codes: 0 ok; 1 verify found a divergence (or retry failed); 2 a usage or connection error;
 3 verify found projections behind the log.
 
+With LEDGER_DATABASES (the partition -> database map, ledger_service/databases.py) the
+commands over the whole ledger (verify, anchor, rebuild, catch-up, status, export) run on each
+database of the map in turn, each reported under its group, and the exit code is the worst
+of them; the commands of one account (balance, events) go to its account's database.
+
 One module per command group, each on the shared wiring of ``tools``; the queries they run are
 the projections' own (projections/eventlog.py, runner.py, verify.py, ledger_service/lag.py,
 anchors.py), never copies:
@@ -70,9 +75,10 @@ def main(
     try:
         settings = load_tool_settings("ledger_service", cls=LedgerToolSettings)
         configure_chain_keys(settings.keyring())
+        databases = settings.database_map()
     except SettingsError as exc:
         err.print(f"[red]ledgerctl:[/red] {exc}")
         raise typer.Exit(2) from None
     database = database_url or settings.database_url or embedded_database_url(
         Path(settings.run_dir))
-    ctx.obj = Tools(database, nats_url or settings.nats_url, settings)
+    ctx.obj = Tools(database, nats_url or settings.nats_url, settings, databases=databases)

@@ -35,7 +35,7 @@ def balance(
     def command() -> None:
         account_id = parse_account(account)
         moment = parse_instant(as_of, "--as-of")
-        t = tools(ctx)
+        t = tools(ctx).of_account(account_id)
         with t.connect() as conn:
             replayed = replay_account(conn, t.decoder, account_id, moment)
         if replayed is None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from itertools import groupby
 from pathlib import Path
 from typing import Annotated, Any, Final
+from uuid import UUID
 
 import msgspec
 import psycopg
@@ -16,6 +17,7 @@ from contracts.money import format_micros
 from ledger_service.anchors import append_to_file, make_anchor, read_anchor_file, stored_anchors
 from ledger_service.cli.tools import (
     Failure,
+    Tools,
     err,
     out,
     parse_account,
@@ -24,12 +26,14 @@ from ledger_service.cli.tools import (
     run,
     tools,
 )
+from ledger_service.databases import DatabaseGroup, DatabaseMap
 from ledger_service.lag import LAG_ALERT_S_DEFAULT, FollowerLag, read_lags
 from ledger_service.projections.eventlog import events_count
-from ledger_service.projections.verify import VerifyReport, verify
+from ledger_service.projections.verify import Divergence, VerifyReport, verify
 from ledger_service.settings import LedgerToolSettings, parse_seed
 
 DIVERGENCES_SHOWN_MAX: Final = 200
+OPENED_TOPIC: Final = "ledger.account.Opened"  # one per account
 
 commands = typer.Typer()
 
@@ -44,7 +48,8 @@ def verify_command(
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON")] = False,
     anchors: Annotated[Path | None, typer.Option(
         "--anchors", help="Check the log against the signed anchors in this archived file"
-        " (default: ANCHOR_DIR/anchors.jsonl when it exists, else the database's copies)",
+        " (default: ANCHOR_DIR/anchors.jsonl when it exists, else the database's copies);"
+        " with LEDGER_DATABASES a folder holding <group>/anchors.jsonl",
         show_default=False)] = None,
     allow_unkeyed: Annotated[bool, typer.Option(
         "--allow-unkeyed", help="Accept events hashed before the chain was keyed")] = False,
@@ -64,41 +69,88 @@ def verify_command(
 
     def command() -> int:
         account_id = parse_account(account) if account else None
-        t = tools(ctx)
-        with t.connect() as conn:
-            archived, source = _anchors_to_check(conn, t.keys, anchors)
-            total = events_count(conn, account_id)
-            with progress_bar("verify") as bar:
-                task = bar.add_task("verify", total=total, rate="")
-
-                def advance(done: int) -> None:
-                    bar.update(task, completed=done,
-                               rate=rate_text(done, bar.tasks[task].elapsed))
-
-                report = verify(conn, t.decoder, account_id=account_id, progress=advance,
-                                allow_unkeyed=allow_unkeyed, anchors=archived,
-                                trusted_anchor_key=t.keys.trusted_anchor_key())
-                bar.update(task, completed=total)
-            if report.anchors_checked:
-                covered = (f"; {report.anchors_skipped} older interval anchors are covered by"
-                           " the period close after them" if report.anchors_skipped else "")
-                err.print(f"Checked {report.anchors_checked} anchors from {source}{covered}.")
-            lags = read_lags(conn)
-        # the projections only: their rows are what verify checks (status shows the publisher)
-        behind = [lag for lag in lags if lag.kind == "projection" and lag.stuck(lag_max_s)]
+        root = tools(ctx)
+        targets = [root.of_account(account_id)] if account_id else root.each_database()
+        codes, reports = [], []
+        for t in targets:
+            if t.heading and not as_json:
+                out.print(f"\n[bold]{t.heading}[/bold]")
+            archive = anchors / t.group.name / "anchors.jsonl" \
+                if anchors is not None and t.group is not None else anchors
+            code, result = _verify_one(t, account_id, as_json, archive, allow_unkeyed, lag_max_s)
+            codes.append(code)
+            reports.append(result)
+        code = 1 if 1 in codes else max(codes)
+        if root.databases is None:
+            if as_json:
+                out.print_json(data=reports[0])
+            return code
         if as_json:
-            out.print_json(data={**report_json(report),
-                                 "lag": [lag.as_json(lag_max_s) for lag in lags],
-                                 "behind": [lag.name for lag in behind]})
+            out.print_json(data={"ok": code == 0, "groups": reports})
         else:
-            print_report(report)
-            print_behind(behind, lag_max_s)
-        if not report.ok:
-            return 1
-        return 3 if behind else 0
+            failed = [t.heading for t, c in zip(targets, codes, strict=True) if c == 1]
+            out.print(f"\n{len(targets)} database{'s' if len(targets) > 1 else ''} checked: "
+                      + ("[green]all OK[/green]" if not failed
+                         else "[red]DIVERGENT[/red] in " + "; ".join(failed)))
+        return code
 
     run(command, ctx)
 
+
+def _verify_one(t: Tools, account_id: UUID | None, as_json: bool, anchors: Path | None,
+                allow_unkeyed: bool, lag_max_s: float) -> tuple[int, dict[str, Any]]:
+    """One database's verify: its exit code and its JSON report (printed here unless JSON
+    was asked for)."""
+    with t.connect() as conn:
+        archived, source = _anchors_to_check(conn, t.keys, anchors)
+        total = events_count(conn, account_id)
+        with progress_bar("verify") as bar:
+            task = bar.add_task("verify", total=total, rate="")
+
+            def advance(done: int) -> None:
+                bar.update(task, completed=done,
+                           rate=rate_text(done, bar.tasks[task].elapsed))
+
+            report = verify(conn, t.decoder, account_id=account_id, progress=advance,
+                            allow_unkeyed=allow_unkeyed, anchors=archived,
+                            trusted_anchor_key=t.keys.trusted_anchor_key())
+            bar.update(task, completed=total)
+        if report.anchors_checked:
+            covered = (f"; {report.anchors_skipped} older interval anchors are covered by"
+                       " the period close after them" if report.anchors_skipped else "")
+            err.print(f"Checked {report.anchors_checked} anchors from {source}{covered}.")
+        if t.group is not None and t.databases is not None:
+            report.divergences.extend(misplaced_accounts(conn, t.databases, t.group,
+                                                         account_id))
+        lags = read_lags(conn)
+    # the projections only: their rows are what verify checks (status shows the publisher)
+    behind = [lag for lag in lags if lag.kind == "projection" and lag.stuck(lag_max_s)]
+    result = {**report_json(report), "lag": [lag.as_json(lag_max_s) for lag in lags],
+              "behind": [lag.name for lag in behind]}
+    if t.group is not None:
+        result = {"group": t.group.name, "database": t.heading, **result}
+    if not as_json:
+        print_report(report)
+        print_behind(behind, lag_max_s)
+    if not report.ok:
+        return 1, result
+    return (3 if behind else 0), result
+
+
+def misplaced_accounts(conn: psycopg.Connection[Any], databases: DatabaseMap,
+                       group: DatabaseGroup, account_id: UUID | None) -> list[Divergence]:
+    """With LEDGER_DATABASES: the accounts opened in this database whose partition is
+    another group's (the ledger would never read them here)."""
+    rows = conn.execute("SELECT originator_id FROM ledger_events WHERE topic = %s"
+                        " AND (%s::uuid IS NULL OR originator_id = %s)",
+                        (OPENED_TOPIC, account_id, account_id)).fetchall()
+    found = []
+    for (opened,) in rows:
+        home = databases.group_of_account(opened)
+        if home.index != group.index:
+            found.append(Divergence(opened, "database", group.label, home.label,
+                                    f"stored in {group.name}"))
+    return found
 
 
 def _anchors_to_check(conn: psycopg.Connection[Any], keys: LedgerToolSettings,
@@ -120,16 +172,18 @@ def anchor_command(ctx: typer.Context) -> None:
     to ANCHOR_DIR/anchors.jsonl, and published by the running service's follower."""
 
     def command() -> int:
-        t = tools(ctx)
-        with t.connect() as conn:
-            conn.autocommit = True
-            made = make_anchor(conn, parse_seed(t.keys.anchor_signing_key), reason="manual")
-        if made is None:
-            out.print("This position is anchored already.")
-            return 0
-        path = append_to_file(t.keys.anchor_path, made)
-        out.print(f"Anchored position {made.position} over {made.accounts:,} accounts:"
-                  f" root {made.merkle_root} ({path}).")
+        for t in tools(ctx).each_database():
+            prefix = f"{t.heading}: " if t.heading else ""
+            with t.connect() as conn:
+                conn.autocommit = True
+                made = make_anchor(conn, parse_seed(t.keys.anchor_signing_key), reason="manual",
+                                   group=t.group.name if t.group else None)
+            if made is None:
+                out.print(f"{prefix}This position is anchored already.")
+                continue
+            path = append_to_file(t.keys.anchor_path, made)
+            out.print(f"{prefix}Anchored position {made.position} over {made.accounts:,}"
+                      f" accounts: root {made.merkle_root} ({path}).")
         return 0
 
     run(command, ctx)

@@ -114,7 +114,7 @@ def events_command(
 
     def command() -> None:
         account_id = parse_account(account)
-        t = tools(ctx)
+        t = tools(ctx).of_account(account_id)
         with t.connect() as conn:
             records = list(audit_records(conn, t.decoder, account_id))
         if not records:
@@ -163,16 +163,20 @@ def export_command(
         start, end = parse_instant(since, "--from"), parse_instant(until, "--to")
         start_text = format_time(start) if start else None
         end_text = format_time(end) if end else None
-        t = tools(ctx)
-        with t.connect() as conn, _open_output(output) as sink:
+        root = tools(ctx)
+        # With LEDGER_DATABASES, one database after another (positions are each database's).
+        targets = [root.of_account(account_id)] if account_id else root.each_database()
+        written = 0
+        with _open_output(output) as sink:
             writer = _exporter(fmt, sink)
-            written = 0
-            for record in audit_records(conn, t.decoder, account_id):
-                if (start_text and record.recorded_at < start_text) or (
-                        end_text and record.recorded_at >= end_text):
-                    continue
-                writer(record)
-                written += 1
+            for t in targets:
+                with t.connect() as conn:
+                    for record in audit_records(conn, t.decoder, account_id):
+                        if (start_text and record.recorded_at < start_text) or (
+                                end_text and record.recorded_at >= end_text):
+                            continue
+                        writer(record)
+                        written += 1
         err.print(f"Exported {written:,} events" + (f" to {output}" if output else "") + ".")
 
     run(command, ctx)

@@ -12,6 +12,7 @@ from rich.table import Table
 from ledger_service.cli.tools import (
     SCHEMA,
     Failure,
+    Tools,
     out,
     progress_bar,
     rate_text,
@@ -19,11 +20,12 @@ from ledger_service.cli.tools import (
     tools,
 )
 from ledger_service.domain.times import format_time
-from ledger_service.lag import read_lags
+from ledger_service.lag import FollowerLag, read_lags
 from ledger_service.projections.builders import PROJECTION_NAMES
 from ledger_service.projections.runner import (
     BATCH_NOTIFICATIONS_MAX,
     ProjectionRunner,
+    Quarantined,
     RebuildInProgress,
     account_loader,
     connector,
@@ -50,26 +52,32 @@ def rebuild_command(
         if not set(names) <= set(PROJECTION_NAMES):
             raise Failure(f"unknown projection {projection!r}; one of"
                           f" {', '.join(PROJECTION_NAMES)}, all")
-        t = tools(ctx)
-        url = t.require_database()
-        for name in names:
-            with progress_bar(name) as bar:
-                task = bar.add_task(f"rebuild {name}", total=None, rate="")
-
-                def advance(position: int, head: int, events: int, task: Any = task,
-                            bar: Progress = bar) -> None:
-                    bar.update(task, completed=position, total=max(head, position),
-                               rate=rate_text(events, bar.tasks[task].elapsed))
-
-                try:
-                    result = rebuild(connector(url, SCHEMA), t.decoder,
-                                     account_loader(t.ledger_app), name, progress=advance)
-                except RebuildInProgress as exc:
-                    raise Failure(str(exc)) from None
-            out.print(f"Rebuilt {name}: {result.events:,} events, now at position"
-                      f" {result.position}.")
+        for t in tools(ctx).each_database():
+            if t.heading:
+                out.print(f"[bold]{t.heading}[/bold]")
+            _rebuild(t, names)
 
     run(command, ctx)
+
+
+def _rebuild(t: Tools, names: tuple[str, ...]) -> None:
+    url = t.require_database()
+    for name in names:
+        with progress_bar(name) as bar:
+            task = bar.add_task(f"rebuild {name}", total=None, rate="")
+
+            def advance(position: int, head: int, events: int, task: Any = task,
+                        bar: Progress = bar) -> None:
+                bar.update(task, completed=position, total=max(head, position),
+                           rate=rate_text(events, bar.tasks[task].elapsed))
+
+            try:
+                result = rebuild(connector(url, SCHEMA), t.decoder,
+                                 account_loader(t.ledger_app), name, progress=advance)
+            except RebuildInProgress as exc:
+                raise Failure(str(exc)) from None
+        out.print(f"Rebuilt {name}: {result.events:,} events, now at position"
+                  f" {result.position}.")
 
 
 @commands.command("catch-up", epilog="Examples:\n\n  ledgerctl catch-up\n\n"
@@ -85,23 +93,29 @@ def catch_up_command(
     projection runner does continuously (useful while the service is down)."""
 
     def command() -> None:
-        t = tools(ctx)
-        runner = ProjectionRunner(connector(t.require_database(), SCHEMA), t.decoder,
-                                  account_loader(t.ledger_app), batch_size=batch_size)
-        try:
-            with progress_bar("catch-up") as bar:
-                task = bar.add_task("catch-up", total=None, rate="")
-
-                def advance(position: int, head: int, events: int) -> None:
-                    bar.update(task, completed=position, total=max(head, position),
-                               rate=rate_text(events, bar.tasks[task].elapsed))
-
-                events = runner.catch_up(advance)
-        finally:
-            runner.close()
-        out.print(f"Applied {events:,} events; every projection is at the head of the log.")
+        for t in tools(ctx).each_database():
+            if t.heading:
+                out.print(f"[bold]{t.heading}[/bold]")
+            _catch_up(t, batch_size)
 
     run(command, ctx)
+
+
+def _catch_up(t: Tools, batch_size: int) -> None:
+    runner = ProjectionRunner(connector(t.require_database(), SCHEMA), t.decoder,
+                              account_loader(t.ledger_app), batch_size=batch_size)
+    try:
+        with progress_bar("catch-up") as bar:
+            task = bar.add_task("catch-up", total=None, rate="")
+
+            def advance(position: int, head: int, events: int) -> None:
+                bar.update(task, completed=position, total=max(head, position),
+                           rate=rate_text(events, bar.tasks[task].elapsed))
+
+            events = runner.catch_up(advance)
+    finally:
+        runner.close()
+    out.print(f"Applied {events:,} events; every projection is at the head of the log.")
 
 
 @commands.command("status", epilog="Example:\n\n  ledgerctl status\n\n  ledgerctl status --json")
@@ -115,33 +129,45 @@ def status_command(
     quarantined (could not apply, and skipped)."""
 
     def command() -> None:
-        with tools(ctx).connect() as conn:
-            lags = read_lags(conn)
-            quarantined = quarantined_events(conn)
+        root = tools(ctx)
+        alert_s = root.keys.lag_alert_s
+        groups = []
+        for t in root.each_database():
+            with t.connect() as conn:
+                lags = read_lags(conn)
+                quarantined = quarantined_events(conn)
+            if as_json:
+                groups.append({**({"group": t.group.name} if t.group else {}),
+                               "followers": [lag.as_json(alert_s) for lag in lags]})
+            else:
+                _print_status(t.heading, lags, quarantined)
         if as_json:
-            alert_s = tools(ctx).keys.lag_alert_s
-            out.print_json(data={"followers": [lag.as_json(alert_s) for lag in lags]})
-            return
-        head = max((lag.head for lag in lags), default=0)
-        table = Table(title=f"Log head: position {head}", title_justify="left")
-        for column in ("follower", "kind", "position", "behind", "lag", "updated at"):
-            table.add_column(column)
-        for lag in lags:
-            table.add_row(lag.name, lag.kind, str(lag.position), str(lag.behind_events),
-                          f"{lag.lag_s:.1f} s",
-                          format_time(lag.updated_at) if lag.updated_at else "")
-        out.print(table)
-        if not quarantined:
-            out.print("No quarantined events.")
-            return
-        held = Table(title=f"[red]{len(quarantined)} quarantined events[/red]: the projection"
-                     " skipped them; fix the cause, then `ledgerctl rebuild <projection>`",
-                     title_justify="left")
-        for column in ("projection", "position", "account", "event", "error", "since"):
-            held.add_column(column, overflow="fold")
-        for q in quarantined:
-            held.add_row(q.projection, str(q.position), str(q.account_id), q.event_type,
-                         q.error[:200], format_time(q.quarantined_at))
-        out.print(held)
+            out.print_json(data=groups[0] if root.databases is None else {"groups": groups})
 
     run(command, ctx)
+
+
+def _print_status(heading: str, lags: list[FollowerLag],
+                  quarantined: list[Quarantined]) -> None:
+    head = max((lag.head for lag in lags), default=0)
+    table = Table(title=f"{heading + ': ' if heading else ''}Log head: position {head}",
+                  title_justify="left")
+    for column in ("follower", "kind", "position", "behind", "lag", "updated at"):
+        table.add_column(column)
+    for lag in lags:
+        table.add_row(lag.name, lag.kind, str(lag.position), str(lag.behind_events),
+                      f"{lag.lag_s:.1f} s",
+                      format_time(lag.updated_at) if lag.updated_at else "")
+    out.print(table)
+    if not quarantined:
+        out.print("No quarantined events.")
+        return
+    held = Table(title=f"[red]{len(quarantined)} quarantined events[/red]: the projection"
+                 " skipped them; fix the cause, then `ledgerctl rebuild <projection>`",
+                 title_justify="left")
+    for column in ("projection", "position", "account", "event", "error", "since"):
+        held.add_column(column, overflow="fold")
+    for q in quarantined:
+        held.add_row(q.projection, str(q.position), str(q.account_id), q.event_type,
+                     q.error[:200], format_time(q.quarantined_at))
+    out.print(held)

@@ -9,12 +9,14 @@ from datetime import UTC, datetime
 from typing import Any, Final
 from uuid import UUID
 
+import msgspec
 import psycopg
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from ledger_service.app.ledger import LedgerApplication, ledger_env
+from ledger_service.databases import DatabaseGroup, DatabaseMap
 from ledger_service.projections.decoding import EventDecoder
 from ledger_service.projections.runner import connector
 from ledger_service.settings import LedgerToolSettings
@@ -36,6 +38,33 @@ class Tools:
     nats_url: str | None
     keys: LedgerToolSettings = field(default_factory=LedgerToolSettings)
     _app: LedgerApplication | None = field(default=None, repr=False)
+    # LEDGER_DATABASES: the commands over the whole ledger go over each database of the map.
+    databases: DatabaseMap | None = None
+    group: DatabaseGroup | None = None  # the database of the map these tools are on
+    _opened: list[Tools] = field(default_factory=list, repr=False)
+
+    def each_database(self) -> list[Tools]:
+        """These tools, or one per database of LEDGER_DATABASES (group 0 first), each with
+        the anchors folder of its group (the service writes ANCHOR_DIR/g<n>)."""
+        if self.databases is None:
+            return [self]
+        return [self.on(group) for group in self.databases]
+
+    def of_account(self, account_id: UUID) -> Tools:
+        """The tools on the database that holds `account_id`."""
+        if self.databases is None:
+            return self
+        return self.on(self.databases.group_of_account(account_id))
+
+    def on(self, group: DatabaseGroup) -> Tools:
+        keys = msgspec.structs.replace(self.keys, anchor_dir=str(self.keys.anchor_path / group.name))
+        opened = Tools(group.url, self.nats_url, keys, databases=self.databases, group=group)
+        self._opened.append(opened)
+        return opened
+
+    @property
+    def heading(self) -> str:
+        return self.group.label if self.group is not None else ""
 
     def require_database(self) -> str:
         if not self.database_url:
@@ -70,6 +99,8 @@ class Tools:
     def close(self) -> None:
         if self._app is not None:
             self._app.close()
+        for opened in self._opened:
+            opened.close()
 
 
 def tools(ctx: typer.Context) -> Tools:

@@ -9,7 +9,15 @@ from pathlib import Path
 
 import pytest
 
-from services.runner import SERVICES, RestartPolicy, Running, ServiceEntry, Stack
+from ledger_service.databases import parse_database_map
+from services.runner import (
+    SERVICES,
+    RestartPolicy,
+    Running,
+    ServiceEntry,
+    Stack,
+    ledger_database_map,
+)
 from services.settings import load_stack_settings
 
 POLICY = RestartPolicy(delay_initial_s=1, delay_max_s=30, stable_s=60, fast_crashes_max=8)
@@ -89,3 +97,20 @@ def test_a_restarted_ledger_keeps_its_own_port(tmp_path: Path,
     # (each first spawn here is the test's own; the restart is the one after it)
     assert spawned == [("ledger_service", 8001), ("ledger_service", None),
                        ("ledger_service", 8011), ("ledger_service", 8011)]
+
+
+def test_ledger_groups_start_a_ledger_per_group_with_its_database(tmp_path: Path) -> None:
+    stack = Stack(load_stack_settings({"RUN_DIR": str(tmp_path), "LEDGER_GROUPS": "2"}))
+    stack.env = {}
+    ledgers = [port for entry, port in stack.instances() if entry.package == "ledger_service"]
+    assert ledgers == [8001, 8011]
+    assert [stack.ledger_group(SERVICES[0], port) for port in (None, 8001, 8011)] == [0, 0, 1]
+    assert stack.ledger_group(SERVICES[1], 8002) is None
+    text = ledger_database_map("postgresql://postgres@/billing?host=/tmp/pg&port=5432", 3, 16)
+    databases = parse_database_map(text, 16)
+    assert [g.partitions for g in databases] == [tuple(range(5)), tuple(range(5, 10)),
+                                                 tuple(range(10, 16))]
+    assert [g.url for g in databases] == [
+        "postgresql://postgres@/billing?host=/tmp/pg&port=5432",
+        "postgresql://postgres@/billing_ledger_g1?host=/tmp/pg&port=5432",
+        "postgresql://postgres@/billing_ledger_g2?host=/tmp/pg&port=5432"]
