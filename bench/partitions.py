@@ -18,6 +18,16 @@ Cases:
   (contracts.partitioning) publishes straight to the owner's subject: no hop.
 
 Every case checks the balances (credit - events x unit price) before it counts.
+
+    .venv/bin/python -m bench.partitions --authorize [--rate 1000] [--seconds 10]
+
+Authorizations instead: 1,000 accounts, then for 1 and 2 ledger processes an open loop of
+`--rate` requests a second on `ledger.v1.authorize` (with 2 processes, the queue group hands
+about half of them to a process that does not own the account, which forwards them to the
+owner's `ledger.v1.authorize.part.<p>`), latency from each request's scheduled instant (as
+bench/authorize.py), CPU per authorization across every process, and beside them, in the same
+run, the raw PostgreSQL commit p99 and the raw NATS echo p99 (issue 12's aim: authorize's
+p99 within 2x their sum).
 """
 
 from __future__ import annotations
@@ -36,9 +46,11 @@ from uuid import UUID
 import msgspec
 import nats
 import psycopg
+import uvloop
 
 from bench import infra
 from bench.accounts import SMS_UNIT_PRICE_MICROS, open_prepay_accounts
+from bench.authorize import CommitProbe, RequestFactory, Settings, closed_loop, echo_baseline, open_loop
 from bench.cpu import CpuMeter
 from contracts.partitioning import partition_of
 from contracts.subjects import USAGE_RECORDED, usage_partition_subject
@@ -182,6 +194,75 @@ def verify(url: str, account_ids: Sequence[UUID], events: int) -> None:
         ledger.app.close()
 
 
+AUTHORIZE_CREDIT_MICROS = 10**10
+AUTHORIZE_ACCOUNTS = 1_000
+WARM_UP_CONCURRENCY = 50
+
+
+def run_authorize_case(processes: int, rate: int, seconds: float) -> dict[str, Any]:
+    url = infra.recreate_database(DATABASE)
+    ledger = infra.open_ledger(url)
+    try:
+        account_ids = open_prepay_accounts(ledger, AUTHORIZE_ACCOUNTS, AUTHORIZE_CREDIT_MICROS)
+    finally:
+        ledger.app.close()
+    result: dict[str, Any] = {"case": f"{processes} process(es), ledger.v1.authorize",
+                              "processes": processes, "accounts": AUTHORIZE_ACCOUNTS}
+    with infra.own_nats(infra.RUN_DIR / "partitions") as nats_server:
+        settings = Settings(accounts=AUTHORIZE_ACCOUNTS, open_loop_rate_per_s=rate,
+                            open_loop_duration_s=seconds, concurrency_levels=(),
+                            level_duration_s=0)
+        result["baseline_postgres_commit_alone"] = CommitProbe(url).run_for(seconds)
+        result["baseline_nats_echo"] = echo_baseline(nats_server.url, account_ids, settings)
+        with ledgers(url, nats_server.url, processes) as running:
+            meter = CpuMeter({
+                "ledger": lambda: [p for s in running for p in (s.pid, *children(s.pid))],
+                "postgres_backends": lambda: infra.backend_pids(url, DATABASE),
+                "nats_server": lambda: [nats_server.process.pid],
+                "bench_client": lambda: [os.getpid()],
+            })
+            result["open_loop"] = uvloop.run(_authorize(nats_server.url, account_ids, rate,
+                                                        seconds, meter, CommitProbe(url)))
+    loop = result["open_loop"]
+    sent = int(rate * seconds)
+    if loop["replies"].get("approved") != sent:
+        raise RuntimeError(f"not every authorization approved: {loop['replies']}")
+    raw_p99 = (result["baseline_postgres_commit_alone"]["ms_p99"]
+               + result["baseline_nats_echo"]["latency"]["ms_p99"])
+    result["raw_p99_sum_ms"] = round(raw_p99, 2)
+    result["p99_over_raw_sum"] = round(loop["latency"]["ms_p99"] / raw_p99, 2)
+    cpu = loop["cpu"]
+    result["cpu_us_per_authorization"] = round(
+        1e6 * sum(cpu["cpu_s_by_group"].values()) / sent, 1)
+    result["ledger_cpu_us_per_authorization"] = round(
+        1e6 * cpu["cpu_s_by_group"]["ledger"] / sent, 1)
+    latency = loop["latency"]
+    print(f"  {result['case']}: {rate:,}/s for {seconds:.0f} s: p50 {latency['ms_p50']} ms,"
+          f" p99 {latency['ms_p99']} ms ({result['p99_over_raw_sum']}x the raw"
+          f" {result['raw_p99_sum_ms']} ms); {result['cpu_us_per_authorization']} us CPU per"
+          f" authorization (ledger {result['ledger_cpu_us_per_authorization']});"
+          f" {cpu['line']}", flush=True)
+    return result
+
+
+async def _authorize(nats_url: str, account_ids: Sequence[UUID], rate: int, seconds: float,
+                     meter: CpuMeter, probe: CommitProbe) -> dict[str, Any]:
+    nc = await nats.connect(nats_url)
+    try:
+        requests = RequestFactory(account_ids)
+        await closed_loop(nc, requests.for_each_account(), WARM_UP_CONCURRENCY)
+        meter.start()
+        with probe.running():
+            result = await open_loop(nc, requests, rate, seconds)
+        cpu = meter.stop()
+        result["cpu"] = {**cpu.as_dict(), "cpu_s_by_group": cpu.cpu_s_by_group,
+                         "line": cpu.line()}
+        result["postgres_commit_probe_during"] = probe.summary()
+        return result
+    finally:
+        await nc.close()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.partitions", description=__doc__)
     parser.add_argument("--events", type=int, default=30_000)
@@ -189,7 +270,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=infra.RESULTS_DIR / "partitions.json")
     parser.add_argument("--only", type=int, choices=(0, 1, 2), action="append",
                         help="run only these cases (by index)")
+    parser.add_argument("--authorize", action="store_true",
+                        help="authorizations at --rate with 1 and 2 processes instead of usage")
+    parser.add_argument("--rate", type=int, default=1_000)
+    parser.add_argument("--seconds", type=float, default=10.0)
     args = parser.parse_args(argv)
+    if args.authorize:
+        out = args.out.with_name("partitions-authorize.json") \
+            if args.out.name == "partitions.json" else args.out
+        found = [run_authorize_case(processes, args.rate, args.seconds) for processes in (1, 2)]
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(found, indent=2) + "\n")
+        print(f"wrote {out}")
+        return 0
     cases = [
         ("1 process, usage.v1.recorded", 1, lambda _: USAGE_RECORDED),
         ("2 processes, usage.v1.recorded (forwarded)", 2, lambda _: USAGE_RECORDED),
