@@ -31,6 +31,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections import Counter
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import parse_qs, urlparse
@@ -40,7 +41,7 @@ import msgspec
 import nats
 
 from bench import infra
-from bench.cpu import process_cpu_s
+from bench.cpu import machine_busy_s, process_cpu_s
 from bench.options import RunOptions, profiled
 from contracts.invoicing import InvoiceIssued, InvoiceLine, VatBreakdown
 from services.embedded import free_port
@@ -83,12 +84,16 @@ def run(options: RunOptions) -> dict[str, Any]:
             calls_before = sum(fake.api_calls.values())
             with profiled(options, services[0].pid, f"{NAME}-service"):
                 cpu_before_s = [process_cpu_s(s.pid) for s in services]
+                # The fake Xero serves from threads of this process: its CPU is ours.
+                here_before_s, machine_before_s = process_cpu_s(os.getpid()), machine_busy_s()
                 started = time.monotonic()
                 asyncio.run(_publish(nats_server.url, accounts, invoices))
                 published_s = time.monotonic() - started
                 drained_at = _wait_drained(fake, invoices,
                                            timeout_s=invoices / organisations * 3 + 120)
                 drain_s = drained_at - started
+                here_s = process_cpu_s(os.getpid()) - here_before_s
+                machine_s = machine_busy_s() - machine_before_s
                 cpus_s = [process_cpu_s(s.pid) - before
                           for s, before in zip(services, cpu_before_s, strict=True)]
         finally:
@@ -105,10 +110,19 @@ def run(options: RunOptions) -> dict[str, Any]:
         numbers = [i["InvoiceNumber"] for t in tenants for i in fake.invoices[t].values()]
         duplicates = len(numbers) - len(set(numbers))
         busiest_minute = max(fake.busiest_window(t) for t in tenants)
+        # Each organisation's own pace once started (calls after its first, over the time
+        # from its first call to its last), beside when it started: what the drain's share
+        # lost to the pacing and what to the start.
+        paces = sorted((len(times) - 1) / (max(times) - min(times)) * 60 / CALLS_PER_MINUTE
+                       for t in tenants if len(times := fake.call_times[t]) > 1)
+        firsts_wall = sorted(min(times) for t in tenants if (times := fake.call_times[t]))
+        first_calls = [t - firsts_wall[0] for t in firsts_wall]  # after the earliest's
         verification = {"ok": duplicates == 0 and sum(counts) == invoices
                         and not fake.rate_limited and busiest_minute <= CALLS_PER_MINUTE,
                         "invoices_in_xero": sum(counts), "duplicates": duplicates,
                         "rate_limited_429": len(fake.rate_limited),
+                        "rate_limited_by_problem": dict(Counter(p for _, p in fake.rate_limited)),
+                        "rate_limited_organisations": len({t for t, _ in fake.rate_limited}),
                         "busiest_rolling_minute_calls": busiest_minute}
         return {
             "organisations": organisations,
@@ -122,12 +136,19 @@ def run(options: RunOptions) -> dict[str, Any]:
             "first_invoice_wait_s_max": round(max(firsts), 1) if firsts else None,
             "first_invoice_wait_s_median": round(sorted(firsts)[len(firsts) // 2], 1)
             if firsts else None,
+            "organisation_pace_share_median": round(paces[len(paces) // 2], 3) if paces else None,
+            "organisation_pace_share_min": round(paces[0], 3) if paces else None,
+            "first_call_after_earliest_s_median": round(first_calls[len(first_calls) // 2], 1)
+            if first_calls else None,
+            "first_call_after_earliest_s_max": round(first_calls[-1], 1) if first_calls else None,
             "sync_processes": processes,
             "sync_cpu_s": round(cpu_s, 1),
             "sync_cpu_ms_per_call": round(cpu_s * 1000 / calls, 2) if calls else None,
             "sync_cpu_s_per_process": [round(c, 1) for c in cpus_s],
             "sync_cpu_ms_per_call_per_process": [round(c * 1000 / calls, 2) for c in cpus_s]
             if calls else None,
+            "fake_xero_and_bench_cores": round(here_s / drain_s, 2),
+            "machine_busy_cores": round(machine_s / drain_s, 2),
             "target_met": rate_share >= RATE_TARGET and verification["ok"],
             "verification": verification,
         }

@@ -160,7 +160,9 @@ def build(runtime: Runtime) -> ServiceParts:
                    always=[HUBSPOT_CONNECTION] if hubspot is not None else []),
         _Pacing(xero_pacer, hubspot), stop_lane=scheduler.stop_lane, on_acquire=scheduler.wake)
     if xero_pacer is not None:
-        xero_pacer.may_call = owns
+        # The fence, not a handover, stops a call: a push in hand finishes (Ownership.holds).
+        xero_pacer.may_call = lambda connection_id: owner is not None and owner.holds(
+            connection_id)
 
     sync = SyncApp(
         connections=XeroConnections(runtime.pool, keys, xero, grants, on_connected=scheduler.wake),

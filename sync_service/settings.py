@@ -41,9 +41,11 @@ class SyncSettings(ServiceSettings, frozen=True, kw_only=True):
     xero_minute_s: Seconds = 60.0
     xero_calls_per_day: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 5_000
     xero_concurrent_max: Annotated[int, msgspec.Meta(ge=1, le=5)] = 5
-    # Fraction of the minute limit our pacing uses: clocks and network delays differ, and
-    # a call sent at the window's edge may arrive inside the next one.
-    xero_pacing_share: Annotated[float, msgspec.Meta(gt=0, le=1)] = 0.97
+    # Fraction of the minute limit the even spacing of calls uses. What keeps Xero's count
+    # within its limit whatever the network does is the pacer's window rule (app/pacing.py:
+    # a call starts only while fewer than the limit are in flight or answered within the
+    # window); the share keeps the spacing just under it, so that rule seldom has to wait.
+    xero_pacing_share: Annotated[float, msgspec.Meta(gt=0, le=1)] = 0.99
     # Refresh an access token this long before it expires.
     xero_refresh_margin_s: Seconds = 120.0
     # Bank account a payment is recorded against when no mapping says otherwise.

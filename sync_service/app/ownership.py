@@ -62,14 +62,24 @@ def fair_share(connections: int, members: int) -> int:
     return math.ceil(connections / max(members, 1))
 
 
+def surplus_slack(share: int) -> int:
+    """How far above its share a member may stay before it hands connections over. Without
+    it, organisations finishing their work unevenly moved connections back and forth near
+    the end of a drain, and each move paused that organisation for a few seconds (its lane
+    stopped, its lease cleared at the next tick, taken at the other member's next tick). A
+    member joining still takes effect at once: it halves everyone's share."""
+    return share // 4
+
+
 def to_give_up(held: Iterable[str], with_work: Collection[str], share: int) -> list[str]:
-    """The leases to hand over: those with no work left, and above `share` the
-    highest-named of the rest (every member agrees which ones are taken first: the
-    lowest-named)."""
+    """The leases to hand over: those with no work left, and, once a member holds more than
+    `share` + its slack, the highest-named above `share` (every member agrees which ones
+    are taken first: the lowest-named)."""
     ordered = sorted(held)
     idle = [c for c in ordered if c not in with_work]
     busy = [c for c in ordered if c in with_work]
-    return sorted(idle + busy[share:])
+    surplus = busy[share:] if len(busy) > share + surplus_slack(share) else []
+    return sorted(idle + surplus)
 
 
 def member_id() -> str:
@@ -233,8 +243,16 @@ class Ownership:
         return self.table.member
 
     def owns(self, connection_id: str) -> bool:
+        """Whether a new change of the connection may start here."""
         return (connection_id in self.owned and connection_id not in self._leaving
                 and time.monotonic() < self.valid_until)
+
+    def holds(self, connection_id: str) -> bool:
+        """Whether the connection may be called from here: its lease is held and renewed in
+        time, handed over or not. A push in hand when its connection is being handed over
+        finishes its calls (the lease is cleared only once it has); only the fence stops
+        them."""
+        return connection_id in self.owned and time.monotonic() < self.valid_until
 
     async def start(self) -> None:
         """The first tick before returning (a lone process owns every connection with work
