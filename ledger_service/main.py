@@ -34,11 +34,12 @@ from ledger_service.partitions import LeaseTable, PartitionOwner, member_id
 from ledger_service.reader import PRIMARY, REPLICA, Reader, ReaderConfig, Readers
 from ledger_service.runtime_role import sync_runtime_rights
 from ledger_service.settings import LedgerSettings
+from services.broker import STREAM_LIMITS
 from services.database import conninfo, eventsourcing_env
 from services.http.metrics import ScrapeCollector, named
 from services.runtime import Runtime, ServiceParts, ServiceSpec
 from services.settings import ServiceSettings
-from services.stream_metrics import consumer_metrics, dead_letter_metrics
+from services.stream_metrics import consumer_metrics, dead_letter_metrics, stream_fill_metrics
 
 log = structlog.get_logger(__name__)
 SCHEMA = "ledger"
@@ -210,7 +211,8 @@ def metrics(runtime: Runtime) -> list[ScrapeCollector]:
 
     connection = lambda: runtime.broker.connection  # noqa: E731 (connected after build)
     return [named("ledger-followers", followers), consumer_metrics(connection, durables),
-            dead_letter_metrics(connection)]
+            dead_letter_metrics(connection),
+            stream_fill_metrics(connection, sorted(STREAM_LIMITS))]
 
 
 def after_migrate(settings: ServiceSettings) -> None:

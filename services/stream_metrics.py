@@ -1,6 +1,12 @@
 """JetStream figures for `/metrics`, asked of NATS when scraped: each durable consumer's
-backlog (pending: in the stream, not yet delivered; ack pending: delivered, not yet acked)
-and the dead letters kept per original subject.
+backlog (pending: in the stream, not yet delivered; ack pending: delivered, not yet acked),
+the dead letters kept per original subject, and how full each stream is.
+
+A stream's bytes are bounded (services/broker.py) and a full stream refuses new messages
+(DiscardPolicy.NEW): usage publishers then get errors and the ledger's publisher stops
+announcing entries. At a sustained rate a stream fills long before its age limit clears it
+(`make soak` filled the scaled-down USAGE and LEDGER streams in 11 minutes at 2,200 events/s),
+so operators alert on `nats_stream_fill_ratio` (docs/operations.md).
 
 Asked at scrape time, not counted in memory, so they are the server's own numbers whichever
 process of a service answers the scrape, and right after a restart.
@@ -78,3 +84,32 @@ def dead_letter_metrics(connection: Callable[[], NATS]) -> ScrapeCollector:
         return [letters, total]
 
     return named("nats-dead-letters", collect)
+
+
+def stream_fill_metrics(connection: Callable[[], NATS],
+                        streams: Sequence[str]) -> ScrapeCollector:
+    async def collect() -> Sequence[Metric]:
+        stored = GaugeMetricFamily("nats_stream_bytes", "Bytes the stream holds.",
+                                   labels=["stream"])
+        limit = GaugeMetricFamily("nats_stream_max_bytes",
+                                  "The stream's byte limit (refuses new messages beyond it).",
+                                  labels=["stream"])
+        fill = GaugeMetricFamily("nats_stream_fill_ratio",
+                                 "Bytes held over the byte limit: alert well before 1.",
+                                 labels=["stream"])
+        js = connection().jetstream()
+        infos = await asyncio.gather(*(js.stream_info(name) for name in streams),
+                                     return_exceptions=True)
+        for name, info in zip(streams, infos, strict=True):
+            if isinstance(info, NotFoundError):
+                continue
+            if isinstance(info, BaseException):
+                raise info
+            stored.add_metric([name], info.state.bytes)
+            max_bytes = info.config.max_bytes or 0
+            if max_bytes > 0:
+                limit.add_metric([name], max_bytes)
+                fill.add_metric([name], info.state.bytes / max_bytes)
+        return [stored, limit, fill]
+
+    return named("nats-stream-fill", collect)

@@ -260,8 +260,11 @@ def service_env(stack_dir: Path, database_url: str, nats_url: str, **extra: str)
 
 
 @contextlib.contextmanager
-def running_stack(run_dir: Path, ledger_processes: int = 1) -> Iterator[Stack]:
-    """Start everything fresh under run_dir (removed first); stop it all afterwards."""
+def running_stack(run_dir: Path, ledger_processes: int = 1,
+                  stream_bytes_scale: float | None = None) -> Iterator[Stack]:
+    """Start everything fresh under run_dir (removed first); stop it all afterwards.
+    `stream_bytes_scale`: the streams' byte limits (NATS_STREAM_BYTES_SCALE) when the
+    faults' small ones would fill (a long soak)."""
     shutil.rmtree(run_dir, ignore_errors=True)
     run_dir.mkdir(parents=True)
     logs = run_dir / "logs"
@@ -276,6 +279,8 @@ def running_stack(run_dir: Path, ledger_processes: int = 1) -> Iterator[Stack]:
         nats = start_nats_cluster(run_dir / "nats", 3)
         stripe = FakeStripe().start()
         env = service_env(run_dir, database_url, nats.url, STRIPE_API_BASE=stripe.url)
+        if stream_bytes_scale is not None:
+            env["NATS_STREAM_BYTES_SCALE"] = str(stream_bytes_scale)
         if ledger_processes > 1:
             env.update(LEDGER_PROCESSES=str(ledger_processes), LEDGER_HTTP_REUSE_PORT="true")
         ledger = Service("ledger_service", env, logs)

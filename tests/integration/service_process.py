@@ -13,6 +13,22 @@ import httpx
 
 from services.embedded import free_port
 
+# Every service process a test started and has not stopped: a fixture whose set-up failed
+# half-way cannot leak one past the session (tests/conftest.py kills what is left).
+_STARTED: dict[int, subprocess.Popen[bytes]] = {}
+
+
+def kill_leftovers() -> list[str]:
+    """Kill every service process still running; what was killed, for the session's log."""
+    killed = []
+    for pid, process in list(_STARTED.items()):
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+            killed.append(f"{pid} {' '.join(map(str, process.args))}")  # type: ignore[arg-type]
+        _STARTED.pop(pid, None)
+    return killed
+
 
 @dataclass
 class ServiceProcess:
@@ -36,6 +52,7 @@ class ServiceProcess:
             stdout=self.log_path.open("wb"),
             stderr=subprocess.STDOUT,
         )
+        _STARTED[self.process.pid] = self.process
         return self
 
     def wait_ready(self, timeout_s: float = 60) -> None:

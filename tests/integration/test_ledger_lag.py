@@ -102,6 +102,12 @@ def test_a_held_back_projection_shows_in_metrics_health_status_and_verify(
     assert metric(metrics, "nats_consumer_ack_pending_messages", stream="PAYMENTS",
                   consumer="ledger-payments-received") == 0
     assert "# TYPE nats_dead_letters gauge" in metrics
+    # How full each stream is, against the limit the broker gave it (bytes scaled per test).
+    assert metric(metrics, "nats_stream_max_bytes", stream="LEDGER") > 0
+    assert 0 < metric(metrics, "nats_stream_fill_ratio", stream="LEDGER") < 1
+    assert metric(metrics, "nats_stream_bytes", stream="LEDGER") == pytest.approx(
+        metric(metrics, "nats_stream_fill_ratio", stream="LEDGER")
+        * metric(metrics, "nats_stream_max_bytes", stream="LEDGER"))
     assert metric(metrics, "ledger_log_head_position") > 0
 
     # Hold the projections' lock: every batch of the follower process waits behind it.

@@ -292,12 +292,17 @@ def start_ledger(infra: Infra, log_dir: Path) -> ServiceProcess:
 
 @pytest.fixture
 def two_ledgers(infra: Infra, log_dir: Path) -> Iterator[list[ServiceProcess]]:
-    first = start_ledger(infra, log_dir)
-    first.wait_ready()
-    second = start_ledger(infra, log_dir)
-    second.wait_ready()
-    processes = [first, second]
-    eventually(lambda: owned_counts(infra) == [8, 8], 30)
+    processes: list[ServiceProcess] = []
+    try:
+        for _ in range(2):
+            processes.append(start_ledger(infra, log_dir))
+            processes[-1].wait_ready()
+        eventually(lambda: owned_counts(infra) == [8, 8], 30)
+    except BaseException:
+        for process in processes:
+            if process.process is not None and process.process.poll() is None:
+                process.process.kill()
+        raise
     yield processes
     for process in processes:
         if process.process is not None and process.process.poll() is None:
