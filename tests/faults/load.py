@@ -87,13 +87,14 @@ class Load:
     stopped; half the approved holds are captured by a usage event naming them."""
 
     def __init__(self, nc: NATS, accounts: Sequence[str], sent: Sent, *, usage_per_s: float,
-                 authorize_per_s: float, seed: int = 7) -> None:
+                 authorize_per_s: float, seed: int = 7, hold_ttl_s: int = HOLD_TTL_S) -> None:
         self.nc = nc
         self.js = nc.jetstream()
         self.accounts = list(accounts)
         self.sent = sent
         self.usage_per_s = usage_per_s
         self.authorize_per_s = authorize_per_s
+        self.hold_ttl_s = hold_ttl_s
         self.random = random.Random(seed)
         self._stopping = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -168,7 +169,7 @@ class Load:
     async def _authorize(self) -> None:
         request_id = self._next_id("a")
         account = self.random.choice(self.accounts)
-        payload = authorize_request(request_id, account)
+        payload = authorize_request(request_id, account, self.hold_ttl_s)
         started = time.monotonic()
         reply = await authorize(self.nc, payload, self.sent)
         now = time.monotonic()
@@ -203,9 +204,9 @@ async def publish_acknowledged(js: Any, subject: str, data: bytes, msg_id: str, 
             await asyncio.sleep(0.2)
 
 
-def authorize_request(request_id: str, account: str) -> bytes:
+def authorize_request(request_id: str, account: str, ttl_s: int = HOLD_TTL_S) -> bytes:
     return json.dumps({"request_id": request_id, "account_id": account, "product": "sms",
-                       "quantity": 1, "ttl_seconds": HOLD_TTL_S}).encode()
+                       "quantity": 1, "ttl_seconds": ttl_s}).encode()
 
 
 async def authorize(nc: NATS, payload: bytes, sent: Sent,
