@@ -34,9 +34,11 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 from sync_service.domain.errors import ProviderUnavailable
+
+IN_FLIGHT_POLL_S: Final = 0.05  # a window full of calls still in flight: look again soon
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,8 +188,9 @@ class Pacer:
             while pace.window_count(self.limits.window_s) >= self.limits.calls_per_window:
                 # The window is full as the provider may count it: wait for its oldest answer
                 # to leave it (or, with calls in flight only, for one of them to be answered).
-                oldest = pace.answered[0] if pace.answered else time.monotonic()
-                await asyncio.sleep(max(0.01, oldest + self.limits.window_s - time.monotonic()))
+                wait_s = (pace.answered[0] + self.limits.window_s - time.monotonic()
+                          if pace.answered else IN_FLIGHT_POLL_S)
+                await asyncio.sleep(max(0.01, wait_s))
             if self.may_call is not None and not self.may_call(tenant_id):
                 raise ProviderUnavailable("this process no longer owns the organisation",
                                           outcome_unknown=False)
