@@ -123,6 +123,13 @@ def run(options: RunOptions) -> dict[str, Any]:
                         "rate_limited_429": len(fake.rate_limited),
                         "rate_limited_by_problem": dict(Counter(p for _, p in fake.rate_limited)),
                         "rate_limited_organisations": len({t for t, _ in fake.rate_limited}),
+                        # When (after the start) and which organisation: to find its handover
+                        # in the services' logs.
+                        "rate_limited_first": [
+                            {"tenant": t, "problem": p, "after_start_s": round(
+                                at - (time.time() - (time.monotonic() - started)), 2)}
+                            for (t, p), at in list(zip(fake.rate_limited, fake.rate_limited_at,
+                                                       strict=True))[:10]],
                         "busiest_rolling_minute_calls": busiest_minute}
         return {
             "organisations": organisations,
@@ -159,7 +166,8 @@ def _start_service(database_url: str, nats_url: str, fake: FakeXero, port: int, 
     env = {k: v for k, v in os.environ.items() if not k.endswith("_HTTP_PORT")}
     env.update(
         DATABASE_URL=database_url, NATS_URL=nats_url, SYNC_HTTP_PORT=str(port),
-        NATS_STREAM_BYTES_SCALE="0.25", LOG_LEVEL="WARNING", LOG_FORMAT="json",
+        NATS_STREAM_BYTES_SCALE="0.25", LOG_FORMAT="json",
+        LOG_LEVEL=os.environ.get("BENCH_SYNC_LOG_LEVEL", "WARNING"),
         XERO_CLIENT_ID=fake.client_id, XERO_LOGIN_BASE=fake.url, XERO_IDENTITY_BASE=fake.url,
         XERO_API_BASE=fake.url,
         XERO_REDIRECT_URI=f"http://127.0.0.1:{port}/v1/connections/xero/callback",

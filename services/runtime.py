@@ -68,6 +68,9 @@ class ServiceParts:
     exception_statuses: Mapping[type[Exception], tuple[int, str]] = field(default_factory=dict)
     on_startup: Sequence[Hook] = ()
     on_shutdown: Sequence[Hook] = ()
+    # After FastStream's subscribers have stopped (their handlers finished), before the pool
+    # closes: resources those handlers use.
+    after_subscribers: Sequence[Hook] = ()
     # Figures `/metrics` reads when scraped (lag, backlogs): services/http/metrics.py
     metrics: Sequence[ScrapeCollector] = ()
     # A layer of the service's own around its HTTP handling, inside the request context:
@@ -155,6 +158,8 @@ def build_app(spec: ServiceSpec, settings: ServiceSettings) -> Litestar:
             for hook in reversed(parts.on_shutdown):
                 await hook(runtime)
             await runtime.broker.stop()
+            for hook in parts.after_subscribers:
+                await hook(runtime)
             await runtime.reads.close()
             await runtime.pool.close()
             forget_process()

@@ -6,6 +6,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from services.database import create_pool
 from services.outbox import OutboxRelay, jetstream_publisher
 from services.runtime import Runtime, ServiceParts, ServiceSpec
 from sync_service.app import SyncApp
@@ -35,6 +36,7 @@ from sync_service.settings import SyncSettings
 # A change for a target no longer configured looks again this late (it stays in the status).
 UNCONFIGURED_RECHECK_S = 60.0
 SCHEMA = "sync"
+INTAKE_POOL_MAX = 3  # the invoices' group commit uses one; voids, payments, customers the rest
 
 
 class _Pacing:
@@ -152,9 +154,14 @@ def build(runtime: Runtime) -> ServiceParts:
     def owns(connection_id: str) -> bool:
         return owner is not None and owner.owns(connection_id)
 
+    def work_seen(connection_ids: list[str]) -> None:
+        if owner is not None:
+            owner.work_seen(connection_ids)
+
     scheduler = Scheduler(queue, push, paused_for_s,
                           workers_per_connection=settings.xero_concurrent_max,
-                          poll_interval_s=settings.poll_interval_s, owns=owns)
+                          poll_interval_s=settings.poll_interval_s, owns=owns,
+                          work_seen=work_seen)
     owner = Ownership(
         LeaseTable(settings.database_url, SCHEMA, member_id(),
                    always=[HUBSPOT_CONNECTION] if hubspot is not None else []),
@@ -174,9 +181,13 @@ def build(runtime: Runtime) -> ServiceParts:
         wake=scheduler.wake,
         hubspot_catalogue=catalogue,
     )
-    subscribe(runtime.broker, runtime.pool, scheduler.wake)
+    # The intake's own connections: never waiting behind the lanes' claims in the main pool.
+    intake_pool = create_pool(settings.database_url, SCHEMA, max_size=INTAKE_POOL_MAX,
+                              name="sync-intake")
+    subscribe(runtime.broker, intake_pool, scheduler.wake)
 
     async def start(_: Runtime) -> None:
+        await intake_pool.open(wait=True, timeout=30)
         async with runtime.pool.connection() as conn:
             # HubSpot is a connection of its own while its invoices are pushed; intake queues
             # HubSpot changes only while it is active.
@@ -203,11 +214,15 @@ def build(runtime: Runtime) -> ServiceParts:
         if hubspot is not None:
             await hubspot.aclose()
 
+    async def close_intake(_: Runtime) -> None:
+        await intake_pool.close()
+
     return ServiceParts(
         route_handlers=[create_router(sync)],
         exception_statuses=EXCEPTION_STATUSES,
         on_startup=[start],
         on_shutdown=[stop],
+        after_subscribers=[close_intake],
     )
 
 

@@ -11,6 +11,8 @@ once the invoice is open there.
 
 from __future__ import annotations
 
+import asyncio
+import weakref
 from typing import Any, Final
 
 import msgspec
@@ -48,6 +50,11 @@ class HubSpotPusher:
         self._hubspot = hubspot
         self._queue = queue
         self._unknown = False
+        # One find-or-create of an account's company at a time (several of its invoices are
+        # pushed at once): two searches before either create made two companies. The lease
+        # keeps every push to HubSpot in this process; a lock lives while someone holds it.
+        self._company_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = (
+            weakref.WeakValueDictionary())
 
     async def push(self, job: Job) -> None:
         state = _Attempt(unknown=job.outcome_unknown)
@@ -115,16 +122,22 @@ class HubSpotPusher:
         found = await self._ref("company", account_id)
         if found is not None:
             return found, False
-        existing = await self._hubspot.search("companies", ACCOUNT_PROPERTY, account_id)
-        made = not existing
-        if existing:
-            company_id = str(existing[0]["id"])
-        else:
-            created = await self._create(state, "/crm/v3/objects/companies", {"properties": {
-                **company_properties(account_id, await self._customer(account_id)),
-                ACCOUNT_PROPERTY: account_id}})
-            company_id = str(created["id"])
-        await self._remember("company", account_id, company_id)
+        lock = self._company_locks.setdefault(account_id, asyncio.Lock())
+        async with lock:
+            found = await self._ref("company", account_id)  # made while this one waited
+            if found is not None:
+                return found, False
+            existing = await self._hubspot.search("companies", ACCOUNT_PROPERTY, account_id)
+            made = not existing
+            if existing:
+                company_id = str(existing[0]["id"])
+            else:
+                created = await self._create(state, "/crm/v3/objects/companies", {
+                    "properties": {
+                        **company_properties(account_id, await self._customer(account_id)),
+                        ACCOUNT_PROPERTY: account_id}})
+                company_id = str(created["id"])
+            await self._remember("company", account_id, company_id)
         return company_id, made
 
     async def _customer(self, account_id: str) -> dict[str, Any] | None:

@@ -17,6 +17,12 @@ lease row (connection_leases) held by at most one member. Every RENEW_INTERVAL_S
   connection's pacer from the row's state, aged by the database's clock: the spacing of the
   calls, the daily budget and a 429's pause continue across the handover.
 
+A tick also runs as soon as work appears for a connection that had none at the last tick
+(`work_seen`, called by the scheduler for every due connection it does not own), at most
+every NUDGE_MIN_INTERVAL_S: an organisation's first change waits milliseconds for its
+owner, not up to a renewal interval. (Before, organisations started 1.4-3 s late at the
+start of a drain, as the work appeared between once-a-second ticks.)
+
 Self-fencing: a lease renewed by a tick that started at local time t is held until t +
 LEASE_S on the database's clock at the earliest, so `owns` turns false at t + LEASE_S -
 FENCE_MARGIN_S unless a later tick renewed it; the lanes then start no new change, and the
@@ -55,6 +61,7 @@ RENEW_INTERVAL_S: Final = 1.0
 FENCE_MARGIN_S: Final = 3.0
 STATEMENT_TIMEOUT_MS: Final = 2_000
 MEMBER_FORGET_S: Final = 60  # a dead member's row is deleted this long after it expired
+NUDGE_MIN_INTERVAL_S: Final = 0.1  # ticks brought forward by new work: at most this often
 
 
 def fair_share(connections: int, members: int) -> int:
@@ -177,19 +184,27 @@ class LeaseTable:
             # Held with work, up to the share: the rest is being handed over.
             busy = min(len(held & with_work), share)
             taken: dict[str, tuple[dict[str, Any], float]] = {}
+            expired: list[tuple[str, str]] = []
             if busy < share:
-                for cid, state, age_s in await (await conn.execute(
-                        "UPDATE connection_leases SET owner = %s, epoch = epoch + 1,"
-                        " expires_at = now() + %s::interval WHERE connection_id IN ("
-                        "  SELECT connection_id FROM connection_leases"
+                for cid, state, age_s, was in await (await conn.execute(
+                        "UPDATE connection_leases l SET owner = %s, epoch = l.epoch + 1,"
+                        " expires_at = now() + %s::interval FROM ("
+                        "  SELECT connection_id, owner FROM connection_leases"
                         "  WHERE connection_id = ANY(%s) AND (owner IS NULL OR expires_at <= now())"
-                        "  ORDER BY connection_id LIMIT %s FOR UPDATE SKIP LOCKED)"
-                        " RETURNING connection_id, pacing,"
-                        " extract(epoch FROM now() - pacing_at)::float8",
+                        "  ORDER BY connection_id LIMIT %s FOR UPDATE SKIP LOCKED) old"
+                        " WHERE l.connection_id = old.connection_id"
+                        " RETURNING l.connection_id, l.pacing,"
+                        " extract(epoch FROM now() - l.pacing_at)::float8, old.owner",
                         (self.member, self.lease, sorted(with_work), share - busy)
                         )).fetchall():
                     taken[str(cid)] = (dict(state), float(age_s))
                     held.add(str(cid))
+                    if was is not None:  # its owner stopped renewing (died or stalled)
+                        expired.append((str(cid), str(was)))
+        if expired:
+            log.warning("sync.expired_leases_taken", member=self.member,
+                        connections=[c for c, _ in expired],
+                        from_members=sorted({m for _, m in expired}))
         return Tick(held=held, taken=taken, with_work=with_work, share=share, members=members)
 
     async def release(self, pacing: dict[str, dict[str, Any]]) -> None:
@@ -234,6 +249,10 @@ class Ownership:
         self._leaving: dict[str, asyncio.Task[None]] = {}
         self.valid_until = 0.0  # monotonic: nothing is owned past this unless renewed
         self.members: list[str] = []
+        # Connections with work at the last tick, whoever owns them: work appearing for any
+        # other brings the next tick forward.
+        self._with_work: set[str] = set()
+        self._nudged = asyncio.Event()
         self._lock = asyncio.Lock()
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -253,6 +272,12 @@ class Ownership:
         finishes its calls (the lease is cleared only once it has); only the fence stops
         them."""
         return connection_id in self.owned and time.monotonic() < self.valid_until
+
+    def work_seen(self, connection_ids: Iterable[str]) -> None:
+        """The scheduler found due work for these connections and owns none of them: if any
+        had no work at the last tick, its lease is free to take, so tick now."""
+        if any(c not in self._with_work for c in connection_ids):
+            self._nudged.set()
 
     async def start(self) -> None:
         """The first tick before returning (a lone process owns every connection with work
@@ -290,6 +315,7 @@ class Ownership:
                        if task.done()}
             if stopped:
                 await self.table.release(stopped)
+                log.debug("sync.leases_released", connections=sorted(stopped))
                 for cid in stopped:
                     del self._leaving[cid]
                     self.owned.discard(cid)
@@ -297,6 +323,7 @@ class Ownership:
             result = await self.table.tick({c: self._pacing.export(c) for c in self.owned})
             self.valid_until = started + self.lease_s - self.fence_margin_s
             self.members = result.members
+            self._with_work = result.with_work
             lost = self.owned - result.held
             if lost:  # expired under us (a long stall): someone else may own them now
                 log.warning("sync.leases_lost", connections=sorted(lost))
@@ -314,6 +341,7 @@ class Ownership:
             if result.taken:
                 log.info("sync.leases_taken", connections=len(result.taken), share=result.share,
                          members=len(result.members))
+                log.debug("sync.leases_taken_were", connections=sorted(result.taken))
                 self._on_acquire()
             for cid in to_give_up(self.owned, result.with_work, result.share):
                 if cid not in self._leaving:
@@ -321,12 +349,25 @@ class Ownership:
                         self._stop_lane(cid), name=f"sync-handover:{cid}")
 
     async def _renew(self) -> None:
-        while not self._stopping.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), self.renew_interval_s)
-            if self._stopping.is_set():
-                return
-            try:
-                await self.tick()
-            except Exception as exc:
-                log.warning("sync.ownership_renewal_failed", error=f"{type(exc).__name__}: {exc}")
+        stopping = asyncio.ensure_future(self._stopping.wait())
+        try:
+            while not self._stopping.is_set():
+                ticked = time.monotonic()
+                nudged = asyncio.ensure_future(self._nudged.wait())
+                try:
+                    await asyncio.wait((stopping, nudged), timeout=self.renew_interval_s,
+                                       return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    nudged.cancel()
+                if self._stopping.is_set():
+                    return
+                if self._nudged.is_set():  # new work: tick now, but not more often than this
+                    await asyncio.sleep(max(0.0, ticked + NUDGE_MIN_INTERVAL_S - time.monotonic()))
+                    self._nudged.clear()
+                try:
+                    await self.tick()
+                except Exception as exc:
+                    log.warning("sync.ownership_renewal_failed",
+                                error=f"{type(exc).__name__}: {exc}")
+        finally:
+            stopping.cancel()

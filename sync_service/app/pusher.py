@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -76,7 +77,9 @@ class XeroPusher:
         self._payment_account_code = payment_account_code
         self._sales_account_code = sales_account_code
         self._on_announce = on_announce
-        self._contact_locks: dict[tuple[str, str], asyncio.Lock] = {}
+        # A lock lives while someone holds it (a dict kept one per account for ever).
+        self._contact_locks: weakref.WeakValueDictionary[tuple[str, str], asyncio.Lock] = (
+            weakref.WeakValueDictionary())
         self._mappings_read: dict[str, tuple[float, docs.Mappings]] = {}
         self._grants_read: dict[str, tuple[float, str | None]] = {}
 

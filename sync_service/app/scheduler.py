@@ -41,7 +41,8 @@ class Scheduler:
     def __init__(self, queue: SyncQueue, push: Callable[[Job], Awaitable[None]],
                  paused_for_s: Callable[[str], float], *, workers_per_connection: int,
                  poll_interval_s: float, claim_batch_max: int | None = None,
-                 owns: Callable[[str], bool] = lambda _: True) -> None:
+                 owns: Callable[[str], bool] = lambda _: True,
+                 work_seen: Callable[[list[str]], None] = lambda _: None) -> None:
         self._queue = queue
         self._push = push
         self._paused_for_s = paused_for_s
@@ -51,6 +52,7 @@ class Scheduler:
         self._claim_batch_max = claim_batch_max or workers_per_connection
         self._poll_interval_s = poll_interval_s
         self._owns = owns
+        self._work_seen = work_seen
         self._lanes: dict[str, tuple[_Lane, asyncio.Task[None]]] = {}
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
@@ -81,12 +83,18 @@ class Scheduler:
         while not self._stopping.is_set():
             self._wake.clear()
             try:
+                not_owned = []
                 for connection_id in await self._queue.due_connections():
+                    if not self._owns(connection_id):
+                        not_owned.append(connection_id)
+                        continue
                     running = self._lanes.get(connection_id)
-                    if (running is None or running[1].done()) and self._owns(connection_id):
+                    if running is None or running[1].done():
                         lane = _Lane(connection_id)
                         self._lanes[connection_id] = (lane, asyncio.create_task(
                             self._lane(lane), name=f"sync-lane:{connection_id}"))
+                if not_owned:  # new work may be free to take: the leases look at once
+                    self._work_seen(not_owned)
             except Exception as exc:  # the database away: try again next round
                 log.warning("sync.scheduler_failed", error=str(exc))
             with contextlib.suppress(TimeoutError):

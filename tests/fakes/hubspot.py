@@ -22,9 +22,11 @@ import time
 import uuid
 from collections import deque
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qs, urlparse
+
+from tests.fakes.http_server import FakeHTTPServer
 
 ACCESS_TOKEN = "pat-eu1-fake-hubspot-private-app-token"
 PAGE_MAX = 100
@@ -46,7 +48,7 @@ class FakeHubSpot:
     _search_times: deque[float] = field(default_factory=deque)
     _next_id: int = 20_000_000
     _lock: threading.Lock = field(default_factory=threading.Lock)
-    _server: ThreadingHTTPServer | None = None
+    _server: FakeHTTPServer | None = None
 
     def start(self, port: int = 0) -> FakeHubSpot:
         fake = self
@@ -67,8 +69,7 @@ class FakeHubSpot:
             def log_message(self, *_: Any) -> None:
                 pass
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
-        self._server.daemon_threads = True
+        self._server = FakeHTTPServer(("127.0.0.1", port), Handler)
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
         return self
 

@@ -32,9 +32,11 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qsl
+
+from tests.fakes.http_server import FakeHTTPServer
 
 SECRET_KEY = "sk_test_fake_stripe_secret_key_for_tests"
 
@@ -78,7 +80,7 @@ class FakeStripe:
     _faults: deque[Fault] = field(default_factory=deque)
     _idempotency: dict[str, _Stored] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
-    _server: ThreadingHTTPServer | None = None
+    _server: FakeHTTPServer | None = None
     _thread: threading.Thread | None = None
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -96,8 +98,7 @@ class FakeStripe:
             def log_message(self, *_: Any) -> None:
                 pass
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
+        self._server = FakeHTTPServer(("127.0.0.1", 0), Handler)
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
         self._thread.start()
         return self

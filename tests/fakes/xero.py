@@ -48,9 +48,11 @@ from collections import defaultdict, deque
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlparse
+
+from tests.fakes.http_server import FakeHTTPServer
 
 CLIENT_ID = "FAKEXEROCLIENTID0123456789ABCDEF"
 WEBHOOK_KEY = "fake-xero-webhook-signing-key-0123456789"
@@ -145,6 +147,7 @@ class FakeXero:
     secrets_seen: set[str] = field(default_factory=set)
     revoked_tokens: list[str] = field(default_factory=list)
     rate_limited: list[tuple[str, str]] = field(default_factory=list)  # (tenant, problem)
+    rate_limited_at: list[float] = field(default_factory=list)  # time.time() of each 429
     contact_updates: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     api_calls: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     # When each admitted call arrived, per tenant (wall clock), for rolling-window checks.
@@ -164,7 +167,7 @@ class FakeXero:
     _faults: deque[Fault] = field(default_factory=deque)
     _random: random.Random = field(default_factory=random.Random)
     _lock: threading.RLock = field(default_factory=threading.RLock)
-    _server: ThreadingHTTPServer | None = None
+    _server: FakeHTTPServer | None = None
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -190,8 +193,7 @@ class FakeXero:
             def log_message(self, *_: Any) -> None:
                 pass
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
-        self._server.daemon_threads = True
+        self._server = FakeHTTPServer(("127.0.0.1", port), Handler)
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
         return self
 
@@ -470,6 +472,7 @@ class FakeXero:
                 problem, retry_after = "day", 86_400
             if problem is not None:
                 self.rate_limited.append((tenant, problem))
+                self.rate_limited_at.append(now)
                 headers = {"X-Rate-Limit-Problem": problem}
                 if retry_after is not None:
                     headers["Retry-After"] = str(retry_after)

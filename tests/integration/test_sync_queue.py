@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 
 import sync_service
@@ -19,6 +20,7 @@ from contracts.payments import PaymentReceived
 from services.database import apply_migrations, create_pool
 from sync_service.app import queue
 from sync_service.app.queue import SyncQueue
+from sync_service.messaging import InvoiceIntake
 from tests.conftest import Infra
 
 pytestmark = pytest.mark.integration
@@ -139,3 +141,57 @@ async def test_done_writes_the_reference_and_wakes_the_invoices_payment(
             " JOIN connections c ON c.connection_id = j.connection_id WHERE j.job_id = %s",
             (job.job_id,))).fetchone()
     assert row == ("done", "xero-inv-1", True)
+
+
+async def test_the_group_commit_writes_concurrent_invoices_in_one_statement_each_once(
+        pool: Any, organisation: tuple[str, uuid.UUID], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The handlers of a pulled batch hand their invoices over together: one statement writes
+    them (not one each), a repeat within the batch or of an earlier one adds nothing, and
+    every job lands on the account's connection with the invoice's row beside it."""
+    connection_id, account_id = organisation
+    earlier = _invoice(account_id, 0)
+    await _add(pool, [earlier])
+    statements: list[int] = []
+    real = queue.add_invoices
+
+    async def counted(conn: Any, invoices: Any) -> list[bool]:
+        statements.append(len(invoices))
+        return await real(conn, invoices)
+
+    monkeypatch.setattr(queue, "add_invoices", counted)
+    intake = InvoiceIntake(pool)
+    fresh = [_invoice(account_id, n) for n in range(1, 41)]
+    added = await asyncio.gather(*(intake.add(i) for i in [*fresh, fresh[0], earlier]))
+    assert added == [True] * 40 + [True, False]  # the repeat shares its twin's statement
+    assert statements == [42]
+    async with pool.connection() as conn:
+        jobs = await (await conn.execute(
+            "SELECT subject_id FROM sync_jobs WHERE connection_id = %s AND kind = 'invoice'"
+            " ORDER BY job_id", (connection_id,))).fetchall()
+        rows = await (await conn.execute(
+            "SELECT count(*) FROM invoices WHERE account_id = %s", (account_id,))).fetchone()
+    assert [r[0] for r in jobs] == [i.invoice_id for i in [earlier, *fresh]]
+    assert rows[0] == 41
+
+
+async def test_a_failed_group_commit_fails_every_invoice_in_it_and_writes_none(
+        pool: Any, organisation: tuple[str, uuid.UUID], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each handler then raises, so its message is redelivered; the next write succeeds."""
+    connection_id, account_id = organisation
+    real = queue.add_invoices
+
+    async def failing(conn: Any, invoices: Any) -> list[bool]:
+        await conn.execute("SELECT 1 / 0")  # the statement fails in the database
+        return await real(conn, invoices)
+
+    monkeypatch.setattr(queue, "add_invoices", failing)
+    intake = InvoiceIntake(pool)
+    invoices = [_invoice(account_id, n) for n in range(5)]
+    outcomes = await asyncio.gather(*(intake.add(i) for i in invoices), return_exceptions=True)
+    assert all(isinstance(o, psycopg.errors.DivisionByZero) for o in outcomes)
+    async with pool.connection() as conn:
+        none = await (await conn.execute(
+            "SELECT count(*) FROM sync_jobs WHERE connection_id = %s", (connection_id,))).fetchone()
+    assert none[0] == 0
+    monkeypatch.setattr(queue, "add_invoices", real)
+    assert await asyncio.gather(*(intake.add(i) for i in invoices)) == [True] * 5

@@ -5,12 +5,22 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any, cast
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sync_service.app.ownership import fair_share, surplus_slack, to_give_up
-from sync_service.app.pacing import Limits, Pacer, PaceState
+from sync_service.app.ownership import (
+    NUDGE_MIN_INTERVAL_S,
+    LeaseTable,
+    Ownership,
+    Tick,
+    fair_share,
+    surplus_slack,
+    to_give_up,
+)
+from sync_service.app.pacing import Bucket, Limits, Pacer, PaceState
 
 
 @given(st.integers(0, 1_000), st.integers(1, 50))
@@ -88,8 +98,9 @@ LIMITS = Limits(calls_per_window=10, window_s=1.0, calls_per_day=50, concurrent_
 
 async def test_the_next_owner_keeps_the_spacing_of_the_calls() -> None:
     before = Pacer(LIMITS)
-    async with before.call("org"):
-        pass
+    for _ in range(LIMITS.burst):  # the bucket is full: the next call waits a spacing
+        async with before.call("org"):
+            pass
     state = before.export("org")
     after = Pacer(LIMITS)
     after.restore("org", state, elapsed_s=0.0)
@@ -166,3 +177,116 @@ async def test_the_next_owner_waits_for_the_window_its_predecessor_filled() -> N
         pass
     # The oldest answer, 0.15 s old at the handover, leaves the 1 s window 0.85 s later.
     assert time.monotonic() - started >= 0.8
+
+
+class _OneMemberTable:
+    """The lease table as one lone member sees it: every connection with work is its own."""
+
+    member = "m1"
+
+    def __init__(self) -> None:
+        self.work: set[str] = set()
+        self.ticks = 0
+
+    async def tick(self, pacing: dict[str, dict[str, Any]]) -> Tick:
+        self.ticks += 1
+        held = set(pacing) & self.work
+        taken = {c: ({}, 0.0) for c in sorted(self.work - held)}
+        return Tick(held=held | set(taken), taken=taken, with_work=set(self.work),
+                    share=len(self.work), members=[self.member])
+
+    async def release(self, pacing: dict[str, dict[str, Any]]) -> None:
+        pass
+
+    async def leave(self) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass
+
+
+class _NoPacing:
+    def export(self, connection_id: str) -> dict[str, Any]:
+        return {}
+
+    def restore(self, connection_id: str, state: dict[str, Any], elapsed_s: float) -> None:
+        pass
+
+    def forget(self, connection_id: str) -> None:
+        pass
+
+
+async def _noop(_: str) -> None:
+    pass
+
+
+async def test_new_work_is_owned_at_once_not_at_the_next_renewal() -> None:
+    """With renewals an hour apart, an organisation whose first change appears is owned as
+    soon as the scheduler reports it (it waited up to a renewal interval before); work the
+    last tick already saw (another member's, say) brings no tick forward."""
+    table = _OneMemberTable()
+    acquired = asyncio.Event()
+    owner = Ownership(cast(LeaseTable, table), _NoPacing(), stop_lane=_noop,
+                      on_acquire=acquired.set, renew_interval_s=3600)
+    await owner.start()
+    try:
+        assert table.ticks == 1 and not owner.owns("org-1")
+        table.work.add("org-1")
+        owner.work_seen(["org-1"])
+        await asyncio.wait_for(acquired.wait(), timeout=5)
+        assert owner.owns("org-1") and table.ticks == 2
+        owner.work_seen(["org-1"])  # known at the last tick: nothing to look at again
+        await asyncio.sleep(NUDGE_MIN_INTERVAL_S * 3)
+        assert table.ticks == 2
+    finally:
+        await owner.stop()
+
+
+async def test_a_late_start_is_made_up_by_the_next_call(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A call that starts late (its worker woke late on a busy loop) leaves the next to start
+    sooner, so the pace holds; with a bucket of one call the late time was lost. It never
+    lets more than the bucket's calls through at once."""
+    clock = [100.0]
+    slept: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        clock[0] += seconds
+
+    monkeypatch.setattr("sync_service.app.pacing.time.monotonic", lambda: clock[0])
+    monkeypatch.setattr("sync_service.app.pacing.asyncio.sleep", sleep)
+    spacing = 0.1
+    bucket = Bucket(2, spacing * 2, at=clock[0])
+    for _ in range(4):  # two at once, then one a spacing apart
+        await bucket.acquire()
+    assert slept == pytest.approx([spacing, spacing])
+    slept.clear()
+    clock[0] += spacing + 0.06  # the next call's worker wakes 60 ms late
+    await bucket.acquire()
+    assert slept == []
+    await bucket.acquire()  # the one after starts a spacing after the call that was not late
+    assert slept == pytest.approx([spacing - 0.06])
+    slept.clear()
+    clock[0] += 10 * spacing  # a long stall: at most the bucket's two calls at once
+    await bucket.acquire()
+    await bucket.acquire()
+    await bucket.acquire()
+    assert slept == pytest.approx([spacing])
+
+
+async def test_a_call_left_without_an_answer_counts_for_a_window_longer() -> None:
+    """The provider may count a call we gave up on (a time-out, a dropped connection) when it
+    finally reads it: such a call still fills the window after an answered one would not."""
+    limits = Limits(calls_per_window=2, window_s=0.2, calls_per_day=50, concurrent_max=5,
+                    share=1.0)
+    pacer = Pacer(limits)
+    with pytest.raises(ConnectionError):
+        async with pacer.call("org"):
+            raise ConnectionError("no answer")
+    async with pacer.call("org"):
+        pass
+    await asyncio.sleep(limits.window_s * 1.5)  # the answered one has left the window
+    pace = pacer._pace("org")
+    assert pace.window_count(limits.window_s) == 1  # the unanswered one has not
+    # and the next owner counts it too
+    assert PaceState.from_builtins(pacer.export("org").to_builtins()).window[0] < limits.window_s
