@@ -54,6 +54,7 @@ from bench.authorize import CommitProbe, RequestFactory, Settings, closed_loop, 
 from bench.cpu import CpuMeter
 from contracts.partitioning import partition_of
 from contracts.subjects import USAGE_RECORDED, usage_partition_subject
+from ledger_service.partitions import lease_counts
 from services.database import conninfo
 
 DATABASE = os.environ.get("BENCH_PARTITIONS_DATABASE", "billing_partition_bench")
@@ -73,17 +74,9 @@ def children(pid: int) -> list[int]:
 
 def owned_counts(url: str) -> list[int]:
     try:
-        return _owned_counts(url)
+        return lease_counts(url)
     except psycopg.OperationalError:  # a shared machine's PostgreSQL out of connections
         return []
-
-
-def _owned_counts(url: str) -> list[int]:
-    with psycopg.connect(conninfo(url), autocommit=True) as conn:
-        rows = conn.execute("SELECT owner, count(*) FROM ledger.partition_leases"
-                            " WHERE expires_at > now() AND owner IS NOT NULL GROUP BY owner"
-                            ).fetchall()
-    return sorted(int(n) for _, n in rows)
 
 
 def applied(url: str) -> int:

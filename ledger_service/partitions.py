@@ -73,6 +73,16 @@ def member_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
+def lease_counts(database_url: str) -> list[int]:
+    """How many partitions each live member holds now, ascending (for tests, benchmarks and
+    an operator's look): [8, 8] when two processes share 16 evenly."""
+    with psycopg.connect(conninfo(database_url), autocommit=True) as conn:
+        rows = conn.execute("SELECT owner, count(*) FROM ledger.partition_leases"
+                            " WHERE expires_at > now() AND owner IS NOT NULL GROUP BY owner"
+                            ).fetchall()
+    return sorted(int(n) for _, n in rows)
+
+
 @dataclass(slots=True)
 class Tick:
     """What one renewal found: the partitions now held (with their epochs), the share, the

@@ -16,10 +16,9 @@ from pathlib import Path
 
 import httpx
 import nats
-import psycopg
 import pytest
 
-from services.database import conninfo
+from ledger_service.partitions import lease_counts
 from services.embedded import free_port
 from services.http import DEVELOPMENT_JWT_SECRET, mint_token
 from tests.conftest import Infra
@@ -66,7 +65,7 @@ def ledgers(infra: Infra, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
             wait_for(lambda: '"service started"' in second.logs(), "a second listener")
             # And the partitions shared out: an authorization for a partition between owners
             # waits for the handover (a request once timed out here while it happened).
-            wait_for(lambda: _owned(database_url) == [8, 8], "the partitions shared out")
+            wait_for(lambda: lease_counts(database_url) == [8, 8], "the partitions shared out")
             yield Ledgers(first.url, funded, empty)
         finally:
             for process in (first, second):
@@ -100,14 +99,6 @@ async def authorize(nats_url: str, payloads: list[bytes]) -> list[dict[str, obje
                 for p in payloads]
     finally:
         await nc.close()
-
-
-def _owned(database_url: str) -> list[int]:
-    with psycopg.connect(conninfo(database_url), autocommit=True) as conn:
-        rows = conn.execute("SELECT owner, count(*) FROM ledger.partition_leases"
-                            " WHERE expires_at > now() AND owner IS NOT NULL GROUP BY owner"
-                            ).fetchall()
-    return sorted(int(n) for _, n in rows)
 
 
 def request(account_id: str) -> bytes:
