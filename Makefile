@@ -12,7 +12,7 @@ help:
 	@echo "                (CLUSTER=3: a 3-node JetStream cluster; LEDGER_PROCESSES=2: two partitioned ledger processes; LEDGER_GROUPS=2: the partitions in two databases)"
 	@echo "make test       run the whole test suite against real PostgreSQL and NATS"
 	@echo "make faults     fault tests under load (NATS node, PostgreSQL, follower, payments, ledger); prints a table"
-	@echo "make soak       20 min at half the measured capacity (SOAK_MINUTES=3 for a short one); prints a summary"
+	@echo "make soak       20 min at 0.15 of the measured capacity (SOAK_MINUTES=3 for a short one); prints a summary"
 	@echo "make lint       ruff + mypy"
 	@echo "make bench      benchmarks (figures go to docs/benchmarks.md)"
 	@echo "make contracts  regenerate contracts/schema (JSON Schema + AsyncAPI)"
