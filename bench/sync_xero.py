@@ -17,6 +17,8 @@ longest wait of any organisation's first invoice (fairness); the sync processes'
 
 BENCH_SYNC_ORGANISATIONS / BENCH_SYNC_INVOICES change the size; BENCH_SYNC_DATABASE the
 database (dropped and created again: one per person when several run benchmarks at once);
+BENCH_SYNC_LOG_LEVEL the services' log level (WARNING; INFO shows the leases
+taken, DEBUG which ones, at a cost in CPU that spoils the figures);
 `--profile` samples the first sync process with py-spy while the backlog drains. The result
 also checks the limits from the fake's side: the busiest rolling minute of any organisation,
 all processes' calls together.
