@@ -63,7 +63,7 @@ Conn = psycopg.AsyncConnection[Any]
 _Intake = Callable[[Conn, Any], Awaitable[bool]]
 
 _INVOICING: Final[dict[str, tuple[type[msgspec.Struct], _Intake]]] = {
-    INVOICING_ISSUED: (InvoiceIssued, queue.add_invoice),  # by InvoiceIntake instead
+    INVOICING_ISSUED: (InvoiceIssued, queue.add_invoice),  # by InvoiceIntake, in batches
     INVOICING_CREDIT_NOTE_ISSUED: (CreditNoteIssued, queue.add_credit_note),
     INVOICING_VOIDED: (InvoiceVoided, queue.add_void),
     INVOICING_PAID: (InvoicePaid, queue.add_paid),  # HubSpot's status; Xero's from payments
@@ -103,26 +103,28 @@ class InvoiceIntake:
                 self._writing = False
                 # Left by a writer cancelled mid-way (a stop): failed, so redelivered.
                 abandoned, self._waiting = self._waiting, []
-                for _, waiting in abandoned:
-                    if not waiting.done():
-                        waiting.set_exception(RuntimeError("intake stopped"))
+                _fail(abandoned, RuntimeError("intake stopped"))
         return await done
 
     async def _write(self, batch: list[tuple[InvoiceIssued, asyncio.Future[bool]]]) -> None:
         try:
             async with queue.single_statements(self._pool) as conn:
                 added = await queue.add_invoices(conn, [invoice for invoice, _ in batch])
-        except BaseException as exc:
-            for _, done in batch:
-                if not done.done():
-                    done.set_exception(exc if isinstance(exc, Exception)
-                                       else RuntimeError("intake cancelled"))
-            if not isinstance(exc, Exception):
-                raise
+        except Exception as exc:
+            _fail(batch, exc)
             return
+        except BaseException:  # the writer cancelled: the batch is redelivered
+            _fail(batch, RuntimeError("intake stopped"))
+            raise
         for (_, done), was_added in zip(batch, added, strict=True):
             if not done.done():
                 done.set_result(was_added)
+
+
+def _fail(waiting: list[tuple[InvoiceIssued, asyncio.Future[bool]]], exc: Exception) -> None:
+    for _, done in waiting:
+        if not done.done():
+            done.set_exception(exc)
 
 
 async def _bury(broker: NatsBroker, message: NatsMessage, detail: str, durable: str) -> None:

@@ -114,39 +114,10 @@ def _builtins(message: msgspec.Struct) -> dict[str, Any]:
     return data
 
 
-# The invoice, its HubSpot job (while HubSpot is active) and its Xero job (on the account's
-# connection, else the default one; as `_connection_for`), in one statement (so atomic even
-# in autocommit: intake is one round trip per invoice), the payload encoded once for all.
-_ADD_INVOICE: Final = (
-    "WITH invoice AS (INSERT INTO invoices (invoice_id, number, account_id, currency,"
-    " subtotal_micros, vat_total_micros, total_micros, issued) VALUES (%(invoice_id)s,"
-    " %(number)s, %(account_id)s, %(currency)s, %(subtotal)s, %(vat_total)s, %(total)s,"
-    " %(payload)s::jsonb) ON CONFLICT (invoice_id) DO NOTHING),"
-    " hubspot AS (INSERT INTO sync_jobs (connection_id, kind, subject_id, source_key, payload)"
-    " SELECT 'hubspot', 'hubspot_invoice', %(invoice_id)s, %(hubspot_key)s, %(payload)s::jsonb"
-    " WHERE EXISTS (SELECT 1 FROM connections WHERE connection_id = 'hubspot'"
-    " AND status = 'active') ON CONFLICT (source_key) DO NOTHING RETURNING 1),"
-    " xero AS (INSERT INTO sync_jobs (connection_id, account_id, kind, subject_id, source_key,"
-    " payload) VALUES (coalesce((SELECT connection_id FROM account_connections"
-    " WHERE account_id = %(account_id)s), (SELECT connection_id FROM connections"
-    " WHERE is_default AND target = 'xero')), %(account_id)s, 'invoice', %(invoice_id)s,"
-    " %(xero_key)s, %(payload)s::jsonb) ON CONFLICT (source_key) DO NOTHING RETURNING 1)"
-    " SELECT (SELECT count(*) FROM hubspot) + (SELECT count(*) FROM xero)")
-
-
-async def add_invoice(conn: Conn, invoice: InvoiceIssued) -> bool:
-    row = await (await conn.execute(_ADD_INVOICE, {
-        "invoice_id": invoice.invoice_id, "number": invoice.number,
-        "account_id": invoice.account_id, "currency": invoice.currency,
-        "subtotal": to_micros(invoice.subtotal), "vat_total": to_micros(invoice.vat_total),
-        "total": to_micros(invoice.total), "payload": msgspec.json.encode(invoice).decode(),
-        "hubspot_key": f"hubspot-invoice:{invoice.invoice_id}",
-        "xero_key": f"invoice:{invoice.invoice_id}"})).fetchone()
-    return row is not None and row[0] > 0
-
-
-# `_ADD_INVOICE` for many invoices in one statement (the intake's group commit): the same
-# three inserts from arrays; the subjects of the jobs it added come back.
+# Invoices, each with its HubSpot job (while HubSpot is active) and its Xero job (on the
+# account's connection, else the default one; as `_connection_for`), in one statement (so
+# atomic even in autocommit), from arrays, each payload encoded once for all three; the
+# subjects of the jobs it added come back. The intake's group commit writes a batch at once.
 _ADD_INVOICES: Final = (
     "WITH input AS (SELECT * FROM unnest(%(ids)s::text[], %(numbers)s::text[],"
     " %(accounts)s::uuid[], %(currencies)s::text[], %(subtotals)s::int8[],"
@@ -170,9 +141,13 @@ _ADD_INVOICES: Final = (
     " SELECT subject_id FROM hubspot UNION ALL SELECT subject_id FROM xero")
 
 
+async def add_invoice(conn: Conn, invoice: InvoiceIssued) -> bool:
+    """Whether the invoice added a job (a redelivered one adds nothing)."""
+    return (await add_invoices(conn, [invoice]))[0]
+
+
 async def add_invoices(conn: Conn, invoices: Sequence[InvoiceIssued]) -> list[bool]:
-    """`add_invoice` for each of `invoices` in one statement (atomic: all or none); whether
-    each added a job (a redelivered one adds nothing)."""
+    """`add_invoice` for each of `invoices` in one statement (atomic: all or none)."""
     if not invoices:
         return []
     rows = await (await conn.execute(_ADD_INVOICES, {
