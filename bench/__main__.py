@@ -12,7 +12,6 @@ measured on, to bench/results/<name>.json. docs/benchmarks.md explains every fig
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import subprocess
@@ -104,14 +103,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def write_result(name: str, result: dict[str, Any], options: RunOptions) -> Path:
-    infra.RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     # A profiled run is slower (py-spy samples the service): never over a clean figure.
     suffix = ("-quick" if options.quick else "") + ("-profiled" if options.profile else "")
-    path = infra.RESULTS_DIR / f"{name}{suffix}.json"
-    temporary = path.with_suffix(".tmp")
-    temporary.write_text(json.dumps(result, indent=2, default=str) + "\n")
-    temporary.replace(path)
-    return path
+    return infra.save_json(infra.RESULTS_DIR / f"{name}{suffix}.json", result)
 
 
 def describe_machine() -> dict[str, Any]:

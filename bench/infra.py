@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import json
 import os
 import shutil
 import signal
@@ -46,6 +47,16 @@ SERVICE_READY_TIMEOUT_S = 60.0
 SERVICE_STOP_TIMEOUT_S = 60.0
 ANALYZE_CHECK_INTERVAL_S = 1.0
 AUTOVACUUM_NAPTIME_S = 60.0  # PostgreSQL's default autovacuum_naptime
+
+
+def save_json(path: Path, data: Any) -> Path:
+    """Write a benchmark's figures whole or not at all (a run stopped mid-write leaves the
+    previous file), indented, with a final newline."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_suffix(".tmp")
+    temporary.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    temporary.replace(path)
+    return path
 
 
 def database_url(name: str = DATABASE_NAME) -> str:

@@ -4,7 +4,7 @@ Issue 12's sizing model (docs/scaling.md) needs the cost of R3 publishing per me
 it estimated. Here a 3-node JetStream cluster of the wheel's nats-server (the same
 `start_nats_cluster` as `make run CLUSTER=3` and the fault tests) takes the same usage
 messages the ledger's intake reads (about 300 bytes of JSON with a `Nats-Msg-Id`, a stream
-configured like USAGE: file storage, a 600 s duplicate window), first into a stream of one
+configured like USAGE: file storage, USAGE's duplicate window), first into a stream of one
 replica, then into one of three, from one nats-py publisher with `publish_async` (every
 PubAck awaited). Reported per replica count: messages per second until the last PubAck, and
 CPU per message of the three nats-server processes together and of the publisher, read from
@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import os
 import shutil
 import statistics
@@ -124,9 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     result = measure(args.messages, args.rounds)
     result["duration_s"] = round(time.monotonic() - started, 1)
-    infra.RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    path = infra.RESULTS_DIR / f"{NAME}.json"
-    path.write_text(json.dumps(result, indent=2, default=str) + "\n")
+    path = infra.save_json(infra.RESULTS_DIR / f"{NAME}.json", result)
     print(f"{NAME}: {result['summary']}; {path}")
     return 0
 

@@ -35,7 +35,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -56,6 +55,7 @@ from contracts.partitioning import partition_of
 from contracts.subjects import USAGE_RECORDED, usage_partition_subject
 from ledger_service.partitions import lease_counts
 from services.database import conninfo
+from services.embedded import NatsProcess
 
 DATABASE = os.environ.get("BENCH_PARTITIONS_DATABASE", "billing_partition_bench")
 PARTITIONS = 16
@@ -122,14 +122,30 @@ async def publish(nats_url: str, messages: Sequence[tuple[str, str, bytes]]) -> 
         await nc.close()
 
 
-def run_case(name: str, processes: int, subject_of: Callable[[UUID], str], events: int,
-             accounts: int) -> dict[str, Any]:
+def fresh_accounts(count: int, credit_micros: int) -> tuple[str, list[UUID]]:
+    """A new database with `count` prepaid accounts: its URL and the accounts."""
     url = infra.recreate_database(DATABASE)
     ledger = infra.open_ledger(url)
     try:
-        account_ids = open_prepay_accounts(ledger, accounts, CREDIT_MICROS)
+        return url, open_prepay_accounts(ledger, count, credit_micros)
     finally:
         ledger.app.close()
+
+
+def cpu_meter(url: str, nats_server: NatsProcess, running: list[infra.LedgerProcess]) -> CpuMeter:
+    """CPU by group: the ledger processes (and their children), their database backends,
+    the NATS server and this load generator."""
+    return CpuMeter({
+        "ledger": lambda: [p for s in running for p in (s.pid, *children(s.pid))],
+        "postgres_backends": lambda: infra.backend_pids(url, DATABASE),
+        "nats_server": lambda: [nats_server.process.pid],
+        "bench_client": lambda: [os.getpid()],
+    })
+
+
+def run_case(name: str, processes: int, subject_of: Callable[[UUID], str], events: int,
+             accounts: int) -> dict[str, Any]:
+    url, account_ids = fresh_accounts(accounts, CREDIT_MICROS)
     messages = []
     for index in range(events):
         account_id = account_ids[index % accounts]
@@ -139,12 +155,7 @@ def run_case(name: str, processes: int, subject_of: Callable[[UUID], str], event
             "occurred_at": "2026-12-04T12:00:00Z", "status": "submitted"})))
     with infra.own_nats(infra.RUN_DIR / "partitions") as nats_server, \
             ledgers(url, nats_server.url, processes) as running:
-        meter = CpuMeter({
-            "ledger": lambda: [p for s in running for p in (s.pid, *children(s.pid))],
-            "postgres_backends": lambda: infra.backend_pids(url, DATABASE),
-            "nats_server": lambda: [nats_server.process.pid],
-            "bench_client": lambda: [os.getpid()],
-        })
+        meter = cpu_meter(url, nats_server, running)
         meter.start()
         started = time.perf_counter()
         publish_s = asyncio.run(publish(nats_server.url, messages))
@@ -193,12 +204,7 @@ WARM_UP_CONCURRENCY = 50
 
 
 def run_authorize_case(processes: int, rate: int, seconds: float) -> dict[str, Any]:
-    url = infra.recreate_database(DATABASE)
-    ledger = infra.open_ledger(url)
-    try:
-        account_ids = open_prepay_accounts(ledger, AUTHORIZE_ACCOUNTS, AUTHORIZE_CREDIT_MICROS)
-    finally:
-        ledger.app.close()
+    url, account_ids = fresh_accounts(AUTHORIZE_ACCOUNTS, AUTHORIZE_CREDIT_MICROS)
     result: dict[str, Any] = {"case": f"{processes} process(es), ledger.v1.authorize",
                               "processes": processes, "accounts": AUTHORIZE_ACCOUNTS}
     with infra.own_nats(infra.RUN_DIR / "partitions") as nats_server:
@@ -208,12 +214,7 @@ def run_authorize_case(processes: int, rate: int, seconds: float) -> dict[str, A
         result["baseline_postgres_commit_alone"] = CommitProbe(url).run_for(seconds)
         result["baseline_nats_echo"] = echo_baseline(nats_server.url, account_ids, settings)
         with ledgers(url, nats_server.url, processes) as running:
-            meter = CpuMeter({
-                "ledger": lambda: [p for s in running for p in (s.pid, *children(s.pid))],
-                "postgres_backends": lambda: infra.backend_pids(url, DATABASE),
-                "nats_server": lambda: [nats_server.process.pid],
-                "bench_client": lambda: [os.getpid()],
-            })
+            meter = cpu_meter(url, nats_server, running)
             result["open_loop"] = uvloop.run(_authorize(nats_server.url, account_ids, rate,
                                                         seconds, meter, CommitProbe(url)))
     loop = result["open_loop"]
@@ -272,8 +273,7 @@ def main(argv: list[str] | None = None) -> int:
         out = args.out.with_name("partitions-authorize.json") \
             if args.out.name == "partitions.json" else args.out
         found = [run_authorize_case(processes, args.rate, args.seconds) for processes in (1, 2)]
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(found, indent=2) + "\n")
+        infra.save_json(out, found)
         print(f"wrote {out}")
         return 0
     cases = [
@@ -285,8 +285,7 @@ def main(argv: list[str] | None = None) -> int:
     results = [run_case(name, processes, subject_of, args.events, args.accounts)
                for index, (name, processes, subject_of) in enumerate(cases)
                if not args.only or index in args.only]
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    infra.save_json(args.out, results)
     print(f"wrote {args.out}")
     return 0
 

@@ -242,8 +242,7 @@ def main(argv: list[str] | None = None) -> int:
         resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     ok = all(run["charged_rows"] == args.items for key, run in result.items()
              if key in ("baseline", "ledger"))
-    infra.RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    (infra.RESULTS_DIR / f"{args.out}.json").write_text(json.dumps(result, indent=2) + "\n")
+    infra.save_json(infra.RESULTS_DIR / f"{args.out}.json", result)
     print(json.dumps(result, indent=2))
     return 0 if ok else 1
 
