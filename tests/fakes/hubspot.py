@@ -26,14 +26,14 @@ from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
-from tests.fakes.http_server import FakeHTTPServer
+from tests.fakes.http_server import FakeAPI
 
 ACCESS_TOKEN = "pat-eu1-fake-hubspot-private-app-token"
 PAGE_MAX = 100
 
 
 @dataclass
-class FakeHubSpot:
+class FakeHubSpot(FakeAPI):
     access_token: str = ACCESS_TOKEN
     burst_limit: int = 100
     burst_window_s: float = 10.0
@@ -48,46 +48,16 @@ class FakeHubSpot:
     _search_times: deque[float] = field(default_factory=deque)
     _next_id: int = 20_000_000
     _lock: threading.Lock = field(default_factory=threading.Lock)
-    _server: FakeHTTPServer | None = None
 
     def start(self, port: int = 0) -> FakeHubSpot:
-        fake = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                fake._get(self)
-
-            def do_POST(self) -> None:
-                fake._write(self, "POST")
-
-            def do_PATCH(self) -> None:
-                fake._write(self, "PATCH")
-
-            def do_PUT(self) -> None:
-                fake._write(self, "PUT")
-
-            def log_message(self, *_: Any) -> None:
-                pass
-
-        self._server = FakeHTTPServer(("127.0.0.1", port), Handler)
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        self.serve(self._route, ("GET", "POST", "PATCH", "PUT"), port)
         return self
 
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-
-    def __enter__(self) -> FakeHubSpot:
-        return self.start()
-
-    def __exit__(self, *_: Any) -> None:
-        self.stop()
-
-    @property
-    def url(self) -> str:
-        assert self._server is not None
-        return f"http://127.0.0.1:{self._server.server_address[1]}"
+    def _route(self, handler: BaseHTTPRequestHandler, method: str) -> None:
+        if method == "GET":
+            self._get(handler)
+        else:
+            self._write(handler, method)
 
     def add_product(self, **properties: str) -> str:
         product_id = str(10_000_000 + len(self.products))

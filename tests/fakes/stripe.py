@@ -36,7 +36,7 @@ from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qsl
 
-from tests.fakes.http_server import FakeHTTPServer
+from tests.fakes.http_server import FakeAPI
 
 SECRET_KEY = "sk_test_fake_stripe_secret_key_for_tests"
 
@@ -68,7 +68,7 @@ class _Stored:
 
 
 @dataclass
-class FakeStripe:
+class FakeStripe(FakeAPI):
     secret_key: str = SECRET_KEY
     sessions: dict[str, dict[str, Any]] = field(default_factory=dict)
     # GET /v1/checkout/sessions/{id}/line_items in Stripe; kept here for assertions.
@@ -80,45 +80,18 @@ class FakeStripe:
     _faults: deque[Fault] = field(default_factory=deque)
     _idempotency: dict[str, _Stored] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
-    _server: FakeHTTPServer | None = None
-    _thread: threading.Thread | None = None
 
     # -- lifecycle -----------------------------------------------------------------------------
 
     def start(self) -> FakeStripe:
-        fake = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                fake._handle_post(self)
-
-            def do_GET(self) -> None:
-                fake._handle_get(self)
-
-            def log_message(self, *_: Any) -> None:
-                pass
-
-        self._server = FakeHTTPServer(("127.0.0.1", 0), Handler)
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-        self._thread.start()
+        self.serve(self._route, ("POST", "GET"))
         return self
 
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-
-    def __enter__(self) -> FakeStripe:
-        return self.start()
-
-    def __exit__(self, *_: Any) -> None:
-        self.stop()
-
-    @property
-    def url(self) -> str:
-        assert self._server is not None
-        host, port = self._server.server_address[:2]
-        return f"http://{host!s}:{port}"
+    def _route(self, handler: BaseHTTPRequestHandler, method: str) -> None:
+        if method == "POST":
+            self._handle_post(handler)
+        else:
+            self._handle_get(handler)
 
     # -- programming faults --------------------------------------------------------------------
 

@@ -52,7 +52,7 @@ from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlparse
 
-from tests.fakes.http_server import FakeHTTPServer
+from tests.fakes.http_server import FakeAPI
 
 CLIENT_ID = "FAKEXEROCLIENTID0123456789ABCDEF"
 WEBHOOK_KEY = "fake-xero-webhook-signing-key-0123456789"
@@ -121,7 +121,7 @@ class _Answer(Exception):
 
 
 @dataclass
-class FakeXero:
+class FakeXero(FakeAPI):
     client_id: str = CLIENT_ID
     # The organisations the next approval grants (each {"tenantId", "tenantName"}).
     organisations: list[dict[str, str]] = field(default_factory=lambda: [
@@ -167,52 +167,14 @@ class FakeXero:
     _faults: deque[Fault] = field(default_factory=deque)
     _random: random.Random = field(default_factory=random.Random)
     _lock: threading.RLock = field(default_factory=threading.RLock)
-    _server: FakeHTTPServer | None = None
 
     # -- lifecycle -----------------------------------------------------------------------------
 
     def start(self, port: int = 0) -> FakeXero:
-        fake = self
         self._random.seed(self.fault_seed)
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def do_GET(self) -> None:
-                fake._dispatch(self, "GET")
-
-            def do_POST(self) -> None:
-                fake._dispatch(self, "POST")
-
-            def do_PUT(self) -> None:
-                fake._dispatch(self, "PUT")
-
-            def do_DELETE(self) -> None:
-                fake._dispatch(self, "DELETE")
-
-            def log_message(self, *_: Any) -> None:
-                pass
-
-        self._server = FakeHTTPServer(("127.0.0.1", port), Handler)
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        self.serve(self._dispatch, ("GET", "POST", "PUT", "DELETE"), port,
+                   protocol_version="HTTP/1.1")
         return self
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-
-    def __enter__(self) -> FakeXero:
-        return self.start()
-
-    def __exit__(self, *_: Any) -> None:
-        self.stop()
-
-    @property
-    def url(self) -> str:
-        assert self._server is not None
-        host, port = self._server.server_address[:2]
-        return f"http://{host!s}:{port}"
 
     # -- programming -----------------------------------------------------------------------------
 
