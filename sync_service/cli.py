@@ -8,21 +8,16 @@ re-driven change is picked up by the running service within its poll interval.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import Annotated, Any, TypeVar
 from uuid import UUID
 
-import psycopg
 import typer
 from rich.console import Console
 from rich.table import Table
 
+from services import cli
 from services.database import create_pool
-from services.embedded import embedded_database_url
-from services.logging import configure_logging
-from services.settings import SettingsError, load_tool_settings
 from sync_service.app.mappings import MappingBook
 from sync_service.app.queue import SyncQueue
 from sync_service.app.status import SyncStatusReader
@@ -30,35 +25,22 @@ from sync_service.domain.errors import SyncError
 
 app = typer.Typer(help="Operator tools for the sync service (Xero).", no_args_is_help=True)
 out = Console()
-err = Console(stderr=True)
+err = cli.err
+PROGRAM = "syncctl"
 T = TypeVar("T")
 
 
 def _database_url(ctx: typer.Context) -> str:
     url = ctx.obj
     if not url:
-        err.print("[red]syncctl:[/red] no database: set DATABASE_URL or start `make run`")
-        raise typer.Exit(2)
+        cli.refuse(PROGRAM, "no database: set DATABASE_URL or start `make run`")
     return str(url)
 
 
 def _run(ctx: typer.Context, body: Callable[[Any], Awaitable[T]]) -> T:
-    async def main() -> T:
-        pool = create_pool(_database_url(ctx), "sync", max_size=2, name="syncctl")
-        await pool.open(wait=True, timeout=10)
-        try:
-            return await body(pool)
-        finally:
-            await pool.close()
-
-    try:
-        return asyncio.run(main())
-    except SyncError as exc:
-        err.print(f"[red]syncctl:[/red] {type(exc).__name__}: {exc}")
-        raise typer.Exit(2) from None
-    except psycopg.Error as exc:
-        err.print(f"[red]syncctl:[/red] PostgreSQL: {exc}")
-        raise typer.Exit(2) from None
+    return cli.run_with_pool(
+        PROGRAM, lambda: create_pool(_database_url(ctx), "sync", max_size=2, name=PROGRAM),
+        body, (SyncError,), lambda exc: f"{type(exc).__name__}: {exc}")
 
 
 def _queue(pool: Any) -> SyncQueue:
@@ -72,14 +54,7 @@ def main(
         "--database-url", help="PostgreSQL URL; default: DATABASE_URL, or make run's embedded"
         " server", show_default=False)] = None,
 ) -> None:
-    configure_logging(service="syncctl", level="WARNING", fmt="console")
-    try:
-        settings = load_tool_settings("sync_service")
-    except SettingsError as exc:
-        err.print(f"[red]syncctl:[/red] {exc}")
-        raise typer.Exit(2) from None
-    ctx.obj = database_url or settings.database_url or embedded_database_url(
-        Path(settings.run_dir))
+    ctx.obj = cli.tool_database_url(PROGRAM, "sync_service", database_url)
 
 
 @app.command()

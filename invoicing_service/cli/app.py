@@ -2,29 +2,25 @@
 
 from __future__ import annotations
 
-import asyncio
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Annotated, TypeVar
 
-import psycopg
 import typer
 from psycopg_pool import AsyncConnectionPool
 from rich.console import Console
 
+from services import cli
 from services.database import create_pool
-from services.embedded import embedded_database_url
-from services.logging import configure_logging
-from services.settings import SettingsError, load_tool_settings
 
 app = typer.Typer(no_args_is_help=True, add_completion=False,
                   help="Operator tools of the invoicing service.")
 out = Console()
-err = Console(stderr=True)
+err = cli.err
 T = TypeVar("T")
 SCHEMA = "invoicing"
+PROGRAM = "invoicingctl"
 PERIOD = re.compile(r"^[0-9]{4}-(0[1-9]|1[0-2])$")
 
 
@@ -53,23 +49,7 @@ def parse_period(text: str) -> str:
 
 def run_with_pool(ctx: typer.Context, work: Callable[[AsyncConnectionPool], Awaitable[T]]) -> T:
     """Run `work` with an open pool; errors the operator can act on exit 2 with a message."""
-
-    async def main() -> T:
-        pool = tools(ctx).pool()
-        await pool.open(wait=True, timeout=10)
-        try:
-            return await work(pool)
-        finally:
-            await pool.close()
-
-    try:
-        return asyncio.run(main())
-    except Failure as exc:
-        err.print(f"[red]invoicingctl:[/red] {exc}")
-        raise typer.Exit(2) from None
-    except psycopg.OperationalError as exc:
-        err.print(f"[red]invoicingctl:[/red] PostgreSQL: {exc}")
-        raise typer.Exit(2) from None
+    return cli.run_with_pool(PROGRAM, tools(ctx).pool, work, (Failure,))
 
 
 @app.callback()
@@ -80,14 +60,7 @@ def main(
         " server", show_default=False)] = None,
 ) -> None:
     """Operator tools of the invoicing service."""
-    configure_logging(service="invoicingctl", level="WARNING", fmt="console")
-    try:
-        settings = load_tool_settings("invoicing_service")
-    except SettingsError as exc:
-        err.print(f"[red]invoicingctl:[/red] {exc}")
-        raise typer.Exit(2) from None
-    url = database_url or settings.database_url or embedded_database_url(Path(settings.run_dir))
+    url = cli.tool_database_url(PROGRAM, "invoicing_service", database_url)
     if url is None:
-        err.print("[red]invoicingctl:[/red] no DATABASE_URL and no running `make run` database")
-        raise typer.Exit(2)
+        cli.refuse(PROGRAM, "no DATABASE_URL and no running `make run` database")
     ctx.obj = Tools(url)
