@@ -25,11 +25,12 @@ from nats.js.api import AckPolicy, ConsumerConfig, StorageType, StreamConfig
 from nats.js.client import JetStreamContext
 
 from bench.stats import rate_per_s
+from services.broker import DUPLICATE_WINDOW_HIGH_VOLUME_S
 from services.database import conninfo
 
 STREAM = "BENCH_BASELINE"
 SUBJECT = "bench.baseline.usage"
-DUPLICATE_WINDOW_S = 600  # as USAGE
+DUPLICATE_WINDOW_S = DUPLICATE_WINDOW_HIGH_VOLUME_S  # as USAGE
 FETCH_BATCH_SIZE = 5_000  # as the ledger's usage consumer
 FETCH_TIMEOUT_S = 1.0
 

@@ -31,7 +31,9 @@ import uuid
 from collections import Counter
 from typing import Any
 
+from bench import infra
 from bench.cpu import CORES, CpuMeter
+from services.broker import STREAM_LIMITS
 from tests.faults.harness import CREDIT_MICROS, SMS_PRICE_MICROS, drain, open_account
 from tests.faults.load import (
     Load,
@@ -79,8 +81,7 @@ def main() -> int:
         result = asyncio.run(soak(stack, minutes))
     # A shortened soak proves the harness works; only the full one stands for the figures.
     path = RESULTS if minutes >= FULL_MINUTES else RESULTS.with_name("soak-short.json")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=2) + "\n")
+    infra.save_json(path, result)
     print(summary(result))
     print(f"\nFigures: {path.relative_to(ROOT)}")
     return 0 if result["checks"]["ok"] else 1
@@ -140,6 +141,10 @@ async def soak(stack: Stack, minutes: float) -> dict[str, Any]:
         "verdicts": verdicts(per_minute, offered, rss_start, rss_end),
         "checks": checks,
         "publish_retries": sent.publish_retries, "authorize_retries": sent.authorize_retries,
+        # What the NATS nodes' memory depends on (docs/scaling.md, "NATS memory").
+        "nats": {"duplicate_window_s": {name: STREAM_LIMITS[name].duplicate_window_s
+                                        for name in ("USAGE", "LEDGER")},
+                 "gomemlimit": os.environ.get("GOMEMLIMIT")},
     }
 
 
@@ -239,8 +244,9 @@ def verdicts(per_minute: list[dict[str, Any]], offered: dict[str, float],
              if mib > 1.2 * rss_start.get(role, 0) + 10}
     # Memory that grows and then levels off is a cache filling, not a leak (the ledger's
     # accounts: +40 MiB in the first minutes, then flat). NATS keeps each message id for the
-    # streams' duplicate window (600 s for USAGE and LEDGER), ~200 bytes an id per node
-    # measured alone, but its nodes grew at the same rate past ten minutes too (2026-12-06).
+    # streams' duplicate window, and expired ids stay reachable until it compacts its list
+    # of them: up to about three windows' worth (docs/scaling.md, "NATS memory"). With the
+    # 600 s window of before, that took longer than the whole soak to level off.
     # Levelled: over the second half of the run, no group grew by more than 10% + 10 MiB.
     half = [m["pss_mib"] for m in per_minute[len(per_minute) // 2 - 1:] if "pss_mib" in m]
     still_growing = {role: (half[0].get(role, 0), half[-1].get(role, 0)) for role in half[-1]
@@ -289,7 +295,7 @@ def nats_mib(minute: dict[str, Any]) -> float:
 def summary(result: dict[str, Any]) -> str:
     lines = [f"soak: {result['minutes']:g} min; capacity measured: usage"
              f" {result['capacity']['usage_per_s']:,}/s, authorize"
-             f" {result['capacity']['authorize_per_s']:,}/s; offered a quarter of each"
+             f" {result['capacity']['authorize_per_s']:,}/s; offered {LOAD_FRACTION_EACH:g} of each",
              f"{'minute':>6} {'applied/s':>10} {'authorize/s':>12} {'auth p50':>9}"
              f" {'auth p99':>9} {'PubAck p99':>11} {'backlog':>8}"]
     for n, m in enumerate(result["per_minute"], 1):

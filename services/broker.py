@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 import structlog
 from fast_depends.msgspec import MsgSpecSerializer
@@ -56,12 +56,22 @@ class StreamLimits:
 # three quarters of the free disk when the server started: a stream that does not fit is
 # refused ("insufficient storage resources"). These defaults reserve about 19 GiB; a
 # deployment scales them with NATS_STREAM_BYTES_SCALE (make run's embedded NATS uses 0.1).
+DUPLICATE_WINDOW_HIGH_VOLUME_S: Final = 120
 STREAM_LIMITS: dict[str, StreamLimits] = {
     # Usage is replayable for a week after an outage; JetStream's duplicate window is the
     # first line of defence, the ledger's own event-id table (kept for ever) the second.
-    "USAGE": StreamLimits(max_age_s=7 * DAY_S, max_bytes=8 * GIB, duplicate_window_s=600),
-    # Ledger events feed projections in other services; a month covers a long outage.
-    "LEDGER": StreamLimits(max_age_s=30 * DAY_S, max_bytes=8 * GIB, duplicate_window_s=600),
+    # The window costs memory on every node: each id is kept for the window, and expired ids
+    # stay reachable until JetStream compacts its list of them, so a node holds up to about
+    # three windows' ids at ~80 bytes each (docs/scaling.md, "NATS memory"). At 600 s the
+    # 20-minute soak's nodes grew by ~300 MiB each; two minutes (NATS's default) covers a
+    # publisher's retries, and what comes later is the ledger's table's to refuse.
+    "USAGE": StreamLimits(max_age_s=7 * DAY_S, max_bytes=8 * GIB,
+                          duplicate_window_s=DUPLICATE_WINDOW_HIGH_VOLUME_S),
+    # Ledger events feed projections in other services; a month covers a long outage. Their
+    # consumers are idempotent by event id: the window only spares them most republished
+    # copies (the publisher's, after a restart).
+    "LEDGER": StreamLimits(max_age_s=30 * DAY_S, max_bytes=8 * GIB,
+                           duplicate_window_s=DUPLICATE_WINDOW_HIGH_VOLUME_S),
     # Anchors prove the log years later: kept ten years, a few hundred bytes each.
     "ANCHORS": StreamLimits(max_age_s=3650 * DAY_S, max_bytes=GIB // 4, duplicate_window_s=DAY_S),
     # Payments and invoices are few and precious: a quarter, and a day-long duplicate window
