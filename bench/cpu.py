@@ -38,6 +38,13 @@ def machine_busy_s() -> float:
     return busy / CLOCK_TICKS_PER_S
 
 
+def machine_steal_s() -> float:
+    """CPU seconds since boot that the hypervisor gave to other machines while this one had
+    work ready (steal): on a shared host, the time a benchmark waited for reasons not its own.
+    It is inside machine_busy_s."""
+    return int(Path("/proc/stat").read_text().splitlines()[0].split()[8]) / CLOCK_TICKS_PER_S
+
+
 PidSource = Callable[[], list[int]]
 
 
