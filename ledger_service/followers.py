@@ -35,6 +35,7 @@ from ledger_service.settings import parse_keyring, parse_seed
 from services.broker import nats_servers
 from services.database import conninfo, eventsourcing_env
 from services.logging import configure_logging
+from services.proctitle import set_process_name
 from services.runtime import tune_garbage_collector
 
 log = structlog.get_logger(__name__)
@@ -42,6 +43,7 @@ log = structlog.get_logger(__name__)
 PARENT_CHECK_INTERVAL_S = 1.0
 STOP_TIMEOUT_S = 15.0
 RESTART_WAIT_S = 2.0
+PROCESS_NAME = "ledger-follower"  # its comm, for ps and top (services/proctitle.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +63,7 @@ class FollowerConfig:
 
 def run(config: FollowerConfig) -> None:
     """The follower process's main: runs until SIGTERM or until its parent dies."""
+    set_process_name(PROCESS_NAME)
     configure_logging(service="ledger_service.followers", level=config.log_level,
                       fmt=config.log_format)  # type: ignore[arg-type]
     uvloop.run(_follow(config))  # as the service's own loop: the publisher is NATS-bound

@@ -50,6 +50,7 @@ from ledger_service.domain.account import BillingAccount
 from ledger_service.domain.chain import configure_chain_keys
 from ledger_service.settings import parse_keyring
 from services.logging import configure_logging
+from services.proctitle import set_process_name
 from services.read_replica import REPLICA_ERRORS, ReadRouting
 
 log = structlog.get_logger(__name__)
@@ -62,6 +63,7 @@ PARENT_CHECK_INTERVAL_S: Final = 1.0
 # The reader process yields the CPU to the service (its writer, authorize): when both want a
 # core, the kernel gives the reader about a tenth of it (CFS weights 110 against 1024).
 READER_NICE: Final = 10
+PROCESS_NAME: Final = "ledger-reader"  # its comm, for ps and top (services/proctitle.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +108,7 @@ _PROCESS_STORES: _Stores | None = None  # in a reader process: its stores
 def _start_reader_process(config: ReaderConfig) -> None:
     """The reader process's initializer."""
     global _PROCESS_STORES
+    set_process_name(PROCESS_NAME)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the service stops us, not the terminal
     os.nice(READER_NICE)
     configure_logging(service="ledger_service.reader", level=config.log_level,

@@ -26,6 +26,7 @@ import httpx
 import psycopg
 from psycopg import sql
 
+from ledger_service.followers import PROCESS_NAME as FOLLOWER_PROCESS_NAME
 from services.database import conninfo
 from services.embedded import NatsCluster, free_port, start_nats_cluster
 from services.http import DEVELOPMENT_JWT_SECRET, mint_token
@@ -121,9 +122,9 @@ class Service:
         return [int(child) for child in text.split()]
 
 
-def command_line(pid: int) -> str:
+def process_name(pid: int) -> str:
     try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        return Path(f"/proc/{pid}/comm").read_text().strip()
     except OSError:
         return ""
 
@@ -218,10 +219,10 @@ class Stack:
         return psycopg.connect(conninfo(self.database_url), autocommit=True, connect_timeout=5)
 
     def follower_pids(self, ledger: Service | None = None) -> list[int]:
-        """The ledger's follower process (multiprocessing spawn child), not its resource
-        tracker."""
+        """The ledger's follower process, by its name: not its reader workers (spawned alike,
+        once an as-of read comes) nor its resource tracker."""
         owner = ledger or self.ledger
-        return [pid for pid in owner.children() if "spawn_main" in command_line(pid)]
+        return [pid for pid in owner.children() if process_name(pid) == FOLLOWER_PROCESS_NAME]
 
     def all_ready(self) -> bool:
         return all(service.readyz() == 200 for service in self.services)

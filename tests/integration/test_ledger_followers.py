@@ -13,6 +13,7 @@ import msgspec
 import psutil
 import pytest
 
+from ledger_service.followers import PROCESS_NAME as FOLLOWER_PROCESS_NAME
 from tests.conftest import Infra
 from tests.integration.service_process import ServiceProcess
 
@@ -23,9 +24,10 @@ def follower_of(service: ServiceProcess) -> psutil.Process:
     assert service.process is not None
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
-        # multiprocessing also starts a resource tracker; the follower is the spawned one
+        # multiprocessing also starts a resource tracker (and the reader its workers, once an
+        # as-of read comes); the follower is the one named so
         followers = [child for child in psutil.Process(service.process.pid).children()
-                     if "spawn_main" in " ".join(child.cmdline())]
+                     if child.name() == FOLLOWER_PROCESS_NAME]
         if followers:
             return followers[0]
         time.sleep(0.1)
