@@ -375,6 +375,8 @@ def main() -> int:
         stack.migrate()
         stack.start_services()
         if not stack.stop_requested.is_set():
+            # From here on a service that exits is restarted; before, it fails the start.
+            log.info("stack ready", services=[s.entry.package for s in stack.running])
             stack.print_urls()
             code = stack.supervise()
     except (RuntimeError, TimeoutError, subprocess.CalledProcessError, OSError) as exc:
