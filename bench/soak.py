@@ -254,7 +254,7 @@ def verdicts(per_minute: list[dict[str, Any]], offered: dict[str, float],
     # of them: up to about three windows' worth (docs/scaling.md, "NATS memory"). With the
     # 600 s window of before, that took longer than the whole soak to level off.
     # Levelled: over the second half of the run, no group grew by more than 10% + 10 MiB.
-    half = [m["pss_mib"] for m in per_minute[len(per_minute) // 2 - 1:] if "pss_mib" in m]
+    half = [m["pss_mib"] for m in per_minute[len(per_minute) // 2 - 1:]]
     still_growing = {role: (half[0].get(role, 0), half[-1].get(role, 0)) for role in half[-1]
                      if half[-1][role] > 1.1 * half[0].get(role, 0) + 10} if len(half) > 1 else {}
     return {"throughput_steady": throughput, "p99_steady": p99, "rss_flat": not grown,
@@ -294,8 +294,8 @@ def check_counts(stack: Stack, sent: Sent, accounts: list[str]) -> dict[str, Any
 
 
 def nats_mib(minute: dict[str, Any]) -> float:
-    """The NATS nodes' memory together at the end of a minute (0 when not sampled)."""
-    return sum(v for k, v in minute.get("pss_mib", {}).items() if k.startswith("nats"))
+    """The NATS nodes' memory together at the end of a minute."""
+    return sum(v for k, v in minute["pss_mib"].items() if k.startswith("nats"))
 
 
 def summary(result: dict[str, Any]) -> str:
@@ -308,15 +308,15 @@ def summary(result: dict[str, Any]) -> str:
         lines.append(f"{n:>6} {m['applied_per_s']:>10,} {m['authorize_per_s']:>12,}"
                      f" {m['authorize_p50_ms']:>7} ms {m['authorize_p99_ms']:>6} ms"
                      f" {m['puback_p99_ms']:>8} ms {m['backlog']:>8,}"
-                     f"  NATS {nats_mib(m):,.0f} MiB  steal {m.get('steal_pct', 0)}%")
+                     f"  NATS {nats_mib(m):,.0f} MiB  steal {m['steal_pct']}%")
     lines.append(f"\n{'process':<22} {'PSS start':>10} {'PSS end':>10}")
     for role, start in result["pss_mib"]["start"].items():
         end = result["pss_mib"]["end"].get(role, 0)
         lines.append(f"{role:<22} {start:>7} MiB {end:>7} MiB")
     v, c = result["verdicts"], result["checks"]
     lines.append(f"\nthroughput steady: {v['throughput_steady']}; p99 steady: {v['p99_steady']};"
-                 f" memory flat: {v['rss_flat']}; levelled off: {v.get('rss_levelled')};"
-                 f" the host's steal at most {result.get('steal_pct_max', 0)}% in a minute")
+                 f" memory flat: {v['rss_flat']}; levelled off: {v['rss_levelled']};"
+                 f" the host's steal at most {result['steal_pct_max']}% in a minute")
     cpu = result["cpu"]
     lines.append(f"CPU: the stack {result['stack_cpu_us_per_operation']} us per operation"
                  f" (usage event or authorization); machine {cpu['cores_machine_busy']} of"
