@@ -25,7 +25,14 @@ if [ "$ok" != 1 ]; then
   echo "FAIL: not all services became ready"; cat "$log"; exit 1
 fi
 echo "all four services ready on the embedded defaults"
-grep -q "Billing ledger is running" "$log" || { echo "FAIL: URLs not printed"; cat "$log"; exit 1; }
+# The runner prints its URLs once it has polled every service ready itself (every 0.2 s), which
+# can come a moment after the curls above saw them ready: wait for it rather than race it.
+printed=0
+for _ in $(seq 1 60); do
+  if grep -q "Billing ledger is running" "$log"; then printed=1; break; fi
+  sleep 0.5
+done
+[ "$printed" = 1 ] || { echo "FAIL: URLs not printed within 30 s of the services being ready"; cat "$log"; exit 1; }
 
 kill -INT -- -"$pid"
 for _ in $(seq 1 60); do kill -0 "$pid" 2>/dev/null || break; sleep 1; done
