@@ -13,9 +13,9 @@ from uuid import UUID
 import msgspec
 import structlog
 from litestar import Response, Router, get, post, put
-from litestar.di import Provide
+from litestar.di import NamedDependency, Provide
 from litestar.openapi.datastructures import ResponseSpec
-from litestar.params import Parameter
+from litestar.params import FromPath, FromQuery, HeaderParameter, JSONBody, QueryParameter
 
 from contracts.http.invoicing import (
     EMAIL_PATTERN,
@@ -69,9 +69,9 @@ log = structlog.get_logger(__name__)
 
 IdempotencyKey = Annotated[
     str | None,
-    Parameter(header="Idempotency-Key", required=False, min_length=1,
-              max_length=KEY_LENGTH_MAX, pattern=KEY_PATTERN,
-              description="Repeat a request with the same key and body to get the same answer."),
+    HeaderParameter(name="Idempotency-Key", required=False, min_length=1,
+                    max_length=KEY_LENGTH_MAX, pattern=KEY_PATTERN,
+                    description="Repeat a request with the same key and body to get the same answer."),
 ]
 _READERS = [requires_any_scope(PORTAL, OPERATOR)]
 _OPERATORS = [requires_scope(OPERATOR)]
@@ -141,10 +141,11 @@ def invoice_uuid(invoice_id: str) -> UUID:
      responses=problem_responses(400, 401, 403, 404), tags=["invoices"], guards=_READERS,
      security=BEARER_SECURITY)
 async def list_invoices(
-    principal: CurrentPrincipal, services: Services, account_id: UUID | None = None,
-    status: InvoiceStatus | None = None,
-    limit: Annotated[int, Parameter(ge=1, le=INVOICES_PAGE_MAX)] = PAGE_SIZE_DEFAULT,
-    cursor: Annotated[str | None, Parameter(min_length=1, max_length=512)] = None,
+    principal: CurrentPrincipal, services: NamedDependency[Services],
+    account_id: FromQuery[UUID | None] = None,
+    status: FromQuery[InvoiceStatus | None] = None,
+    limit: Annotated[int, QueryParameter(ge=1, le=INVOICES_PAGE_MAX)] = PAGE_SIZE_DEFAULT,
+    cursor: Annotated[str | None, QueryParameter(min_length=1, max_length=512)] = None,
 ) -> Response[InvoicesPage]:
     tenant = tenant_of(principal)
     if tenant is not None:
@@ -160,8 +161,8 @@ async def list_invoices(
 @get("/v1/invoices/{invoice_id:str}", summary="One invoice with its lines and VAT breakdown",
      responses=problem_responses(401, 403, 404), tags=["invoices"], guards=_READERS,
      security=BEARER_SECURITY)
-async def read_invoice(invoice_id: str, principal: CurrentPrincipal,
-                       services: Services) -> InvoiceView:
+async def read_invoice(invoice_id: FromPath[str], principal: CurrentPrincipal,
+                       services: NamedDependency[Services]) -> InvoiceView:
     return await services.queries.invoice(invoice_uuid(invoice_id), tenant_id=tenant_of(principal))
 
 
@@ -173,8 +174,8 @@ async def read_invoice(invoice_id: str, principal: CurrentPrincipal,
                                   description="application/pdf"),
                 **problem_responses(401, 403, 404)},
      tags=["invoices"], guards=_READERS, security=BEARER_SECURITY)
-async def invoice_pdf(invoice_id: str, principal: CurrentPrincipal,
-                      services: Services) -> Response[bytes]:
+async def invoice_pdf(invoice_id: FromPath[str], principal: CurrentPrincipal,
+                      services: NamedDependency[Services]) -> Response[bytes]:
     document = await services.documents.invoice(invoice_uuid(invoice_id),
                                                 tenant_id=tenant_of(principal))
     return await pdf_response(services, document, document.view.invoice_id,
@@ -186,8 +187,8 @@ async def invoice_pdf(invoice_id: str, principal: CurrentPrincipal,
                                   description="application/pdf"),
                 **problem_responses(401, 403, 404)},
      tags=["invoices"], guards=_READERS, security=BEARER_SECURITY)
-async def credit_note_pdf(credit_note_id: str, principal: CurrentPrincipal,
-                          services: Services) -> Response[bytes]:
+async def credit_note_pdf(credit_note_id: FromPath[str], principal: CurrentPrincipal,
+                          services: NamedDependency[Services]) -> Response[bytes]:
     document = await services.documents.credit_note(invoice_uuid(credit_note_id),
                                                     tenant_id=tenant_of(principal))
     return await pdf_response(services, document, document.view.credit_note_id,
@@ -213,8 +214,8 @@ async def pdf_response(services: Services, document: InvoiceDocument | CreditNot
 @get("/v1/invoices/{invoice_id:str}/credit-notes", summary="Credit notes of an invoice",
      responses=problem_responses(401, 403, 404), tags=["invoices"], guards=_READERS,
      security=BEARER_SECURITY)
-async def list_credit_notes(invoice_id: str, principal: CurrentPrincipal,
-                            services: Services) -> CreditNotesPage:
+async def list_credit_notes(invoice_id: FromPath[str], principal: CurrentPrincipal,
+                            services: NamedDependency[Services]) -> CreditNotesPage:
     tenant = tenant_of(principal)
     await services.queries.invoice(invoice_uuid(invoice_id), tenant_id=tenant)  # 404s
     return CreditNotesPage(items=await services.queries.credit_notes(invoice_uuid(invoice_id),
@@ -226,7 +227,8 @@ async def list_credit_notes(invoice_id: str, principal: CurrentPrincipal,
       "used. Publishes invoicing.v1.voided.",
       responses=problem_responses(400, 401, 403, 404, 409, 422), tags=["invoices"],
       guards=_OPERATORS, security=BEARER_SECURITY)
-async def void_invoice(invoice_id: str, data: VoidRequest, services: Services,
+async def void_invoice(invoice_id: FromPath[str], data: JSONBody[VoidRequest],
+                       services: NamedDependency[Services],
                        idempotency_key: IdempotencyKey = None) -> InvoiceView:
     return await asyncio.to_thread(services.invoices.void, invoice_uuid(invoice_id), data.reason,
                                    idempotency_key)
@@ -238,7 +240,8 @@ async def void_invoice(invoice_id: str, data: VoidRequest, services: Services,
       "the invoice's rates; never more than is left. Own number series CN-YYYY-NNNNNN.",
       responses=problem_responses(400, 401, 403, 404, 409, 422), tags=["invoices"],
       guards=_OPERATORS, security=BEARER_SECURITY)
-async def issue_credit_note(invoice_id: str, data: CreditNoteRequest, services: Services,
+async def issue_credit_note(invoice_id: FromPath[str], data: JSONBody[CreditNoteRequest],
+                            services: NamedDependency[Services],
                             idempotency_key: IdempotencyKey = None) -> CreditNoteView:
     net = None if data.amount is None else to_micros(data.amount)
     return await asyncio.to_thread(services.invoices.credit, invoice_uuid(invoice_id), net,
@@ -256,7 +259,8 @@ async def issue_credit_note(invoice_id: str, data: CreditNoteRequest, services: 
       responses={200: ResponseSpec(BillingRunView, description="The period's run existed"),
                  **problem_responses(400, 401, 403, 409, 422)}, tags=["billing-runs"],
       guards=_OPERATORS, security=BEARER_SECURITY)
-async def request_billing_run(data: BillingRunRequest, services: Services,
+async def request_billing_run(data: JSONBody[BillingRunRequest],
+                              services: NamedDependency[Services],
                               idempotency_key: IdempotencyKey = None) -> Response[BillingRunView]:
     if idempotency_key is not None:
         await services.runs.claim_request_key(idempotency_key, request_hash(data.period))
@@ -267,7 +271,8 @@ async def request_billing_run(data: BillingRunRequest, services: Services,
 @get("/v1/billing-runs/{billing_run_id:str}", summary="Status and progress of a billing run",
      responses=problem_responses(401, 403, 404), tags=["billing-runs"], guards=_OPERATORS,
      security=BEARER_SECURITY)
-async def read_billing_run(billing_run_id: str, services: Services) -> BillingRunView:
+async def read_billing_run(billing_run_id: FromPath[str],
+                           services: NamedDependency[Services]) -> BillingRunView:
     return await services.runs.view(billing_run_id)
 
 
@@ -288,8 +293,8 @@ def _profile_view(account_id: UUID, profile: BillingProfile) -> BillingProfileVi
      "and a VAT exemption. PUT replaces the whole profile (idempotent by nature).",
      responses=problem_responses(400, 401, 403, 422), tags=["accounts"], guards=_OPERATORS,
      security=BEARER_SECURITY)
-async def set_billing_profile(account_id: UUID, data: BillingProfileBody,
-                              services: Services) -> BillingProfileView:
+async def set_billing_profile(account_id: FromPath[UUID], data: JSONBody[BillingProfileBody],
+                              services: NamedDependency[Services]) -> BillingProfileView:
     if data.vat_exemption not in (None, "zero_rated", "exempt", "outside_scope"):
         raise errors.InvalidRequest("vat_exemption is zero_rated, exempt or outside_scope")
     profile = BillingProfile(legal_name=data.legal_name, address_lines=list(data.address_lines),
@@ -303,8 +308,8 @@ async def set_billing_profile(account_id: UUID, data: BillingProfileBody,
 @get("/v1/accounts/{account_id:uuid}/billing-profile", summary="An account's billing profile",
      responses=problem_responses(401, 403, 404), tags=["accounts"], guards=_READERS,
      security=BEARER_SECURITY)
-async def read_billing_profile(account_id: UUID, principal: CurrentPrincipal,
-                               services: Services) -> BillingProfileView:
+async def read_billing_profile(account_id: FromPath[UUID], principal: CurrentPrincipal,
+                               services: NamedDependency[Services]) -> BillingProfileView:
     if not principal.may_read_account(account_id):
         raise errors.AccountNotVisible(f"account {account_id} not found")
     profile = await services.customers.profile(account_id, tenant_of(principal))

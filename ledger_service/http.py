@@ -20,7 +20,7 @@ from litestar import Request, Response, Router, get, patch, post, put
 from litestar.di import NamedDependency, Provide
 from litestar.exceptions import NotFoundException, ValidationException
 from litestar.openapi import ResponseSpec
-from litestar.params import FromPath, HeaderParameter, JSONBody, Parameter
+from litestar.params import FromPath, HeaderParameter, JSONBody, PathParameter
 from psycopg_pool import AsyncConnectionPool
 
 from contracts.http.ledger import (
@@ -87,7 +87,7 @@ def written(model: type[Any], status: int = 200, description: str = "Written") -
         " with Idempotent-Replayed: true"))}
 # The product as the price override documents it (contracts.ids.ProductKey): a path that is
 # not a product key is 400, never an override the response schema would not allow.
-ProductPath = Annotated[str, Parameter(
+ProductPath = Annotated[str, PathParameter(
     pattern=r"^[a-z][a-z0-9_]*$", min_length=1, max_length=64,
     description="Catalogue product key: lower-case letters, digits and underscores")]
 EXCEPTION_STATUSES: dict[type[Exception], tuple[int, str]] = {

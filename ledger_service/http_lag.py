@@ -22,7 +22,7 @@ def lag_router(pool: AsyncConnectionPool, alert_s: float) -> Router:
                      " holds and the publisher of ledger.v1.events): its position, the events"
                      " it has not applied and the age of the oldest of them. 503 when that age"
                      " passes LEDGER_LAG_ALERT_S while events wait.",
-         responses=problem_responses(503), sync_to_thread=False)
+         responses=problem_responses(503))
     async def lag(request: Request[Any, Any, Any]) -> Response[dict[str, Any]]:
         lags = await read_lags_async(pool)
         followers = [item.as_json(alert_s) for item in lags]

@@ -13,8 +13,8 @@ from uuid import UUID
 
 import msgspec
 from litestar import Request, Response, Router, get, post, put
-from litestar.di import Provide
-from litestar.params import Parameter
+from litestar.di import NamedDependency, Provide
+from litestar.params import FromPath, FromQuery, HeaderParameter, JSONBody, PathParameter, QueryParameter
 
 from contracts.http.payments import (
     PAYMENTS_PAGE_MAX,
@@ -63,8 +63,8 @@ EXCEPTION_STATUSES: Final[dict[type[Exception], tuple[int, str]]] = {
 
 IdempotencyKey = Annotated[
     str | None,
-    Parameter(
-        header="Idempotency-Key",
+    HeaderParameter(
+        name="Idempotency-Key",
         required=False,
         min_length=1,
         max_length=KEY_LENGTH_MAX,
@@ -74,6 +74,7 @@ IdempotencyKey = Annotated[
 ]
 # Portal tokens (their own account only) and operators.
 _READERS = [requires_any_scope(PORTAL, OPERATOR)]
+Payments = NamedDependency[PaymentsApp]
 
 
 # -- bodies of this service beyond contracts.http.payments --------------------------------------
@@ -137,7 +138,7 @@ class HubSpotWebhookAck(msgspec.Struct, frozen=True, kw_only=True):
     responses=problem_responses(400),
     tags=["webhooks"],
 )
-async def receive_stripe_event(request: Request[Any, Any, Any], payments: PaymentsApp) -> StripeWebhookAck:
+async def receive_stripe_event(request: Request[Any, Any, Any], payments: Payments) -> StripeWebhookAck:
     body = await request.body()
     result = await payments.stripe_webhooks.receive(body, request.headers.get("stripe-signature"))
     return StripeWebhookAck(received=True, event_id=result.event_id, outcome=result.outcome)
@@ -154,7 +155,7 @@ def hubspot_route(signed_url: str | None) -> Any:
         tags=["webhooks"],
     )
     async def receive_hubspot_notifications(
-        request: Request[Any, Any, Any], payments: PaymentsApp
+        request: Request[Any, Any, Any], payments: Payments
     ) -> HubSpotWebhookAck:
         body = await request.body()
         # HubSpot signs the URL it called; behind a proxy that is the configured public one.
@@ -201,9 +202,9 @@ def _session_view(opened: OpenedCheckout) -> CheckoutSessionView:
     security=BEARER_SECURITY,
 )
 async def open_topup_checkout(
-    data: TopUpRequest,
+    data: JSONBody[TopUpRequest],
     principal: CurrentPrincipal,
-    payments: PaymentsApp,
+    payments: Payments,
     idempotency_key: IdempotencyKey = None,
 ) -> CheckoutSessionView:
     order = TopUpOrder(
@@ -225,10 +226,10 @@ async def open_topup_checkout(
     security=BEARER_SECURITY,
 )
 async def open_invoice_checkout(
-    invoice_id: Annotated[str, Parameter(min_length=1, max_length=KEY_LENGTH_MAX,
-                                         pattern=KEY_PATTERN)],
+    invoice_id: Annotated[str, PathParameter(min_length=1, max_length=KEY_LENGTH_MAX,
+                                             pattern=KEY_PATTERN)],
     principal: CurrentPrincipal,
-    payments: PaymentsApp,
+    payments: Payments,
     idempotency_key: IdempotencyKey = None,
 ) -> CheckoutSessionView:
     opened = await payments.checkouts.open_invoice(principal, invoice_id, idempotency_key)
@@ -257,7 +258,8 @@ def _profile_view(account_id: UUID, profile: AccountProfile, *, stored: bool) ->
     security=BEARER_SECURITY,
 )
 async def set_payment_profile(
-    account_id: UUID, data: PaymentProfileBody, principal: CurrentPrincipal, payments: PaymentsApp
+    account_id: FromPath[UUID], data: JSONBody[PaymentProfileBody], principal: CurrentPrincipal,
+    payments: Payments,
 ) -> PaymentProfileView:
     profile = AccountProfile(currency=data.currency, tax=data.tax.to_domain())
     await payments.checkouts.set_profile(principal, account_id, profile)
@@ -273,7 +275,7 @@ async def set_payment_profile(
     security=BEARER_SECURITY,
 )
 async def read_payment_profile(
-    account_id: UUID, principal: CurrentPrincipal, payments: PaymentsApp
+    account_id: FromPath[UUID], principal: CurrentPrincipal, payments: Payments
 ) -> PaymentProfileView:
     if not principal.may_read_account(account_id):
         raise errors.AccountNotVisible(f"account {account_id} not found")
@@ -333,14 +335,14 @@ def _visible_account(principal: Principal, account_id: UUID | None) -> UUID | No
 )
 async def list_payments(
     principal: CurrentPrincipal,
-    payments: PaymentsApp,
-    account_id: UUID | None = None,
-    status: PaymentStatus | None = None,
+    payments: Payments,
+    account_id: FromQuery[UUID | None] = None,
+    status: FromQuery[PaymentStatus | None] = None,
     created_from: Annotated[str | None, instant_parameter(
         "Payments recorded at or after this instant", name="from")] = None,
     created_to: Annotated[str | None, instant_parameter(
         "Payments recorded before this instant", name="to")] = None,
-    limit: Annotated[int, Parameter(ge=1, le=PAYMENTS_PAGE_MAX)] = PAGE_SIZE_DEFAULT,
+    limit: Annotated[int, QueryParameter(ge=1, le=PAYMENTS_PAGE_MAX)] = PAGE_SIZE_DEFAULT,
     cursor: Annotated[str | None, cursor_parameter(512)] = None,
 ) -> Response[PaymentsPage]:
     where = PaymentFilter(
@@ -363,7 +365,7 @@ async def list_payments(
     security=BEARER_SECURITY,
 )
 async def read_payment(
-    payment_id: str, principal: CurrentPrincipal, payments: PaymentsApp
+    payment_id: FromPath[str], principal: CurrentPrincipal, payments: Payments
 ) -> PaymentView:
     row = await payments.records.one(payment_id)
     if row is None or not principal.may_read_account(row.account_id):

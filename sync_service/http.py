@@ -15,9 +15,9 @@ from uuid import UUID
 import msgspec
 from litestar import Request, Response, Router, delete, get, post, put
 from litestar.datastructures import Cookie
-from litestar.di import Provide
+from litestar.di import NamedDependency, Provide
 from litestar.openapi.datastructures import ResponseSpec
-from litestar.params import Parameter
+from litestar.params import FromPath, FromQuery, JSONBody, PathParameter, QueryParameter
 from litestar.response import Redirect
 
 from contracts.http.sync import DeadLettersPage, RetryAccepted, SyncStatus
@@ -46,6 +46,7 @@ BINDING_COOKIE: Final = "sync_xero_oauth"
 CALLBACK_PATH: Final = "/v1/connections/xero"
 _OPERATOR = [requires_scope(OPERATOR)]
 _Text = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+Sync = NamedDependency[SyncApp]
 
 
 class ConnectedOrganisationView(msgspec.Struct, frozen=True, kw_only=True):
@@ -94,8 +95,8 @@ class AccountConnectionBody(msgspec.Struct, frozen=True, kw_only=True,
      "still set).",
      responses=problem_responses(400, 401, 403, 409), tags=["connections"], guards=_OPERATOR,
      security=BEARER_SECURITY, status_code=302)
-async def authorize_xero(principal: CurrentPrincipal, sync: SyncApp,
-                         redirect: bool = True) -> Response[Any]:
+async def authorize_xero(principal: CurrentPrincipal, sync: Sync,
+                         redirect: FromQuery[bool] = True) -> Response[Any]:
     started = await sync.connections.begin(principal.sub)
     cookie = Cookie(key=BINDING_COOKIE, value=started.binding, path=CALLBACK_PATH,
                     max_age=STATE_TTL_S, httponly=True, samesite="lax")
@@ -111,10 +112,10 @@ async def authorize_xero(principal: CurrentPrincipal, sync: SyncApp,
      responses=problem_responses(400, 409), tags=["connections"])
 async def xero_callback(
     request: Request[Any, Any, Any],
-    sync: SyncApp,
-    oauth_state: Annotated[str | None, Parameter(query="state", max_length=256)] = None,
-    code: Annotated[str | None, Parameter(max_length=2048)] = None,
-    error: Annotated[str | None, Parameter(max_length=256)] = None,
+    sync: Sync,
+    oauth_state: Annotated[str | None, QueryParameter(name="state", max_length=256)] = None,
+    code: Annotated[str | None, QueryParameter(max_length=2048)] = None,
+    error: Annotated[str | None, QueryParameter(max_length=256)] = None,
 ) -> Response[ConnectedView]:
     state = oauth_state
     if error is not None or not state or not code:
@@ -128,7 +129,7 @@ async def xero_callback(
                                     max_age=0, httponly=True)])
 
 
-TenantId = Annotated[str, Parameter(min_length=1, max_length=64)]
+TenantId = Annotated[str, PathParameter(min_length=1, max_length=64)]
 
 
 @delete("/v1/connections/xero/{tenant_id:str}", summary="Disconnect a Xero organisation",
@@ -136,21 +137,21 @@ TenantId = Annotated[str, Parameter(min_length=1, max_length=64)]
         "none of its organisations remains. Queued changes stay, visible in the status.",
         responses=problem_responses(400, 401, 403, 404, 409), tags=["connections"],
         guards=_OPERATOR, security=BEARER_SECURITY, status_code=204)
-async def disconnect_xero(tenant_id: TenantId, sync: SyncApp) -> None:
+async def disconnect_xero(tenant_id: TenantId, sync: Sync) -> None:
     await sync.connections.disconnect(tenant_id)
 
 
 @post("/v1/connections/xero/{tenant_id:str}/disconnect", summary="Disconnect (POST form)",
       responses=problem_responses(400, 401, 403, 404, 409), tags=["connections"],
       guards=_OPERATOR, security=BEARER_SECURITY, status_code=204)
-async def disconnect_xero_post(tenant_id: TenantId, sync: SyncApp) -> None:
+async def disconnect_xero_post(tenant_id: TenantId, sync: Sync) -> None:
     await sync.connections.disconnect(tenant_id)
 
 
 @put("/v1/connections/xero/{tenant_id:str}/default", summary="Make it the default connection",
      responses=problem_responses(400, 401, 403, 404), tags=["connections"], guards=_OPERATOR,
      security=BEARER_SECURITY, status_code=204)
-async def set_default_connection(tenant_id: TenantId, sync: SyncApp) -> None:
+async def set_default_connection(tenant_id: TenantId, sync: Sync) -> None:
     await sync.mappings.set_default(tenant_id)
 
 
@@ -160,14 +161,14 @@ async def set_default_connection(tenant_id: TenantId, sync: SyncApp) -> None:
 @get("/v1/sync/status", summary="How synchronisation with each target is doing",
      responses=problem_responses(400, 401, 403), tags=["sync"], guards=_OPERATOR,
      security=BEARER_SECURITY)
-async def sync_status(sync: SyncApp) -> SyncStatus:
+async def sync_status(sync: Sync) -> SyncStatus:
     return await sync.status.status()
 
 
 @get("/v1/sync/dead-letters", summary="Changes given up on",
      responses=problem_responses(400, 401, 403), tags=["sync"], guards=_OPERATOR,
      security=BEARER_SECURITY)
-async def list_dead_letters(sync: SyncApp, limit: int = 100) -> DeadLettersPage:
+async def list_dead_letters(sync: Sync, limit: FromQuery[int] = 100) -> DeadLettersPage:
     return DeadLettersPage(dead_letters=await sync.status.dead_letters(limit))
 
 
@@ -176,7 +177,7 @@ async def list_dead_letters(sync: SyncApp, limit: int = 100) -> DeadLettersPage:
       "looked up in Xero before anything is created.",
       responses=problem_responses(400, 401, 403, 404), tags=["sync"], guards=_OPERATOR,
       security=BEARER_SECURITY, status_code=202)
-async def retry_dead_letter(dead_letter_id: int, sync: SyncApp) -> RetryAccepted:
+async def retry_dead_letter(dead_letter_id: FromPath[int], sync: Sync) -> RetryAccepted:
     if not await sync.queue.redrive(dead_letter_id):
         raise errors.DeadLetterNotFound(str(dead_letter_id))
     sync.wake()
@@ -187,9 +188,9 @@ async def retry_dead_letter(dead_letter_id: int, sync: SyncApp) -> RetryAccepted
       responses=problem_responses(400, 401, 403, 404), tags=["sync"], guards=_OPERATOR,
       security=BEARER_SECURITY, status_code=202)
 async def resync_invoice(
-    invoice_id: Annotated[str, Parameter(min_length=1, max_length=KEY_LENGTH_MAX,
-                                         pattern=KEY_PATTERN)],
-    sync: SyncApp,
+    invoice_id: Annotated[str, PathParameter(min_length=1, max_length=KEY_LENGTH_MAX,
+                                             pattern=KEY_PATTERN)],
+    sync: Sync,
 ) -> dict[str, int]:
     requeued = await sync.queue.resync_invoice(invoice_id)
     if not requeued:
@@ -210,7 +211,7 @@ class CataloguePullView(msgspec.Struct, frozen=True, kw_only=True):
       "validated list changed; rejected rows are listed.",
       responses=problem_responses(400, 401, 403, 409, 503), tags=["sync"], guards=_OPERATOR,
       security=BEARER_SECURITY, status_code=200)
-async def pull_hubspot_catalogue(sync: SyncApp) -> CataloguePullView:
+async def pull_hubspot_catalogue(sync: Sync) -> CataloguePullView:
     if sync.hubspot_catalogue is None:
         raise errors.TargetNotConfigured("HubSpot is not configured (HUBSPOT_ACCESS_TOKEN)")
     result = await sync.hubspot_catalogue.pull()
@@ -225,7 +226,7 @@ async def pull_hubspot_catalogue(sync: SyncApp) -> CataloguePullView:
      description="`*` is the fallback product; `connection_id` `*` applies to every "
      "organisation.", responses=problem_responses(400, 401, 403, 422), tags=["mappings"],
      guards=_OPERATOR, security=BEARER_SECURITY, status_code=204)
-async def map_product(product: str, data: ProductMappingBody, sync: SyncApp) -> None:
+async def map_product(product: FromPath[str], data: JSONBody[ProductMappingBody], sync: Sync) -> None:
     await sync.mappings.set_product(product=product, connection_id=data.connection_id,
                                     item_code=data.item_code, account_code=data.account_code,
                                     tax_type=data.tax_type)
@@ -234,7 +235,7 @@ async def map_product(product: str, data: ProductMappingBody, sync: SyncApp) -> 
 @put("/v1/sync/mappings/tax-types/{vat_treatment:str}", summary="Map a VAT treatment to a "
      "Xero TaxType", responses=problem_responses(400, 401, 403, 422), tags=["mappings"],
      guards=_OPERATOR, security=BEARER_SECURITY, status_code=204)
-async def map_tax_type(vat_treatment: str, data: TaxMappingBody, sync: SyncApp) -> None:
+async def map_tax_type(vat_treatment: FromPath[str], data: JSONBody[TaxMappingBody], sync: Sync) -> None:
     await sync.mappings.set_tax_type(vat_treatment=vat_treatment, tax_type=data.tax_type,
                                      vat_rate=data.vat_rate, connection_id=data.connection_id)
 
@@ -242,7 +243,8 @@ async def map_tax_type(vat_treatment: str, data: TaxMappingBody, sync: SyncApp) 
 @put("/v1/sync/accounts/{account_id:uuid}/connection", summary="Send an account's documents "
      "to one organisation", responses=problem_responses(400, 401, 403, 404), tags=["mappings"],
      guards=_OPERATOR, security=BEARER_SECURITY, status_code=204)
-async def assign_account(account_id: UUID, data: AccountConnectionBody, sync: SyncApp) -> None:
+async def assign_account(account_id: FromPath[UUID], data: JSONBody[AccountConnectionBody],
+                         sync: Sync) -> None:
     await sync.mappings.assign_account(account_id, data.connection_id)
 
 
@@ -251,7 +253,8 @@ async def assign_account(account_id: UUID, data: AccountConnectionBody, sync: Sy
      "of one found or created by `billing_account_id`.",
      responses=problem_responses(400, 401, 403, 422), tags=["mappings"], guards=_OPERATOR,
      security=BEARER_SECURITY, status_code=204)
-async def link_hubspot_company(account_id: UUID, data: CompanyLinkBody, sync: SyncApp) -> None:
+async def link_hubspot_company(account_id: FromPath[UUID], data: JSONBody[CompanyLinkBody],
+                               sync: Sync) -> None:
     await sync.mappings.link_company(account_id, data.company_id)
 
 
@@ -265,7 +268,7 @@ async def link_hubspot_company(account_id: UUID, data: CompanyLinkBody, sync: Sy
                                    description="Signature missing or wrong; empty body"),
                  **problem_responses(400, 415)},
       tags=["webhooks"], status_code=200)
-async def receive_xero_webhook(request: Request[Any, Any, Any], sync: SyncApp) -> Response[bytes]:
+async def receive_xero_webhook(request: Request[Any, Any, Any], sync: Sync) -> Response[bytes]:
     body = await request.body()
     try:
         await sync.webhooks.receive(body, request.headers.get("x-xero-signature"))

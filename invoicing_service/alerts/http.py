@@ -7,8 +7,9 @@ from typing import Any, Final
 from uuid import UUID
 
 from litestar import Router, get, put
-from litestar.di import Provide
+from litestar.di import NamedDependency, Provide
 from litestar.exceptions import NotFoundException
+from litestar.params import FromPath, JSONBody
 
 from contracts.http.invoicing import AlertsPage, NotificationSettings, NotificationSettingsView
 from invoicing_service.alerts.app import Alerts
@@ -37,7 +38,7 @@ def check_may_read(principal: Principal, account_id: UUID) -> None:
 
 @get("/v1/accounts/{account_id:uuid}/alerts", summary="Alerts sent to the account, newest first",
      **READERS, responses=problem_responses(401, 403, 404))
-async def list_alerts(account_id: UUID, alerts: Alerts,
+async def list_alerts(account_id: FromPath[UUID], alerts: NamedDependency[Alerts],
                       principal: CurrentPrincipal) -> AlertsPage:
     check_may_read(principal, account_id)
     return await alerts.history(account_id)
@@ -46,7 +47,7 @@ async def list_alerts(account_id: UUID, alerts: Alerts,
 @get("/v1/accounts/{account_id:uuid}/notification-settings",
      summary="Which alerts are emailed, and to whom", **READERS,
      responses=problem_responses(401, 403, 404))
-async def get_settings(account_id: UUID, alerts: Alerts,
+async def get_settings(account_id: FromPath[UUID], alerts: NamedDependency[Alerts],
                        principal: CurrentPrincipal) -> NotificationSettingsView:
     check_may_read(principal, account_id)
     return await alerts.settings(account_id)
@@ -55,7 +56,8 @@ async def get_settings(account_id: UUID, alerts: Alerts,
 @put("/v1/accounts/{account_id:uuid}/notification-settings",
      summary="Replace the notification settings", **READERS,
      responses=problem_responses(400, 401, 403, 404, 422))
-async def put_settings(account_id: UUID, data: NotificationSettings, alerts: Alerts,
+async def put_settings(account_id: FromPath[UUID], data: JSONBody[NotificationSettings],
+                       alerts: NamedDependency[Alerts],
                        principal: CurrentPrincipal) -> NotificationSettingsView:
     check_may_read(principal, account_id)
     return await alerts.save_settings(account_id, data)

@@ -10,7 +10,7 @@ from uuid import UUID
 
 import msgspec
 from litestar import Request, Response, Router, get, post
-from litestar.di import Provide
+from litestar.di import NamedDependency, Provide
 from litestar.exceptions import NotFoundException, PermissionDeniedException, ValidationException
 from litestar.openapi import ResponseSpec
 from litestar.params import FromPath, HeaderParameter, JSONBody
@@ -87,6 +87,9 @@ class RecurringServices:
         self.manual_clock = manual_clock
 
 
+Services = NamedDependency[RecurringServices]
+
+
 def check_may_read(principal: Principal, account_id: UUID) -> None:
     if not principal.may_read_account(account_id):
         raise NotFoundException(detail=f"account {account_id} not found")
@@ -103,7 +106,7 @@ def check_may_read(principal: Principal, account_id: UUID) -> None:
                  **problem_responses(400, 401, 403, 409, 422)})
 async def create_item(
     request: Request[Any, Any, Any], account_id: FromPath[UUID],
-    data: JSONBody[CreateRecurringItem], svc: RecurringServices,
+    data: JSONBody[CreateRecurringItem], svc: Services,
     idempotency_key: IdempotencyKey,
 ) -> Response[bytes]:
     if not _KEY.fullmatch(idempotency_key):
@@ -119,7 +122,7 @@ async def create_item(
 @get("/v1/accounts/{account_id:uuid}/recurring-items",
      summary="An account's recurring items and their charges", **READERS,
      responses=problem_responses(401, 403, 404))
-async def list_items(account_id: FromPath[UUID], svc: RecurringServices,
+async def list_items(account_id: FromPath[UUID], svc: Services,
                      principal: CurrentPrincipal) -> RecurringItemsPage:
     check_may_read(principal, account_id)
     return await svc.items.list(account_id)
@@ -128,7 +131,7 @@ async def list_items(account_id: FromPath[UUID], svc: RecurringServices,
 @post("/v1/recurring-items/{item_id:uuid}/cancel", summary="Cancel now or at period end",
       status_code=200, **OPERATOR_ONLY, responses=problem_responses(400, 401, 403, 404))
 async def cancel_item(item_id: FromPath[UUID], data: JSONBody[CancelRecurringItem],
-                      svc: RecurringServices, principal: CurrentPrincipal) -> RecurringItemView:
+                      svc: Services, principal: CurrentPrincipal) -> RecurringItemView:
     return await svc.items.cancel(item_id, data.at, principal.sub[:200])
 
 
@@ -138,7 +141,7 @@ async def cancel_item(item_id: FromPath[UUID], data: JSONBody[CancelRecurringIte
       " next month the item is charged on the new one. A second change replaces the first.",
       status_code=200, **OPERATOR_ONLY, responses=problem_responses(400, 401, 403, 404, 409, 422))
 async def change_plan(item_id: FromPath[UUID], data: JSONBody[ChangeRecurringPlan],
-                      svc: RecurringServices, principal: CurrentPrincipal) -> RecurringItemView:
+                      svc: Services, principal: CurrentPrincipal) -> RecurringItemView:
     return await svc.items.change_plan(item_id, data, principal.sub[:200])
 
 
@@ -157,7 +160,7 @@ async def change_plan(item_id: FromPath[UUID], data: JSONBody[ChangeRecurringPla
                  **problem_responses(400, 401, 403, 404, 409, 422, 503)})
 async def change_item(
     request: Request[Any, Any, Any], item_id: FromPath[UUID],
-    data: JSONBody[ChangeRecurringItem], svc: RecurringServices,
+    data: JSONBody[ChangeRecurringItem], svc: Services,
     principal: CurrentPrincipal, idempotency_key: IdempotencyKey,
 ) -> Response[bytes]:
     if not _KEY.fullmatch(idempotency_key):
@@ -177,7 +180,7 @@ async def change_item(
       " which production refuses.",
       status_code=200, **OPERATOR_ONLY, responses=problem_responses(400, 401, 403))
 async def run_renewals(data: JSONBody[RecurringRunRequest],
-                       svc: RecurringServices) -> RecurringRunView:
+                       svc: Services) -> RecurringRunView:
     if data.as_of is not None and not svc.manual_clock:
         raise PermissionDeniedException(
             detail="as_of needs RECURRING_MANUAL_CLOCK=true (never in production)")

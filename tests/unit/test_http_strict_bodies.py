@@ -9,6 +9,7 @@ from typing import Any
 import msgspec
 import pytest
 from litestar import post
+from litestar.params import JSONBody
 from litestar.testing import TestClient
 
 from services.http import JwtVerifier, create_app
@@ -20,7 +21,7 @@ class Grant(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tru
 
 
 @post("/grants", sync_to_thread=False)
-def grant(data: Grant) -> dict[str, Any]:
+def grant(data: JSONBody[Grant]) -> dict[str, Any]:
     return {"reverse_charge": data.reverse_charge}
 
 
@@ -61,7 +62,7 @@ class Days(msgspec.Struct, frozen=True, kw_only=True):
 
 
 @post("/days", sync_to_thread=False)
-def days(data: Days) -> dict[str, Any]:
+def days(data: JSONBody[Days]) -> dict[str, Any]:
     return {"days": data.days}
 
 
