@@ -19,6 +19,11 @@
   of its batch: they are settled, it is naked and comes back later.
 - A dead letter always fits in a NATS message: its copy of the payload is cut past
   PAYLOAD_KEPT_BYTES_MAX, with the original's size and SHA-256 (contracts.deadletter).
+- What a process that dies had in hand comes back to the others after ``ack_wait_s``
+  (ACK_WAIT_S, 10 s), not a minute later: a live process keeps its slow batches (and the one
+  fetched ahead) from expiring by telling JetStream they are in progress (+WPI) every third
+  of that. A redelivery that still overlaps is a duplicate, which every handler settles as
+  done.
 """
 
 from __future__ import annotations
@@ -76,6 +81,10 @@ SETUP_RETRIABLE: tuple[type[BaseException], ...] = (
 # deliveries_max, because transient failures (PostgreSQL away) count too: with naks backing
 # off to TRANSIENT_RETRY_DELAY_S_MAX, 1,000 deliveries are about eight hours of outage.
 SERVER_DELIVERIES_MAX = 1_000
+# How long JetStream waits for the ack of a delivered message before it delivers it again:
+# the delay before a dead process's messages in hand are applied by another. Batches take
+# well under a second; a slower one is kept alive by in-progress acks (see DurableConsumer).
+ACK_WAIT_S = 10.0
 TRANSIENT_RETRY_DELAY_S_MAX = 30.0
 _TRUNCATION_MARKER = "\u2026[truncated: {size} bytes, sha256 {digest}]"
 # What msgspec raises for a payload it cannot read: malformed or mistyped JSON (DecodeError),
@@ -109,7 +118,7 @@ class DurableConsumer:
         handle_batch: BatchHandler,
         batch_size_max: int = 1_000,
         fetch_timeout_s: float = 1.0,
-        ack_wait_s: float = 60.0,
+        ack_wait_s: float = ACK_WAIT_S,
         deliveries_max: int = 5,
         retry_delay_s: float = 1.0,
         ack_pending_max: int = 50_000,
@@ -131,6 +140,9 @@ class DurableConsumer:
         self.setup_timeout_s = setup_timeout_s
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._keep_alive_task: asyncio.Task[None] | None = None
+        # Batches fetched and not yet settled, with when each was last told "in progress".
+        self._in_hand: dict[int, tuple[float, Sequence[Msg]]] = {}
 
     async def start(self) -> None:
         js = self.nc.jetstream()
@@ -160,6 +172,8 @@ class DurableConsumer:
                          consumer=self.durable, error=repr(exc), retry_in_s=round(wait_s, 2))
                 await asyncio.sleep(wait_s)
         self._task = asyncio.create_task(self._run(), name=f"consumer:{self.durable}")
+        self._keep_alive_task = asyncio.create_task(
+            self._keep_alive(), name=f"consumer-keep-alive:{self.durable}")
 
     async def _set_up(self, js: Any, config: ConsumerConfig) -> None:
         # Create, or update a durable made before max_deliver was set (pull_subscribe leaves
@@ -178,6 +192,10 @@ class DurableConsumer:
         self._stopping.set()
         if self._task is not None:
             await self._task
+        if self._keep_alive_task is not None:
+            self._keep_alive_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._keep_alive_task
         # A subscription left open makes the connection's drain wait for ever.
         with contextlib.suppress(Exception):
             await self._sub.unsubscribe()
@@ -199,7 +217,10 @@ class DurableConsumer:
 
     async def _fetch(self) -> list[Msg]:
         try:
-            return list(await self._sub.fetch(self.batch_size_max, timeout=self.fetch_timeout_s))
+            msgs = list(await self._sub.fetch(self.batch_size_max, timeout=self.fetch_timeout_s))
+            if msgs:
+                self._in_hand[id(msgs)] = (asyncio.get_running_loop().time(), msgs)
+            return msgs
         except (NatsTimeoutError, TimeoutError):
             return []
         except (ConnectionClosedError, APIError) as exc:
@@ -213,6 +234,25 @@ class DurableConsumer:
         except Exception:  # never let the loop die: the messages will be redelivered
             log.exception("batch failed unexpectedly", consumer=self.durable)
             await self._pause()
+        finally:
+            self._in_hand.pop(id(msgs), None)
+
+    async def _keep_alive(self) -> None:
+        """Every third of the ack wait, tell JetStream that the batches held longer than that
+        are still being worked on, so that only a dead process's messages are redelivered."""
+        interval_s = self.ack_wait_s / 3
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(interval_s)
+            now = loop.time()
+            for key, (since, msgs) in list(self._in_hand.items()):
+                if now - since < interval_s or key not in self._in_hand:
+                    continue
+                self._in_hand[key] = (now, msgs)
+                for msg in msgs:
+                    # Settled ones are ignored by the server; a lost one only means a duplicate.
+                    with contextlib.suppress(Exception):
+                        await msg.in_progress()
 
     async def _pause(self) -> None:
         with contextlib.suppress(TimeoutError):

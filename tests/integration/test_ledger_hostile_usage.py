@@ -35,7 +35,8 @@ from tests.integration.test_ledger_service import (  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.integration
 cli = CliRunner()
-# Well under the consumer's 60 s ack wait: a message stuck behind an unsettled one waited that.
+# Prompt. That nothing waited for an ack wait (an unsettled message came back after it) is
+# asserted without a clock: every message is settled on its first delivery.
 PROMPT_S = 30.0
 
 
