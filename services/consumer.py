@@ -249,10 +249,12 @@ class DurableConsumer:
                 if now - since < interval_s or key not in self._in_hand:
                     continue
                 self._in_hand[key] = (now, msgs)
+                # Only the unsettled: progress on a naked message would cut short its delay.
+                # A progress that is lost only means a duplicate.
                 for msg in msgs:
-                    # Settled ones are ignored by the server; a lost one only means a duplicate.
-                    with contextlib.suppress(Exception):
-                        await msg.in_progress()
+                    if not msg.is_acked:
+                        with contextlib.suppress(Exception):
+                            await msg.in_progress()
 
     async def _pause(self) -> None:
         with contextlib.suppress(TimeoutError):
