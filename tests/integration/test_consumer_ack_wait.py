@@ -5,13 +5,16 @@ the next one after the wait (10 s by default, where it used to be a minute)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
 
 import nats
 import pytest
+from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js.api import StreamConfig
 
@@ -21,11 +24,26 @@ from tests.conftest import Infra
 pytestmark = pytest.mark.integration
 
 
-async def _stream(js: nats.js.JetStreamContext) -> tuple[str, str]:
+@dataclass
+class Scene:
+    nc: NATS
+    js: nats.js.JetStreamContext
+    stream: str
+    subject: str
+
+
+@contextlib.asynccontextmanager
+async def scene(infra: Infra) -> AsyncIterator[Scene]:
+    """A connection and a stream of the test's own, removed at the end."""
+    nc = await nats.connect(infra.nats_url)
+    js = nc.jetstream()
     name = f"TEST_ACK_{uuid.uuid4().hex[:10].upper()}"
-    subject = f"test.ack.{name.lower()}"
-    await js.add_stream(StreamConfig(name=name, subjects=[subject]))
-    return name, subject
+    await js.add_stream(StreamConfig(name=name, subjects=[f"test.ack.{name.lower()}"]))
+    try:
+        yield Scene(nc, js, name, f"test.ack.{name.lower()}")
+    finally:
+        await js.delete_stream(name)
+        await nc.close()
 
 
 async def _publish(js: nats.js.JetStreamContext, subject: str, count: int) -> None:
@@ -43,9 +61,6 @@ async def _until(predicate: Callable[[], bool], timeout_s: float) -> None:
 async def test_a_batch_slower_than_the_ack_wait_is_kept_alive_and_delivered_once(
     infra: Infra,
 ) -> None:
-    nc = await nats.connect(infra.nats_url)
-    js = nc.jetstream()
-    stream, subject = await _stream(js)
     seen: Counter[bytes] = Counter()
 
     async def slow(msgs: Sequence[Msg]) -> list[Disposition]:
@@ -53,30 +68,26 @@ async def test_a_batch_slower_than_the_ack_wait_is_kept_alive_and_delivered_once
         await asyncio.sleep(3.5)  # well past the 1.2 s wait
         return [ACK for _ in msgs]
 
-    consumer = DurableConsumer(nc, stream=stream, subject=subject, durable="slow",
-                               handle_batch=slow, batch_size_max=50, ack_wait_s=1.2)
-    try:
-        await _publish(js, subject, 120)  # more than two batches: one in hand, one ahead
+    async with scene(infra) as at:
+        consumer = DurableConsumer(at.nc, stream=at.stream, subject=at.subject, durable="slow",
+                                   handle_batch=slow, batch_size_max=50, ack_wait_s=1.2)
+        await _publish(at.js, at.subject, 120)  # more than two batches: one in hand, one ahead
         await consumer.start()
-        await _until(lambda: len(seen) == 120, 30)
-        deadline = time.monotonic() + 15
-        while (info := await js.consumer_info(stream, "slow")).num_ack_pending:
-            assert time.monotonic() < deadline, info
-            await asyncio.sleep(0.2)
-        assert info.num_redelivered == 0, info
-        assert set(seen.values()) == {1}, "a message was delivered again under the handler"
-    finally:
-        await consumer.stop()
-        await js.delete_stream(stream)
-        await nc.close()
+        try:
+            await _until(lambda: len(seen) == 120, 30)
+            deadline = time.monotonic() + 15
+            while (info := await at.js.consumer_info(at.stream, "slow")).num_ack_pending:
+                assert time.monotonic() < deadline, info
+                await asyncio.sleep(0.2)
+            assert info.num_redelivered == 0, info
+            assert set(seen.values()) == {1}, "a message was delivered again under the handler"
+        finally:
+            await consumer.stop()
 
 
 async def test_what_a_dead_consumer_had_in_hand_comes_back_after_the_ack_wait(
     infra: Infra,
 ) -> None:
-    nc = await nats.connect(infra.nats_url)
-    js = nc.jetstream()
-    stream, subject = await _stream(js)
     applied: Counter[bytes] = Counter()
     deliveries: set[int] = set()
 
@@ -85,53 +96,47 @@ async def test_what_a_dead_consumer_had_in_hand_comes_back_after_the_ack_wait(
         deliveries.update(msg.metadata.num_delivered for msg in msgs)
         return [ACK for _ in msgs]
 
-    # A first consumer fetches a batch and dies before acking any of it (its connection
-    # goes, as a kill -9 would take it).
-    first = DurableConsumer(nc, stream=stream, subject=subject, durable="shared",
-                            handle_batch=apply, ack_wait_s=2.0)
-    await first.start()
-    await first.stop()
-    dead = await nats.connect(infra.nats_url)
-    try:
-        await _publish(js, subject, 40)
+    async with scene(infra) as at:
+        def durable() -> DurableConsumer:
+            return DurableConsumer(at.nc, stream=at.stream, subject=at.subject,
+                                   durable="shared", handle_batch=apply, ack_wait_s=2.0)
+
+        first = durable()  # makes the durable with its 2 s wait
+        await first.start()
+        await first.stop()
+        # A consumer fetches a batch and dies before acking any of it (its connection goes,
+        # as a kill -9 would take it).
+        await _publish(at.js, at.subject, 40)
+        dead = await nats.connect(infra.nats_url)
         held = await (await dead.jetstream().pull_subscribe(
-            subject, durable="shared", stream=stream)).fetch(40, timeout=5)
+            at.subject, durable="shared", stream=at.stream)).fetch(40, timeout=5)
         fetched_at = time.monotonic()
         assert len(held) == 40
         await dead.close()
 
-        second = DurableConsumer(nc, stream=stream, subject=subject, durable="shared",
-                                 handle_batch=apply, ack_wait_s=2.0)
+        second = durable()
         await second.start()
         try:
             await _until(lambda: len(applied) == 40, 30)
             assert time.monotonic() - fetched_at >= 1.9, "delivered again before the wait"
             assert set(applied.values()) == {1}
             assert deliveries == {2}  # each the second time: after the dead one's
-            info = await js.consumer_info(stream, "shared")
+            info = await at.js.consumer_info(at.stream, "shared")
             assert info.num_ack_pending == 0 and info.config.ack_wait == 2.0, info
         finally:
             await second.stop()
-    finally:
-        await js.delete_stream(stream)
-        await nc.close()
 
 
 async def test_the_default_ack_wait_is_set_on_the_durable(infra: Infra) -> None:
-    nc = await nats.connect(infra.nats_url)
-    js = nc.jetstream()
-    stream, subject = await _stream(js)
-
     async def apply(msgs: Sequence[Msg]) -> list[Disposition]:
         return [ACK for _ in msgs]
 
-    consumer = DurableConsumer(nc, stream=stream, subject=subject, durable="default",
-                               handle_batch=apply)
-    try:
+    async with scene(infra) as at:
+        consumer = DurableConsumer(at.nc, stream=at.stream, subject=at.subject,
+                                   durable="default", handle_batch=apply)
         await consumer.start()
-        info = await js.consumer_info(stream, "default")
-        assert info.config.ack_wait == ACK_WAIT_S == 10.0
-    finally:
-        await consumer.stop()
-        await js.delete_stream(stream)
-        await nc.close()
+        try:
+            info = await at.js.consumer_info(at.stream, "default")
+            assert info.config.ack_wait == ACK_WAIT_S == 10.0
+        finally:
+            await consumer.stop()
