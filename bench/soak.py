@@ -1,5 +1,6 @@
 """``make soak``: the stack under a steady load for SOAK_MINUTES (20 by default) at 0.15 of
-the capacity measured at the start of the same run (LOAD_FRACTION_EACH), on the fault
+the capacity measured at the start of the same run (LOAD_FRACTION_EACH; or of SOAK_CAPACITY,
+see `given_capacity`), on the fault
 harness's stack (embedded PostgreSQL, a 3-node JetStream cluster with R3 streams, the ledger
 and payments services as processes: tests/faults/stack.py).
 
@@ -92,8 +93,9 @@ async def soak(stack: Stack, minutes: float) -> dict[str, Any]:
                                                 for _ in range(ACCOUNTS)])
     nc = await connect(stack.nats_url)
     try:
-        capacity = {"usage_per_s": await intake_capacity(stack, nc, accounts),
-                    "authorize_per_s": await authorize_capacity(nc, accounts)}
+        capacity = given_capacity() or {
+            "usage_per_s": await intake_capacity(stack, nc, accounts),
+            "authorize_per_s": await authorize_capacity(nc, accounts)}
         offered = {k: round(v * LOAD_FRACTION_EACH, 1) for k, v in capacity.items()}
         sent = Sent(f"soak-{uuid.uuid4().hex[:6]}", keep_ids=False)
         load = Load(nc, accounts, sent, usage_per_s=offered["usage_per_s"],
@@ -135,6 +137,7 @@ async def soak(stack: Stack, minutes: float) -> dict[str, Any]:
         await close(nc)
     return {
         "minutes": minutes, "capacity": capacity, "offered": offered,
+        "capacity_given": given_capacity() is not None,
         "per_minute": per_minute, "pss_mib": {"start": rss_start, "end": rss_end},
         "cpu": cpu.as_dict(), "cores": CORES,
         # The stack's processes only (services, followers, NATS nodes, PostgreSQL backends):
@@ -152,6 +155,16 @@ async def soak(stack: Stack, minutes: float) -> dict[str, Any]:
                                         for name in ("USAGE", "LEDGER")},
                  "gomemlimit": os.environ.get("GOMEMLIMIT")},
     }
+
+
+def given_capacity() -> dict[str, float] | None:
+    """SOAK_CAPACITY="<usage/s>,<authorizations/s>": offer the fraction of these instead of
+    measuring, so that two runs (another setting, another day) compare at the same load."""
+    text = os.environ.get("SOAK_CAPACITY")
+    if not text:
+        return None
+    usage, authorize = (float(part) for part in text.split(","))
+    return {"usage_per_s": usage, "authorize_per_s": authorize}
 
 
 async def intake_capacity(stack: Stack, nc: Any, accounts: list[str]) -> float:
@@ -299,7 +312,8 @@ def nats_mib(minute: dict[str, Any]) -> float:
 
 
 def summary(result: dict[str, Any]) -> str:
-    lines = [f"soak: {result['minutes']:g} min; capacity measured: usage"
+    how = "given" if result.get("capacity_given") else "measured"
+    lines = [f"soak: {result['minutes']:g} min; capacity {how}: usage"
              f" {result['capacity']['usage_per_s']:,}/s, authorize"
              f" {result['capacity']['authorize_per_s']:,}/s; offered {LOAD_FRACTION_EACH:g} of each",
              f"{'minute':>6} {'applied/s':>10} {'authorize/s':>12} {'auth p50':>9}"
