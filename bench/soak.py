@@ -1,8 +1,8 @@
 """``make soak``: the stack under a steady load for SOAK_MINUTES (20 by default) at 0.15 of
 the capacity measured at the start of the same run (LOAD_FRACTION_EACH; or of SOAK_CAPACITY,
-see `given_capacity`), on the fault
-harness's stack (embedded PostgreSQL, a 3-node JetStream cluster with R3 streams, the ledger
-and payments services as processes: tests/faults/stack.py).
+see `given_capacity`), on the fault harness's stack (embedded PostgreSQL, a 3-node JetStream
+cluster with R3 streams, the ledger and payments services as processes:
+tests/faults/stack.py).
 
 1. Capacity, measured here and now: usage intake as the drain rate of a backlog published
    ahead of the ledger, and authorizations as the rate of 32 requesters in a closed loop.
@@ -93,7 +93,8 @@ async def soak(stack: Stack, minutes: float) -> dict[str, Any]:
                                                 for _ in range(ACCOUNTS)])
     nc = await connect(stack.nats_url)
     try:
-        capacity = given_capacity() or {
+        given = given_capacity()
+        capacity = given or {
             "usage_per_s": await intake_capacity(stack, nc, accounts),
             "authorize_per_s": await authorize_capacity(nc, accounts)}
         offered = {k: round(v * LOAD_FRACTION_EACH, 1) for k, v in capacity.items()}
@@ -137,7 +138,7 @@ async def soak(stack: Stack, minutes: float) -> dict[str, Any]:
         await close(nc)
     return {
         "minutes": minutes, "capacity": capacity, "offered": offered,
-        "capacity_given": given_capacity() is not None,
+        "capacity_given": given is not None,
         "per_minute": per_minute, "pss_mib": {"start": rss_start, "end": rss_end},
         "cpu": cpu.as_dict(), "cores": CORES,
         # The stack's processes only (services, followers, NATS nodes, PostgreSQL backends):
